@@ -1,0 +1,214 @@
+"""Finding and reading MusicGen checkpoints in the Hugging Face layout.
+
+Sources, in the order they are tried:
+- a built-in name: `tiny` (the demo/test model) or `small` / `medium` / `large` (random weights of
+  the published shapes, for benchmarks) - built in memory from a fixed seed, no files, no network;
+- a local directory as `save_pretrained` writes it (config.json, model.safetensors or
+  pytorch_model.bin, possibly sharded with an index, tokenizer files);
+- a hub id such as `facebook/musicgen-small`, downloaded when the machine is online.
+
+Weight norm comes either as `weight_g/weight_v` or as `parametrizations.weight.original0/1`; both
+are baked into a plain `weight` once, here, so no later code sees the difference.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import CheckpointError
+from .presets import DECODER_SIZES, arch_for, random_hf_model, random_tokenizer
+from .spec import ModelSpec, spec_from_hf_config
+
+Progress = Callable[[str], None]
+
+BUILTIN_SEED = 1234
+
+
+def stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Checkpoint:
+    """Everything read from a source, before any compute objects are built."""
+
+    source: str
+    spec: ModelSpec
+    hf_config: Any
+    tensors: dict[str, torch.Tensor]  # full state dict, weight norm already baked
+    tokenizer: Any
+
+
+def load_checkpoint(source: str, progress: Progress | None = stderr_progress) -> Checkpoint:
+    say = progress or (lambda _m: None)
+    if source in DECODER_SIZES:
+        say(f"building built-in model '{source}' (random weights, seed {BUILTIN_SEED})")
+        model = random_hf_model(arch_for(source), seed=BUILTIN_SEED)
+        return from_hf_model(model, random_tokenizer(), source=source)
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"'{source}' is a file, not a checkpoint directory")
+        return _load_directory(path, source, say)
+    if _looks_like_hub_id(source):
+        return _load_directory(_download(source, say), source, say)
+    raise CheckpointError(
+        f"unknown model '{source}': not a built-in name ({', '.join(DECODER_SIZES)}), "
+        "not an existing directory, and not a hub id like 'facebook/musicgen-small'"
+    )
+
+
+def from_hf_model(model: Any, tokenizer: Any, source: str) -> Checkpoint:
+    """Wrap an in-memory transformers model (tests, benchmarks, built-ins) without copying weights."""
+    tensors = bake_weight_norm(dict(model.state_dict()))
+    return Checkpoint(source, spec_from_hf_config(model.config), model.config, tensors, tokenizer)
+
+
+# -- directories -------------------------------------------------------------------------------
+
+
+def _load_directory(path: Path, source: str, say: Progress) -> Checkpoint:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"'{source}' is not a MusicGen checkpoint: it has no config.json")
+    try:
+        raw = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"'{config_file}' is not readable JSON ({e})") from None
+    if raw.get("model_type") not in ("musicgen", "musicgen_melody"):
+        raise CheckpointError(
+            f"'{source}' is not a MusicGen checkpoint (its config.json says model_type "
+            f"'{raw.get('model_type')}')"
+        )
+    from transformers import MusicgenConfig
+
+    if raw.get("model_type") == "musicgen_melody":
+        raise CheckpointError(f"'{source}' is a MusicGen-Melody checkpoint, which is not supported yet")
+    try:
+        hf_config = MusicgenConfig.from_dict(raw)
+    except Exception as e:  # transformers raises many types for a malformed config
+        raise CheckpointError(f"'{config_file}' is not a valid MusicGen config ({e})") from None
+    spec = spec_from_hf_config(hf_config)
+    tensors = bake_weight_norm(_read_weights(path, source, say))
+    _check_tensors(tensors, spec, source)
+    return Checkpoint(source, spec, hf_config, tensors, _load_tokenizer(path, source))
+
+
+def _read_weights(path: Path, source: str, say: Progress) -> dict[str, torch.Tensor]:
+    files = _weight_files(path, source)
+    total = sum(f.stat().st_size for f in files)
+    say(f"loading {source}: {len(files)} weight file(s), {total / 1e6:.1f} MB")
+    tensors: dict[str, torch.Tensor] = {}
+    done = 0
+    for i, f in enumerate(files, 1):
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                tensors.update(load_file(str(f)))
+            else:
+                tensors.update(torch.load(str(f), map_location="cpu", weights_only=True))
+        except Exception as e:  # safetensors / pickle errors for truncated or corrupt files
+            raise CheckpointError(f"weights file '{f}' is damaged or truncated ({type(e).__name__}: {e})") from None
+        done += f.stat().st_size
+        say(f"  [{i}/{len(files)}] {f.name}  {100 * done / max(total, 1):.0f}%")
+    return tensors
+
+
+def _weight_files(path: Path, source: str) -> list[Path]:
+    for index_name, single in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        index = path / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError) as e:
+                raise CheckpointError(f"weights index '{index}' is not readable ({e})") from None
+            missing = [s for s in shards if not (path / s).is_file()]
+            if missing:
+                raise CheckpointError(f"checkpoint '{source}' is missing weight shard(s): {', '.join(missing)}")
+            return [path / s for s in shards]
+        if (path / single).is_file():
+            return [path / single]
+    raise CheckpointError(f"'{source}' has no weights (model.safetensors or pytorch_model.bin)")
+
+
+def _load_tokenizer(path: Path, source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:
+        raise CheckpointError(f"the tokenizer in '{source}' could not be loaded ({type(e).__name__}: {e})") from None
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], spec: ModelSpec, source: str) -> None:
+    needed = [
+        "decoder.model.decoder.embed_tokens.0.weight",
+        f"decoder.model.decoder.layers.{spec.lm.layers - 1}.fc2.weight",
+        "decoder.lm_heads.0.weight",
+        "audio_encoder.quantizer.layers.0.codebook.embed",
+    ]
+    missing = [k for k in needed if k not in tensors]
+    if missing:
+        raise CheckpointError(f"checkpoint '{source}' lacks expected weights (e.g. {missing[0]})")
+    emb = tensors["decoder.model.decoder.embed_tokens.0.weight"]
+    if tuple(emb.shape) != (spec.lm.card + 1, spec.lm.hidden):
+        raise CheckpointError(
+            f"checkpoint '{source}': embedding shape {tuple(emb.shape)} does not match its config "
+            f"({spec.lm.card + 1}, {spec.lm.hidden})"
+        )
+
+
+# -- the hub -----------------------------------------------------------------------------------
+
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "pytorch_model*.bin"]
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
+
+
+def _download(repo_id: str, say: Progress) -> Path:
+    say(f"downloading {repo_id} from the Hugging Face hub (or using the local cache)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS)
+    except Exception as e:
+        name = type(e).__name__
+        hint = " - is this machine offline? pass a local checkpoint directory instead" if "Connect" in name or "Offline" in name or "Timeout" in name else ""
+        raise CheckpointError(f"could not fetch '{repo_id}' from the hub ({name}){hint}") from None
+    return Path(local)
+
+
+# -- weight norm -------------------------------------------------------------------------------
+
+
+def bake_weight_norm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace every weight-norm pair by the plain weight g * v / ||v|| (norm over all dims but 0).
+
+    Uses the same kernel as torch's parametrization, so baked weights are bit-identical to what the
+    reference computes at every forward.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        for g_suffix, v_suffix in ((".weight_g", ".weight_v"), (".parametrizations.weight.original0", ".parametrizations.weight.original1")):
+            if key.endswith(g_suffix):
+                stem = key[: -len(g_suffix)]
+                out[stem + ".weight"] = torch._weight_norm(sd[stem + v_suffix], value, 0)
+                break
+            if key.endswith(v_suffix):
+                break
+        else:
+            out[key] = value
+    return out

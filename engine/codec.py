@@ -1,0 +1,469 @@
+"""EnCodec for MusicGen: an exact streaming decoder and a whole-clip encoder.
+
+The decoder is non-causal (reflect-padded convolutions), yet every layer's right context is
+finite, so a stateful decoder can emit each sample as soon as no future code can change it and
+still equal the whole-sequence decode. Each layer is a small object with immutable weights and an
+explicit per-stream state (`init` / `push` / `flush`), in the manner of moshi's streaming modules:
+
+- stride-1 conv: keeps the last K_eff-1 inputs; on the first chunk it waits for enough samples to
+  reflect-pad the left edge; `flush` appends the right edge's padding.
+- transposed conv: keeps the overlapping output tail (no bias) and adds it to the next output;
+  trims the left padding at the start and emits the tail minus the right trim at `flush`.
+- residual block: the identity path is delayed to line up with the conv path.
+- LSTM: carries (h, c).
+
+Units: codes arrive in frames (hop = prod(ratios) samples each); everything else is in samples at
+the rate of the layer it flows through. `hold_back_samples` is how many output samples stay
+unreleased after a push (2402 for MusicGen's 32 kHz codec: frames 0..F make samples
+[0, hop*(F+1) - 2402) final).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import CodesError
+from .spec import CodecSpec
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConvState:
+    buf: torch.Tensor | None = None  # inputs not yet consumed (at most K_eff - 1 once started)
+    started: bool = False
+
+
+class StreamConv1d:
+    """Stride-1 Conv1d with EnCodec's padding (reflect or constant), streamed exactly."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, dilation: int, spec: CodecSpec) -> None:
+        self.weight, self.bias, self.dilation, self.spec = weight, bias, dilation, spec
+        k_eff = (weight.shape[-1] - 1) * dilation + 1
+        total = k_eff - 1
+        if spec.causal:
+            self.left, self.right = total, 0
+        else:
+            self.right = total // 2
+            self.left = total - self.right
+        self.context = total  # inputs kept between pushes
+        self.mode = spec.pad_mode
+        self.lookahead = self.right  # input samples needed beyond an output's position
+
+    def init(self) -> ConvState:
+        return ConvState()
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight, self.bias, dilation=self.dilation)
+
+    def push(self, st: ConvState, x: torch.Tensor) -> torch.Tensor:
+        x = x if st.buf is None else torch.cat([st.buf, x], dim=-1)
+        if not st.started:
+            # the left edge is padded from the first samples, so wait until there are enough
+            if x.shape[-1] < max(self.left, self.right) + 1:
+                st.buf = x
+                return x[..., :0].new_empty(x.shape[0], self.weight.shape[0], 0)
+            x = _pad(x, (self.left, 0), self.mode)
+            st.started = True
+        st.buf = x[..., x.shape[-1] - self.context :] if self.context else x[..., :0]
+        if x.shape[-1] <= self.context:
+            return x.new_empty(x.shape[0], self.weight.shape[0], 0)
+        return self._conv(x)
+
+    def flush(self, st: ConvState, whole: torch.Tensor | None = None) -> torch.Tensor:
+        if st.buf is None or not st.started:
+            raise RuntimeError("flush before the stream started: decode short sequences whole")
+        x = _pad(st.buf, (0, self.right), self.mode) if self.right else st.buf
+        st.buf = None
+        if x.shape[-1] <= self.context:
+            return x.new_empty(x.shape[0], self.weight.shape[0], 0)
+        return self._conv(x)
+
+
+@dataclass
+class ConvTransposeState:
+    tail: torch.Tensor | None = None  # overlapping outputs without bias, length stride
+    to_trim: int = 0  # left-trim samples still to drop
+
+
+class StreamConvTranspose1d:
+    """ConvTranspose1d(k, stride) with EnCodec's fixed trims, streamed by overlap-add."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, stride: int, spec: CodecSpec) -> None:
+        self.weight, self.bias, self.stride = weight, bias, stride
+        k = weight.shape[-1]
+        total = k - stride
+        self.right = math.ceil(total * spec.trim_right_ratio) if spec.causal else total // 2
+        self.left = total - self.right
+        self.overlap = k - stride
+        self._bias = bias.view(1, -1, 1)
+
+    def init(self) -> ConvTransposeState:
+        return ConvTransposeState(to_trim=self.left)
+
+    def push(self, st: ConvTransposeState, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == 0:
+            return x.new_empty(x.shape[0], self.weight.shape[1], 0)
+        y = F.conv_transpose1d(x, self.weight, None, stride=self.stride)
+        if st.tail is not None:
+            y[..., : self.overlap] += st.tail
+        n = y.shape[-1] - self.overlap
+        st.tail = y[..., n:]
+        return self._emit(st, y[..., :n])
+
+    def _emit(self, st: ConvTransposeState, y: torch.Tensor) -> torch.Tensor:
+        if st.to_trim:
+            cut = min(st.to_trim, y.shape[-1])
+            y = y[..., cut:]
+            st.to_trim -= cut
+        return y + self._bias
+
+    def flush(self, st: ConvTransposeState) -> torch.Tensor:
+        tail = st.tail
+        st.tail = None
+        if tail is None:
+            raise RuntimeError("flush before any input")
+        return self._emit(st, tail[..., : tail.shape[-1] - self.right])
+
+
+@dataclass
+class LSTMState:
+    hc: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+class StreamLSTM:
+    """EnCodec's LSTM with its `+ x` skip; the recurrent state carries across pushes."""
+
+    def __init__(self, lstm: torch.nn.LSTM) -> None:
+        self.lstm = lstm
+
+    def init(self) -> LSTMState:
+        return LSTMState()
+
+    def push(self, st: LSTMState, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == 0:
+            return x
+        seq = x.permute(2, 0, 1)
+        out, st.hc = self.lstm(seq, st.hc)
+        return (out + seq).permute(1, 2, 0)
+
+    def flush(self, st: LSTMState) -> torch.Tensor | None:
+        return None
+
+
+@dataclass
+class ResState:
+    block: list[Any]
+    shortcut: Any
+    pending: torch.Tensor | None = None  # shortcut outputs waiting for the conv path to catch up
+
+
+class StreamResBlock:
+    """ELU -> conv(k, dilation) -> ELU -> conv(1), plus a shortcut delayed to line up."""
+
+    def __init__(self, convs: list[StreamConv1d], shortcut: StreamConv1d | None) -> None:
+        self.convs = convs
+        self.shortcut = shortcut
+
+    def init(self) -> ResState:
+        return ResState(block=[c.init() for c in self.convs], shortcut=self.shortcut.init() if self.shortcut else None)
+
+    def push(self, st: ResState, x: torch.Tensor) -> torch.Tensor:
+        skip = self.shortcut.push(st.shortcut, x) if self.shortcut else x
+        y = x
+        for conv, cst in zip(self.convs, st.block):
+            y = conv.push(cst, F.elu(y))
+        return self._align(st, skip, y)
+
+    def flush(self, st: ResState) -> torch.Tensor:
+        skip = self.shortcut.flush(st.shortcut) if self.shortcut else None
+        y = None
+        for conv, cst in zip(self.convs, st.block):
+            y = conv.flush(cst) if y is None else torch.cat([conv.push(cst, F.elu(y)), conv.flush(cst)], -1)
+        return self._align(st, skip, y)
+
+    @staticmethod
+    def _align(st: ResState, skip: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        if skip is not None:
+            st.pending = skip if st.pending is None else torch.cat([st.pending, skip], -1)
+        n = y.shape[-1]
+        out = st.pending[..., :n] + y
+        st.pending = st.pending[..., n:]
+        return out
+
+
+class ELU:
+    def init(self) -> None:
+        return None
+
+    def push(self, st: None, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(x)
+
+    def flush(self, st: None) -> None:
+        return None
+
+
+def _pad(x: torch.Tensor, pads: tuple[int, int], mode: str) -> torch.Tensor:
+    if mode == "reflect":
+        return F.pad(x, pads, mode="reflect")
+    return F.pad(x, pads, mode=mode, value=0.0) if mode == "constant" else F.pad(x, pads, mode=mode)
+
+
+# -- the whole codec ---------------------------------------------------------------------------
+
+
+@dataclass
+class DecoderState:
+    """One batch of lock-stepped streams: a state per layer plus counters (in samples / frames)."""
+
+    layers: list[Any]
+    batch: int
+    frames_in: int = 0
+    samples_out: int = 0
+    pending_codes: list[torch.Tensor] = field(default_factory=list)  # codes held until warm-up is possible
+
+
+class Codec:
+    """EnCodec weights (weight norm baked) plus the streaming decoder and the prompt encoder."""
+
+    def __init__(self, spec: CodecSpec, tensors: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
+        self.spec = spec
+        t = {k[len("audio_encoder.") :]: v.to(device) for k, v in tensors.items() if k.startswith("audio_encoder.")}
+        self.codebooks = [t[f"quantizer.layers.{q}.codebook.embed"].float() for q in range(spec.num_quantizers)]
+        self._t = t
+        self.decoder_layers = self._build_decoder(t)
+        self.encoder_layers = self._build_encoder(t)
+        self.hold_back = self._hold_back()
+        # shortest code sequence the streaming path handles; shorter ones are decoded whole
+        self.min_stream_frames = self.decoder_layers[0].right + 1
+
+    # construction walks the layer list in the same order transformers builds it, so the i-th
+    # entry maps to the i-th `layers.{i}` key of the checkpoint.
+    def _conv(self, t: dict[str, torch.Tensor], key: str, dilation: int = 1) -> StreamConv1d:
+        return StreamConv1d(t[key + ".conv.weight"], t[key + ".conv.bias"], dilation, self.spec)
+
+    def _res(self, t: dict[str, torch.Tensor], key: str, dilation: int) -> StreamResBlock:
+        convs = [self._conv(t, f"{key}.block.1", dilation), self._conv(t, f"{key}.block.3")]
+        shortcut = self._conv(t, f"{key}.shortcut") if self.spec.use_conv_shortcut else None
+        return StreamResBlock(convs, shortcut)
+
+    def _lstm(self, t: dict[str, torch.Tensor], key: str, dim: int) -> StreamLSTM:
+        lstm = torch.nn.LSTM(dim, dim, self.spec.num_lstm_layers)
+        lstm.load_state_dict({k[len(key) + 6 :]: v for k, v in t.items() if k.startswith(key + ".lstm.")})
+        return StreamLSTM(lstm.to(self.codebooks[0].device).eval())
+
+    def _build_decoder(self, t: dict[str, torch.Tensor]) -> list[Any]:
+        s = self.spec
+        scale = 2 ** len(s.ratios)
+        layers: list[Any] = [self._conv(t, "decoder.layers.0"), self._lstm(t, "decoder.layers.1", scale * s.num_filters)]
+        i = 2
+        for ratio in s.ratios:
+            layers.append(ELU())
+            key = f"decoder.layers.{i + 1}"
+            layers.append(StreamConvTranspose1d(t[key + ".conv.weight"], t[key + ".conv.bias"], ratio, s))
+            i += 2
+            for j in range(s.num_residual_layers):
+                layers.append(self._res(t, f"decoder.layers.{i}", s.dilation_growth_rate**j))
+                i += 1
+        layers.append(ELU())
+        layers.append(self._conv(t, f"decoder.layers.{i + 1}"))
+        return layers
+
+    def _build_encoder(self, t: dict[str, torch.Tensor]) -> list[tuple[str, Any]]:
+        """The encoder as (kind, params) steps, run whole-clip exactly as the reference does."""
+        s = self.spec
+        steps: list[tuple[str, Any]] = [("conv", ("encoder.layers.0", 1, 1))]
+        i, scaling = 1, 1
+        for ratio in reversed(s.ratios):
+            for j in range(s.num_residual_layers):
+                steps.append(("res", (f"encoder.layers.{i}", s.dilation_growth_rate**j)))
+                i += 1
+            steps.append(("elu", None))
+            steps.append(("conv", (f"encoder.layers.{i + 1}", ratio, 1)))
+            i += 2
+            scaling *= 2
+        steps.append(("lstm", self._lstm(t, f"encoder.layers.{i}", scaling * s.num_filters)))
+        steps.append(("elu", None))
+        steps.append(("conv", (f"encoder.layers.{i + 2}", 1, 1)))
+        return steps
+
+    def _hold_back(self) -> int:
+        """Output samples that stay unreleased after a push, from the layers' lookahead and trims."""
+        per_sample = self.spec.hop  # output samples per sample at the current layer's rate
+        held = 0
+        for layer in self.decoder_layers:
+            if isinstance(layer, StreamConv1d):
+                held += layer.lookahead * per_sample
+            elif isinstance(layer, StreamConvTranspose1d):
+                per_sample //= layer.stride
+                held += layer.left * per_sample
+            elif isinstance(layer, StreamResBlock):
+                held += sum(c.lookahead for c in layer.convs) * per_sample
+        return held
+
+    # -- decode --------------------------------------------------------------------------------
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """Codes must be integer (B, K, T) with K = quantizers and values in [0, codebook_size)."""
+        if codes.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise CodesError(f"codes must be integers, got {codes.dtype}")
+        if codes.dim() != 3:
+            raise CodesError(f"codes must have shape (batch, codebooks, frames), got {tuple(codes.shape)}")
+        if codes.shape[1] != self.spec.num_quantizers:
+            raise CodesError(f"codes have {codes.shape[1]} codebooks, this codec uses {self.spec.num_quantizers}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.spec.codebook_size):
+            raise CodesError(
+                f"codes must lie in 0..{self.spec.codebook_size - 1}, got {int(codes.min())}..{int(codes.max())}"
+            )
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """RVQ decode: (B, K, T) codes -> (B, dim, T) latents, summed in codebook order."""
+        out = torch.full((), 0.0, device=codes.device)
+        for q in range(codes.shape[1]):
+            out = out + F.embedding(codes[:, q], self.codebooks[q])
+        return out.permute(0, 2, 1)
+
+    def new_stream(self, batch: int = 1) -> DecoderState:
+        return DecoderState(layers=[layer.init() for layer in self.decoder_layers], batch=batch)
+
+    @torch.no_grad()
+    def push(self, st: DecoderState, codes: torch.Tensor) -> torch.Tensor:
+        """Feed (B, K, T) code frames; return (B, channels, n) samples that just became final."""
+        st.frames_in += codes.shape[-1]
+        st.pending_codes.append(codes)
+        if st.frames_in < self.min_stream_frames:
+            return codes.new_zeros((st.batch, self.spec.channels, 0), dtype=torch.float32)
+        x = self.embed(torch.cat(st.pending_codes, dim=-1))
+        st.pending_codes = []
+        for layer, lst in zip(self.decoder_layers, st.layers):
+            x = layer.push(lst, x)
+        st.samples_out += x.shape[-1]
+        return x
+
+    @torch.no_grad()
+    def flush(self, st: DecoderState) -> torch.Tensor:
+        """End the streams: return the held-back samples (the right edge's padding applied)."""
+        if st.frames_in < self.min_stream_frames:
+            # too short to stream (the reference zero-extends inside its reflect pad): decode whole
+            out = self.decode(torch.cat(st.pending_codes, dim=-1)) if st.pending_codes else None
+            st.pending_codes = []
+            if out is None:
+                return torch.zeros((st.batch, self.spec.channels, 0))
+            st.samples_out += out.shape[-1]
+            return out
+        x: torch.Tensor | None = None
+        for layer, lst in zip(self.decoder_layers, st.layers):
+            if x is not None and x.shape[-1]:
+                y = layer.push(lst, x)
+                tail = layer.flush(lst)
+                x = y if tail is None else torch.cat([y, tail], dim=-1)
+            else:
+                tail = layer.flush(lst)
+                x = tail if tail is not None else x
+        assert x is not None
+        st.samples_out += x.shape[-1]
+        return x
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Whole-sequence decode (B, K, T) -> (B, channels, T * hop), as the reference computes it."""
+        x = self.embed(codes)
+        for layer in self.decoder_layers:
+            x = _whole(layer, x)
+        return x
+
+    # -- encode --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio (B, channels, samples) at the codec rate -> codes (B, K, frames), whole clip."""
+        t = self._t
+        x = audio.float()
+        for kind, arg in self.encoder_layers:
+            if kind == "conv":
+                key, stride, dilation = arg
+                x = _conv_whole(x, t[key + ".conv.weight"], t[key + ".conv.bias"], stride, dilation, self.spec)
+            elif kind == "res":
+                key, dilation = arg
+                y = _conv_whole(F.elu(x), t[key + ".block.1.conv.weight"], t[key + ".block.1.conv.bias"], 1, dilation, self.spec)
+                y = _conv_whole(F.elu(y), t[key + ".block.3.conv.weight"], t[key + ".block.3.conv.bias"], 1, 1, self.spec)
+                skip = x
+                if self.spec.use_conv_shortcut:
+                    skip = _conv_whole(x, t[key + ".shortcut.conv.weight"], t[key + ".shortcut.conv.bias"], 1, 1, self.spec)
+                x = skip + y
+            elif kind == "elu":
+                x = F.elu(x)
+            else:
+                seq = x.permute(2, 0, 1)
+                x = (arg.lstm(seq)[0] + seq).permute(1, 2, 0)
+        return self.quantize(x)
+
+    def quantize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Residual VQ: nearest codeword per quantizer on the running residual (reference distance)."""
+        residual = latents
+        codes = []
+        for embed in self.codebooks:
+            states = residual.permute(0, 2, 1)
+            shape = states.shape
+            flat = states.reshape(-1, shape[-1])
+            et = embed.t()
+            dist = -(flat.pow(2).sum(1, keepdim=True) - 2 * flat @ et + et.pow(2).sum(0, keepdim=True))
+            idx = dist.max(dim=-1).indices.view(*shape[:-1])
+            codes.append(idx)
+            residual = residual - F.embedding(idx, embed).permute(0, 2, 1)
+        return torch.stack(codes, dim=1)
+
+
+def _conv_whole(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, dilation: int, spec: CodecSpec) -> torch.Tensor:
+    """One EnCodec Conv1d over a whole signal, padded exactly as the reference pads it."""
+    k_eff = (w.shape[-1] - 1) * dilation + 1
+    total = k_eff - stride
+    length = x.shape[-1]
+    n_frames = math.ceil((length - k_eff + total) / stride + 1) - 1
+    extra = n_frames * stride + k_eff - total - length
+    if spec.causal:
+        left, right = total, extra
+    else:
+        right = total // 2
+        left = total - right
+        right += extra
+    x = _pad_whole(x, (left, right), spec.pad_mode)
+    return F.conv1d(x, w, b, stride=stride, dilation=dilation)
+
+
+def _pad_whole(x: torch.Tensor, pads: tuple[int, int], mode: str) -> torch.Tensor:
+    """Reflect padding that also works on inputs shorter than the pad (zero-extends first)."""
+    if mode != "reflect":
+        return _pad(x, pads, mode)
+    length = x.shape[-1]
+    max_pad = max(pads)
+    extra = 0
+    if length <= max_pad:
+        extra = max_pad - length + 1
+        x = F.pad(x, (0, extra))
+    padded = F.pad(x, pads, mode="reflect")
+    return padded[..., : padded.shape[-1] - extra]
+
+
+def _whole(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """Run one streaming layer over a whole sequence in one go (for short sequences and tests)."""
+    if isinstance(layer, StreamConv1d):
+        return _conv_whole(x, layer.weight, layer.bias, 1, layer.dilation, layer.spec)
+    if isinstance(layer, StreamConvTranspose1d):
+        y = F.conv_transpose1d(x, layer.weight, layer.bias, stride=layer.stride)
+        return y[..., layer.left : y.shape[-1] - layer.right]
+    if isinstance(layer, StreamResBlock):
+        y = x
+        for conv in layer.convs:
+            y = _whole(conv, F.elu(y))
+        skip = _whole(layer.shortcut, x) if layer.shortcut else x
+        return skip + y
+    if isinstance(layer, StreamLSTM):
+        seq = x.permute(2, 0, 1)
+        return (layer.lstm(seq)[0] + seq).permute(1, 2, 0)
+    return F.elu(x)
+

@@ -1,0 +1,114 @@
+"""A loaded MusicGen: language model, text conditioner and codec, ready to run streams.
+
+This object is shared and immutable once built; every stream's state lives in its `Generator`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .checkpoint import Checkpoint, Progress, load_checkpoint, stderr_progress
+from .codec import Codec
+from .conditioning import TextConditioner
+from .errors import CheckpointError
+from .lm import LanguageModel, lm_weights_from_state_dict
+from .pattern import DelayPattern
+from .spec import ModelSpec
+
+
+class MusicGen:
+    def __init__(self, ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.source = ckpt.source
+        self.spec: ModelSpec = ckpt.spec
+        self.device = torch.device(device)
+        self.dtype = dtype
+        tensors = {k: v.to(self.device, dtype if v.is_floating_point() else v.dtype) for k, v in ckpt.tensors.items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
+        self.lm = LanguageModel(self.spec.lm, lm_weights_from_state_dict(self.spec.lm, tensors))
+        self.codec = Codec(self.spec.codec, ckpt.tensors, self.device)
+        self.tokenizer = ckpt.tokenizer
+        self.conditioner = TextConditioner(ckpt.tokenizer, _build_t5(ckpt), self.lm)
+        self.pattern = DelayPattern(self.spec.lm.delays, self.spec.lm.special_token)
+
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        progress: Progress | None = stderr_progress,
+    ) -> "MusicGen":
+        return cls(load_checkpoint(source, progress), device, dtype)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.spec.codec.sample_rate
+
+    @property
+    def audio_channels(self) -> int:
+        return self.spec.lm.audio_channels
+
+    @property
+    def max_columns(self) -> int:
+        """The context window in LM columns (the position table's length)."""
+        return self.spec.lm.max_positions
+
+    @property
+    def max_frames(self) -> int:
+        """The most frames one non-sliding run can hold (BOS and the delay tail included)."""
+        return self.max_columns - 1 - self.pattern.max_delay
+
+    # -- codec helpers that know the LM's codebook layout (stereo interleaves L/R codebooks) ----
+    def codes_to_codec(self, codes: torch.Tensor) -> torch.Tensor:
+        """LM codes (K, F) -> codec batch (channels, K / channels, F)."""
+        ch = self.audio_channels
+        return codes.view(codes.shape[0] // ch, ch, codes.shape[-1]).transpose(0, 1)
+
+    def codec_to_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codec batch (channels, K / channels, F) -> LM codes (K, F)."""
+        ch, kc, f = codes.shape
+        return codes.transpose(0, 1).reshape(ch * kc, f)
+
+    @torch.no_grad()
+    def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio (channels, samples) at the model rate -> LM codes (K, frames)."""
+        if audio.shape[0] != self.audio_channels:
+            raise ValueError(f"expected {self.audio_channels} channel(s), got {audio.shape[0]}")
+        codes = self.codec.encode(audio.to(self.device).unsqueeze(1))  # channels as the batch
+        return self.codec_to_codes(codes)
+
+
+def _build_t5(ckpt: Checkpoint) -> torch.nn.Module:
+    """The text encoder, built the way transformers builds MusicGen's, weights assigned (no init)."""
+    from transformers import AutoModelForTextEncoding
+
+    sd = {k[len("text_encoder.") :]: v for k, v in ckpt.tensors.items() if k.startswith("text_encoder.")}
+    shared = sd.get("shared.weight", sd.get("encoder.embed_tokens.weight"))
+    if shared is None:
+        raise CheckpointError(f"checkpoint '{ckpt.source}' has no text encoder weights")
+    sd.setdefault("shared.weight", shared)
+    sd.setdefault("encoder.embed_tokens.weight", shared)
+    with torch.device("meta"):
+        t5 = AutoModelForTextEncoding.from_config(ckpt.hf_config.text_encoder)
+    t5.load_state_dict(sd, strict=False, assign=True)
+    t5.tie_weights() if hasattr(t5, "tie_weights") else None
+    leftover = [n for n, p in list(t5.named_parameters()) + list(t5.named_buffers()) if p.is_meta]
+    if leftover:
+        raise CheckpointError(f"checkpoint '{ckpt.source}' lacks text encoder weights (e.g. {leftover[0]})")
+    return t5.eval()
+
+
+def model_summary(model: MusicGen) -> dict[str, Any]:
+    s = model.spec
+    return {
+        "source": model.source,
+        "hidden": s.lm.hidden,
+        "layers": s.lm.layers,
+        "heads": s.lm.heads,
+        "codebooks": s.lm.num_codebooks,
+        "channels": s.lm.audio_channels,
+        "sample_rate": s.codec.sample_rate,
+        "frame_rate": s.codec.frame_rate,
+        "max_frames": model.max_frames,
+    }

@@ -1,0 +1,158 @@
+"""Random checkpoints of known architectures, built in memory with no download.
+
+`tiny` is the built-in demo and test model; `small` / `medium` / `large` reproduce the published
+MusicGen shapes (random weights) so benchmarks measure the real amount of work. The weights are
+random, so everything they play is noise: real music needs a trained checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# Published MusicGen decoder shapes (hidden, layers, heads); ffn is 4 x hidden.
+DECODER_SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (64, 2, 4),
+    "small": (1024, 24, 16),
+    "medium": (1536, 48, 24),
+    "large": (2048, 48, 32),
+}
+
+# t5-base, the text encoder of every published MusicGen.
+T5_BASE: dict[str, Any] = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
+T5_TINY: dict[str, Any] = dict(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+
+# EnCodec 32 kHz as MusicGen ships it (facebook/encodec_32khz).
+ENCODEC_32K: dict[str, Any] = dict(
+    sampling_rate=32000,
+    audio_channels=1,
+    num_filters=64,
+    hidden_size=128,
+    codebook_dim=128,
+    codebook_size=2048,
+    upsampling_ratios=[8, 5, 4, 4],
+    num_lstm_layers=2,
+    target_bandwidths=[2.2],
+    use_causal_conv=False,
+    normalize=False,
+    chunk_length_s=None,
+    pad_mode="reflect",
+    use_conv_shortcut=False,
+    residual_kernel_size=3,
+    compress=2,
+    dilation_growth_rate=2,
+    kernel_size=7,
+    last_kernel_size=7,
+)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The knobs a random checkpoint needs; defaults are MusicGen's."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    ffn: int | None = None  # None = 4 x hidden
+    num_codebooks: int = 4
+    audio_channels: int = 1
+    max_positions: int = 2048
+    text: dict[str, Any] = field(default_factory=lambda: dict(T5_TINY))
+    codec: dict[str, Any] = field(default_factory=lambda: dict(ENCODEC_32K))
+
+
+def arch_for(name: str) -> Arch:
+    """The architecture of a named size; `tiny` has a small T5 and a slim codec so it runs anywhere."""
+    hidden, layers, heads = DECODER_SIZES[name]
+    if name == "tiny":
+        return Arch(hidden, layers, heads, codec=dict(ENCODEC_32K, num_filters=16, hidden_size=64, codebook_dim=64))
+    return Arch(hidden, layers, heads, text=dict(T5_BASE))
+
+
+def hf_config(arch: Arch) -> Any:
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+
+    dec = MusicgenDecoderConfig(
+        vocab_size=2048,
+        hidden_size=arch.hidden,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+        ffn_dim=arch.ffn or 4 * arch.hidden,
+        num_codebooks=arch.num_codebooks,
+        audio_channels=arch.audio_channels,
+        max_position_embeddings=arch.max_positions,
+        decoder_start_token_id=2048,
+        pad_token_id=2048,
+        bos_token_id=2048,
+    )
+    return MusicgenConfig(
+        text_encoder=T5Config(**arch.text).to_dict(),
+        audio_encoder=EncodecConfig(**arch.codec).to_dict(),
+        decoder=dec.to_dict(),
+    )
+
+
+@torch.no_grad()
+def random_hf_model(arch: Arch, seed: int = 0) -> Any:
+    """A `MusicgenForConditionalGeneration` with random weights, fixed by `seed`.
+
+    transformers initialises codec codebooks to zeros (they are learnt by k-means), which would make
+    every code decode to the same sound and every encode return index 0; we draw them at random.
+    """
+    from transformers import MusicgenForConditionalGeneration
+
+    gen = torch.Generator().manual_seed(seed)
+    with _seeded(seed):
+        model = MusicgenForConditionalGeneration(hf_config(arch)).eval()
+    for layer in model.audio_encoder.quantizer.layers:
+        embed = layer.codebook.embed
+        embed.copy_(torch.randn(embed.shape, generator=gen))
+        layer.codebook.embed_avg.copy_(embed)
+    _tame_output_level(model)
+    return model
+
+
+class _seeded:
+    """Seed torch's global RNG for a block (transformers' initialisers use it) and restore it after."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        self.state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.random.set_rng_state(self.state)
+
+
+@torch.no_grad()
+def _tame_output_level(model: Any, target_rms: float = 0.1) -> None:
+    """Scale the codec's last conv so random codes decode to about `target_rms`, not to full-scale noise."""
+    codes = torch.randint(0, model.config.audio_encoder.codebook_size, (1, 1, model.config.decoder.num_codebooks, 16))
+    codes = codes[:, :, : model.config.decoder.num_codebooks // model.config.decoder.audio_channels]
+    audio = model.audio_encoder.decode(codes, [None]).audio_values
+    rms = float(audio.pow(2).mean().sqrt())
+    if rms > 0:
+        last = model.audio_encoder.decoder.layers[-1].conv
+        factor = target_rms / rms
+        g = last.parametrizations.weight.original0 if hasattr(last, "parametrizations") else last.weight_g
+        g.mul_(factor)
+        last.bias.mul_(factor)
+
+
+def random_tokenizer() -> Any:
+    """ByT5: a byte tokenizer that needs no vocabulary file, so no download."""
+    from transformers import ByT5Tokenizer
+
+    return ByT5Tokenizer()
+
+
+def save_random_checkpoint(path: str, arch: Arch, seed: int = 0) -> Any:
+    """Write a random checkpoint exactly as hub repos ship one (config, safetensors, tokenizer)."""
+    model = random_hf_model(arch, seed)
+    model.save_pretrained(path)
+    random_tokenizer().save_pretrained(path)
+    return model
