@@ -134,14 +134,24 @@ class StreamConvTranspose1d:
 
 @dataclass
 class LSTMState:
-    hc: tuple[torch.Tensor, torch.Tensor] | None = None
+    h: torch.Tensor | None = None  # (layers, B, C)
+    c: torch.Tensor | None = None
 
 
 class StreamLSTM:
-    """EnCodec's LSTM with its `+ x` skip; the recurrent state carries across pushes."""
+    """EnCodec's LSTM with its `+ x` skip; (h, c) carry across pushes.
+
+    The recurrence is written out: oneDNN's LSTM kernel re-plans on every short call and costs ~10x
+    more than these matmuls for the one or two frames a push carries. The whole-clip encoder keeps
+    torch's LSTM (`self.lstm`) so prompt codes match the reference bit for bit.
+    """
 
     def __init__(self, lstm: torch.nn.LSTM) -> None:
         self.lstm = lstm
+        n = lstm.num_layers
+        self.w_ih = [getattr(lstm, f"weight_ih_l{i}").detach() for i in range(n)]
+        self.w_hh = [getattr(lstm, f"weight_hh_l{i}").detach() for i in range(n)]
+        self.bias = [(getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}")).detach() for i in range(n)]
 
     def init(self) -> LSTMState:
         return LSTMState()
@@ -149,9 +159,24 @@ class StreamLSTM:
     def push(self, st: LSTMState, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == 0:
             return x
-        seq = x.permute(2, 0, 1)
-        out, st.hc = self.lstm(seq, st.hc)
-        return (out + seq).permute(1, 2, 0)
+        seq = x.permute(2, 0, 1)  # (T, B, C)
+        T, B, C = seq.shape
+        if st.h is None:
+            st.h = seq.new_zeros(len(self.w_ih), B, C)
+            st.c = seq.new_zeros(len(self.w_ih), B, C)
+        inp = seq
+        for layer, (w_ih, w_hh, bias) in enumerate(zip(self.w_ih, self.w_hh, self.bias)):
+            pre = F.linear(inp, w_ih, bias)  # (T, B, 4C), gate order i, f, g, o
+            h, c = st.h[layer], st.c[layer]
+            outs = []
+            for t in range(T):
+                i, f, g, o = (pre[t] + F.linear(h, w_hh)).chunk(4, dim=-1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                outs.append(h)
+            st.h[layer], st.c[layer] = h, c
+            inp = torch.stack(outs)
+        return (inp + seq).permute(1, 2, 0)
 
     def flush(self, st: LSTMState) -> torch.Tensor | None:
         return None

@@ -43,13 +43,17 @@ class LayerWeights:
     fc2: torch.Tensor
 
 
+    qkv: torch.Tensor  # (3D, D): q, k, v stacked; q / k / v above are views into it
+
+
 @dataclass
 class LMWeights:
     embed: list[torch.Tensor]  # K x (V + 1, D); row V is BOS / pad
     layers: list[LayerWeights]
     ln_w: torch.Tensor
     ln_b: torch.Tensor
-    heads: list[torch.Tensor]  # K x (V, D)
+    heads: list[torch.Tensor]  # K x (V, D), views into heads_cat
+    heads_cat: torch.Tensor  # (K * V, D)
     proj_w: torch.Tensor | None  # enc_to_dec_proj (D, text_hidden), None when widths already match
     proj_b: torch.Tensor | None
 
@@ -70,14 +74,18 @@ def lm_weights_from_state_dict(spec: LMSpec, sd: dict[str, torch.Tensor]) -> LMW
     """Pick the decoder's tensors out of a full MusicGen state dict (transformers' key layout)."""
     p = "decoder.model.decoder."
 
+    D = spec.hidden
+
     def layer(i: int) -> LayerWeights:
         q = f"{p}layers.{i}."
+        qkv = torch.cat([sd[q + f"self_attn.{n}_proj.weight"] for n in "qkv"])
         return LayerWeights(
             sa_ln_w=sd[q + "self_attn_layer_norm.weight"],
             sa_ln_b=sd[q + "self_attn_layer_norm.bias"],
-            q=sd[q + "self_attn.q_proj.weight"],
-            k=sd[q + "self_attn.k_proj.weight"],
-            v=sd[q + "self_attn.v_proj.weight"],
+            q=qkv[:D],
+            k=qkv[D : 2 * D],
+            v=qkv[2 * D :],
+            qkv=qkv,
             o=sd[q + "self_attn.out_proj.weight"],
             ca_ln_w=sd[q + "encoder_attn_layer_norm.weight"],
             ca_ln_b=sd[q + "encoder_attn_layer_norm.bias"],
@@ -91,12 +99,14 @@ def lm_weights_from_state_dict(spec: LMSpec, sd: dict[str, torch.Tensor]) -> LMW
             fc2=sd[q + "fc2.weight"],
         )
 
+    heads_cat = torch.cat([sd[f"decoder.lm_heads.{k}.weight"] for k in range(spec.num_codebooks)])
     return LMWeights(
         embed=[sd[f"{p}embed_tokens.{k}.weight"] for k in range(spec.num_codebooks)],
         layers=[layer(i) for i in range(spec.layers)],
         ln_w=sd[p + "layer_norm.weight"],
         ln_b=sd[p + "layer_norm.bias"],
-        heads=[sd[f"decoder.lm_heads.{k}.weight"] for k in range(spec.num_codebooks)],
+        heads=list(heads_cat.split(spec.card)),
+        heads_cat=heads_cat,
         proj_w=sd.get("enc_to_dec_proj.weight") if spec.has_enc_to_dec_proj else None,
         proj_b=sd.get("enc_to_dec_proj.bias") if spec.has_enc_to_dec_proj else None,
     )
@@ -138,12 +148,30 @@ class CrossKV:
         return self.k.shape[1]
 
 
-class LanguageModel:
-    """Stateless compute over `LMWeights`; all per-stream state lives in `KVCache` / `CrossKV`."""
+def linear_skinny(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T for a handful of rows, as W @ x.T: MKL's GEMM runs the (N x D) @ (D x M) form near
+    memory bandwidth for small M, while `F.linear` with M = 2 reads the weights twice."""
+    if x.dim() == 2 and x.shape[0] > 8:
+        return F.linear(x, w)
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] > 8:
+        return F.linear(x, w)
+    return (w @ flat.t()).t().reshape(*x.shape[:-1], w.shape[0])
 
-    def __init__(self, spec: LMSpec, weights: LMWeights) -> None:
+
+class LanguageModel:
+    """Stateless compute over `LMWeights`; all per-stream state lives in `KVCache` / `CrossKV`.
+
+    `exact=True` reproduces the reference's arithmetic: the same matmul shapes in the same order,
+    cross-attention projections over every row, heads over every prefill column. That is what the
+    parity tests hold to. `exact=False` (live default) fuses Q/K/V and the heads, runs cross-attention
+    for the conditional rows only and uses `linear_skinny`: the same model, rounded differently.
+    """
+
+    def __init__(self, spec: LMSpec, weights: LMWeights, exact: bool = False) -> None:
         self.spec = spec
         self.w = weights
+        self.exact = exact
         ref = weights.ln_w
         self.device, self.dtype = ref.device, ref.dtype
         self.positions = sinusoidal_positions(spec.max_positions, spec.hidden).to(self.device, self.dtype)
@@ -200,24 +228,29 @@ class LanguageModel:
     ) -> torch.Tensor:
         """Run columns `tokens` (B, K, T) at positions start..start+T-1, writing their K/V into `cache`.
 
-        Returns fp32 logits (B, K, V) for the last column. The heads run over all T columns when
-        `all_positions` is set: the reference does that in its prefill and a different matmul
-        shape can change the last bit of a logit.
+        Returns fp32 logits (B, K, V) for the last column. In exact mode the heads run over all T
+        columns when `all_positions` is set, as the reference's prefill does.
         """
-        s = self.spec
+        s, w, exact = self.spec, self.w, self.exact
+        lin = F.linear if exact else linear_skinny
         B, _, T = tokens.shape
+        D, H, d = s.hidden, s.heads, s.head_dim
         end = start + T
         x = self.embed(tokens, start)
         n_cond = cross.rows if cross is not None else 0
         causal_mask = None
         if T > 1 and start > 0:
             causal_mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(start)
-        for i, lw in enumerate(self.w.layers):
+        for i, lw in enumerate(w.layers):
             # self-attention over the static cache
-            h = F.layer_norm(x, (s.hidden,), lw.sa_ln_w, lw.sa_ln_b, LN_EPS)
-            q = F.linear(h, lw.q).view(B, T, s.heads, s.head_dim).transpose(1, 2)
-            k = F.linear(h, lw.k).view(B, T, s.heads, s.head_dim).transpose(1, 2)
-            v = F.linear(h, lw.v).view(B, T, s.heads, s.head_dim).transpose(1, 2)
+            h = F.layer_norm(x, (D,), lw.sa_ln_w, lw.sa_ln_b, LN_EPS)
+            if exact:
+                q, k, v = F.linear(h, lw.q), F.linear(h, lw.k), F.linear(h, lw.v)
+            else:
+                q, k, v = lin(h, lw.qkv).split(D, dim=-1)
+            q = q.view(B, T, H, d).transpose(1, 2)
+            k = k.view(B, T, H, d).transpose(1, 2)
+            v = v.view(B, T, H, d).transpose(1, 2)
             kc, vc = cache.k[i, :B], cache.v[i, :B]
             kc[:, :, start:end] = k
             vc[:, :, start:end] = v
@@ -228,19 +261,27 @@ class LanguageModel:
             a = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=causal_mask, is_causal=(T > 1 and start == 0), scale=self.scale
             )
-            x = x + F.linear(a.transpose(1, 2).reshape(B, T, s.hidden), lw.o)
-            # cross-attention: projections over all rows, attention for cond rows only
+            x = x + lin(a.transpose(1, 2).reshape(B, T, D), lw.o)
+            # cross-attention; the uncond rows' output is exactly zero
             if n_cond:
-                h = F.layer_norm(x, (s.hidden,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
-                q = F.linear(h, lw.cq).view(B, T, s.heads, s.head_dim).transpose(1, 2)
-                a = torch.zeros_like(q)
-                a[:n_cond] = F.scaled_dot_product_attention(q[:n_cond], cross.k[i], cross.v[i], scale=self.scale)
-                x = x + F.linear(a.transpose(1, 2).reshape(B, T, s.hidden), lw.co)
+                rows = B if exact else n_cond  # exact: projections over all rows, as the reference
+                h = F.layer_norm(x[:rows], (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
+                q = lin(h, lw.cq).view(rows, T, H, d).transpose(1, 2)
+                a = torch.zeros_like(q) if rows > n_cond else None
+                c = F.scaled_dot_product_attention(q[:n_cond], cross.k[i], cross.v[i], scale=self.scale)
+                if a is None:
+                    a = c
+                else:
+                    a[:n_cond] = c
+                out = lin(a.transpose(1, 2).reshape(rows, T, D), lw.co)
+                x = x + out if rows == B else torch.cat([x[:rows] + out, x[rows:]])
             # feed-forward
-            h = F.layer_norm(x, (s.hidden,), lw.ff_ln_w, lw.ff_ln_b, LN_EPS)
-            x = x + F.linear(F.gelu(F.linear(h, lw.fc1)), lw.fc2)
-        x = F.layer_norm(x, (s.hidden,), self.w.ln_w, self.w.ln_b, LN_EPS)
-        if not all_positions:
+            h = F.layer_norm(x, (D,), lw.ff_ln_w, lw.ff_ln_b, LN_EPS)
+            x = x + lin(F.gelu(lin(h, lw.fc1)), lw.fc2)
+        x = F.layer_norm(x, (D,), w.ln_w, w.ln_b, LN_EPS)
+        if not (all_positions and exact):
             x = x[:, -1:]
-        logits = torch.stack([F.linear(x, head) for head in self.w.heads], dim=1)  # (B, K, T', V)
-        return logits[:, :, -1].float()
+        if exact:
+            logits = torch.stack([F.linear(x, head) for head in w.heads], dim=1)  # (B, K, T', V)
+            return logits[:, :, -1].float()
+        return lin(x[:, -1], w.heads_cat).view(B, s.num_codebooks, s.card).float()

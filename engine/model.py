@@ -19,13 +19,19 @@ from .spec import ModelSpec
 
 
 class MusicGen:
-    def __init__(self, ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        exact: bool = False,
+    ) -> None:
         self.source = ckpt.source
         self.spec: ModelSpec = ckpt.spec
         self.device = torch.device(device)
         self.dtype = dtype
         tensors = {k: v.to(self.device, dtype if v.is_floating_point() else v.dtype) for k, v in ckpt.tensors.items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
-        self.lm = LanguageModel(self.spec.lm, lm_weights_from_state_dict(self.spec.lm, tensors))
+        self.lm = LanguageModel(self.spec.lm, lm_weights_from_state_dict(self.spec.lm, tensors), exact=exact)
         self.codec = Codec(self.spec.codec, ckpt.tensors, self.device)
         self.tokenizer = ckpt.tokenizer
         self.conditioner = TextConditioner(ckpt.tokenizer, _build_t5(ckpt), self.lm)
@@ -38,8 +44,9 @@ class MusicGen:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         progress: Progress | None = stderr_progress,
+        exact: bool = False,
     ) -> "MusicGen":
-        return cls(load_checkpoint(source, progress), device, dtype)
+        return cls(load_checkpoint(source, progress), device, dtype, exact)
 
     @property
     def sample_rate(self) -> int:
