@@ -110,7 +110,7 @@ def random_hf_model(arch: Arch, seed: int = 0) -> Any:
         embed = layer.codebook.embed
         embed.copy_(torch.randn(embed.shape, generator=gen))
         layer.codebook.embed_avg.copy_(embed)
-    _tame_output_level(model)
+    _tame_output_level(model, gen)
     return model
 
 
@@ -129,9 +129,10 @@ class _seeded:
 
 
 @torch.no_grad()
-def _tame_output_level(model: Any, target_rms: float = 0.1) -> None:
+def _tame_output_level(model: Any, gen: torch.Generator, target_rms: float = 0.1) -> None:
     """Scale the codec's last conv so random codes decode to about `target_rms`, not to full-scale noise."""
-    codes = torch.randint(0, model.config.audio_encoder.codebook_size, (1, 1, model.config.decoder.num_codebooks, 16))
+    size = (1, 1, model.config.decoder.num_codebooks, 16)
+    codes = torch.randint(0, model.config.audio_encoder.codebook_size, size, generator=gen)
     codes = codes[:, :, : model.config.decoder.num_codebooks // model.config.decoder.audio_channels]
     audio = model.audio_encoder.decode(codes, [None]).audio_values
     rms = float(audio.pow(2).mean().sqrt())

@@ -1,0 +1,225 @@
+"""`musicgen-live`: the command line, the outermost bridge (shell -> engine / streamer).
+
+Every expected failure (bad path, bad value, damaged file) ends with one sentence on stderr and
+exit status 2, never a traceback. Tracebacks mean bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="tiny",
+        help="built-in 'tiny' (random weights), a size name small|medium|large (random weights), "
+        "a local checkpoint directory, or a hub id such as facebook/musicgen-small (default: tiny)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="use the parity kernels (token-exact with transformers) instead of the faster default",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="musicgen-live", description="Real-time, endlessly streaming MusicGen.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("render", help="generate a finite piece offline into an audio file")
+    _add_model(r)
+    r.add_argument("--prompt", default="", help="text prompt")
+    length = r.add_mutually_exclusive_group(required=True)
+    length.add_argument("--seconds", type=_positive_float, help="length to generate, in seconds")
+    length.add_argument("--frames", type=_positive_int, help="length to generate, in codec frames")
+    r.add_argument("--cfg", type=_nonneg_float, default=3.0, help="classifier-free guidance scale (default 3)")
+    r.add_argument("--greedy", action="store_true", help="argmax decoding (deterministic)")
+    r.add_argument("--temperature", type=_positive_float, default=1.0)
+    r.add_argument("--top-k", type=int, default=250, help="0 disables top-k (default 250)")
+    r.add_argument("--top-p", type=float, default=0.0, help="0 disables top-p (default 0)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--prompt-audio", help="audio file to continue (any rate / channels / libsndfile format)")
+    r.add_argument("--out", required=True, help="output audio: .wav (float), .flac or .npy")
+    r.add_argument("--codes-out", help="also save the (codebooks, frames) int64 codes as .npy")
+
+    d = sub.add_parser("decode", help="decode a codes .npy to audio through the streaming decoder")
+    _add_model(d)
+    d.add_argument("--codes", required=True, help=".npy of shape (codebooks, frames), e.g. from render --codes-out")
+    d.add_argument("--out", required=True, help="output: .wav, .flac or .npy (float32 samples)")
+    d.add_argument("--chunk-frames", type=_positive_int, default=1, help="frames per decoder push (default 1)")
+
+    b = sub.add_parser("bench", help="time generation, optionally against transformers in the same process")
+    _add_model(b)
+    b.add_argument("--frames", type=_positive_int, default=250, help="frames per run (default 250 = 5 s)")
+    b.add_argument("--peer", action="store_true", help="also time transformers' generate on the same checkpoint")
+    b.add_argument("--repeats", type=_positive_int, default=3, help="interleaved runs per side (default 3)")
+    b.add_argument("--json", action="store_true", help="print the result as JSON as well")
+
+    cb = sub.add_parser("bench-codec", help="time streaming decode against re-decoding the whole history")
+    _add_model(cb)
+    cb.add_argument("--seconds", type=_positive_float, nargs="+", default=[5.0, 15.0, 30.0])
+    cb.add_argument("--chunk-frames", type=_positive_int, default=1)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from engine.errors import EngineError
+
+    try:
+        return COMMANDS[args.command](args)
+    except EngineError as e:
+        print(f"musicgen-live {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(args: argparse.Namespace):  # -> MusicGen
+    import torch
+
+    from engine.errors import CheckpointError
+    from engine.model import MusicGen
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"device '{args.device}' was asked for but no CUDA GPU is available")
+    if args.exact and args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return MusicGen.load(args.model, device=args.device, exact=args.exact)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from engine.audiofile import read_audio, write_audio
+    from engine.errors import ContextError
+    from engine.render import render
+    from engine.sampling import SamplingParams
+
+    _check_output(args.out, (".wav", ".flac", ".npy"))
+    if args.codes_out:
+        _check_output(args.codes_out, (".npy",))
+    try:
+        params = SamplingParams(
+            greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg=args.cfg
+        ).validated()
+    except ValueError as e:
+        raise ContextError(str(e)) from None
+    model = _load(args)
+    frames = args.frames if args.frames else model.spec.seconds_to_frames(args.seconds)
+    if frames <= 0:
+        raise ContextError(f"{args.seconds} s is shorter than one frame")
+    audio = None
+    if args.prompt_audio:
+        audio = read_audio(args.prompt_audio, model.sample_rate, model.audio_channels)
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] > 1.0 or done == total:
+            last[0] = now
+            print(f"\rgenerating: {done}/{total} frames", end="", file=sys.stderr, flush=True)
+
+    out = render(model, args.prompt, frames, params, seed=args.seed, prompt_audio=audio, progress=progress)
+    took = time.perf_counter() - t0
+    print(file=sys.stderr)
+    write_audio(args.out, out.audio, model.sample_rate)
+    if args.codes_out:
+        import numpy as np
+
+        np.save(args.codes_out, out.codes.numpy().astype(np.int64))
+    seconds = out.audio.shape[-1] / model.sample_rate
+    print(f"wrote {args.out}: {seconds:.2f} s in {took:.1f} s ({frames / took:.1f} frames/s)", file=sys.stderr)
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from engine.audiofile import write_audio
+    from engine.render import decode_streamed, load_codes
+
+    _check_output(args.out, (".wav", ".flac", ".npy"))
+    model = _load(args)
+    codes = load_codes(args.codes, model)
+    audio = decode_streamed(model, codes, args.chunk_frames)
+    write_audio(args.out, audio, model.sample_rate)
+    print(f"wrote {args.out}: {audio.shape[-1] / model.sample_rate:.2f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from engine.bench import as_dict, format_result, run_bench
+
+    result = run_bench(args.model, args.frames, args.peer, exact=args.exact, repeats=args.repeats, device=args.device,
+                       say=lambda m: print(m, file=sys.stderr))
+    print(format_result(result))
+    if args.json:
+        print(json.dumps(as_dict(result)))
+    return 0
+
+
+def cmd_bench_codec(args: argparse.Namespace) -> int:
+    from engine.codec_bench import format_codec_bench, run_codec_bench
+
+    model = _load(args)
+    print(format_codec_bench(run_codec_bench(model.codec, args.seconds, args.chunk_frames)))
+    return 0
+
+
+def _check_output(path: str, suffixes: tuple[str, ...]) -> None:
+    from engine.errors import AudioInputError
+
+    if not path.lower().endswith(suffixes):
+        raise AudioInputError(f"'{path}': the output must end in {' or '.join(suffixes)}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise AudioInputError(f"cannot write '{path}': folder '{parent}' does not exist")
+
+
+COMMANDS = {
+    "render": cmd_render,
+    "decode": cmd_decode,
+    "bench": cmd_bench,
+    "bench-codec": cmd_bench_codec,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""`musicgen-live bench`: our generation against transformers' `generate`, in one process.
+
+Both sides run the same checkpoint with MusicGen's default sampling (top-k 250, CFG 3) and both
+include decoding to audio (ours streams every frame through the codec as it completes; the peer
+decodes once at the end). The sides are interleaved and repeated, and medians reported, because
+these machines are shared and one pair of timings is not to be trusted.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint import BUILTIN_SEED, from_hf_model, load_checkpoint
+from .model import MusicGen
+from .presets import DECODER_SIZES, arch_for, random_hf_model, random_tokenizer
+from .render import render
+from .sampling import SamplingParams
+
+PROMPT = "lo-fi hip hop beat with warm keys and vinyl crackle"
+
+
+@dataclass
+class SideResult:
+    frames_per_s: float
+    real_time_factor: float  # > 1 is faster than real time
+    step_ms_p50: float | None
+    step_ms_p99: float | None
+    seconds: list[float]
+
+
+@dataclass
+class BenchResult:
+    model: str
+    frames: int
+    exact: bool
+    device: str
+    threads: int
+    ours: SideResult
+    peer: SideResult | None
+    ratio: float | None
+    peak_rss_mb: float
+    weights_mb: float
+    kv_cache_mb: float
+    machine: str
+
+
+def run_bench(
+    source: str,
+    frames: int,
+    peer: bool,
+    exact: bool = False,
+    repeats: int = 3,
+    device: str = "cpu",
+    say: Callable[[str], None] = print,
+) -> BenchResult:
+    hf = None
+    if source in DECODER_SIZES:
+        say(f"building a random '{source}'-sized checkpoint in memory")
+        hf = random_hf_model(arch_for(source), seed=BUILTIN_SEED)
+        ckpt = from_hf_model(hf, random_tokenizer(), source)
+    else:
+        ckpt = load_checkpoint(source, say)
+        if peer:
+            from transformers import MusicgenForConditionalGeneration
+
+            hf = MusicgenForConditionalGeneration.from_pretrained(source).eval()
+    model = MusicGen(ckpt, device=device, exact=exact)
+    params = SamplingParams()
+    rate = model.spec.frame_rate
+    tokenizer = ckpt.tokenizer
+
+    def ours() -> tuple[float, list[float]]:
+        t0 = time.perf_counter()
+        r = render(model, PROMPT, frames, params, seed=0)
+        return time.perf_counter() - t0, r.step_seconds
+
+    def theirs() -> float:
+        inputs = tokenizer([PROMPT], return_tensors="pt")
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            hf.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=frames + 3)
+        return time.perf_counter() - t0
+
+    say("warming up")
+    render(model, PROMPT, 8, params)
+    if peer and hf is not None:
+        hf.to(device)
+        with torch.no_grad():
+            hf.generate(**tokenizer([PROMPT], return_tensors="pt"), do_sample=True, max_new_tokens=11)
+    our_times, peer_times, steps = [], [], []
+    for r in range(repeats):
+        t, st = ours()
+        our_times.append(t)
+        steps.extend(st)
+        line = f"run {r + 1}/{repeats}: ours {frames / t:.1f} frames/s"
+        if peer and hf is not None:
+            peer_times.append(theirs())
+            line += f", transformers {frames / peer_times[-1]:.1f} frames/s"
+        say(line)
+    ours_res = _side(frames, our_times, rate, steps)
+    peer_res = _side(frames, peer_times, rate, []) if peer_times else None
+    cache = model.lm.new_cache(2, model.pattern.columns_for_frames(frames))
+    return BenchResult(
+        model=source,
+        frames=frames,
+        exact=exact,
+        device=device,
+        threads=torch.get_num_threads(),
+        ours=ours_res,
+        peer=peer_res,
+        ratio=(ours_res.frames_per_s / peer_res.frames_per_s) if peer_res else None,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        weights_mb=sum(v.numel() * v.element_size() for v in ckpt.tensors.values()) / 1e6,
+        kv_cache_mb=(cache.k.numel() + cache.v.numel()) * cache.k.element_size() / 1e6,
+        machine=f"{platform.machine()} {platform.processor() or ''} {_cpu_name()}".strip(),
+    )
+
+
+def _side(frames: int, seconds: list[float], rate: float, steps: list[float]) -> SideResult:
+    med = statistics.median(seconds)
+    fps = frames / med
+    p50 = p99 = None
+    if steps:
+        ordered = sorted(steps)
+        p50 = 1000 * ordered[len(ordered) // 2]
+        p99 = 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return SideResult(fps, fps / rate, p50, p99, seconds)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def format_result(r: BenchResult) -> str:
+    mode = "exact (parity kernels)" if r.exact else "fast"
+    lines = [
+        f"model {r.model}, {r.frames} frames, {mode}, {r.device}, {r.threads} threads, {r.machine}",
+        f"  ours:         {r.ours.frames_per_s:8.1f} frames/s  ({r.ours.real_time_factor:.2f}x real time)"
+        f"  step p50 {r.ours.step_ms_p50:.1f} ms  p99 {r.ours.step_ms_p99:.1f} ms",
+    ]
+    if r.peer:
+        lines.append(
+            f"  transformers: {r.peer.frames_per_s:8.1f} frames/s  ({r.peer.real_time_factor:.2f}x real time)"
+        )
+        lines.append(f"  ratio ours / transformers: {r.ratio:.2f}x")
+    lines.append(
+        f"  memory: peak RSS {r.peak_rss_mb:.0f} MB (whole process{', both models' if r.peer else ''}), "
+        f"weights {r.weights_mb:.0f} MB, KV cache {r.kv_cache_mb:.1f} MB"
+    )
+    return "\n".join(lines)
+
+
+def as_dict(r: BenchResult) -> dict[str, Any]:
+    return asdict(r)

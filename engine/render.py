@@ -1,0 +1,96 @@
+"""Offline generation of a finite piece: codes and audio, through the same streaming path.
+
+A finite run ends the way the reference ends it (pad tokens fed for frames past the end), so
+greedy codes equal `transformers`' `generate` token for token in exact mode.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import CodesError, ContextError
+from .generator import Generator
+from .model import MusicGen
+from .sampling import SamplingParams
+
+
+@dataclass
+class Rendered:
+    codes: torch.Tensor  # (K, prompt + generated frames), int64
+    audio: torch.Tensor  # (channels, samples)
+    step_seconds: list[float]
+
+
+def render(
+    model: MusicGen,
+    prompt: str,
+    frames: int,
+    params: SamplingParams,
+    seed: int = 0,
+    prompt_audio: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Rendered:
+    """Generate `frames` new frames after an optional prompt clip (channels, samples at model rate)."""
+    if frames <= 0:
+        raise ContextError(f"the number of frames must be positive, got {frames}")
+    prompt_codes = model.encode_audio(prompt_audio) if prompt_audio is not None else None
+    P = 0 if prompt_codes is None else prompt_codes.shape[-1]
+    total = P + frames
+    if model.pattern.columns_for_frames(total) > model.max_columns:
+        raise ContextError(
+            f"{total} frames ({total / model.spec.frame_rate:.1f} s, prompt included) exceed the model's "
+            f"window of {model.max_frames} frames ({model.max_frames / model.spec.frame_rate:.1f} s); "
+            "longer pieces need the streaming engine (serve)"
+        )
+    gen = Generator(model, params, seed)
+    cond = model.conditioner.condition(prompt, guided=params.cfg != 1.0)
+    chunks = [gen.start(cond, prompt_codes, total_frames=total).audio]
+    times = []
+    while not gen.done:
+        t0 = time.perf_counter()
+        chunks.append(gen.step().audio)
+        times.append(time.perf_counter() - t0)
+        if progress:
+            progress(gen.frames_done - P, frames)
+    chunks.append(gen.finish())
+    return Rendered(codes=gen.codes(), audio=torch.cat(chunks, dim=-1), step_seconds=times)
+
+
+def load_codes(path: str, model: MusicGen) -> torch.Tensor:
+    """A (K, frames) integer .npy written by `render --codes-out`, checked against the model."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CodesError(f"codes file '{path}' does not exist") from None
+    except Exception as e:
+        raise CodesError(f"codes file '{path}' is not a readable .npy array ({type(e).__name__}: {e})") from None
+    if arr.ndim != 2:
+        raise CodesError(f"codes must be a 2-D (codebooks, frames) array, '{path}' has shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise CodesError(f"codes must be integers, '{path}' holds {arr.dtype}")
+    K = model.spec.lm.num_codebooks
+    if arr.shape[0] != K:
+        raise CodesError(f"'{path}' has {arr.shape[0]} codebooks, the model uses {K}")
+    if arr.shape[1] == 0:
+        raise CodesError(f"'{path}' holds no frames")
+    card = model.spec.lm.card
+    if arr.min() < 0 or arr.max() >= card:
+        raise CodesError(f"codes must lie in 0..{card - 1}, '{path}' has {arr.min()}..{arr.max()}")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def decode_streamed(model: MusicGen, codes: torch.Tensor, chunk_frames: int = 1) -> torch.Tensor:
+    """(K, F) codes -> (channels, F * hop) samples through the streaming decoder, `chunk_frames` a push."""
+    if chunk_frames <= 0:
+        raise CodesError(f"--chunk-frames must be positive, got {chunk_frames}")
+    batch = model.codes_to_codec(codes.to(model.device))
+    model.codec.check_codes(batch)
+    st = model.codec.new_stream(batch=batch.shape[0])
+    out = [model.codec.push(st, batch[..., i : i + chunk_frames]) for i in range(0, batch.shape[-1], chunk_frames)]
+    out.append(model.codec.flush(st))
+    return torch.cat(out, dim=-1).squeeze(1)

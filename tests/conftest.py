@@ -1,0 +1,41 @@
+"""Random checkpoints the tests build themselves (no downloads), saved as hub repos ship them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.presets import ENCODEC_32K, T5_TINY, Arch, save_random_checkpoint
+
+# A slim codec keeps the suite fast; the 32 kHz-sized codec is covered in test_codec.py.
+SLIM_CODEC = dict(ENCODEC_32K, num_filters=8, hidden_size=32, codebook_dim=32)
+
+# Several decoder shapes, not only `tiny`: widths, depths, head counts, T5 sizes and the
+# enc_to_dec_proj present or absent all vary.
+ARCHS: dict[str, Arch] = {
+    "h64-l2-h4": Arch(hidden=64, layers=2, heads=4, codec=SLIM_CODEC),
+    "h96-l3-h6-ffn200": Arch(hidden=96, layers=3, heads=6, ffn=200, codec=SLIM_CODEC,
+                             text=dict(T5_TINY, d_model=48, d_kv=12, num_layers=3)),
+    "h32-l4-h2-noproj": Arch(hidden=32, layers=4, heads=2, codec=SLIM_CODEC, text=dict(T5_TINY, d_model=32)),
+}
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory):
+    """arch name -> directory holding a random checkpoint of that architecture (built once)."""
+    made: dict[str, Path] = {}
+
+    def get(name: str, seed: int = 7) -> Path:
+        key = f"{name}-{seed}"
+        if key not in made:
+            path = tmp_path_factory.mktemp(key)
+            save_random_checkpoint(str(path), ARCHS[name], seed=seed)
+            made[key] = path
+        return made[key]
+
+    return get
