@@ -356,6 +356,12 @@ class Codec:
     def new_stream(self, batch: int = 1) -> DecoderState:
         return DecoderState(layers=[layer.init() for layer in self.decoder_layers], batch=batch)
 
+    def reset(self, st: DecoderState) -> None:
+        """Forget everything: the next push starts a new stream (with its warm-up)."""
+        st.layers = [layer.init() for layer in self.decoder_layers]
+        st.frames_in = st.samples_out = 0
+        st.pending_codes = []
+
     @torch.no_grad()
     def push(self, st: DecoderState, codes: torch.Tensor) -> torch.Tensor:
         """Feed (B, K, T) code frames; return (B, channels, n) samples that just became final."""

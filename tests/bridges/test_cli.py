@@ -1,0 +1,117 @@
+"""The command line. Protects: render / decode outputs and shapes, and that every kind of bad
+input ends in one clear sentence with exit status 2 and no traceback."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bridges.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse rejects values itself
+        code = e.code
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_render_writes_audio_and_codes_and_decode_reproduces_it(tmp_path, capsys):
+    wav, npy, again = tmp_path / "a.wav", tmp_path / "a.npy", tmp_path / "b.npy"
+    code, err = run(capsys, "render", "--prompt", "acid", "--frames", "30", "--greedy", "--out", str(wav), "--codes-out", str(npy))
+    assert code == 0, err
+    codes = np.load(npy)
+    assert codes.shape == (4, 30) and codes.dtype == np.int64
+    audio, rate = sf.read(str(wav))
+    assert rate == 32000 and audio.shape == (30 * 640,)
+    code, err = run(capsys, "decode", "--codes", str(npy), "--out", str(again), "--chunk-frames", "4")
+    assert code == 0, err
+    assert np.abs(np.load(again)[0] - audio).max() < 1e-5
+
+
+def test_render_with_prompt_audio_of_another_rate_and_channel_count(tmp_path, capsys):
+    clip = tmp_path / "clip.flac"
+    sf.write(str(clip), 0.1 * np.random.default_rng(0).standard_normal((44100 // 2, 2)), 44100)
+    npy = tmp_path / "c.npy"
+    code, err = run(capsys, "render", "--prompt-audio", str(clip), "--frames", "10", "--out", str(tmp_path / "c.wav"), "--codes-out", str(npy))
+    assert code == 0, err
+    assert np.load(npy).shape == (4, 25 + 10)  # 0.5 s of prompt = 25 frames, then 10 new ones
+
+
+@pytest.fixture
+def not_a_checkpoint(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    return str(d)
+
+
+@pytest.fixture
+def truncated(checkpoint_dir, tmp_path):
+    d = tmp_path / "trunc"
+    shutil.copytree(checkpoint_dir("h64-l2-h4"), d)
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    return str(d)
+
+
+def bad_npy(tmp_path, name, array):
+    p = tmp_path / name
+    np.save(p, array)
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["render", "--model", "nope", "--frames", "5", "--out", "{tmp}/x.wav"], "unknown model"),
+        (["render", "--model", "{empty}", "--frames", "5", "--out", "{tmp}/x.wav"], "no config.json"),
+        (["render", "--model", "{trunc}", "--frames", "5", "--out", "{tmp}/x.wav"], "damaged or truncated"),
+        (["render", "--prompt-audio", "{tmp}/garbage.wav", "--frames", "5", "--out", "{tmp}/x.wav"], "could not be read"),
+        (["render", "--prompt-audio", "{tmp}/missing.wav", "--frames", "5", "--out", "{tmp}/x.wav"], "does not exist"),
+        (["render", "--frames", "0", "--out", "{tmp}/x.wav"], "positive"),
+        (["render", "--frames", "-3", "--out", "{tmp}/x.wav"], "positive"),
+        (["render", "--seconds", "45", "--out", "{tmp}/x.wav"], "window"),
+        (["render", "--frames", "5", "--out", "{tmp}/x.mp3"], "must end in"),
+        (["render", "--frames", "5", "--out", "{tmp}/no/dir/x.wav"], "does not exist"),
+        (["render", "--frames", "5", "--top-p", "3", "--out", "{tmp}/x.wav"], "top_p"),
+        (["decode", "--codes", "{tmp}/missing.npy", "--out", "{tmp}/x.wav"], "does not exist"),
+        (["decode", "--codes", "{tmp}/garbage.wav", "--out", "{tmp}/x.wav"], "not a readable .npy"),
+        (["decode", "--codes", "{range}", "--out", "{tmp}/x.wav"], "0..2047"),
+        (["decode", "--codes", "{books}", "--out", "{tmp}/x.wav"], "codebooks"),
+        (["decode", "--codes", "{empty_npy}", "--out", "{tmp}/x.wav"], "no frames"),
+        (["decode", "--codes", "{floats}", "--out", "{tmp}/x.wav"], "integers"),
+        (["decode", "--codes", "{flat}", "--out", "{tmp}/x.wav"], "2-D"),
+    ],
+)
+def test_bad_input_gets_one_clear_sentence(tmp_path, capsys, not_a_checkpoint, truncated, argv, expected):
+    (tmp_path / "garbage.wav").write_bytes(b"RIFF this is not audio")
+    subst = {
+        "tmp": str(tmp_path),
+        "empty": not_a_checkpoint,
+        "trunc": truncated,
+        "range": bad_npy(tmp_path, "range.npy", np.full((4, 5), 5000)),
+        "books": bad_npy(tmp_path, "books.npy", np.zeros((3, 5), dtype=np.int64)),
+        "empty_npy": bad_npy(tmp_path, "empty.npy", np.zeros((4, 0), dtype=np.int64)),
+        "floats": bad_npy(tmp_path, "floats.npy", np.zeros((4, 5))),
+        "flat": bad_npy(tmp_path, "flat.npy", np.zeros(5, dtype=np.int64)),
+    }
+    code, err = run(capsys, *[a.format(**subst) for a in argv])
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    exe = shutil.which("musicgen-live") or f"{sys.prefix}/bin/musicgen-live"
+    proc = subprocess.run([exe, "render", "--model", str(tmp_path), "--frames", "5", "--out", str(tmp_path / "x.wav")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "no config.json" in proc.stderr and "Traceback" not in proc.stderr
