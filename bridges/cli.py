@@ -49,20 +49,20 @@ def _nonneg_float(text: str) -> float:
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
-        default="tiny",
         help="built-in 'tiny' (random weights), a size name small|medium|large (random weights), "
-        "a local checkpoint directory, or a hub id such as facebook/musicgen-small (default: tiny)",
+        "a local checkpoint directory, or a hub id such as facebook/musicgen-small ([model] name)",
     )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda ([model] device)")
     p.add_argument(
         "--exact",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="use the parity kernels (token-exact with transformers) instead of the faster default",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicgen-live", description="Real-time, endlessly streaming MusicGen.")
+    parser.add_argument("--config", help="settings file (default: the repository's config.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("render", help="generate a finite piece offline into an audio file")
@@ -71,12 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     length = r.add_mutually_exclusive_group(required=True)
     length.add_argument("--seconds", type=_positive_float, help="length to generate, in seconds")
     length.add_argument("--frames", type=_positive_int, help="length to generate, in codec frames")
-    r.add_argument("--cfg", type=_nonneg_float, default=3.0, help="classifier-free guidance scale (default 3)")
+    r.add_argument("--cfg", type=_nonneg_float, help="classifier-free guidance scale ([sampling] cfg, 3)")
     r.add_argument("--greedy", action="store_true", help="argmax decoding (deterministic)")
-    r.add_argument("--temperature", type=_positive_float, default=1.0)
-    r.add_argument("--top-k", type=int, default=250, help="0 disables top-k (default 250)")
-    r.add_argument("--top-p", type=float, default=0.0, help="0 disables top-p (default 0)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--temperature", type=_positive_float, help="([sampling] temperature, 1)")
+    r.add_argument("--top-k", type=int, help="0 disables top-k ([sampling] top_k, 250)")
+    r.add_argument("--top-p", type=float, help="0 disables top-p ([sampling] top_p, 0)")
+    r.add_argument("--seed", type=int, help="([sampling] seed, 0)")
     r.add_argument("--prompt-audio", help="audio file to continue (any rate / channels / libsndfile format)")
     r.add_argument("--out", required=True, help="output audio: .wav (float), .flac or .npy")
     r.add_argument("--codes-out", help="also save the (codebooks, frames) int64 codes as .npy")
@@ -106,12 +106,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engine.errors import EngineError
 
     try:
+        _apply_config(args)
         return COMMANDS[args.command](args)
     except EngineError as e:
         print(f"musicgen-live {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """Fill every option the command line left out from config.toml (then from built-in defaults)."""
+    from engine.config import load_config
+
+    cfg = load_config(args.config)
+    for section in (cfg.model, cfg.sampling):
+        for key, value in vars(section).items():
+            dest = "model" if section is cfg.model and key == "name" else key
+            if hasattr(args, dest) and getattr(args, dest) is None:
+                setattr(args, dest, value)
 
 
 def _load(args: argparse.Namespace):  # -> MusicGen

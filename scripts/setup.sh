@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install everything musicgen-live needs into .venv/ (idempotent; fast when nothing changed).
+# Debian packages first (where the machine has apt and we are root or have sudo), then the venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=()  # Debian packages the code or tests need beyond Python wheels
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if command -v apt-get >/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "warning: cannot install ${missing[*]} (no apt-get); install them by hand" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+stamp=.venv/.installed
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv"
+  "$PY" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+  echo "installing Python packages into .venv (torch is large: the first time takes a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
