@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt-audio", help="audio file to continue (any rate / channels / libsndfile format)")
     r.add_argument("--out", required=True, help="output audio: .wav (float), .flac or .npy")
     r.add_argument("--codes-out", help="also save the (codebooks, frames) int64 codes as .npy")
+    r.add_argument("--decode-chunk", type=_positive_int, default=25,
+                   help="frames per codec push (default 25; the audio is the same for any value)")
 
     d = sub.add_parser("decode", help="decode a codes .npy to audio through the streaming decoder")
     _add_model(d)
@@ -93,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--peer", action="store_true", help="also time transformers' generate on the same checkpoint")
     b.add_argument("--repeats", type=_positive_int, default=3, help="interleaved runs per side (default 3)")
     b.add_argument("--json", action="store_true", help="print the result as JSON as well")
+    b.add_argument("--decode-chunk", type=_positive_int, default=1,
+                   help="frames per codec push (default 1: audio released as soon as it is final, as live)")
 
     cb = sub.add_parser("bench-codec", help="time streaming decode against re-decoding the whole history")
     _add_model(cb)
@@ -172,7 +176,8 @@ def cmd_render(args: argparse.Namespace) -> int:
             last[0] = now
             print(f"\rgenerating: {done}/{total} frames", end="", file=sys.stderr, flush=True)
 
-    out = render(model, args.prompt, frames, params, seed=args.seed, prompt_audio=audio, progress=progress)
+    out = render(model, args.prompt, frames, params, seed=args.seed, prompt_audio=audio, progress=progress,
+                 decode_chunk=args.decode_chunk)
     took = time.perf_counter() - t0
     print(file=sys.stderr)
     write_audio(args.out, out.audio, model.sample_rate)
@@ -202,7 +207,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from engine.bench import as_dict, format_result, run_bench
 
     result = run_bench(args.model, args.frames, args.peer, exact=args.exact, repeats=args.repeats, device=args.device,
-                       say=lambda m: print(m, file=sys.stderr))
+                       decode_chunk=args.decode_chunk, say=lambda m: print(m, file=sys.stderr))
     print(format_result(result))
     if args.json:
         print(json.dumps(as_dict(result)))

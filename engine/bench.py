@@ -40,6 +40,7 @@ class BenchResult:
     model: str
     frames: int
     exact: bool
+    decode_chunk: int
     device: str
     threads: int
     ours: SideResult
@@ -58,6 +59,7 @@ def run_bench(
     exact: bool = False,
     repeats: int = 3,
     device: str = "cpu",
+    decode_chunk: int = 1,
     say: Callable[[str], None] = print,
 ) -> BenchResult:
     hf = None
@@ -78,7 +80,7 @@ def run_bench(
 
     def ours() -> tuple[float, list[float]]:
         t0 = time.perf_counter()
-        r = render(model, PROMPT, frames, params, seed=0)
+        r = render(model, PROMPT, frames, params, seed=0, decode_chunk=decode_chunk)
         return time.perf_counter() - t0, r.step_seconds
 
     def theirs() -> float:
@@ -111,6 +113,7 @@ def run_bench(
         model=source,
         frames=frames,
         exact=exact,
+        decode_chunk=decode_chunk,
         device=device,
         threads=torch.get_num_threads(),
         ours=ours_res,
@@ -145,7 +148,7 @@ def _cpu_name() -> str:
 
 
 def format_result(r: BenchResult) -> str:
-    mode = "exact (parity kernels)" if r.exact else "fast"
+    mode = ("exact (parity kernels)" if r.exact else "fast") + f", decode every {r.decode_chunk} frame(s)"
     lines = [
         f"model {r.model}, {r.frames} frames, {mode}, {r.device}, {r.threads} threads, {r.machine}",
         f"  ours:         {r.ours.frames_per_s:8.1f} frames/s  ({r.ours.real_time_factor:.2f}x real time)"

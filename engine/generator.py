@@ -8,10 +8,11 @@ are counted from the start of the stream; samples are at the model's rate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from .codec import DecoderState
 from .conditioning import Condition
 from .errors import ContextError
 from .lm import CrossKV, KVCache
@@ -37,17 +38,23 @@ class StreamState:
     column: int  # last sampled column
     guided: bool  # batch carries an uncond row
     generator: torch.Generator
-    decoder: object
+    decoder: DecoderState
     emit_prompt_audio: bool
     skip_samples: int = 0  # decoded samples still to drop (prompt audio the listener already has)
-    emitted_frames: list[int] = field(default_factory=list)
+    undecoded: int = 0  # completed frames not yet pushed to the codec (decode_chunk > 1)
 
 
 class Generator:
-    def __init__(self, model: MusicGen, params: SamplingParams | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, model: MusicGen, params: SamplingParams | None = None, seed: int = 0, decode_chunk: int = 1
+    ) -> None:
+        """`decode_chunk`: completed frames gathered per codec push. 1 (live) releases audio as soon
+        as it is final; offline rendering gathers more to save per-call overhead. The samples are the
+        same either way (the decoder is chunking-invariant)."""
         self.model = model
         self.params = (params or SamplingParams()).validated()
         self.seed = seed
+        self.decode_chunk = max(1, decode_chunk)
         self.state: StreamState | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -114,7 +121,9 @@ class Generator:
     def finish(self) -> torch.Tensor:
         """Flush the codec: the held-back samples at the end of a finite stream."""
         st = self._require()
-        return self._trim(self.model.codec.flush(st.decoder).squeeze(1) if st.decoder else self._empty_audio())
+        head = self._decode_pending()
+        tail = self._trim(self.model.codec.flush(st.decoder).squeeze(1))
+        return torch.cat([head, tail], dim=-1)
 
     @property
     def done(self) -> bool:
@@ -157,8 +166,19 @@ class Generator:
         codes = st.frames[:, :0]
         if done is not None and done >= st.prompt_frames and (st.total_frames is None or done < st.total_frames):
             codes = st.frames[:, done : done + 1]
-            new_audio = torch.cat([new_audio, self._decode(codes)], dim=-1)
+            st.undecoded += 1
+            if st.undecoded >= self.decode_chunk:
+                new_audio = torch.cat([new_audio, self._decode_pending()], dim=-1)
         return StepResult(codes=codes.clone(), audio=new_audio)
+
+    def _decode_pending(self) -> torch.Tensor:
+        st = self._require()
+        if not st.undecoded:
+            return self._empty_audio()
+        end = self.frames_done
+        codes = st.frames[:, end - st.undecoded : end]
+        st.undecoded = 0
+        return self._decode(codes)
 
     def _decode(self, codes: torch.Tensor, prompt: bool = False) -> torch.Tensor:
         st = self._require()

@@ -34,6 +34,7 @@ def render(
     seed: int = 0,
     prompt_audio: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    decode_chunk: int = 1,
 ) -> Rendered:
     """Generate `frames` new frames after an optional prompt clip (channels, samples at model rate)."""
     if frames <= 0:
@@ -47,7 +48,7 @@ def render(
             f"window of {model.max_frames} frames ({model.max_frames / model.spec.frame_rate:.1f} s); "
             "longer pieces need the streaming engine (serve)"
         )
-    gen = Generator(model, params, seed)
+    gen = Generator(model, params, seed, decode_chunk=decode_chunk)
     cond = model.conditioner.condition(prompt, guided=params.cfg != 1.0)
     chunks = [gen.start(cond, prompt_codes, total_frames=total).audio]
     times = []
