@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CodesError
+from .lm import linear_skinny
 from .spec import CodecSpec
 
 
@@ -103,6 +104,22 @@ class StreamConvTranspose1d:
         self.left = total - self.right
         self.overlap = k - stride
         self._bias = bias.view(1, -1, 1)
+        # (Cout * k, Cin): the kernel as one matrix, so a push is one GEMM plus an overlap-add
+        self._w_mat = weight.permute(1, 2, 0).reshape(-1, weight.shape[0]).contiguous() if k % stride == 0 else None
+
+    def _transpose_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """conv_transpose1d without bias. oneDNN plans a slow kernel for the few-sample inputs a
+        stream pushes; the GEMM (row-major input, `linear_skinny`) runs at memory bandwidth."""
+        if self._w_mat is None:
+            return F.conv_transpose1d(x, self.weight, None, stride=self.stride)
+        B, _, T = x.shape
+        S, cout, k = self.stride, self.weight.shape[1], self.weight.shape[2]
+        cols = linear_skinny(x.transpose(1, 2).reshape(B * T, -1).contiguous(), self._w_mat)
+        cols = cols.view(B, T, cout, k).permute(0, 2, 3, 1)  # (B, Cout, k, T)
+        y = x.new_zeros(B, cout, (T + k // S - 1) * S)
+        for j in range(k // S):
+            y[..., j * S : j * S + T * S] += cols[:, :, j * S : (j + 1) * S].transpose(2, 3).reshape(B, cout, T * S)
+        return y
 
     def init(self) -> ConvTransposeState:
         return ConvTransposeState(to_trim=self.left)
@@ -110,7 +127,7 @@ class StreamConvTranspose1d:
     def push(self, st: ConvTransposeState, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == 0:
             return x.new_empty(x.shape[0], self.weight.shape[1], 0)
-        y = F.conv_transpose1d(x, self.weight, None, stride=self.stride)
+        y = self._transpose_conv(x)
         if st.tail is not None:
             y[..., : self.overlap] += st.tail
         n = y.shape[-1] - self.overlap
@@ -152,6 +169,8 @@ class StreamLSTM:
         self.w_ih = [getattr(lstm, f"weight_ih_l{i}").detach() for i in range(n)]
         self.w_hh = [getattr(lstm, f"weight_hh_l{i}").detach() for i in range(n)]
         self.bias = [(getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}")).detach() for i in range(n)]
+        # [W_ih | W_hh]: a one-frame push reads each layer's weights in one GEMV
+        self.w_cat = [torch.cat([a, b], dim=1).contiguous() for a, b in zip(self.w_ih, self.w_hh)]
 
     def init(self) -> LSTMState:
         return LSTMState()
@@ -166,11 +185,15 @@ class StreamLSTM:
             st.c = seq.new_zeros(len(self.w_ih), B, C)
         inp = seq
         for layer, (w_ih, w_hh, bias) in enumerate(zip(self.w_ih, self.w_hh, self.bias)):
-            pre = F.linear(inp, w_ih, bias)  # (T, B, 4C), gate order i, f, g, o
             h, c = st.h[layer], st.c[layer]
+            if T == 1:
+                pre = [linear_skinny(torch.cat([inp[0], h], dim=-1), self.w_cat[layer]) + bias]
+            else:
+                pre = linear_skinny(inp, w_ih) + bias  # (T, B, 4C), gate order i, f, g, o
             outs = []
             for t in range(T):
-                i, f, g, o = (pre[t] + F.linear(h, w_hh)).chunk(4, dim=-1)
+                gates = pre[t] if T == 1 else pre[t] + linear_skinny(h, w_hh)
+                i, f, g, o = gates.chunk(4, dim=-1)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
                 outs.append(h)
