@@ -131,6 +131,15 @@ class KVCache:
     def batch(self) -> int:
         return self.k.shape[1]
 
+    def rearrange_rows(self, rows: list[int], filled: int) -> None:
+        """Row r becomes old row rows[r], over the first `filled` columns (a prompt row added by
+        copying another's history, rows dropped after a crossfade)."""
+        if rows == list(range(len(rows))):
+            return
+        idx = torch.tensor(rows, device=self.k.device)
+        for buf in (self.k, self.v):
+            buf[:, : len(rows), :, :filled] = buf[:, idx, :, :filled]
+
 
 @dataclass
 class CrossKV:
@@ -225,13 +234,15 @@ class LanguageModel:
         tokens: torch.Tensor,
         start: int,
         cache: KVCache,
-        cross: CrossKV | None,
+        cross: CrossKV | list[CrossKV] | None,
         all_positions: bool = False,
     ) -> torch.Tensor:
         """Run columns `tokens` (B, K, T) at positions start..start+T-1, writing their K/V into `cache`.
 
-        Returns fp32 logits (B, K, V) for the last column. In exact mode the heads run over all T
-        columns when `all_positions` is set, as the reference's prefill does.
+        `cross` conditions the first rows, one `CrossKV` per row (a single one may be passed bare);
+        the remaining rows are unconditional. Returns fp32 logits (B, K, V) for the last column. In
+        exact mode the heads run over all T columns when `all_positions` is set, as the reference's
+        prefill does.
         """
         s, w, exact = self.spec, self.w, self.exact
         lin = F.linear if exact else linear_skinny
@@ -239,7 +250,8 @@ class LanguageModel:
         D, H, d = s.hidden, s.heads, s.head_dim
         end = start + T
         x = self.embed(tokens, start)
-        n_cond = cross.rows if cross is not None else 0
+        conds = [] if cross is None else [cross] if isinstance(cross, CrossKV) else cross
+        n_cond = len(conds)
         causal_mask = None
         if T > 1 and start > 0:
             causal_mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(start)
@@ -269,12 +281,12 @@ class LanguageModel:
                 rows = B if exact else n_cond  # exact: projections over all rows, as the reference
                 h = F.layer_norm(x[:rows], (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
                 q = lin(h, lw.cq).view(rows, T, H, d).transpose(1, 2)
-                a = torch.zeros_like(q) if rows > n_cond else None
-                c = F.scaled_dot_product_attention(q[:n_cond], cross.k[i], cross.v[i], scale=self.scale)
-                if a is None:
-                    a = c
+                if rows == 1:
+                    a = F.scaled_dot_product_attention(q, conds[0].k[i], conds[0].v[i], scale=self.scale)
                 else:
-                    a[:n_cond] = c
+                    a = torch.zeros_like(q)
+                    for r, c in enumerate(conds):
+                        a[r : r + 1] = F.scaled_dot_product_attention(q[r : r + 1], c.k[i], c.v[i], scale=self.scale)
                 out = lin(a.transpose(1, 2).reshape(rows, T, D), lw.co)
                 x = x + out if rows == B else torch.cat([x[:rows] + out, x[rows:]])
             # feed-forward

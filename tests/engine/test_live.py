@@ -1,0 +1,121 @@
+"""Live-stream mechanics of the generator, each against its one-shot equivalent.
+
+Protects: a window prefilled a chunk at a time equals one prefilled at once; endless streams slide
+without a gap and without a step doing a whole prefill; prompt changes and crossfades land at frame
+boundaries and keep history; restarting from codes equals starting a new stream from them."""
+
+import pytest
+import torch
+
+from engine.errors import ContextError
+from engine.generator import Generator
+from engine.model import MusicGen
+from engine.sampling import SamplingParams
+
+GREEDY = SamplingParams(greedy=True, cfg=3.0)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint_dir):
+    return MusicGen.load(str(checkpoint_dir("h64-l2-h4")), progress=None)
+
+
+def test_chunked_prefill_equals_one_shot_prefill(model):
+    cond = model.conditioner.condition("ambient pads")
+    tokens = torch.randint(0, 2048, (2, 4, 50), generator=torch.Generator().manual_seed(0))
+    one = model.lm.new_cache(2, 64)
+    ref = model.lm.forward(tokens, 0, one, [cond.cross])
+    chunked = model.lm.new_cache(2, 64)
+    for s in range(0, 50, 16):
+        out = model.lm.forward(tokens[..., s : s + 16], s, chunked, [cond.cross])
+    assert (out - ref).abs().max() < 1e-4
+    assert (chunked.k[..., :50, :] - one.k[..., :50, :]).abs().max() < 1e-4
+
+
+def test_endless_stream_slides_without_gaps(model):
+    gen = Generator(model, SamplingParams(top_k=50), seed=1)
+    cond = model.conditioner.condition("drum and bass")
+    released = gen.start([(cond, 1.0)], capacity_frames=120, context_frames=40, guided=True, slide_chunk=8,
+                         max_prompts=2).audio.shape[-1]
+    hop, hold = model.spec.codec.hop, model.codec.hold_back
+    for i in range(600):
+        before = gen.frames_done
+        released += gen.step().audio.shape[-1]
+        if i >= 4:  # past the delay pattern's warm-up every step completes exactly one frame
+            assert gen.frames_done == before + 1
+        # no gap, no repeat: exactly the final samples of every complete frame are out
+        assert released == max(0, gen.frames_done * hop - hold)
+    assert gen.slides >= 3
+
+
+def test_same_prompt_again_changes_nothing(model):
+    cond = model.conditioner.condition("jazz trio")
+    runs = []
+    for resend in (False, True):
+        gen = Generator(model, GREEDY)
+        gen.start([(cond, 1.0)], total_frames=None, capacity_frames=200, guided=True, max_prompts=2)
+        codes = []
+        for i in range(40):
+            if resend and i == 10:
+                gen.set_prompts([(cond, 1.0)], fade_frames=0)
+            codes.append(gen.step().codes)
+        runs.append(torch.cat(codes, dim=1))
+    assert torch.equal(*runs)
+
+
+def test_prompt_change_lands_at_the_next_frame_and_fades_drop_old_rows(model):
+    a, b = model.conditioner.condition("harp"), model.conditioner.condition("distorted guitar")
+    gen = Generator(model, GREEDY)
+    gen.start([(a, 1.0)], capacity_frames=300, guided=True, max_prompts=2)
+    for _ in range(5):
+        gen.step()
+    gen.set_prompts([(b, 1.0)], fade_frames=10)
+    assert [r.condition.text for r in gen.rows] == ["harp", "distorted guitar"]
+    weights = []
+    for _ in range(10):
+        gen.step()
+        weights.append([round(r.weight, 3) for r in gen.rows])
+    assert weights[0] == [0.9, 0.1] and weights[4] == [0.5, 0.5]
+    assert [r.condition.text for r in gen.rows] == ["distorted guitar"]
+    assert gen.rows[0].weight == 1.0
+
+
+def test_new_prompt_row_continues_the_old_rows_history(model):
+    """Switching to a prompt at once must equal having run that prompt's row with the old history:
+    with the cache row copied, the next logits match a run whose cross-attention alone changed."""
+    a, b = model.conditioner.condition("harp"), model.conditioner.condition("organ")
+    gen = Generator(model, GREEDY)
+    gen.start([(a, 1.0)], capacity_frames=300, guided=True, max_prompts=2)
+    for _ in range(6):
+        gen.step()
+    cache = gen.state.window.cache
+    history = cache.k[:, 0, :, : gen.state.window.column + 1].clone()
+    gen.set_prompts([(b, 1.0)], fade_frames=0)
+    assert [r.condition.text for r in gen.rows] == ["organ"]
+    assert torch.equal(cache.k[:, 0, :, : gen.state.window.column + 1], history)
+
+
+def test_restart_from_codes_equals_a_new_stream_from_them(model):
+    cond = model.conditioner.condition("lofi")
+    prompt = torch.randint(0, 2048, (4, 20), generator=torch.Generator().manual_seed(4))
+    fresh = Generator(model, GREEDY)
+    fresh.start([(cond, 1.0)], prompt_codes=prompt, capacity_frames=300, guided=True, max_prompts=2)
+    want = torch.cat([fresh.step().codes for _ in range(15)], dim=1)
+    live = Generator(model, GREEDY)
+    live.start([(cond, 1.0)], capacity_frames=300, guided=True, max_prompts=2)
+    for _ in range(30):
+        live.step()
+    live.restart(prompt)
+    got = torch.cat([live.step().codes for _ in range(15)], dim=1)
+    assert torch.equal(got, want)
+
+
+def test_live_controls_reject_bad_values(model):
+    gen = Generator(model, GREEDY)
+    gen.start(model.conditioner.condition("x"), capacity_frames=100, guided=True, max_prompts=2)
+    with pytest.raises(ContextError, match="at most"):
+        gen.set_prompts([(model.conditioner.condition(t), 1.0) for t in "abc"])
+    with pytest.raises(ContextError, match="weights"):
+        gen.set_prompts([(model.conditioner.condition("a"), 0.0)])
+    with pytest.raises(ValueError):
+        gen.set_params(SamplingParams(temperature=0))
