@@ -1,7 +1,9 @@
 """Settings from `config.toml` as typed dataclasses.
 
-The file is optional: every field has the default written here, and the CLI's flags override the
-file. Unknown sections or keys are an error (a typo in a setting should not be silently ignored).
+Each layer owns the dataclasses of its sections (engine: [model], [sampling]; streamer: [stream];
+bridges: theirs) and the outermost layer composes them with `load_sections`. The file is optional:
+every field has a default, and the CLI's flags override the file. Unknown sections or keys are an
+error (a typo in a setting should not be silently ignored).
 """
 
 from __future__ import annotations
@@ -39,21 +41,32 @@ class Config:
 
 
 def load_config(path: str | Path | None = None) -> Config:
-    """Read `path` (or the repository's config.toml if it exists); defaults fill every gap."""
+    """The engine's own sections only (other sections in the file are left to their layers)."""
+    sections = load_sections(path, {"model": ModelConfig, "sampling": SamplingConfig}, strict=False)
+    return Config(**sections)
+
+
+def load_sections(path: str | Path | None, schema: dict[str, type], strict: bool = True) -> dict[str, Any]:
+    """Read `path` (or the repository's config.toml if it exists) into one dataclass per section.
+
+    `strict`: a section the schema does not know is an error (the outermost layer knows them all).
+    """
     p = Path(path) if path is not None else DEFAULT_PATH
-    if not p.exists():
-        if path is not None:
-            raise EngineError(f"config file '{p}' does not exist")
-        return Config()
-    try:
-        raw = tomllib.loads(p.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise EngineError(f"config file '{p}' is not valid TOML ({e})") from None
-    sections = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
-    unknown = set(raw) - set(sections)
-    if unknown:
+    raw: dict[str, Any] = {}
+    if p.exists():
+        try:
+            raw = tomllib.loads(p.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise EngineError(f"config file '{p}' is not valid TOML ({e})") from None
+    elif path is not None:
+        raise EngineError(f"config file '{p}' does not exist")
+    unknown = set(raw) - set(schema)
+    if strict and unknown:
         raise EngineError(f"config file '{p}': unknown section [{sorted(unknown)[0]}]")
-    return Config(**{name: _section(p, name, factory(), raw.get(name, {})) for name, factory in sections.items()})
+    for name in schema:
+        if name in raw and not isinstance(raw[name], dict):
+            raise EngineError(f"config file '{p}': [{name}] must be a section")
+    return {name: _section(p, name, cls(), raw.get(name, {})) for name, cls in schema.items()}
 
 
 def _section(path: Path, name: str, default: Any, values: dict[str, Any]) -> Any:

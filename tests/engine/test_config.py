@@ -22,7 +22,6 @@ def test_partial_file_keeps_defaults(tmp_path):
     "text, message",
     [
         ("[sampling]\ncgf = 2.0\n", "unknown setting 'cgf'"),
-        ("[sound]\nx = 1\n", "unknown section"),
         ("[sampling]\ntop_k = 'many'\n", "must be int"),
         ("[model]\nexact = 1\n", "must be bool"),
         ("[model\n", "not valid TOML"),
@@ -38,3 +37,12 @@ def test_bad_config_is_a_clear_error(tmp_path, text, message):
 def test_missing_explicit_config_file(tmp_path):
     with pytest.raises(EngineError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_unknown_sections_are_errors_where_every_section_is_known(tmp_path):
+    from engine.config import ModelConfig, load_sections
+
+    p = tmp_path / "c.toml"
+    p.write_text("[sound]\nx = 1\n")
+    with pytest.raises(EngineError, match="unknown section"):
+        load_sections(p, {"model": ModelConfig})

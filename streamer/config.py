@@ -1,0 +1,21 @@
+"""The [stream] section of config.toml: how the real-time session runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    output: str = "default"  # default | null | file:PATH | a device name or index
+    input: str = ""  # capture device for "continue from input" ("" = none)
+    buffer_ms: float = 200.0  # audio kept ready ahead of the output (the latency floor)
+    blocksize: int = 256  # frames per output callback
+    window_s: float = 30.0  # LM context window before it slides (at most the model's)
+    context_s: float = 12.0  # context kept across a slide (audiocraft keeps 12 s)
+    slide_chunk: int = 16  # columns prefilled per step while a slide is prepared
+    fade_s: float = 0.0  # default crossfade for prompt changes
+    history_s: float = 30.0  # own output kept for "continue"
+    autoplay: bool = True  # start playing when the session starts
+    gain: float = 1.0
+    prompt: str = ""  # the prompt the session starts with
