@@ -1,10 +1,14 @@
 # The two commands a fresh machine needs (each installs what it needs first):
-#   make demo   - the main job: 10 s of the built-in `tiny` model rendered to out/tiny-demo.wav
-#   make test   - the whole test suite
-.PHONY: demo test setup
+#   make serve  - the main job: the built-in `tiny` model playing endlessly to the default audio
+#                 device (the null output where there is none); type commands on stdin
+#   make test   - the whole test suite (what CI runs)
+.PHONY: serve test setup demo
 
 setup:
 	@bash scripts/setup.sh
+
+serve: setup
+	.venv/bin/musicgen-live serve --model tiny
 
 demo: setup
 	@mkdir -p out

@@ -98,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--decode-chunk", type=_positive_int, default=1,
                    help="frames per codec push (default 1: audio released as soon as it is final, as live)")
 
+    sv = sub.add_parser("serve", help="play endlessly; control it with lines on stdin (see README)")
+    _add_model(sv)
+    sv.add_argument("--output", help="default | null | file:PATH | a device name or index ([stream] output)")
+    sv.add_argument("--input", help="capture device for continue-input ([stream] input)")
+    sv.add_argument("--buffer-ms", type=_positive_float, help="audio kept ready ahead of the output ([stream] buffer_ms)")
+    sv.add_argument("--prompt", help="the prompt to start with ([stream] prompt)")
+    sv.add_argument("--window", type=_positive_float, dest="window_s", help="context window in seconds ([stream] window_s)")
+    sv.add_argument("--context", type=_positive_float, dest="context_s", help="context kept when the window slides ([stream] context_s)")
+    sv.add_argument("--no-autoplay", action="store_false", dest="autoplay", default=None, help="wait for 'play'")
+    sv.add_argument("--seconds", type=_positive_float, help="stop after this long (default: run until 'quit')")
+    sv.add_argument("--status-every", type=_nonneg_float, default=5.0, help="status line period in seconds (0 = off)")
+
+    dv = sub.add_parser("devices", help="list audio devices")
+    dv.add_argument("--json", action="store_true")
+
     cb = sub.add_parser("bench-codec", help="time streaming decode against re-decoding the whole history")
     _add_model(cb)
     cb.add_argument("--seconds", type=_positive_float, nargs="+", default=[5.0, 15.0, 30.0])
@@ -119,14 +134,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _schema() -> dict[str, type]:
+    from engine.config import ModelConfig, SamplingConfig
+    from streamer.config import StreamConfig
+
+    return {"model": ModelConfig, "sampling": SamplingConfig, "stream": StreamConfig}
+
+
 def _apply_config(args: argparse.Namespace) -> None:
     """Fill every option the command line left out from config.toml (then from built-in defaults)."""
-    from engine.config import load_config
+    from engine.config import load_sections
 
-    cfg = load_config(args.config)
-    for section in (cfg.model, cfg.sampling):
+    sections = load_sections(args.config, _schema())
+    args.sections = sections
+    for name, section in sections.items():
         for key, value in vars(section).items():
-            dest = "model" if section is cfg.model and key == "name" else key
+            dest = "model" if name == "model" and key == "name" else key
             if hasattr(args, dest) and getattr(args, dest) is None:
                 setattr(args, dest, value)
 
@@ -222,6 +245,82 @@ def cmd_bench_codec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices(args: argparse.Namespace) -> int:
+    from streamer.devices import list_devices
+
+    devices = list_devices()
+    if args.json:
+        print(json.dumps(devices))
+        return 0
+    if not devices:
+        print("no audio devices found (use --output null or file:PATH)")
+    for d in devices:
+        print(f"{d['index']:3d}  {d['name']}  [{d['hostapi']}]  in {d['inputs']}  out {d['outputs']}  {d['default_rate']:.0f} Hz")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+    import threading
+
+    from bridges.control_line import ControlError, parse_line
+    from streamer.outputs import InputCapture, make_output_or_null
+    from streamer.session import Session
+
+    stream = dataclasses.replace(
+        args.sections["stream"],
+        **{k: getattr(args, k) for k in ("output", "input", "buffer_ms", "prompt", "window_s", "context_s", "autoplay")},
+    )
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    model = _load(args)
+    out = make_output_or_null(stream.output, max(2, model.audio_channels), stream.buffer_ms / 1000, stream.blocksize, say)
+    capture = InputCapture(stream.input) if stream.input else None
+    session = Session(model, out, stream, args.sections["sampling"], capture, log=say)
+    session.start()
+    say(f"serving {args.model} -> {out.describe()}; type 'prompt TEXT', 'cfg 4', 'pause', 'play', 'quit' ...")
+    quit_event = threading.Event()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            try:
+                cmd = parse_line(line)
+            except ControlError as e:
+                say(f"error: {e}")
+                continue
+            if cmd is None:
+                continue
+            if cmd == "quit":
+                break
+            if cmd == "status":
+                say(json.dumps(session.snapshot()))
+                continue
+            ticket = session.submit(cmd)
+            ticket.wait(30)
+            say(f"error: {ticket.error}" if ticket.error else f"ok: {type(cmd).__name__} at frame {ticket.frame}")
+        quit_event.set()
+
+    threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
+    t0 = time.perf_counter()
+    last = t0
+    try:
+        while not quit_event.wait(0.2):
+            now = time.perf_counter()
+            if args.seconds and now - t0 >= args.seconds:
+                break
+            if args.status_every and now - last >= args.status_every:
+                last = now
+                snap = session.snapshot()
+                say(
+                    f"[{snap['seconds']:7.1f} s] {snap['state']} buffer {snap['buffer_ms']:.0f} ms  "
+                    f"step p50 {snap['step_ms_p50'] or 0:.1f} ms  underruns {snap['underruns']}  slides {snap['slides']}"
+                )
+    finally:
+        snap = session.snapshot()
+        session.close()
+        say(f"stopped after {snap['seconds']:.1f} s of music, {snap['underruns']} underruns")
+    return 0
+
+
 def _check_output(path: str, suffixes: tuple[str, ...]) -> None:
     from engine.errors import AudioInputError
 
@@ -237,6 +336,8 @@ COMMANDS = {
     "decode": cmd_decode,
     "bench": cmd_bench,
     "bench-codec": cmd_bench_codec,
+    "serve": cmd_serve,
+    "devices": cmd_devices,
 }
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=()  # Debian packages the code or tests need beyond Python wheels
+# Debian packages beyond Python wheels: PortAudio (built with JACK) for sound devices, JACK with
+# its dummy driver so the tests drive PortAudio's real callback path without a sound card.
+APT_PACKAGES=(libportaudio2 jackd2)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -221,6 +221,18 @@ def make_output(spec: str, channels: int, buffer_s: float, blocksize: int = 256,
     return DeviceOutput(None if spec == "default" else spec, channels, buffer_s, blocksize)
 
 
+def make_output_or_null(spec: str, channels: int, buffer_s: float, blocksize: int, say) -> RingOutput:  # noqa: ANN001
+    """`make_output`, except that a missing *default* device falls back to the null output with a
+    warning: the main job must run on machines without sound (servers, CI)."""
+    try:
+        return make_output(spec, channels, buffer_s, blocksize)
+    except AudioDeviceError as e:
+        if spec != "default":
+            raise
+        say(f"warning: {e}; playing to the null output instead")
+        return make_output("null", channels, buffer_s, blocksize)
+
+
 class InputCapture:
     """A PortAudio input stream writing into a ring of the last `seconds`, for "continue from input".
 

@@ -115,3 +115,30 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "no config.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_shipped_config_parses_with_every_layers_sections_to_the_defaults():
+    from bridges.cli import _schema
+    from engine.config import load_sections
+
+    sections = load_sections(None, _schema())
+    assert all(section == cls() for section, cls in zip(sections.values(), _schema().values()))
+
+
+def test_serve_runs_and_obeys_stdin_control_lines(tmp_path):
+    exe = shutil.which("musicgen-live") or f"{sys.prefix}/bin/musicgen-live"
+    wav = tmp_path / "served.wav"
+    lines = "prompt rainy synthwave\ncfg 9\ncfg lots\ntop_k 20\npause\nplay\nquit\n"
+    proc = subprocess.run([exe, "serve", "--output", f"file:{wav}", "--seconds", "20", "--status-every", "0"],
+                          input=lines, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok: SetPrompt" in proc.stderr and "ok: SetParams" in proc.stderr
+    assert "cfg needs a number" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    audio, rate = sf.read(str(wav))
+    assert rate == 48000 and audio.ndim == 2
+
+
+def test_devices_lists_the_jack_device_or_says_what_is_missing(capsys):
+    code, _err = run(capsys, "devices")
+    assert code in (0, 2)

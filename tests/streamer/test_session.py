@@ -1,0 +1,151 @@
+"""The real-time session on a clock-paced null output. Protects: commands land at the next frame,
+Lyria-style play / pause / stop / reset semantics, endless sliding without underruns, continuation
+and its errors - and that bad input never stops the music."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from streamer import commands as c
+from streamer.config import StreamConfig
+from streamer.outputs import make_output
+from streamer.session import PAUSED, PLAYING, STOPPED, Session
+
+
+@pytest.fixture
+def session(tiny):
+    out = make_output("null", 2, 0.2)
+    s = Session(tiny, out, StreamConfig(buffer_ms=200, window_s=4.0, context_s=1.5, history_s=10))
+    s.start()
+    yield s
+    s.close()
+
+
+def run_for(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def submit(s: Session, cmd, timeout: float = 10):
+    t = s.submit(cmd)
+    assert t.wait(timeout), f"{cmd} was not answered"
+    return t
+
+
+def test_plays_and_keeps_the_buffer_at_its_target(session):
+    run_for(2.0)
+    snap = session.snapshot()
+    assert snap["state"] == PLAYING and snap["underruns"] == 0
+    assert 100 < snap["buffer_ms"] < 300
+    assert snap["seconds"] > 1.5
+
+
+def test_a_command_lands_at_the_next_frame(session):
+    run_for(0.5)
+    submit(session, c.Pause())
+    frame = session.gen._sampled_upto()
+    t = submit(session, c.SetParams(cfg=6.0))
+    assert t.frame == frame  # the very next frame sampled is sampled with the new cfg
+    assert session.gen.params.cfg == 6.0
+    submit(session, c.Play())
+    before = session.gen._sampled_upto()
+    t = submit(session, c.SetPrompt("bright arpeggios", fade_s=0))
+    assert before <= t.frame <= before + 2  # applied between two steps, at most a step later
+    assert [r.condition.text for r in session.gen.rows] == ["bright arpeggios"]
+
+
+def test_pause_resumes_exactly_where_it_was(session):
+    run_for(1.0)
+    submit(session, c.Pause())
+    frame, fill = session.gen.frames_done, session.output.ring.fill
+    run_for(0.5)
+    assert session.state == PAUSED
+    assert session.gen.frames_done == frame and session.output.ring.fill == fill
+    read = session.output.ring.read
+    submit(session, c.Play())
+    run_for(0.5)
+    assert session.output.ring.read > read and session.gen.frames_done > frame
+    assert session.output.underruns == 0
+
+
+def test_stop_clears_the_context_but_keeps_the_prompts(session):
+    submit(session, c.SetPrompt("slow strings", fade_s=0))
+    run_for(1.0)
+    submit(session, c.Stop())
+    assert session.state == STOPPED
+    assert session.output.ring.fill == 0
+    assert session.gen.state.window.column == 1  # a fresh context: BOS prefilled, first column sampled
+    assert session.prompts == [("slow strings", 1.0)]
+    frame = session.gen.frames_done
+    run_for(0.3)
+    assert session.gen.frames_done == frame  # nothing generated while stopped
+    t = submit(session, c.Play())
+    run_for(1.0)
+    assert t.latency_ms is not None and t.latency_ms < 1000  # time to first audio after play
+    assert session.output.underruns == 0
+
+
+def test_reset_clears_the_context_and_keeps_playing(session):
+    run_for(1.0)
+    origin = session.gen.frames_done
+    submit(session, c.Reset())
+    assert session.state == PLAYING
+    assert session.gen.state.window.origin == origin
+    run_for(1.0)
+    assert session.output.underruns == 0
+
+
+def test_endless_play_slides_the_window_without_underruns(session):
+    run_for(9.0)  # 4 s window, 1.5 s kept: a slide about every 2.5 s
+    snap = session.snapshot()
+    assert snap["slides"] >= 3
+    assert snap["underruns"] == 0
+    assert snap["slide_step_ms_max"] is not None
+
+
+def test_continue_from_own_history_and_from_a_file(session, tmp_path):
+    run_for(2.0)
+    t = submit(session, c.ContinueHistory(1.0))
+    assert t.error is None and t.applied is not None
+    clip = tmp_path / "clip.wav"
+    sf.write(str(clip), 0.1 * np.random.default_rng(0).standard_normal((22050, 2)), 44100)
+    t = submit(session, c.ContinueFile(str(clip), 5.0))
+    assert t.error is None
+    run_for(1.0)
+    assert session.output.underruns == 0
+    assert t.latency_ms is not None
+
+
+@pytest.mark.parametrize(
+    "cmd, message",
+    [
+        (c.ContinueFile("/no/such/file.wav"), "does not exist"),
+        (c.ContinueInput(2.0), "no input device"),
+        (c.ContinueAudio(np.zeros((0, 1), np.float32), 44100), "non-empty"),
+        (c.SetParams(temperature=-1.0), "temperature"),
+        (c.SetParams(top_p=2.0), "top_p"),
+        (c.SetGain(9.0), "gain"),
+        (c.SetWeightedPrompts((("a", 1.0), ("b", 1.0), ("c", 1.0), ("d", 1.0), ("e", 1.0)), 0), "at most"),
+    ],
+)
+def test_bad_commands_get_a_clear_error_and_the_music_goes_on(session, cmd, message):
+    run_for(0.5)
+    frame = session.gen.frames_done
+    t = submit(session, cmd)
+    assert t.error and message in t.error
+    run_for(0.5)
+    assert session.gen.frames_done > frame
+    assert session.state == PLAYING
+
+
+def test_continuation_with_no_history_yet_is_refused(tiny):
+    s = Session(tiny, make_output("null", 2, 0.2), StreamConfig(autoplay=False))
+    s.start()
+    try:
+        t = submit(s, c.ContinueHistory(2.0))
+        assert "no output history" in t.error
+    finally:
+        s.close()
