@@ -110,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--seconds", type=_positive_float, help="stop after this long (default: run until 'quit')")
     sv.add_argument("--status-every", type=_nonneg_float, default=5.0, help="status line period in seconds (0 = off)")
 
+    bs = sub.add_parser("bench-stream", help="run a live session, send commands, report underruns and latencies")
+    _add_model(bs)
+    bs.add_argument("--output", help="default | null | file:PATH | a device ([stream] output)")
+    bs.add_argument("--buffer-ms", type=_positive_float, help="([stream] buffer_ms)")
+    bs.add_argument("--window", type=_positive_float, dest="window_s", help="context window, seconds ([stream] window_s)")
+    bs.add_argument("--context", type=_positive_float, dest="context_s", help="([stream] context_s)")
+    bs.add_argument("--seconds", type=_positive_float, default=60.0, help="how long to play (default 60)")
+    bs.add_argument("--every", type=_positive_float, default=2.0, help="seconds between commands (default 2)")
+
     dv = sub.add_parser("devices", help="list audio devices")
     dv.add_argument("--json", action="store_true")
 
@@ -321,6 +330,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_stream(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from streamer.bench_stream import format_stream_bench, run_stream_bench
+    from streamer.outputs import make_output_or_null
+
+    stream = dataclasses.replace(
+        args.sections["stream"], **{k: getattr(args, k) for k in ("output", "buffer_ms", "window_s", "context_s")}
+    )
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    model = _load(args)
+    out = make_output_or_null(stream.output, max(2, model.audio_channels), stream.buffer_ms / 1000, stream.blocksize, say)
+    print(format_stream_bench(run_stream_bench(model, out, stream, args.seconds, args.every, say)))
+    return 0
+
+
 def _check_output(path: str, suffixes: tuple[str, ...]) -> None:
     from engine.errors import AudioInputError
 
@@ -337,6 +362,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "bench-codec": cmd_bench_codec,
     "serve": cmd_serve,
+    "bench-stream": cmd_bench_stream,
     "devices": cmd_devices,
 }
 

@@ -51,3 +51,52 @@ def test_continue_from_live_input_through_a_jack_loopback(tiny, jack):
         assert s.snapshot()["underruns"] == 0
     finally:
         s.close()
+
+
+def test_devices_lists_the_jack_device(jack, capsys):
+    from bridges.cli import main
+
+    assert main(["devices"]) == 0
+    out = capsys.readouterr().out
+    assert "system" in out and "JACK" in out
+
+
+def test_unknown_output_device_is_a_clear_error(jack):
+    import pytest
+
+    from streamer.devices import AudioDeviceError
+
+    with pytest.raises(AudioDeviceError, match="no output device matches 'no-such-card'"):
+        make_output("no-such-card", 2, 0.2)
+
+
+def test_a_rate_the_device_refuses_is_a_clear_error(jack):
+    import pytest
+
+    from streamer.devices import AudioDeviceError
+    from streamer.outputs import DeviceOutput
+
+    out = DeviceOutput("default", 2, 0.2, rate=12345)  # JACK runs at 48 kHz only
+    with pytest.raises(AudioDeviceError, match="refused 12345 Hz"):
+        out.open()
+
+
+def test_a_vanished_output_is_reported_and_reopened_with_the_music_state_kept(tiny, jack):
+    out = make_output("default", 2, 0.2)
+    s = Session(tiny, out, StreamConfig(buffer_ms=200))
+    events = []
+    s.listeners.append(lambda kind, data: events.append(kind))
+    s.start()
+    try:
+        s.submit(c.SetPrompt("steady pulse", fade_s=0)).wait(5)
+        time.sleep(1.0)
+        out._stream.abort()  # what PortAudio does when a device disappears under a stream
+        time.sleep(2.5)
+        assert "output" in events  # reported and reopened
+        assert out.healthy
+        frame = s.gen.frames_done
+        time.sleep(1.0)
+        assert s.gen.frames_done > frame  # generation carried on from where it was
+        assert s.prompts == [("steady pulse", 1.0)]
+    finally:
+        s.close()
