@@ -162,12 +162,14 @@ def linear_skinny(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     MKL runs (N x D) @ (D x M) near memory bandwidth (~20 GB/s here) when x is row-major, while
     `F.linear` with M = 2 (the CFG pair) reads the weights twice (~9 GB/s), and a column-major x
-    falls to ~6 GB/s: hence the explicit `.contiguous()` (a copy of M rows, nothing next to W).
+    falls to ~6 GB/s: hence the explicit `.contiguous()` on the way in. The result is made
+    row-major on the way out too (M x N floats, nothing next to W): a strided Q would send SDPA
+    to its slow math path, and the next layer's input would be column-major again.
     """
     flat = x.reshape(-1, x.shape[-1])
     if flat.shape[0] > 8:
         return F.linear(x, w)
-    return (w @ flat.contiguous().t()).t().reshape(*x.shape[:-1], w.shape[0])
+    return (w @ flat.contiguous().t()).t().contiguous().reshape(*x.shape[:-1], w.shape[0])
 
 
 class LanguageModel:

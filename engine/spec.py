@@ -112,6 +112,8 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         raise CheckpointError("decoder hidden_size is not divisible by num_attention_heads")
     if dec.num_codebooks % dec.audio_channels:
         raise CheckpointError("decoder num_codebooks is not divisible by audio_channels")
+    if dec.activation_function != "gelu":
+        raise CheckpointError(f"decoder activation '{dec.activation_function}' is not supported (MusicGen uses gelu)")
     cross = getattr(dec, "cross_attention_hidden_size", None)
     lm = LMSpec(
         hidden=dec.hidden_size,

@@ -390,6 +390,8 @@ class Session:
             if read >= p.device_frame:
                 p.ticket.audible = t
                 self.latencies_ms.append(p.ticket.latency_ms)
+                if isinstance(p.ticket.command, (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio)):
+                    self.log(f"continuation heard {p.ticket.latency_ms:.0f} ms after it was asked for")
                 self._event("audible", {"ticket": p.ticket})
             else:
                 still.append(p)

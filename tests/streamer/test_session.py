@@ -119,6 +119,15 @@ def test_continue_from_own_history_and_from_a_file(session, tmp_path):
     assert t.latency_ms is not None
 
 
+def test_continue_from_raw_audio_handed_in_by_a_bridge(session):
+    run_for(0.5)
+    audio = 0.2 * np.sin(np.linspace(0, 2000, 3 * 22050, dtype=np.float32))[:, None]
+    t = submit(session, c.ContinueAudio(audio, 22050, seconds=2.0))
+    assert t.error is None and t.frame is not None
+    run_for(1.0)
+    assert t.latency_ms is not None and session.output.underruns == 0
+
+
 @pytest.mark.parametrize(
     "cmd, message",
     [
