@@ -42,5 +42,7 @@ def jack():
     sd._initialize()
     yield
     if proc:
+        sd._terminate()  # close PortAudio's JACK client while its server still runs (else it asserts at exit)
         proc.terminate()
         proc.wait(timeout=5)
+        sd._initialize()
