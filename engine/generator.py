@@ -200,6 +200,15 @@ class Generator:
             raise ContextError("this stream was started without guidance; cfg must stay 1")
         self.params = params
 
+    def set_context(self, frames: int) -> int:
+        """Frames kept at the next window slide (clamped so the window can still slide); returns it."""
+        st = self._require()
+        cap = st.window.cache.capacity - 1 - self.model.pattern.max_delay
+        frames = max(1, min(int(frames), cap // 2))
+        st.context_frames = frames
+        st.slide = None
+        return frames
+
     def reseed(self, seed: int) -> None:
         self.seed = seed
         self._require().generator.manual_seed(seed)

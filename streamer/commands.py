@@ -48,6 +48,20 @@ class SetGain:
 
 
 @dataclass(frozen=True)
+class SetContext:
+    """Seconds of context kept when the window slides."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SetFade:
+    """Default crossfade, in seconds, for later prompt changes."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Play:
     pass
 
@@ -97,7 +111,7 @@ class ContinueAudio:
 
 
 Command = (
-    SetPrompt | SetWeightedPrompts | SetParams | SetSeed | SetGain | Play | Pause | Stop | Reset
+    SetPrompt | SetWeightedPrompts | SetParams | SetSeed | SetGain | SetContext | SetFade | Play | Pause | Stop | Reset
     | ContinueHistory | ContinueInput | ContinueFile | ContinueAudio
 )
 

@@ -39,6 +39,8 @@ from .commands import (
     Pause,
     Play,
     Reset,
+    SetContext,
+    SetFade,
     SetGain,
     SetParams,
     SetPrompt,
@@ -79,6 +81,8 @@ class Session:
         self.capture = capture
         self.log = log
         self.gain = self.cfg.gain
+        self.fade_s = self.cfg.fade_s
+        self.context_s = self.cfg.context_s
         self.state = STOPPED
         self.rate = model.sample_rate
         self.hop = model.spec.codec.hop
@@ -142,6 +146,8 @@ class Session:
             "top_p": self.params.top_p,
             "seed": self.seed,
             "gain": self.gain,
+            "fade_s": self.fade_s,
+            "context_s": self.context_s,
             "frame": self.gen.frames_done if self.gen.state else 0,
             "seconds": (self.gen.frames_done if self.gen.state else 0) / self.model.spec.frame_rate,
             "buffer_ms": 1000 * self.output.ring.fill / self.output.rate,
@@ -259,6 +265,13 @@ class Session:
             self.gain = c.gain
             self._probe_at(ticket, self.output.ring.written + 1)  # applies to audio not yet buffered
             return
+        elif isinstance(c, SetFade):
+            if not 0 <= c.seconds <= 60:
+                raise ValueError(f"fade must be within 0..60 seconds, got {c.seconds}")
+            self.fade_s = c.seconds
+            return
+        elif isinstance(c, SetContext):
+            self.context_s = self.gen.set_context(self.model.spec.seconds_to_frames(c.seconds)) / self.model.spec.frame_rate
         elif isinstance(c, Play):
             if self.state == PLAYING:
                 return
@@ -292,7 +305,7 @@ class Session:
         self._probe(ticket)
 
     def _set_prompts(self, prompts: list[tuple[str, float]], fade_s: float | None) -> None:
-        fade = self.cfg.fade_s if fade_s is None else fade_s
+        fade = self.fade_s if fade_s is None else fade_s
         if not 0 <= fade <= 60:
             raise ValueError(f"fade must be within 0..60 seconds, got {fade}")
         self.gen.set_prompts(self._conditions(prompts), self.model.spec.seconds_to_frames(fade))
@@ -311,7 +324,7 @@ class Session:
     def _continuation_codes(self, c: Any) -> torch.Tensor:
         """Runs in the encoder worker: source audio -> model-rate clip -> codes."""
         m = self.model
-        seconds = min(float(c.seconds), self.cfg.context_s, m.spec.seconds_to_frames(self.cfg.context_s) / m.spec.frame_rate)
+        seconds = min(float(c.seconds), self.gen.state.context_frames / m.spec.frame_rate)
         if not seconds > 0:
             raise ContextError(f"continuation length must be positive, got {c.seconds}")
         if isinstance(c, ContinueHistory):
