@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--no-autoplay", action="store_false", dest="autoplay", default=None, help="wait for 'play'")
     sv.add_argument("--seconds", type=_positive_float, help="stop after this long (default: run until 'quit')")
     sv.add_argument("--status-every", type=_nonneg_float, default=5.0, help="status line period in seconds (0 = off)")
+    sv.add_argument("--osc-port", type=int, help="OSC UDP port, 0 = off ([osc] port, 57130)")
+    sv.add_argument("--ws-port", type=int, help="WebSocket + browser port, 0 = off ([websocket] port, 8765)")
+    sv.add_argument("--audio-dir", action="append", help="a folder continue/file may read (repeatable; [bridges] audio_dirs)")
 
     bs = sub.add_parser("bench-stream", help="run a live session, send commands, report underruns and latencies")
     _add_model(bs)
@@ -149,9 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _schema() -> dict[str, type]:
     from engine.config import ModelConfig, SamplingConfig
+    from bridges.config import BridgesConfig, OscConfig, WebSocketConfig
     from streamer.config import StreamConfig
 
-    return {"model": ModelConfig, "sampling": SamplingConfig, "stream": StreamConfig}
+    return {"model": ModelConfig, "sampling": SamplingConfig, "stream": StreamConfig, "osc": OscConfig,
+            "websocket": WebSocketConfig, "bridges": BridgesConfig}
 
 
 def _apply_config(args: argparse.Namespace) -> None:
@@ -273,10 +278,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
     import dataclasses
-    import threading
 
-    from bridges.control_line import ControlError, parse_line
+    from bridges.server import serve_forever
+    from engine.model import model_summary
     from streamer.outputs import InputCapture, make_output_or_null
     from streamer.session import Session
 
@@ -284,53 +290,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.sections["stream"],
         **{k: getattr(args, k) for k in ("output", "input", "buffer_ms", "prompt", "window_s", "context_s", "autoplay")},
     )
+    osc = args.sections["osc"]
+    ws = args.sections["websocket"]
+    bridges = args.sections["bridges"]
+    if args.osc_port is not None:
+        osc = dataclasses.replace(osc, port=args.osc_port, enabled=args.osc_port > 0)
+    if args.ws_port is not None:
+        ws = dataclasses.replace(ws, port=args.ws_port, enabled=args.ws_port > 0)
+    if args.audio_dir:
+        bridges = dataclasses.replace(bridges, audio_dirs=list(bridges.audio_dirs) + args.audio_dir)
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     model = _load(args)
     out = make_output_or_null(stream.output, max(2, model.audio_channels), stream.buffer_ms / 1000, stream.blocksize, say)
     capture = InputCapture(stream.input) if stream.input else None
     session = Session(model, out, stream, args.sections["sampling"], capture, log=say)
-    session.start()
-    say(f"serving {args.model} -> {out.describe()}; type 'prompt TEXT', 'cfg 4', 'pause', 'play', 'quit' ...")
-    quit_event = threading.Event()
-
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            try:
-                cmd = parse_line(line)
-            except ControlError as e:
-                say(f"error: {e}")
-                continue
-            if cmd is None:
-                continue
-            if cmd == "quit":
-                break
-            if cmd == "status":
-                say(json.dumps(session.snapshot()))
-                continue
-            ticket = session.submit(cmd)
-            ticket.wait(30)
-            say(f"error: {ticket.error}" if ticket.error else f"ok: {type(cmd).__name__} at frame {ticket.frame}")
-        quit_event.set()
-
-    threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
-    t0 = time.perf_counter()
-    last = t0
-    try:
-        while not quit_event.wait(0.2):
-            now = time.perf_counter()
-            if args.seconds and now - t0 >= args.seconds:
-                break
-            if args.status_every and now - last >= args.status_every:
-                last = now
-                snap = session.snapshot()
-                say(
-                    f"[{snap['seconds']:7.1f} s] {snap['state']} buffer {snap['buffer_ms']:.0f} ms  "
-                    f"step p50 {snap['step_ms_p50'] or 0:.1f} ms  underruns {snap['underruns']}  slides {snap['slides']}"
-                )
-    finally:
-        snap = session.snapshot()
-        session.close()
-        say(f"stopped after {snap['seconds']:.1f} s of music, {snap['underruns']} underruns")
+    say(f"serving {args.model} -> {out.describe()}; stdin takes 'prompt TEXT', 'cfg 4', 'pause', 'play', 'quit' ...")
+    asyncio.run(serve_forever(session, osc, ws, bridges, model_summary(model), args.seconds, args.status_every, say))
     return 0
 
 

@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages beyond Python wheels: PortAudio (built with JACK) for sound devices, JACK with
-# its dummy driver so the tests drive PortAudio's real callback path without a sound card.
-APT_PACKAGES=(libportaudio2 jackd2)
+# its dummy driver so the tests drive PortAudio's real callback path without a sound card;
+# liblo-tools (oscsend, oscdump) and chromium are real OSC and browser peers for the bridge tests.
+APT_PACKAGES=(libportaudio2 jackd2 liblo-tools chromium)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

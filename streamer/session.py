@@ -104,6 +104,9 @@ class Session:
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=1000)
         self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=200)
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        # called from the generation thread with (first sample index, (n, channels) float32 at the
+        # model rate) for every chunk of audio produced; taps must copy what they keep, and be quick
+        self.audio_taps: list[Callable[[int, np.ndarray], None]] = []
         self.gen = Generator(model, self.params, self.seed)
         self._reopen_at = 0.0
 
@@ -217,6 +220,11 @@ class Session:
             return
         frames = audio.detach().cpu().numpy().T.astype(np.float32, copy=False)  # (n, channels)
         self.history.append(frames)
+        for tap in list(self.audio_taps):
+            try:
+                tap(self._model_samples, frames)
+            except Exception:
+                pass
         self._model_samples += len(frames)
         out = self._resampler.push(frames)
         if len(out):

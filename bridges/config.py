@@ -1,0 +1,34 @@
+"""The [osc], [websocket] and [bridges] sections of config.toml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class OscConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 57130
+    prefix: str = "/musicgen"
+    reply_port: int = 0  # 0 = answer to the port a message came from (Max, TouchOSC, Sonic Pi: set it)
+    position_hz: float = 10.0  # /position notifications per second to subscribers
+    status_s: float = 1.0  # /status period
+    horizon_s: float = 10.0  # a bundle timetag further ahead than this is clamped to it
+
+
+@dataclass(frozen=True)
+class WebSocketConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8765  # also serves the browser client over HTTP at http://host:port/
+    token: str = ""  # required (as ?token=...) when bound beyond loopback
+    origins: list[str] = field(default_factory=list)  # extra allowed Origins besides this server's own
+    max_message_bytes: int = 1 << 20
+    client_queue: int = 64  # audio chunks queued per client before the oldest are dropped
+    max_upload_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class BridgesConfig:
+    audio_dirs: list[str] = field(default_factory=list)  # the only folders continue/file may read

@@ -1,0 +1,196 @@
+"""OSC over UDP: a thin adapter from packets to the shared vocabulary and back.
+
+python-osc does the encoding and decoding; this module is a plain asyncio datagram protocol so it
+never sleeps in the dispatcher (python-osc's own server waits for a bundle's timetag in the event
+loop). A bundle with a future timetag is scheduled so that its change is *heard* at that moment:
+it is applied one expected latency (buffer + delay pattern + codec hold-back) early, and never
+further ahead than `horizon_s`.
+
+Replies go to the sender, or to `reply_port` on the sender's host for tools that listen on another
+port than they send from. Subscribers (`/subscribe [port] [host]`) get parameter echoes and the
+notifications `/status`, `/position`, `/underrun`, `/done`, `/fail`, `/error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_packet import OscPacket
+
+from streamer import commands as c
+from streamer.session import Session
+
+from .config import OscConfig
+from .protocol import Outcome, ProtocolError, Reply, Vocabulary
+
+Addr = tuple[str, int]
+CONTINUATIONS = (c.ContinueHistory, c.ContinueInput, c.ContinueFile, c.ContinueAudio)
+
+
+def encode(address: str, args: tuple[Any, ...]) -> bytes:
+    b = OscMessageBuilder(address=address)
+    for a in args:
+        if a is None:
+            b.add_arg("", "s")
+        elif isinstance(a, bool):
+            b.add_arg(int(a))
+        elif isinstance(a, (int, float, str, bytes)):
+            b.add_arg(a)
+        else:
+            b.add_arg(json.dumps(a) if isinstance(a, (dict, list)) else str(a))
+    return b.build().dgram
+
+
+class OscBridge(asyncio.DatagramProtocol):
+    def __init__(self, session: Session, vocab: Vocabulary, cfg: OscConfig) -> None:
+        self.session = session
+        self.vocab = vocab
+        self.cfg = cfg
+        self.prefix = "/" + cfg.prefix.strip("/")
+        self.transport: asyncio.DatagramTransport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.subscribers: set[Addr] = set()
+        self.pending: dict[int, tuple[Addr, list[Reply]]] = {}  # ticket id -> (reply to, echoes)
+        self.received = 0
+        self.errors_sent = 0
+        self._underruns = 0
+        session.listeners.append(self._on_session_event)
+
+    # -- asyncio plumbing ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        self.received += 1
+        try:
+            packet = OscPacket(data)
+        except Exception:  # ParseError, and whatever a hostile packet makes the parser raise
+            self._send(self._reply_to(addr), "error", ("", "malformed OSC packet"))
+            return
+        now = time.time()
+        for timed in packet.messages:
+            delay = timed.time - now - self._lead_s()
+            if delay > 0.002:
+                self.loop.call_later(min(delay, self.cfg.horizon_s), self._handle, addr, timed.message)
+            else:
+                self._handle(addr, timed.message)
+
+    def _lead_s(self) -> float:
+        """How long a change takes to be heard (measured median, else the buffer plus ~135 ms)."""
+        snap_latency = self.session.snapshot().get("latency_ms_p50")
+        return (snap_latency or (self.session.cfg.buffer_ms + 135.0)) / 1000
+
+    # -- requests ------------------------------------------------------------------------------
+    def _handle(self, addr: Addr, message: Any) -> None:
+        address = message.address
+        reply_to = self._reply_to(addr)
+        if not address.startswith(self.prefix + "/"):
+            self._send(reply_to, "error", (address, f"addresses start with {self.prefix}/"))
+            return
+        try:
+            outcome: Outcome = self.vocab.handle(address[len(self.prefix) + 1 :], list(message.params))
+        except ProtocolError as e:
+            self._send(reply_to, "error", (address, str(e)))
+            return
+        for r in outcome.replies:
+            self._send(reply_to, r.name, r.args)
+        if outcome.subscribe is not None:
+            self._subscribe(addr, outcome.subscribe)
+        if outcome.unsubscribe:
+            self.subscribers.discard(reply_to)
+            self.subscribers.discard(addr)
+        for cmd in outcome.commands:
+            ticket = self.session.submit(cmd)
+            self.pending[ticket.id] = (reply_to, outcome.echo)
+
+    def _subscribe(self, addr: Addr, args: tuple[Any, ...]) -> None:
+        try:
+            port = int(float(args[0])) if args else self._reply_to(addr)[1]
+            host = str(args[1]) if len(args) > 1 else addr[0]
+            if not 0 < port < 65536:
+                raise ValueError
+        except (ValueError, TypeError):
+            self._send(self._reply_to(addr), "error", ("/subscribe", "subscribe takes [port] [host]"))
+            return
+        self.subscribers.add((host, port))
+        self._send((host, port), "subscribed", (port,))
+
+    def _reply_to(self, addr: Addr) -> Addr:
+        return (addr[0], self.cfg.reply_port) if self.cfg.reply_port else addr
+
+    # -- answers from the session (its thread) -------------------------------------------------
+    def _on_session_event(self, kind: str, data: dict[str, Any]) -> None:
+        if self.loop is None or kind not in ("applied", "refused", "error"):
+            return
+        self.loop.call_soon_threadsafe(self._answer, kind, data)
+
+    def _answer(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "error":
+            self._broadcast("error", ("", data.get("message", "")))
+            return
+        ticket = data["ticket"]
+        reply_to, echoes = self.pending.pop(ticket.id, (None, []))
+        name = type(ticket.command).__name__
+        if kind == "refused":
+            if reply_to:
+                self._send(reply_to, "error", (name, ticket.error))
+            if isinstance(ticket.command, CONTINUATIONS):
+                self._broadcast("fail", (name, ticket.error))
+            return
+        for r in echoes:
+            self._broadcast(r.name, r.args)
+        if isinstance(ticket.command, CONTINUATIONS):
+            self._broadcast("done", (name, ticket.frame or 0))
+
+    # -- notifications -------------------------------------------------------------------------
+    async def notify_forever(self) -> None:
+        next_status = 0.0
+        period = 1.0 / max(self.cfg.position_hz, 0.1)
+        while True:
+            await asyncio.sleep(period)
+            if not self.subscribers:
+                continue
+            snap = self.session.snapshot()
+            self._broadcast("position", (float(snap["seconds"]),))
+            if snap["underruns"] > self._underruns:
+                self._underruns = snap["underruns"]
+                self._broadcast("underrun", (self._underruns,))
+            now = time.monotonic()
+            if now >= next_status:
+                next_status = now + self.cfg.status_s
+                self._broadcast(
+                    "status",
+                    (snap["state"], float(snap["seconds"]), float(snap["buffer_ms"]), int(snap["underruns"])),
+                )
+
+    def _broadcast(self, name: str, args: tuple[Any, ...]) -> None:
+        for sub in list(self.subscribers):
+            self._send(sub, name, args)
+
+    def _send(self, addr: Addr, name: str, args: tuple[Any, ...]) -> None:
+        if self.transport is None:
+            return
+        if name == "error":
+            self.errors_sent += 1
+        try:
+            self.transport.sendto(encode(f"{self.prefix}/{name}", args), addr)
+        except (OSError, ValueError):
+            pass  # an unreachable or invalid peer must not disturb anything else
+
+
+async def start_osc(session: Session, vocab: Vocabulary, cfg: OscConfig) -> tuple[OscBridge, asyncio.DatagramTransport]:
+    loop = asyncio.get_running_loop()
+    bridge = OscBridge(session, vocab, cfg)
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: bridge, local_addr=(cfg.host, cfg.port))
+    except OSError as e:
+        from engine.errors import EngineError
+
+        raise EngineError(f"cannot listen for OSC on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
+    asyncio.ensure_future(bridge.notify_forever())
+    return bridge, transport

@@ -1,0 +1,70 @@
+"""A whole `serve` stack (tiny model, null output, OSC + WebSocket on free ports) in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from dataclasses import replace
+
+import pytest
+
+from bridges.config import BridgesConfig, OscConfig, WebSocketConfig
+from bridges.server import serve_forever
+from engine.model import MusicGen, model_summary
+from streamer.config import StreamConfig
+from streamer.outputs import make_output
+from streamer.session import Session
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return MusicGen.load("tiny", progress=None)
+
+
+class Stack:
+    def __init__(self, model, tmp_path, osc_cfg=None, ws_cfg=None):
+        self.osc_port = free_port()
+        self.ws_port = free_port(socket.SOCK_STREAM)
+        self.audio_dir = tmp_path
+        self.osc_cfg = replace(osc_cfg or OscConfig(), port=self.osc_port)
+        self.ws_cfg = replace(ws_cfg or WebSocketConfig(), port=self.ws_port)
+        self.session = Session(model, make_output("null", 2, 0.2), StreamConfig(buffer_ms=200, window_s=8, context_s=3))
+        self.ready = threading.Event()
+        self.running = None
+        self.loop = None
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(30), "server did not start"
+
+    def _run(self):
+        async def main():
+            self.loop = asyncio.get_running_loop()
+            await serve_forever(self.session, self.osc_cfg, self.ws_cfg, BridgesConfig(audio_dirs=[str(self.audio_dir)]),
+                                model_summary(self.session.model), seconds=None, status_every=0,
+                                say=lambda m: None, read_stdin=False, started=self._started,
+                                stop=self.stop_event)
+
+        asyncio.run(main())
+
+    def _started(self, running):
+        self.running = running
+        self.ready.set()
+
+    def close(self):
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def stack(tiny_model, tmp_path):
+    s = Stack(tiny_model, tmp_path)
+    yield s
+    s.close()

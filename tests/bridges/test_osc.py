@@ -1,0 +1,177 @@
+"""OSC over real UDP sockets, with python-osc clients and Debian's oscsend / oscdump.
+Protects: replies, echoes to subscribers, reply ports, bundles scheduled on the audio timeline,
+errors for bad input, and a fuzz of malformed packets that must not stop the music."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+from pythonosc.osc_bundle_builder import OscBundleBuilder
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.udp_client import SimpleUDPClient
+
+from .conftest import free_port
+
+
+class Peer:
+    """A python-osc client that sends from, and listens on, one UDP port (like most OSC tools)."""
+
+    def __init__(self, server_port: int):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(5)
+        self.server = ("127.0.0.1", server_port)
+
+    def send(self, address: str, *args):
+        b = OscMessageBuilder(address=address)
+        for a in args:
+            b.add_arg(a)
+        self.sock.sendto(b.build().dgram, self.server)
+
+    def raw(self, data: bytes):
+        self.sock.sendto(data, self.server)
+
+    def expect(self, address: str, timeout: float = 5.0) -> OscMessage:
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                data, _ = self.sock.recvfrom(65536)
+            except socket.timeout:
+                break
+            msg = OscMessage(data)
+            if msg.address == address:
+                return msg
+        raise AssertionError(f"no {address} within {timeout} s")
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def peer(stack):
+    p = Peer(stack.osc_port)
+    yield p
+    p.close()
+
+
+def test_ping_and_queries_answer_the_sender(peer):
+    peer.send("/musicgen/ping", 42)
+    assert peer.expect("/musicgen/pong").params == [42]
+    peer.send("/musicgen/get/top_k")
+    assert peer.expect("/musicgen/top_k").params == [250]
+
+
+def test_parameters_land_and_are_echoed_to_subscribers(stack, peer):
+    peer.send("/musicgen/subscribe")
+    peer.expect("/musicgen/subscribed")
+    peer.send("/musicgen/cfg", 5.5)
+    assert peer.expect("/musicgen/cfg").params == [5.5]
+    assert stack.session.params.cfg == 5.5
+    peer.send("/musicgen/top_k", 40.0)  # Pd and Open Stage Control send floats
+    assert peer.expect("/musicgen/top_k").params == [40]
+    peer.send("/musicgen/prompt", "late", "night", "garage")
+    assert peer.expect("/musicgen/prompt").params == ["late night garage"]
+    assert stack.session.prompts == [("late night garage", 1.0)]
+
+
+def test_bad_input_is_answered_on_error(peer):
+    peer.send("/musicgen/cfg", "loud")
+    msg = peer.expect("/musicgen/error")
+    assert msg.params[0] == "/musicgen/cfg" and "needs a number" in msg.params[1]
+    peer.send("/somewhere/else", 1)
+    assert "start with /musicgen/" in peer.expect("/musicgen/error").params[1]
+    peer.raw(b"\x00\x01garbage")
+    assert "malformed" in peer.expect("/musicgen/error").params[1]
+    peer.send("/musicgen/continue/file", "../../etc/passwd")
+    assert "outside the folders" in peer.expect("/musicgen/error").params[1]
+
+
+def test_replies_go_to_the_configured_reply_port(tiny_model, tmp_path):
+    from bridges.config import OscConfig
+
+    from .conftest import Stack
+
+    listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listen.bind(("127.0.0.1", 0))
+    listen.settimeout(5)
+    s = Stack(tiny_model, tmp_path, osc_cfg=OscConfig(reply_port=listen.getsockname()[1]))
+    try:
+        SimpleUDPClient("127.0.0.1", s.osc_port).send_message("/musicgen/ping", 7)
+        data, _ = listen.recvfrom(65536)
+        assert OscMessage(data).address == "/musicgen/pong"
+    finally:
+        s.close()
+        listen.close()
+
+
+def test_a_future_bundle_lands_on_the_audio_timeline(stack, peer):
+    lead = stack.running.osc._lead_s()
+    bundle = OscBundleBuilder(time.time() + lead + 1.0)
+    msg = OscMessageBuilder(address="/musicgen/temperature")
+    msg.add_arg(0.5)
+    bundle.add_content(msg.build())
+    peer.raw(bundle.build().dgram)
+    time.sleep(0.5)
+    assert stack.session.params.temperature == 1.0  # not yet: it is scheduled
+    time.sleep(1.0)
+    assert stack.session.params.temperature == 0.5
+
+
+def test_debian_oscsend_and_oscdump(stack):
+    if not shutil.which("oscsend"):
+        pytest.fail("liblo-tools is not installed: run scripts/setup.sh")
+    port = free_port()
+    dump = subprocess.Popen(["oscdump", "-L", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        subprocess.run(["oscsend", "127.0.0.1", str(stack.osc_port), "/musicgen/subscribe", "i", str(port)], check=True)
+        subprocess.run(["oscsend", "127.0.0.1", str(stack.osc_port), "/musicgen/cfg", "f", "4.25"], check=True)
+        time.sleep(1.0)
+    finally:
+        dump.terminate()
+        out = dump.communicate(timeout=5)[0]
+    assert "/musicgen/subscribed" in out
+    assert "/musicgen/cfg f 4.25" in out
+    assert "/musicgen/position" in out  # notifications flow to subscribers
+    assert stack.session.params.cfg == 4.25
+
+
+def test_fuzz_malformed_packets_never_stop_the_music(stack, peer):
+    rng = random.Random(1)
+    addresses = ["/musicgen/cfg", "/musicgen/prompt", "/musicgen/play", "/musicgen/prompt/weighted", "/musicgen/top_k",
+                 "/musicgen/get/state", "/musicgen/nope", "/x", "/musicgen/continue", "/musicgen/seed", "/musicgen/ctrl"]
+    frame = stack.session.gen.frames_done
+    for i in range(3000):
+        kind = rng.random()
+        if kind < 0.4:
+            peer.raw(bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64))))
+        else:
+            b = OscMessageBuilder(address=rng.choice(addresses))
+            for _ in range(rng.randint(0, 4)):
+                b.add_arg(rng.choice([rng.uniform(-1e9, 1e9), rng.randint(-2**31, 2**31 - 1), "x" * rng.randint(0, 50),
+                                      True, b"\x00\xff", float("inf")]))
+            data = b.build().dgram
+            if kind < 0.6:
+                data = data[: rng.randint(0, len(data))]  # truncated
+            peer.raw(data)
+        if i % 500 == 0:
+            time.sleep(0.05)
+    time.sleep(1.0)
+    peer.sock.settimeout(0.2)
+    try:
+        while True:
+            peer.sock.recvfrom(65536)  # drain the errors
+    except socket.timeout:
+        pass
+    peer.sock.settimeout(5)
+    peer.send("/musicgen/ping", 1)
+    assert peer.expect("/musicgen/pong").params == [1]
+    assert stack.running.osc.errors_sent > 500  # bad packets were answered
+    assert stack.session.gen.frames_done > frame  # and the music went on
+    assert stack.session.state == "playing" or stack.session.state in ("paused", "stopped")
