@@ -64,7 +64,7 @@ def audio_frame(first_sample: int, frames: np.ndarray, rate: int, codec: str) ->
     return HEADER.pack(MAGIC, 1, CODECS[codec], ch, 0, rate, first_sample, n) + pcm
 
 
-@dataclass
+@dataclass(eq=False)  # clients are kept in a set: identity, not value
 class Client:
     ws: ServerConnection
     queue: asyncio.Queue

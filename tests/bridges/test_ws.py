@@ -1,0 +1,333 @@
+"""WebSocket and the browser client over real sockets. Protects: the JSON protocol, audio frames and
+their header, uploads for continuation, Origin and token checks, many clients at once, a slow
+client losing its oldest audio, a fuzz of bad messages, and the page itself in headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import shutil
+import struct
+import subprocess
+import tempfile
+import urllib.request
+
+import numpy as np
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from bridges.ws import HEADER, MAGIC, Client, audio_frame
+
+from .conftest import Stack
+
+
+def url(stack: Stack, query: str = "") -> str:
+    return f"ws://127.0.0.1:{stack.ws_port}/{query}"
+
+
+async def recv_json(ws, kind: str, timeout: float = 10.0) -> dict:
+    async def loop():
+        while True:
+            msg = await ws.recv()
+            if isinstance(msg, str):
+                obj = json.loads(msg)
+                if obj["type"] == kind:
+                    return obj
+
+    return await asyncio.wait_for(loop(), timeout)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_session_update_is_applied_and_answered_with_its_frame(stack):
+    async def go():
+        async with connect(url(stack), compression=None) as ws:
+            created = await recv_json(ws, "session.created")
+            assert created["session"]["sample_rate"] == 32000
+            await ws.send(json.dumps({"type": "session.update", "cfg": 6, "prompt": "glass harmonica", "fade": 0,
+                                      "event_id": "e1"}))
+            up = await recv_json(ws, "session.updated")
+            assert up["event_id"] == "e1" and up["frame"] is not None
+            assert set(up["applied"]) == {"cfg", "prompt", "fade"}
+            await ws.send(json.dumps({"type": "state.get"}))
+            state = (await recv_json(ws, "state"))["state"]
+            assert state["cfg"] == 6.0 and state["prompts"][0]["text"] == "glass harmonica"
+
+    run(go())
+
+
+def test_audio_frames_carry_the_header_and_follow_each_other(stack):
+    async def go():
+        async with connect(url(stack), compression=None) as ws:
+            await ws.send(json.dumps({"type": "audio.subscribe", "codec": "s16"}))
+            frames = []
+            while len(frames) < 10:
+                msg = await asyncio.wait_for(ws.recv(), 10)
+                if isinstance(msg, bytes):
+                    frames.append(msg)
+            heads = [HEADER.unpack(f[: HEADER.size]) for f in frames]
+            for (magic, ver, codec, ch, _, rate, first, n), f in zip(heads, frames):
+                assert magic == MAGIC and ver == 1 and codec == 1 and ch == 1 and rate == 32000
+                assert len(f) == HEADER.size + 2 * n * ch
+            for a, b in zip(heads, heads[1:]):
+                assert b[6] == a[6] + a[7]  # contiguous: no gap, no overlap
+
+    run(go())
+
+
+def test_upload_then_continue(stack):
+    async def go():
+        async with connect(url(stack), compression=None) as ws:
+            await ws.send(json.dumps({"type": "input_audio.begin", "rate": 44100, "channels": 2, "codec": "f32"}))
+            await recv_json(ws, "input_audio.ready")
+            audio = (0.1 * np.random.default_rng(0).standard_normal((44100 * 2, 2))).astype("<f4")
+            for chunk in np.array_split(audio, 8):
+                await ws.send(chunk.tobytes())
+            await ws.send(json.dumps({"type": "input_audio.commit", "seconds": 1.5, "event_id": "up"}))
+            up = await recv_json(ws, "session.updated", timeout=20)
+            assert up["applied"] == ["upload"] and up["event_id"] == "up"
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("not json", "JSON"),
+        ("[1, 2]", "JSON objects"),
+        (json.dumps({"type": "dance"}), "unknown message type"),
+        (json.dumps({"type": "session.update", "cfg": "loud"}), "needs a number"),
+        (json.dumps({"type": "session.update", "cfg": [1]}), "must be a number"),
+        (json.dumps({"type": "session.update", "volume": 3}), "does not know"),
+        (json.dumps({"type": "session.update"}), "changed nothing"),
+        (json.dumps({"type": "session.update", "weighted_prompts": "a"}), "pairs"),
+        (json.dumps({"type": "playback.control", "action": "explode"}), "action"),
+        (json.dumps({"type": "generate.continue", "source": "file", "path": "../../etc/passwd"}), "outside"),
+        (json.dumps({"type": "generate.continue", "source": "history", "seconds": -1}), "positive"),
+        (json.dumps({"type": "input_audio.commit"}), "nothing uploaded"),
+        (json.dumps({"type": "input_audio.begin", "rate": 5}), "rate"),
+        (json.dumps({"type": "audio.subscribe", "codec": "mp3"}), "codec"),
+    ],
+)
+def test_bad_messages_get_an_error_and_the_connection_stays(stack, message, expected):
+    async def go():
+        async with connect(url(stack), compression=None) as ws:
+            await recv_json(ws, "session.created")
+            await ws.send(message)
+            err = await recv_json(ws, "error")
+            assert expected in err["message"]
+            await ws.send(json.dumps({"type": "state.get"}))
+            await recv_json(ws, "state")
+
+    run(go())
+
+
+def test_binary_without_an_upload_and_oversized_messages(stack):
+    async def go():
+        async with connect(url(stack), compression=None) as ws:
+            await recv_json(ws, "session.created")
+            await ws.send(b"\x01\x02\x03")  # a truncated, header-less binary frame
+            assert "input_audio.begin" in (await recv_json(ws, "error"))["message"]
+        async with connect(url(stack), compression=None, max_size=None) as ws:
+            await recv_json(ws, "session.created")
+            await ws.send("x" * (2 << 20))  # over max_message_bytes: the server closes this one
+            with pytest.raises(websockets.ConnectionClosed):
+                for _ in range(100):
+                    await asyncio.wait_for(ws.recv(), 5)
+        async with connect(url(stack), compression=None) as ws:  # and is still up for others
+            await recv_json(ws, "session.created")
+
+    run(go())
+
+
+def test_origin_check_and_token(tiny_model, tmp_path, stack):
+    async def go():
+        with pytest.raises(websockets.InvalidStatus) as e:
+            async with connect(url(stack), origin="http://evil.example"):
+                pass
+        assert e.value.response.status_code == 403
+        async with connect(url(stack), origin=f"http://127.0.0.1:{stack.ws_port}") as ws:
+            await recv_json(ws, "session.created")
+
+    run(go())
+    from bridges.config import WebSocketConfig
+
+    s = Stack(tiny_model, tmp_path / "t", ws_cfg=WebSocketConfig(token="s3cret"))
+    try:
+        async def tokened():
+            with pytest.raises(websockets.InvalidStatus):
+                async with connect(url(s)):
+                    pass
+            async with connect(url(s, "?token=s3cret")) as ws:
+                await recv_json(ws, "session.created")
+
+        run(tokened())
+    finally:
+        s.close()
+
+
+def test_binding_beyond_loopback_without_a_token_is_refused(stack):
+    from bridges.config import WebSocketConfig
+    from bridges.protocol import Vocabulary
+    from bridges.ws import WebSocketBridge
+    from engine.errors import EngineError
+
+    with pytest.raises(EngineError, match="token"):
+        WebSocketBridge(stack.session, Vocabulary(dict, {}), WebSocketConfig(host="0.0.0.0"))
+
+
+def test_eight_clients_receive_audio_at_once(stack):
+    async def one():
+        async with connect(url(stack), compression=None) as ws:
+            await ws.send(json.dumps({"type": "audio.subscribe"}))
+            got = 0
+            while got < 40:
+                if isinstance(await asyncio.wait_for(ws.recv(), 10), bytes):
+                    got += 1
+            return got
+
+    async def go():
+        return await asyncio.gather(*[one() for _ in range(8)])
+
+    assert run(go()) == [40] * 8
+    assert stack.session.output.underruns == 0
+
+
+def test_a_slow_client_loses_its_oldest_audio_and_is_warned():
+    async def go():
+        sent = []
+
+        class FakeWS:
+            async def send(self, data):
+                sent.append(data)
+
+        client = Client(FakeWS(), asyncio.Queue(maxsize=3), audio=True)
+        bridge = type("B", (), {})()
+        from bridges.ws import WebSocketBridge
+
+        bridge.clients, bridge.rate = {client}, 32000
+        bridge._send = lambda cl, obj: WebSocketBridge._send(bridge, cl, obj)
+        for i in range(6):
+            WebSocketBridge._fanout(bridge, i * 640, np.zeros((640, 1), np.float32))
+        await asyncio.sleep(0)
+        firsts = [struct.unpack_from("<Q", client.queue.get_nowait(), 12)[0] for _ in range(3)]
+        assert firsts == [3 * 640, 4 * 640, 5 * 640]  # the three newest survive
+        assert client.dropped == 3
+        assert any(isinstance(m, str) and "too slow" in m for m in sent)
+
+    run(go())
+
+
+def test_fuzz_random_messages_never_stop_the_music(stack):
+    rng = random.Random(3)
+    values = [None, True, -1, 0, 3.5, 1e308, "x", "", [1, "a"], {"a": 1}, "play", float("nan")]
+    types = ["session.update", "playback.control", "generate.continue", "audio.subscribe", "input_audio.begin",
+             "input_audio.commit", "state.get", "bogus", None, 7]
+    keys = ["prompt", "cfg", "top_k", "top_p", "seed", "action", "source", "seconds", "rate", "codec", "weighted_prompts"]
+
+    async def go():
+        async with connect(url(stack), compression=None) as ws:
+            await recv_json(ws, "session.created")
+            errors = 0
+            for i in range(1500):
+                r = rng.random()
+                if r < 0.2:
+                    await ws.send(bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 40))))
+                elif r < 0.35:
+                    await ws.send("".join(rng.choice("{}[]\",:ab1") for _ in range(rng.randint(0, 30))))
+                else:
+                    msg = {"type": rng.choice(types)}
+                    for k in rng.sample(keys, rng.randint(0, 3)):
+                        msg[k] = rng.choice(values)
+                    if msg["type"] == "playback.control" and msg.get("action") in ("stop", "pause"):
+                        msg["action"] = "play"  # keep the music playing so the test can check it
+                    await ws.send(json.dumps(msg, allow_nan=True))
+            frame = stack.session.gen.frames_done
+            await ws.send(json.dumps({"type": "playback.control", "action": "play"}))
+            while True:
+                msg = await asyncio.wait_for(ws.recv(), 30)
+                if isinstance(msg, str):
+                    obj = json.loads(msg)
+                    errors += obj["type"] == "error"
+                    if obj["type"] == "session.updated" and obj["applied"] == ["play"]:
+                        break
+            return errors, frame
+
+    errors, frame = run(go())
+    assert errors > 300
+    import time
+
+    time.sleep(0.5)
+    assert stack.session.gen.frames_done > frame
+
+
+def test_http_serves_the_browser_client(stack):
+    page = urllib.request.urlopen(f"http://127.0.0.1:{stack.ws_port}/", timeout=5).read().decode()
+    assert "<title>musicgen-live</title>" in page and "client.js" in page
+    assert "registerProcessor" in urllib.request.urlopen(f"http://127.0.0.1:{stack.ws_port}/worklet.js").read().decode()
+
+
+def test_the_page_plays_in_headless_chromium(stack):
+    """A real browser loads the page, plays audio through its AudioWorklet, sends a prompt and sees
+    session.updated. Driven over the DevTools protocol (real time, not virtual time)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        pytest.fail("chromium is not installed: run scripts/setup.sh")
+    from .conftest import free_port
+
+    devtools = free_port(__import__("socket").SOCK_STREAM)
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.Popen(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+             f"--user-data-dir={profile}", f"--remote-debugging-port={devtools}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            title = run(_selftest_title(devtools, f"http://127.0.0.1:{stack.ws_port}/?selftest=1"))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    fields = dict(kv.split("=") for kv in title.split()[1:])
+    assert int(fields["frames"]) >= 20  # audio frames arrived
+    assert int(fields["updated"]) >= 1  # the prompt was sent and session.updated came back
+    assert fields["worklet"] == "1"
+    assert stack.session.prompts == [("selftest prompt from the browser", 1.0)]
+
+
+async def _selftest_title(devtools_port: int, page: str) -> str:
+    import time
+
+    deadline = time.time() + 30
+    targets = None
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{devtools_port}/json/list", timeout=2) as r:
+                targets = [t for t in json.loads(r.read()) if t["type"] == "page"]
+            if targets:
+                break
+        except OSError:
+            await asyncio.sleep(0.2)
+    assert targets, "chromium's DevTools endpoint did not come up"
+    async with connect(targets[0]["webSocketDebuggerUrl"], max_size=None) as cdp:
+        ids = iter(range(1, 10**6))
+
+        async def call(method, **params):
+            i = next(ids)
+            await cdp.send(json.dumps({"id": i, "method": method, "params": params}))
+            while True:
+                msg = json.loads(await cdp.recv())
+                if msg.get("id") == i:
+                    return msg.get("result", {})
+
+        await call("Page.navigate", url=page)
+        while time.time() < deadline:
+            res = await call("Runtime.evaluate", expression="document.title")
+            title = res.get("result", {}).get("value", "")
+            if title.startswith("selftest"):
+                return title
+            await asyncio.sleep(0.25)
+    raise AssertionError("the page's selftest did not finish")
