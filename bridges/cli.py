@@ -126,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--seconds", type=_positive_float, default=60.0, help="how long to play (default 60)")
     bs.add_argument("--every", type=_positive_float, default=2.0, help="seconds between commands (default 2)")
 
+    sd = sub.add_parser("send", help="send one OSC message to a running serve and print the replies")
+    sd.add_argument("address", help="e.g. /musicgen/cfg, or just cfg (the [osc] prefix is added)")
+    sd.add_argument("args", nargs="*", help="arguments: numbers are sent as int or float, the rest as strings")
+    sd.add_argument("--host", help="([osc] host)")
+    sd.add_argument("--port", type=int, help="([osc] port)")
+    sd.add_argument("--wait", type=_nonneg_float, default=0.5, help="seconds to wait for replies (default 0.5)")
+
+    bb = sub.add_parser("bench-bridges", help="OSC / WebSocket command -> audible latency, many WebSocket clients")
+    _add_model(bb)
+    bb.add_argument("--output", help="([stream] output)")
+    bb.add_argument("--buffer-ms", type=_positive_float, help="([stream] buffer_ms)")
+    bb.add_argument("--commands", type=_positive_int, default=20, help="commands per transport (default 20)")
+    bb.add_argument("--clients", type=_positive_int, default=8, help="WebSocket audio clients (default 8)")
+    bb.add_argument("--seconds", type=_positive_float, default=20.0, help="how long the clients listen (default 20)")
+
     dv = sub.add_parser("devices", help="list audio devices")
     dv.add_argument("--json", action="store_true")
 
@@ -309,6 +324,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_bridges(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from bridges.bench_bridges import format_bridge_bench, run_bridge_bench
+
+    stream = dataclasses.replace(args.sections["stream"], buffer_ms=args.buffer_ms)
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    model = _load(args)
+    result = run_bridge_bench(model, args.output, stream, args.commands, args.clients, args.seconds, say)
+    print(format_bridge_bench(result))
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import socket
+
+    from pythonosc.osc_message import OscMessage
+
+    from bridges.osc import encode
+    from engine.errors import EngineError
+
+    osc = args.sections["osc"]
+    host, port = args.host or osc.host, args.port or osc.port
+    prefix = "/" + osc.prefix.strip("/")
+    address = args.address if args.address.startswith("/") else f"{prefix}/{args.address}"
+    values: list[object] = []
+    for a in args.args:
+        try:
+            values.append(int(a))
+        except ValueError:
+            try:
+                values.append(float(a))
+            except ValueError:
+                values.append(a)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        try:
+            sock.sendto(encode(address, tuple(values)), (host, port))
+        except OSError as e:
+            raise EngineError(f"cannot send to {host}:{port} ({e.strerror or e})") from None
+        sock.settimeout(args.wait or 0.001)
+        errors = 0
+        try:
+            while True:
+                data, _ = sock.recvfrom(65536)
+                msg = OscMessage(data)
+                errors += msg.address.endswith("/error")
+                print(msg.address, *msg.params)
+        except (socket.timeout, ConnectionRefusedError):
+            pass
+    return EXIT_USAGE if errors else 0
+
+
 def cmd_bench_stream(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -342,6 +410,8 @@ COMMANDS = {
     "bench-codec": cmd_bench_codec,
     "serve": cmd_serve,
     "bench-stream": cmd_bench_stream,
+    "send": cmd_send,
+    "bench-bridges": cmd_bench_bridges,
     "devices": cmd_devices,
 }
 

@@ -175,3 +175,15 @@ def test_fuzz_malformed_packets_never_stop_the_music(stack, peer):
     assert stack.running.osc.errors_sent > 500  # bad packets were answered
     assert stack.session.gen.frames_done > frame  # and the music went on
     assert stack.session.state == "playing" or stack.session.state in ("paused", "stopped")
+
+
+def test_send_command_talks_to_a_running_server(stack, capsys):
+    from bridges.cli import main
+
+    assert main(["send", "--port", str(stack.osc_port), "ping", "9"]) == 0
+    assert "/musicgen/pong 9" in capsys.readouterr().out
+    assert main(["send", "--port", str(stack.osc_port), "/musicgen/cfg", "banana"]) == 2
+    assert "needs a number" in capsys.readouterr().out
+    assert main(["send", "--port", str(stack.osc_port), "cfg", "7"]) == 0
+    time.sleep(0.3)
+    assert stack.session.params.cfg == 7.0
