@@ -15,6 +15,7 @@ class OscConfig:
     position_hz: float = 10.0  # /position notifications per second to subscribers
     status_s: float = 1.0  # /status period
     horizon_s: float = 10.0  # a bundle timetag further ahead than this is clamped to it
+    tcp: bool = False  # also serve OSC over TCP (SLIP framing) on the same port number
 
 
 @dataclass(frozen=True)

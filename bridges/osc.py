@@ -7,7 +7,8 @@ it is applied one expected latency (buffer + delay pattern + codec hold-back) ea
 further ahead than `horizon_s`.
 
 Replies go to the sender, or to `reply_port` on the sender's host for tools that listen on another
-port than they send from. Subscribers (`/subscribe [port] [host]`) get parameter echoes and the
+port than they send from. With `tcp = true` the same vocabulary is also served over TCP with SLIP
+framing (OSC 1.1), replies and subscriptions going back over the connection. Subscribers (`/subscribe [port] [host]`) get parameter echoes and the
 notifications `/status`, `/position`, `/underrun`, `/done`, `/fail`, `/error`.
 """
 
@@ -28,6 +29,60 @@ from .config import OscConfig
 from .protocol import Outcome, ProtocolError, Reply, Vocabulary
 
 Addr = tuple[str, int]
+SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
+MAX_TCP_PACKET = 1 << 16
+
+
+def slip_encode(packet: bytes) -> bytes:
+    body = packet.replace(bytes([SLIP_ESC]), bytes([SLIP_ESC, SLIP_ESC_ESC])).replace(
+        bytes([SLIP_END]), bytes([SLIP_ESC, SLIP_ESC_END]))
+    return bytes([SLIP_END]) + body + bytes([SLIP_END])
+
+
+def slip_decode(frame: bytes) -> bytes:
+    out, esc = bytearray(), False
+    for b in frame:
+        if esc:
+            out.append(SLIP_END if b == SLIP_ESC_END else SLIP_ESC if b == SLIP_ESC_ESC else b)
+            esc = False
+        elif b == SLIP_ESC:
+            esc = True
+        else:
+            out.append(b)
+    return bytes(out)
+
+
+class TcpPeer(asyncio.Protocol):
+    """One OSC-over-TCP connection: SLIP frames in, SLIP frames out."""
+
+    def __init__(self, bridge: "OscBridge") -> None:
+        self.bridge = bridge
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf.extend(data)
+        while True:
+            end = self.buf.find(bytes([SLIP_END]))
+            if end < 0:
+                if len(self.buf) > MAX_TCP_PACKET:  # a frame that never ends: drop it, say so
+                    self.buf.clear()
+                    self.bridge._send(self, "error", ("", "OSC packet over TCP too large"))
+                return
+            frame, self.buf = bytes(self.buf[:end]), self.buf[end + 1 :]
+            if frame:
+                self.bridge.packet_received(slip_decode(frame), self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.bridge.subscribers.discard(self)
+        self.transport = None
+
+    def write(self, packet: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(slip_encode(packet))
 CONTINUATIONS = (c.ContinueHistory, c.ContinueInput, c.ContinueFile, c.ContinueAudio)
 
 
@@ -58,6 +113,7 @@ class OscBridge(asyncio.DatagramProtocol):
         self.received = 0
         self.errors_sent = 0
         self._underruns = 0
+        self.tcp_server: asyncio.AbstractServer | None = None
         session.listeners.append(self._on_session_event)
 
     # -- asyncio plumbing ----------------------------------------------------------------------
@@ -66,6 +122,10 @@ class OscBridge(asyncio.DatagramProtocol):
         self.loop = asyncio.get_running_loop()
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
+        self.packet_received(data, addr)
+
+    def packet_received(self, data: bytes, addr: Any) -> None:
+        """One OSC packet from a UDP address or a `TcpPeer`."""
         self.received += 1
         try:
             packet = OscPacket(data)
@@ -108,7 +168,13 @@ class OscBridge(asyncio.DatagramProtocol):
             ticket = self.session.submit(cmd)
             self.pending[ticket.id] = (reply_to, outcome.echo)
 
-    def _subscribe(self, addr: Addr, args: tuple[Any, ...]) -> None:
+    def _subscribe(self, addr: Any, args: tuple[Any, ...]) -> None:
+        if isinstance(addr, TcpPeer) and not args:
+            self.subscribers.add(addr)
+            self._send(addr, "subscribed", (0,))
+            return
+        if isinstance(addr, TcpPeer):
+            addr = ("127.0.0.1", 0) if addr.transport is None else addr.transport.get_extra_info("peername")[:2]
         try:
             port = int(float(args[0])) if args else self._reply_to(addr)[1]
             host = str(args[1]) if len(args) > 1 else addr[0]
@@ -120,7 +186,9 @@ class OscBridge(asyncio.DatagramProtocol):
         self.subscribers.add((host, port))
         self._send((host, port), "subscribed", (port,))
 
-    def _reply_to(self, addr: Addr) -> Addr:
+    def _reply_to(self, addr: Any) -> Any:
+        if isinstance(addr, TcpPeer):
+            return addr
         return (addr[0], self.cfg.reply_port) if self.cfg.reply_port else addr
 
     # -- answers from the session (its thread) -------------------------------------------------
@@ -172,13 +240,17 @@ class OscBridge(asyncio.DatagramProtocol):
         for sub in list(self.subscribers):
             self._send(sub, name, args)
 
-    def _send(self, addr: Addr, name: str, args: tuple[Any, ...]) -> None:
-        if self.transport is None:
-            return
+    def _send(self, addr: Any, name: str, args: tuple[Any, ...]) -> None:
         if name == "error":
             self.errors_sent += 1
+        packet = encode(f"{self.prefix}/{name}", args)
+        if isinstance(addr, TcpPeer):
+            addr.write(packet)
+            return
+        if self.transport is None:
+            return
         try:
-            self.transport.sendto(encode(f"{self.prefix}/{name}", args), addr)
+            self.transport.sendto(packet, addr)
         except (OSError, ValueError):
             pass  # an unreachable or invalid peer must not disturb anything else
 
@@ -192,5 +264,14 @@ async def start_osc(session: Session, vocab: Vocabulary, cfg: OscConfig) -> tupl
         from engine.errors import EngineError
 
         raise EngineError(f"cannot listen for OSC on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
+    if cfg.tcp:
+        try:
+            server = await loop.create_server(lambda: TcpPeer(bridge), cfg.host, cfg.port)
+        except OSError as e:
+            transport.close()
+            from engine.errors import EngineError
+
+            raise EngineError(f"cannot listen for OSC over TCP on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
+        bridge.tcp_server = server
     asyncio.ensure_future(bridge.notify_forever())
     return bridge, transport

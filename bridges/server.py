@@ -54,7 +54,9 @@ async def serve_forever(
         if osc_cfg.enabled:
             running.osc, transport = await start_osc(session, vocab, osc_cfg)
             servers.append(transport)
-            say(f"OSC on udp://{osc_cfg.host}:{osc_cfg.port}{osc_cfg.prefix}/...")
+            if running.osc.tcp_server is not None:
+                servers.append(running.osc.tcp_server)
+            say(f"OSC on udp{'+tcp' if osc_cfg.tcp else ''}://{osc_cfg.host}:{osc_cfg.port}{osc_cfg.prefix}/...")
         if ws_cfg.enabled:
             running.ws, server = await start_ws(session, vocab, ws_cfg)
             servers.append(server)

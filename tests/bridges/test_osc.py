@@ -187,3 +187,27 @@ def test_send_command_talks_to_a_running_server(stack, capsys):
     assert main(["send", "--port", str(stack.osc_port), "cfg", "7"]) == 0
     time.sleep(0.3)
     assert stack.session.params.cfg == 7.0
+
+
+def test_osc_over_tcp_with_slip_framing(tiny_model, tmp_path):
+    from bridges.config import OscConfig
+    from bridges.osc import SLIP_END, encode, slip_decode, slip_encode
+
+    from .conftest import Stack
+
+    assert slip_decode(slip_encode(b"a\xc0b\xdbc")[1:-1]) == b"a\xc0b\xdbc"
+    s = Stack(tiny_model, tmp_path, osc_cfg=OscConfig(tcp=True))
+    try:
+        with socket.create_connection(("127.0.0.1", s.osc_port), timeout=5) as tcp:
+            tcp.sendall(slip_encode(encode("/musicgen/ping", (5,))) + slip_encode(encode("/musicgen/cfg", (4.5,))))
+            tcp.sendall(slip_encode(b"\x00garbage"))
+            data = b""
+            while data.count(bytes([SLIP_END])) < 4:
+                data += tcp.recv(65536)
+            frames = [slip_decode(f) for f in data.split(bytes([SLIP_END])) if f]
+            addresses = [OscMessage(f).address for f in frames]
+            assert "/musicgen/pong" in addresses and "/musicgen/error" in addresses
+        time.sleep(0.3)
+        assert s.session.params.cfg == 4.5
+    finally:
+        s.close()
