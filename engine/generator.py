@@ -337,14 +337,7 @@ class Generator:
     def _columns(self, win: Window, first: int, count: int) -> torch.Tensor:
         """Input columns first..first+count-1 of `win`, delay mask applied, one copy per row."""
         st = self._require()
-        pat = self.model.pattern
-        t = torch.arange(first, first + count)
-        f = win.origin + t[None, :] - 1 - pat._delays_t[:, None]  # (K, count) absolute frames
-        known = f >= win.origin
-        if st.total_frames is not None:
-            known &= f < st.total_frames
-        idx = (f - st.base).clamp(0, st.frames.shape[1] - 1)
-        cols = torch.where(known, st.frames.gather(1, idx), torch.tensor(pat.special))
+        cols = self.model.pattern.columns(st.frames, st.base, win.origin, first, count, st.total_frames)
         return cols.unsqueeze(0).expand(self._n_rows(), -1, -1).to(self.model.device)
 
     def _prefill(self, origin: int, prompt_frames: int) -> StepResult:

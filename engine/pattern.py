@@ -50,15 +50,19 @@ class DelayPattern:
             return columns[..., :0]
         return torch.stack([columns[..., k, 1 + d : 1 + d + n] for k, d in enumerate(self.delays)], dim=-2)
 
-    def column_from_frames(self, frames: torch.Tensor, column: int, total_frames: int | None) -> torch.Tensor:
-        """Input column `column` (..., K) gathered from a frame buffer (..., K, F).
+    def columns(
+        self, frames: torch.Tensor, base: int, origin: int, first: int, count: int, total_frames: int | None
+    ) -> torch.Tensor:
+        """Input columns first..first+count-1 (K, count) of a window whose column 1 holds frame `origin`.
 
-        BOS before the first frame, pad at or past `total_frames` (a finite run), else the frame's code.
+        `frames` (K, F) holds absolute frames base..base+F-1. BOS before the window's first frame
+        (a window re-prompted at `origin` restarts the pattern), pad at or past `total_frames`
+        (a finite run), else the frame's code.
         """
-        idx = self.frames_of_column(column)
-        out = torch.full((*frames.shape[:-2], self.num_codebooks), self.special, dtype=frames.dtype)
-        for k in range(self.num_codebooks):
-            f = int(idx[k])
-            if f >= 0 and (total_frames is None or f < total_frames):
-                out[..., k] = frames[..., k, f]
-        return out
+        t = torch.arange(first, first + count)
+        f = origin + t[None, :] - 1 - self._delays_t[:, None]  # (K, count) absolute frames
+        known = f >= origin
+        if total_frames is not None:
+            known &= f < total_frames
+        idx = (f - base).clamp(0, frames.shape[-1] - 1)
+        return torch.where(known, frames.gather(-1, idx), torch.tensor(self.special))

@@ -18,7 +18,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from bridges.ws import HEADER, MAGIC, Client, audio_frame
+from bridges.ws import HEADER, MAGIC, Client
 
 from .conftest import Stack
 

@@ -44,7 +44,15 @@ def test_columns_of_a_finite_run_feed_pads_past_the_end():
     pat = DelayPattern((0, 1, 2, 3), BOS)
     frames = torch.arange(4 * 3).view(4, 3)
     # column 4 holds frame 3 of codebook 0 (past a 3-frame run: pad) and frame 0 of codebook 3
-    col = pat.column_from_frames(frames, 4, total_frames=3)
+    col = pat.columns(frames, 0, 0, 4, 1, total_frames=3)[:, 0]
     assert col.tolist() == [BOS, frames[1, 2], frames[2, 1], frames[3, 0]]
-    endless = pat.column_from_frames(torch.cat([frames, frames], 1), 4, total_frames=None)
+    endless = pat.columns(torch.cat([frames, frames], 1), 0, 0, 4, 1, total_frames=None)[:, 0]
     assert endless[0] == frames[0, 0]  # frame 3 = first column of the second copy
+
+
+def test_columns_equal_the_interleaved_layout_and_restart_at_a_window_origin():
+    pat = DelayPattern((0, 1, 2, 3), BOS)
+    codes = torch.randint(0, 2048, (4, 9))
+    assert torch.equal(pat.columns(codes, 0, 0, 0, 13, total_frames=9), pat.interleave(codes))
+    # a window re-prompted at frame 5 sees frames 5.. as if they were the start of a stream
+    assert torch.equal(pat.columns(codes, 0, 5, 0, 8, total_frames=9), pat.interleave(codes[:, 5:]))
