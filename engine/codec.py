@@ -231,10 +231,7 @@ class StreamResBlock:
 
     def flush(self, st: ResState) -> torch.Tensor:
         skip = self.shortcut.flush(st.shortcut) if self.shortcut else None
-        y = None
-        for conv, cst in zip(self.convs, st.block):
-            y = conv.flush(cst) if y is None else torch.cat([conv.push(cst, F.elu(y)), conv.flush(cst)], -1)
-        return self._align(st, skip, y)
+        return self._align(st, skip, flush_chain(zip(self.convs, st.block), F.elu))
 
     @staticmethod
     def _align(st: ResState, skip: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
@@ -244,6 +241,18 @@ class StreamResBlock:
         out = st.pending[..., :n] + y
         st.pending = st.pending[..., n:]
         return out
+
+
+def flush_chain(chain: Any, before: Any = None) -> torch.Tensor | None:
+    """Flush a chain of streaming layers: each layer gets the previous one's tail pushed through
+    it (after `before`, e.g. the ELU in front of a resblock's convs), then flushes its own."""
+    x: torch.Tensor | None = None
+    for layer, state in chain:
+        head = layer.push(state, before(x) if before else x) if x is not None and x.shape[-1] else None
+        tail = layer.flush(state)
+        parts = [p for p in (head, tail) if p is not None]
+        x = torch.cat(parts, dim=-1) if parts else x
+    return x
 
 
 class ELU:
@@ -410,15 +419,7 @@ class Codec:
                 return torch.zeros((st.batch, self.spec.channels, 0))
             st.samples_out += out.shape[-1]
             return out
-        x: torch.Tensor | None = None
-        for layer, lst in zip(self.decoder_layers, st.layers):
-            if x is not None and x.shape[-1]:
-                y = layer.push(lst, x)
-                tail = layer.flush(lst)
-                x = y if tail is None else torch.cat([y, tail], dim=-1)
-            else:
-                tail = layer.flush(lst)
-                x = tail if tail is not None else x
+        x = flush_chain(zip(self.decoder_layers, st.layers))
         assert x is not None
         st.samples_out += x.shape[-1]
         return x
