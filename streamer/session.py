@@ -102,7 +102,6 @@ class Session:
         self.step_ms: collections.deque[float] = collections.deque(maxlen=5000)
         self.slide_step_ms: list[float] = []
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=1000)
-        self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=200)
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         # called from the generation thread with (first sample index, (n, channels) float32 at the
         # model rate) for every chunk of audio produced; taps must copy what they keep, and be quick
@@ -433,7 +432,6 @@ class Session:
                 self._event("error", {"message": out.error or "output device unavailable"})
 
     def _event(self, kind: str, data: dict[str, Any]) -> None:
-        self.events.append((time.perf_counter(), kind))
         if kind in ("refused", "error"):
             msg = data.get("message") or data["ticket"].error
             self.log(f"{kind}: {msg}")
