@@ -128,12 +128,12 @@ class Generator:
         P = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
         if total_frames is not None and total_frames <= P:
             raise ContextError(f"nothing to generate: {total_frames} frames requested with a {P}-frame prompt")
-        cap = min(capacity_frames or total_frames or m.max_frames, m.max_frames)
-        if (capacity_frames or total_frames or 0) > m.max_frames:
-            want = capacity_frames or total_frames or 0
+        cap = capacity_frames or total_frames or m.max_frames
+        if cap > m.max_frames:
+            finite = "; longer pieces need the streaming engine (serve)" if total_frames is not None else ""
             raise ContextError(
-                f"{want} frames ({want / m.spec.frame_rate:.1f} s) exceed the model's window of "
-                f"{m.max_frames} frames ({m.max_frames / m.spec.frame_rate:.1f} s)"
+                f"{cap} frames ({cap / m.spec.frame_rate:.1f} s{', prompt included' if P else ''}) exceed the "
+                f"model's window of {m.max_frames} frames ({m.max_frames / m.spec.frame_rate:.1f} s){finite}"
             )
         context = min(context_frames if context_frames is not None else cap // 2, cap)
         guided = (self.params.cfg != 1.0) if guided is None else guided

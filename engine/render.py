@@ -41,13 +41,7 @@ def render(
         raise ContextError(f"the number of frames must be positive, got {frames}")
     prompt_codes = model.encode_audio(prompt_audio) if prompt_audio is not None else None
     P = 0 if prompt_codes is None else prompt_codes.shape[-1]
-    total = P + frames
-    if model.pattern.columns_for_frames(total) > model.max_columns:
-        raise ContextError(
-            f"{total} frames ({total / model.spec.frame_rate:.1f} s, prompt included) exceed the model's "
-            f"window of {model.max_frames} frames ({model.max_frames / model.spec.frame_rate:.1f} s); "
-            "longer pieces need the streaming engine (serve)"
-        )
+    total = P + frames  # the generator refuses a run longer than the model's window
     gen = Generator(model, params, seed, decode_chunk=decode_chunk)
     cond = model.conditioner.condition(prompt, guided=params.cfg != 1.0)
     chunks = [gen.start(cond, prompt_codes, total_frames=total).audio]
