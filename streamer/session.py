@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import queue
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,6 +55,7 @@ from .outputs import DeviceOutput, InputCapture, RingOutput
 from .ring import HistoryRing
 
 PLAYING, PAUSED, STOPPED = "playing", "paused", "stopped"
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -111,6 +113,9 @@ class Session:
 
     # -- public API (any thread) ---------------------------------------------------------------
     def start(self) -> None:
+        # The audio callback needs the GIL for its copy; with Python's default 5 ms switch interval
+        # it can wait about a whole 256-frame period behind the generation thread and miss it.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._start_generator()
         self.output.open()
         if self.capture:
