@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CodesError
-from .lm import linear_skinny
+from .linear import linear_skinny
 from .spec import CodecSpec
 
 

@@ -28,7 +28,7 @@ import torch
 from .codec import DecoderState
 from .conditioning import Condition
 from .errors import ContextError
-from .lm import CrossKV, KVCache
+from .lm import CrossKV, KVCache, Segment
 from .model import MusicGen
 from .sampling import SamplingParams, sample
 
@@ -170,15 +170,26 @@ class Generator:
     @torch.no_grad()
     def step(self) -> StepResult:
         """Feed the last sampled column, sample the next; return what completed."""
+        tokens, segment = self.step_input()
+        return self.step_output(self.model.lm.forward_segments(tokens, [segment]))
+
+    def step_input(self) -> tuple[torch.Tensor, Segment]:
+        """What the next step feeds the LM: tokens (rows, K, 1) and where they go. A `Batch` gathers
+        these from several streams into one forward; `step_output` takes this stream's logits back."""
         st = self._require()
-        m = self.model
         if self.done:
             raise ContextError("this finite stream is complete")
         win = st.window
         if win.column + 1 >= win.cache.capacity:
             raise ContextError("the stream reached the end of its context window")
-        logits = m.lm.forward(self._columns(win, win.column, 1), win.column, win.cache, self._crosses())
-        result = self._take(logits, win.column + 1)
+        tokens = self._columns(win, win.column, 1)
+        return tokens, Segment(tokens.shape[0], win.column, win.cache, self._crosses())
+
+    @torch.no_grad()
+    def step_output(self, logits: torch.Tensor) -> StepResult:
+        """Finish the step begun by `step_input`, from this stream's logits (rows, K, V)."""
+        st = self._require()
+        result = self._take(logits, st.window.column + 1)
         if st.total_frames is None:
             self._advance_slide()
         self._advance_fade()

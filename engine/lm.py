@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import EngineError
+from .linear import Linear, check_precision, make_linear
 from .spec import LMSpec
 
 LN_EPS = 1e-5  # nn.LayerNorm's default, which MusicGen uses
@@ -41,8 +43,6 @@ class LayerWeights:
     ff_ln_b: torch.Tensor
     fc1: torch.Tensor
     fc2: torch.Tensor
-
-
     qkv: torch.Tensor  # (3D, D): q, k, v stacked; q / k / v above are views into it
 
 
@@ -157,38 +157,74 @@ class CrossKV:
         return self.k.shape[1]
 
 
-def linear_skinny(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w.T for a handful of rows, computed as W @ x.T.
+@dataclass
+class FastLayer:
+    """One layer's matrices as the live path multiplies them (`engine.linear`, any precision)."""
 
-    MKL runs (N x D) @ (D x M) near memory bandwidth (~20 GB/s here) when x is row-major, while
-    `F.linear` with M = 2 (the CFG pair) reads the weights twice (~9 GB/s), and a column-major x
-    falls to ~6 GB/s: hence the explicit `.contiguous()` on the way in. The result is made
-    row-major on the way out too (M x N floats, nothing next to W): a strided Q would send SDPA
-    to its slow math path, and the next layer's input would be column-major again.
-    """
-    flat = x.reshape(-1, x.shape[-1])
-    if flat.shape[0] > 8:
-        return F.linear(x, w)
-    return (w @ flat.contiguous().t()).t().contiguous().reshape(*x.shape[:-1], w.shape[0])
+    qkv: Linear
+    o: Linear
+    cq: Linear
+    co: Linear
+    fc1: Linear
+    fc2: Linear
+
+
+@dataclass
+class Segment:
+    """The rows of a forward that belong to one stream: `rows` consecutive rows (conditional rows
+    first, one per `CrossKV` in `conds`, then unconditional ones) at positions start..start+T-1,
+    whose keys/values live in rows 0..rows-1 of `cache`."""
+
+    rows: int
+    start: int
+    cache: KVCache
+    conds: list[CrossKV]
 
 
 class LanguageModel:
     """Stateless compute over `LMWeights`; all per-stream state lives in `KVCache` / `CrossKV`.
 
     `exact=True` reproduces the reference's arithmetic: the same matmul shapes in the same order,
-    cross-attention projections over every row, heads over every prefill column. That is what the
-    parity tests hold to. `exact=False` (live default) fuses Q/K/V and the heads, runs cross-attention
-    for the conditional rows only and uses `linear_skinny`: the same model, rounded differently.
+    heads over every prefill column. That is what the parity tests hold to. `exact=False` (live
+    default) fuses Q/K/V and the heads and multiplies through `engine.linear` at `precision`
+    (float32 by default; bfloat16, float16 or int8 weights trade exactness for speed).
+
+    One forward can carry several streams (`forward_segments`): the matmuls, which read every
+    weight once whatever the row count, run over all rows together; attention runs per stream over
+    its own cache. Every op is row-wise except the matmuls, whose last bits depend on the row count
+    (MKL picks its kernel by shape), so a batch of fixed size gives each stream the same result
+    whoever else is in it.
     """
 
-    def __init__(self, spec: LMSpec, weights: LMWeights, exact: bool = False) -> None:
+    def __init__(self, spec: LMSpec, weights: LMWeights, exact: bool = False, precision: str = "float32") -> None:
         self.spec = spec
         self.w = weights
         self.exact = exact
         ref = weights.ln_w
         self.device, self.dtype = ref.device, ref.dtype
+        if exact and precision != "float32":
+            raise EngineError(f"the exact (parity) kernels run in float32 only, not {precision}")
+        check_precision(precision, self.device)
+        self.precision = precision
         self.positions = sinusoidal_positions(spec.max_positions, spec.hidden).to(self.device, self.dtype)
         self.scale = spec.head_dim**-0.5
+        self.fast: list[FastLayer] = []
+        self.head: Linear | None = None
+        if not exact:
+            mk = lambda w: make_linear(w, precision)  # noqa: E731
+            self.fast = [
+                FastLayer(qkv=mk(lw.qkv), o=mk(lw.o), cq=mk(lw.cq), co=mk(lw.co), fc1=mk(lw.fc1), fc2=mk(lw.fc2))
+                for lw in weights.layers
+            ]
+            self.head = mk(weights.heads_cat)
+
+    @property
+    def step_weight_bytes(self) -> int:
+        """Bytes of weights one step reads (the matrices; embeddings are lookups)."""
+        if self.exact:
+            mats = [t for lw in self.w.layers for t in (lw.qkv, lw.o, lw.cq, lw.co, lw.fc1, lw.fc2)]
+            return sum(t.numel() * t.element_size() for t in mats + [self.w.heads_cat])
+        return sum(m.nbytes for f in self.fast for m in vars(f).values()) + self.head.nbytes
 
     # -- state ---------------------------------------------------------------------------------
     def new_cache(self, batch: int, capacity: int) -> KVCache:
@@ -224,12 +260,12 @@ class LanguageModel:
         return CrossKV(k=torch.stack(ks), v=torch.stack(vs))
 
     # -- compute -------------------------------------------------------------------------------
-    def embed(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+    def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Sum of codebook embeddings in codebook order, then positions (reference order)."""
         x = F.embedding(tokens[:, 0], self.w.embed[0])
         for k in range(1, self.spec.num_codebooks):
             x = x + F.embedding(tokens[:, k], self.w.embed[k])
-        return x + self.positions[start : start + tokens.shape[-1]]
+        return x + positions
 
     def forward(
         self,
@@ -246,58 +282,98 @@ class LanguageModel:
         exact mode the heads run over all T columns when `all_positions` is set, as the reference's
         prefill does.
         """
+        conds = [] if cross is None else [cross] if isinstance(cross, CrossKV) else list(cross)
+        return self.forward_segments(tokens, [Segment(tokens.shape[0], start, cache, conds)], all_positions)
+
+    def forward_segments(self, tokens: torch.Tensor, segments: list[Segment], all_positions: bool = False) -> torch.Tensor:
+        """`forward` for several streams at once: tokens (R, K, T), the segments' rows in order from
+        row 0; rows past the last segment are padding (their values are computed and ignored)."""
         s, w, exact = self.spec, self.w, self.exact
-        lin = F.linear if exact else linear_skinny
-        B, _, T = tokens.shape
+        R, _, T = tokens.shape
         D, H, d = s.hidden, s.heads, s.head_dim
-        end = start + T
-        x = self.embed(tokens, start)
-        conds = [] if cross is None else [cross] if isinstance(cross, CrossKV) else cross
-        n_cond = len(conds)
-        causal_mask = None
-        if T > 1 and start > 0:
-            causal_mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(start)
+        if len(segments) == 1:
+            pos = self.positions[segments[0].start : segments[0].start + T]
+        else:
+            pos = torch.zeros(R, T, D, device=self.device, dtype=self.dtype)
+            r = 0
+            for seg in segments:
+                pos[r : r + seg.rows] = self.positions[seg.start : seg.start + T]
+                r += seg.rows
+        x = self.embed(tokens, pos)
+        any_cond = any(seg.conds for seg in segments)
         for i, lw in enumerate(w.layers):
-            # self-attention over the static cache
+            fast = None if exact else self.fast[i]
+            # self-attention, each stream over its own static cache
             h = F.layer_norm(x, (D,), lw.sa_ln_w, lw.sa_ln_b, LN_EPS)
             if exact:
                 q, k, v = F.linear(h, lw.q), F.linear(h, lw.k), F.linear(h, lw.v)
             else:
-                q, k, v = lin(h, lw.qkv).split(D, dim=-1)
-            q = q.view(B, T, H, d).transpose(1, 2)
-            k = k.view(B, T, H, d).transpose(1, 2)
-            v = v.view(B, T, H, d).transpose(1, 2)
-            kc, vc = cache.k[i, :B], cache.v[i, :B]
-            kc[:, :, start:end] = k
-            vc[:, :, start:end] = v
+                q, k, v = fast.qkv(h).split(D, dim=-1)
+            q = q.view(R, T, H, d).transpose(1, 2)
+            k = k.view(R, T, H, d).transpose(1, 2)
+            v = v.view(R, T, H, d).transpose(1, 2)
+            a = self._self_attention(i, q, k, v, segments)
+            x = x + (F.linear(a, lw.o) if exact else fast.o(a))
+            # cross-attention; unconditional (and padding) rows attend to nothing: exactly zero
+            if any_cond:
+                h = F.layer_norm(x, (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
+                q = (F.linear(h, lw.cq) if exact else fast.cq(h)).view(R, T, H, d).transpose(1, 2)
+                a = self._cross_attention(i, q, segments)
+                x = x + (F.linear(a, lw.co) if exact else fast.co(a))
+            # feed-forward
+            h = F.layer_norm(x, (D,), lw.ff_ln_w, lw.ff_ln_b, LN_EPS)
+            if exact:
+                x = x + F.linear(F.gelu(F.linear(h, lw.fc1)), lw.fc2)
+            else:
+                x = x + fast.fc2(F.gelu(fast.fc1(h)))
+        x = F.layer_norm(x, (D,), w.ln_w, w.ln_b, LN_EPS)
+        if exact:
+            if not all_positions:
+                x = x[:, -1:]
+            logits = torch.stack([F.linear(x, head) for head in w.heads], dim=1)  # (R, K, T', V)
+            return logits[:, :, -1].float()
+        return self.head(x[:, -1]).view(R, s.num_codebooks, s.card).float()
+
+    def _self_attention(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[Segment]
+    ) -> torch.Tensor:
+        """q/k/v (R, H, T, d) -> attention output (R, T, D); writes each segment's k/v to its cache."""
+        R, H, T, d = q.shape
+        single = len(segments) == 1 and segments[0].rows == R
+        out = None if single else torch.zeros(R, T, H * d, device=q.device, dtype=q.dtype)
+        r = 0
+        for seg in segments:
+            qs, ks, vs = (t[r : r + seg.rows] for t in (q, k, v)) if not single else (q, k, v)
+            start, end = seg.start, seg.start + T
+            kc, vc = seg.cache.k[layer, : seg.rows], seg.cache.v[layer, : seg.rows]
+            kc[:, :, start:end] = ks
+            vc[:, :, start:end] = vs
+            mask = None
+            if T > 1 and start > 0:
+                mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(start)
             if start == 0:
-                keys, values = k, v  # the reference attends to the fresh (non-cached) tensors here
+                keys, values = ks, vs  # the reference attends to the fresh (non-cached) tensors here
             else:
                 keys, values = kc[:, :, :end], vc[:, :, :end]
             a = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=causal_mask, is_causal=(T > 1 and start == 0), scale=self.scale
+                qs, keys, values, attn_mask=mask, is_causal=(T > 1 and start == 0), scale=self.scale
             )
-            x = x + lin(a.transpose(1, 2).reshape(B, T, D), lw.o)
-            # cross-attention; the uncond rows' output is exactly zero
-            if n_cond:
-                rows = B if exact else n_cond  # exact: projections over all rows, as the reference
-                h = F.layer_norm(x[:rows], (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
-                q = lin(h, lw.cq).view(rows, T, H, d).transpose(1, 2)
-                if rows == 1:
-                    a = F.scaled_dot_product_attention(q, conds[0].k[i], conds[0].v[i], scale=self.scale)
-                else:
-                    a = torch.zeros_like(q)
-                    for r, c in enumerate(conds):
-                        a[r : r + 1] = F.scaled_dot_product_attention(q[r : r + 1], c.k[i], c.v[i], scale=self.scale)
-                out = lin(a.transpose(1, 2).reshape(rows, T, D), lw.co)
-                x = x + out if rows == B else torch.cat([x[:rows] + out, x[rows:]])
-            # feed-forward
-            h = F.layer_norm(x, (D,), lw.ff_ln_w, lw.ff_ln_b, LN_EPS)
-            x = x + lin(F.gelu(lin(h, lw.fc1)), lw.fc2)
-        x = F.layer_norm(x, (D,), w.ln_w, w.ln_b, LN_EPS)
-        if not (all_positions and exact):
-            x = x[:, -1:]
-        if exact:
-            logits = torch.stack([F.linear(x, head) for head in w.heads], dim=1)  # (B, K, T', V)
-            return logits[:, :, -1].float()
-        return lin(x[:, -1], w.heads_cat).view(B, s.num_codebooks, s.card).float()
+            a = a.transpose(1, 2).reshape(seg.rows, T, H * d)
+            if single:
+                return a
+            out[r : r + seg.rows] = a
+            r += seg.rows
+        return out
+
+    def _cross_attention(self, layer: int, q: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
+        """q (R, H, T, d) -> (R, T, D); conditional rows attend to their condition, the rest are 0."""
+        R, H, T, d = q.shape
+        a = torch.zeros_like(q)
+        r = 0
+        for seg in segments:
+            for j, c in enumerate(seg.conds):
+                a[r + j : r + j + 1] = F.scaled_dot_product_attention(
+                    q[r + j : r + j + 1], c.k[layer], c.v[layer], scale=self.scale
+                )
+            r += seg.rows
+        return a.transpose(1, 2).reshape(R, T, H * d)

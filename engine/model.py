@@ -25,13 +25,16 @@ class MusicGen:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         exact: bool = False,
+        precision: str = "float32",
     ) -> None:
+        """`precision`: how the live path stores the decoder's matrices (`engine.linear.PRECISIONS`);
+        activations, caches and the codec stay in `dtype`."""
         self.source = ckpt.source
         self.spec: ModelSpec = ckpt.spec
         self.device = torch.device(device)
         self.dtype = dtype
         tensors = {k: v.to(self.device, dtype if v.is_floating_point() else v.dtype) for k, v in ckpt.tensors.items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
-        self.lm = LanguageModel(self.spec.lm, lm_weights_from_state_dict(self.spec.lm, tensors), exact=exact)
+        self.lm = LanguageModel(self.spec.lm, lm_weights_from_state_dict(self.spec.lm, tensors), exact=exact, precision=precision)
         self.codec = Codec(self.spec.codec, ckpt.tensors, self.device)
         self.tokenizer = ckpt.tokenizer
         self.conditioner = TextConditioner(ckpt.tokenizer, _build_t5(ckpt), self.lm)
@@ -45,8 +48,9 @@ class MusicGen:
         dtype: torch.dtype = torch.float32,
         progress: Progress | None = stderr_progress,
         exact: bool = False,
+        precision: str = "float32",
     ) -> "MusicGen":
-        return cls(load_checkpoint(source, progress), device, dtype, exact)
+        return cls(load_checkpoint(source, progress), device, dtype, exact, precision)
 
     @property
     def sample_rate(self) -> int:
@@ -118,4 +122,5 @@ def model_summary(model: MusicGen) -> dict[str, Any]:
         "sample_rate": s.codec.sample_rate,
         "frame_rate": s.codec.frame_rate,
         "max_frames": model.max_frames,
+        "precision": "float32 (exact)" if model.lm.exact else model.lm.precision,
     }

@@ -1,0 +1,71 @@
+"""Several independent streams stepped in one forward.
+
+On CPU a step costs what it reads: every weight matrix once, whatever the number of rows. Stepping
+N streams together therefore costs little more than one (BENCHMARKS.md, "Several streams"). Each
+stream stays a `Generator` with its own prompt rows, guidance, sampling settings, seed, window,
+slides and codec; only its matmuls are shared. Streams join and leave simply by being in the list
+passed to `step` or not.
+
+Why the batch has a fixed row count: a matmul's last bits depend on how many rows it has (MKL
+picks kernels by shape) but not on which row is which. Padding every forward to `rows` therefore
+gives a stream bit-identical results whoever else is in the batch - alone included - and greedy
+codes cannot drift when another performer joins. (int8 rows are batch-independent anyway, see
+`engine.linear`.) Prefills (start, restart, window slides) run per stream outside the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ContextError
+from .generator import Generator, StepResult
+from .lm import Segment
+from .model import MusicGen
+
+
+class Batch:
+    def __init__(self, model: MusicGen, rows: int) -> None:
+        """`rows`: LM rows per forward, the sum over the streams stepped together of their rows
+        (one per prompt sounding plus one unconditional row when guided)."""
+        if rows < 1:
+            raise ContextError(f"a batch needs at least one row, got {rows}")
+        self.model = model
+        self.rows = rows
+        K = model.spec.lm.num_codebooks
+        self._tokens = torch.full((rows, K, 1), model.spec.lm.special_token, dtype=torch.long, device=model.device)
+
+    @torch.no_grad()
+    def step(self, streams: list[Generator]) -> list[StepResult]:
+        """One step of every stream in `streams`; results in the same order.
+
+        Streams are packed into forwards of `rows` rows in order; when they need more rows than one
+        forward has (a crossfade adds a row for its duration), the rest go into another forward of
+        the same size - slower for those steps, the same results."""
+        inputs = [g.step_input() for g in streams]
+        for _, seg in inputs:
+            if seg.rows > self.rows:
+                raise ContextError(f"a stream needs {seg.rows} rows; the batch has {self.rows}")
+        logits: list[torch.Tensor] = []
+        group: list[tuple[torch.Tensor, Segment]] = []
+        for item in inputs:
+            if group and sum(seg.rows for _, seg in group) + item[1].rows > self.rows:
+                logits.extend(self._forward(group))
+                group = []
+            group.append(item)
+        if group:
+            logits.extend(self._forward(group))
+        return [g.step_output(lg) for g, lg in zip(streams, logits)]
+
+    def _forward(self, group: list[tuple[torch.Tensor, Segment]]) -> list[torch.Tensor]:
+        tokens = self._tokens
+        tokens.fill_(self.model.spec.lm.special_token)  # padding rows: any valid token will do
+        r = 0
+        for cols, seg in group:
+            tokens[r : r + seg.rows] = cols
+            r += seg.rows
+        logits = self.model.lm.forward_segments(tokens, [seg for _, seg in group])
+        out, r = [], 0
+        for _, seg in group:
+            out.append(logits[r : r + seg.rows])
+            r += seg.rows
+        return out

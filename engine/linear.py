@@ -1,0 +1,112 @@
+"""How the live (fast) path multiplies by a weight matrix: fp32, half precision, or int8.
+
+A decoder step on CPU is a handful of rows times every weight matrix, so it is bound by how many
+bytes of weights it reads (DESIGN.md §7). Storing the matrices smaller is how a step gets past the
+fp32 floor. The parity path (`LanguageModel(exact=True)`) never comes here: it stays fp32 with the
+reference's matmul shapes.
+
+Precisions (measured on the 2-core EPYC, GB/s of fp32-equivalent weights per second, see
+BENCHMARKS.md): float32 ~21 (MKL, `linear_skinny`); float16 / bfloat16 ~40-45 for one row but ~20
+for the CFG pair (MKL's half GEMM does not reuse the weights across rows); int8 ~105 for 1-4 rows
+(fbgemm).
+
+The int8 path is fbgemm's dynamically quantised GEMM: weights int8 per output channel (symmetric),
+activations quantised to 7 bits on the fly (reduce_range, so AVX2's 16-bit pair sums cannot
+saturate), int32 accumulation. fbgemm picks one activation scale for the whole input; to keep a
+row's result independent of the other rows (a stream must sound the same whoever shares its
+batch) every row is scaled to max-abs 1 first and an anchor row pins the range to [-1, 1]. With the
+quantisation fixed per row and integer accumulation exact, a row's output is bit-identical in any
+batch. Weight-only int8 (`torch._weight_int8pack_mm`) keeps fp32 activations but runs at 4-8 GB/s
+here, slower than fp32, so it is not offered.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .errors import EngineError
+
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+_HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Linear(Protocol):
+    """x (..., in) -> x @ W.T (..., out), in x's dtype."""
+
+    nbytes: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def linear_skinny(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T for a handful of rows, computed as W @ x.T.
+
+    MKL runs (N x D) @ (D x M) near memory bandwidth (~20 GB/s here) when x is row-major, while
+    `F.linear` with M = 2 (the CFG pair) reads the weights twice (~9 GB/s), and a column-major x
+    falls to ~6 GB/s: hence the explicit `.contiguous()` on the way in. The result is made
+    row-major on the way out too (M x N floats, nothing next to W): a strided Q would send SDPA
+    to its slow math path, and the next layer's input would be column-major again.
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] > 8 or x.device.type != "cpu":
+        return F.linear(x, w)
+    return (w @ flat.contiguous().t()).t().contiguous().reshape(*x.shape[:-1], w.shape[0])
+
+
+class DenseLinear:
+    """fp32 or half-precision weights; x is cast to the weights' dtype and the result back."""
+
+    def __init__(self, w: torch.Tensor, dtype: torch.dtype) -> None:
+        self.w = w.to(dtype).contiguous()
+        self.nbytes = self.w.numel() * self.w.element_size()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.w.dtype:
+            return linear_skinny(x, self.w)
+        return linear_skinny(x.to(self.w.dtype), self.w).to(x.dtype)
+
+
+class Int8Linear:
+    """Per-channel int8 weights through fbgemm, rows made batch-independent (see module doc)."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        w = w.detach().float().cpu()
+        self.out_features, self.in_features = w.shape
+        scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
+        zero = torch.zeros(self.out_features, dtype=torch.long)
+        with warnings.catch_warnings():  # the qint8 tensor is only the packing's input
+            warnings.simplefilter("ignore")
+            qw = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(qw, None)
+        self.nbytes = w.numel() + 4 * self.out_features
+        self.anchor = torch.zeros(1, self.in_features)
+        self.anchor[0, 0], self.anchor[0, -1] = -1.0, 1.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        s = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+        y = torch.ops.quantized.linear_dynamic(torch.cat([flat / s, self.anchor]), self.packed, True)
+        return (y[:-1] * s).reshape(*x.shape[:-1], self.out_features)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """One clear sentence for a precision this build or device cannot run."""
+    if precision not in PRECISIONS:
+        raise EngineError(f"unknown precision '{precision}' (choose one of {', '.join(PRECISIONS)})")
+    if precision == "int8":
+        if device.type != "cpu":
+            raise EngineError("int8 weights run on the CPU only (fbgemm); on a GPU use float16 or bfloat16")
+        engines = torch.backends.quantized.supported_engines
+        if not {"fbgemm", "x86"} & set(engines):
+            raise EngineError(f"this PyTorch build has no fbgemm int8 kernels (engines: {', '.join(engines)})")
+
+
+def make_linear(w: torch.Tensor, precision: str) -> Linear:
+    """The live-path multiply for weight `w` (out, in) at `precision` (one of PRECISIONS)."""
+    if precision == "int8":
+        return Int8Linear(w)
+    return DenseLinear(w, _HALF.get(precision, torch.float32))
