@@ -62,6 +62,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="use the parity kernels (token-exact with transformers) instead of the faster default",
     )
+    p.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16", "float16", "int8"],
+        help="how the live path stores the decoder's weights ([model] precision, float32); int8 is CPU only",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the result as JSON as well")
     b.add_argument("--decode-chunk", type=_positive_int, default=1,
                    help="frames per codec push (default 1: audio released as soon as it is final, as live)")
+    b.add_argument("--streams", type=_positive_int, default=1,
+                   help="streams generated together in one batch (transformers: one batched generate)")
+    b.add_argument("--quality", action="store_true",
+                   help="with a reduced --precision: compare its predictions with float32 (agreement, KL)")
 
     sv = sub.add_parser("serve", help="play endlessly; control it with lines on stdin (see README)")
     _add_model(sv)
@@ -195,10 +204,23 @@ def _load(args: argparse.Namespace):  # -> MusicGen
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CheckpointError(f"device '{args.device}' was asked for but no CUDA GPU is available")
+    _check_precision(args)
     if args.exact and args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    return MusicGen.load(args.model, device=args.device, exact=args.exact)
+    return MusicGen.load(args.model, device=args.device, exact=args.exact, precision=args.precision)
+
+
+def _check_precision(args: argparse.Namespace) -> None:
+    """Refuse an impossible precision before minutes of loading, in one sentence."""
+    import torch
+
+    from engine.errors import EngineError
+    from engine.linear import check_precision
+
+    if args.exact and args.precision != "float32":
+        raise EngineError(f"--exact (the parity kernels) runs in float32 only, not {args.precision}")
+    check_precision(args.precision, torch.device(args.device))
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -262,8 +284,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from engine.bench import as_dict, format_result, run_bench
 
+    _check_precision(args)
     result = run_bench(args.model, args.frames, args.peer, exact=args.exact, repeats=args.repeats, device=args.device,
-                       decode_chunk=args.decode_chunk, say=lambda m: print(m, file=sys.stderr))
+                       decode_chunk=args.decode_chunk, precision=args.precision, streams=args.streams,
+                       quality=args.quality, say=lambda m: print(m, file=sys.stderr))
     print(format_result(result))
     if args.json:
         print(json.dumps(as_dict(result)))

@@ -4,6 +4,10 @@ Both sides run the same checkpoint with MusicGen's default sampling (top-k 250, 
 include decoding to audio (ours streams every frame through the codec as it completes; the peer
 decodes once at the end). The sides are interleaved and repeated, and medians reported, because
 these machines are shared and one pair of timings is not to be trusted.
+
+With `streams` > 1 both sides generate that many pieces (different prompts) together: ours as
+streams of one `Batch`, transformers as one batched `generate`; frames/s is the aggregate. With
+`quality`, the reduced precision's predictions are compared against float32 (`engine.quality`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,21 @@ import torch
 from .checkpoint import BUILTIN_SEED, from_hf_model, load_checkpoint
 from .model import MusicGen
 from .presets import DECODER_SIZES, arch_for, random_hf_model, random_tokenizer
-from .render import render
+from .quality import Quality, compare_precision, format_quality
+from .render import render_batch
 from .sampling import SamplingParams
 
-PROMPT = "lo-fi hip hop beat with warm keys and vinyl crackle"
+PROMPTS = [
+    "lo-fi hip hop beat with warm keys and vinyl crackle",
+    "driving techno with a rolling bassline",
+    "solo piano, slow and sparse",
+    "orchestral strings swelling into a climax",
+    "dub reggae with deep bass and echoing snare",
+    "ambient drone with shimmering pads",
+    "funky disco guitar and slap bass",
+    "80s synthwave with gated drums",
+]
+PROMPT = PROMPTS[0]
 
 
 @dataclass
@@ -39,7 +54,9 @@ class SideResult:
 class BenchResult:
     model: str
     frames: int
+    streams: int
     exact: bool
+    precision: str
     decode_chunk: int
     device: str
     threads: int
@@ -49,7 +66,9 @@ class BenchResult:
     peak_rss_mb: float
     weights_mb: float
     kv_cache_mb: float
+    step_weights_mb: float
     machine: str
+    quality: Quality | None = None
 
 
 def run_bench(
@@ -60,6 +79,9 @@ def run_bench(
     repeats: int = 3,
     device: str = "cpu",
     decode_chunk: int = 1,
+    precision: str = "float32",
+    streams: int = 1,
+    quality: bool = False,
     say: Callable[[str], None] = print,
 ) -> BenchResult:
     hf = None
@@ -73,46 +95,54 @@ def run_bench(
             from transformers import MusicgenForConditionalGeneration
 
             hf = MusicgenForConditionalGeneration.from_pretrained(source).eval()
-    model = MusicGen(ckpt, device=device, exact=exact)
+    say(f"preparing our model ({'float32 exact' if exact else precision})")
+    model = MusicGen(ckpt, device=device, exact=exact, precision=precision)
     params = SamplingParams()
     rate = model.spec.frame_rate
     tokenizer = ckpt.tokenizer
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(streams)]
 
     def ours() -> tuple[float, list[float]]:
         t0 = time.perf_counter()
-        r = render(model, PROMPT, frames, params, seed=0, decode_chunk=decode_chunk)
-        return time.perf_counter() - t0, r.step_seconds
+        _, steps = render_batch(model, prompts, frames, params, seed=0, decode_chunk=decode_chunk)
+        return time.perf_counter() - t0, steps
 
-    def theirs() -> float:
-        inputs = tokenizer([PROMPT], return_tensors="pt")
+    def theirs(n_frames: int = frames) -> float:
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True)
         t0 = time.perf_counter()
         with torch.no_grad():
-            hf.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=frames + 3)
+            hf.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=n_frames + 3)
         return time.perf_counter() - t0
 
     say("warming up")
-    render(model, PROMPT, 8, params)
+    render_batch(model, prompts, 8, params)
     if peer and hf is not None:
         hf.to(device)
-        with torch.no_grad():
-            hf.generate(**tokenizer([PROMPT], return_tensors="pt"), do_sample=True, max_new_tokens=11)
+        theirs(8)
+    total = frames * streams
     our_times, peer_times, steps = [], [], []
     for r in range(repeats):
         t, st = ours()
         our_times.append(t)
         steps.extend(st)
-        line = f"run {r + 1}/{repeats}: ours {frames / t:.1f} frames/s"
+        line = f"run {r + 1}/{repeats}: ours {total / t:.1f} frames/s"
         if peer and hf is not None:
             peer_times.append(theirs())
-            line += f", transformers {frames / peer_times[-1]:.1f} frames/s"
+            line += f", transformers {total / peer_times[-1]:.1f} frames/s"
         say(line)
-    ours_res = _side(frames, our_times, rate, steps)
-    peer_res = _side(frames, peer_times, rate, []) if peer_times else None
-    cache = model.lm.new_cache(2, model.pattern.columns_for_frames(frames))
+    ours_res = _side(total, our_times, rate, steps)
+    peer_res = _side(total, peer_times, rate, []) if peer_times else None
+    cache = model.lm.new_cache(2 * streams, model.pattern.columns_for_frames(frames))
+    q = None
+    if quality and not exact and precision != "float32":
+        say("comparing predictions against float32")
+        q = compare_precision(MusicGen(ckpt, device=device), model, PROMPT, min(frames, 200))
     return BenchResult(
         model=source,
         frames=frames,
+        streams=streams,
         exact=exact,
+        precision="float32" if exact else precision,
         decode_chunk=decode_chunk,
         device=device,
         threads=torch.get_num_threads(),
@@ -122,7 +152,9 @@ def run_bench(
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         weights_mb=sum(v.numel() * v.element_size() for v in ckpt.tensors.values()) / 1e6,
         kv_cache_mb=(cache.k.numel() + cache.v.numel()) * cache.k.element_size() / 1e6,
+        step_weights_mb=model.lm.step_weight_bytes / 1e6,
         machine=f"{platform.machine()} {platform.processor() or ''} {_cpu_name()}".strip(),
+        quality=q,
     )
 
 
@@ -148,9 +180,10 @@ def _cpu_name() -> str:
 
 
 def format_result(r: BenchResult) -> str:
-    mode = ("exact (parity kernels)" if r.exact else "fast") + f", decode every {r.decode_chunk} frame(s)"
+    mode = ("exact (parity kernels)" if r.exact else f"fast, {r.precision} weights") + f", decode every {r.decode_chunk} frame(s)"
+    each = f"{r.streams} streams x {r.frames} frames (aggregate frames/s)" if r.streams > 1 else f"{r.frames} frames"
     lines = [
-        f"model {r.model}, {r.frames} frames, {mode}, {r.device}, {r.threads} threads, {r.machine}",
+        f"model {r.model}, {each}, {mode}, {r.device}, {r.threads} threads, {r.machine}",
         f"  ours:         {r.ours.frames_per_s:8.1f} frames/s  ({r.ours.real_time_factor:.2f}x real time)"
         f"  step p50 {r.ours.step_ms_p50:.1f} ms  p99 {r.ours.step_ms_p99:.1f} ms",
     ]
@@ -161,8 +194,10 @@ def format_result(r: BenchResult) -> str:
         lines.append(f"  ratio ours / transformers: {r.ratio:.2f}x")
     lines.append(
         f"  memory: peak RSS {r.peak_rss_mb:.0f} MB (whole process{', both models' if r.peer else ''}), "
-        f"weights {r.weights_mb:.0f} MB, KV cache {r.kv_cache_mb:.1f} MB"
+        f"weights {r.weights_mb:.0f} MB (read per step {r.step_weights_mb:.0f} MB), KV cache {r.kv_cache_mb:.1f} MB"
     )
+    if r.quality:
+        lines.append(format_quality(r.quality))
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ class ModelConfig:
     name: str = "tiny"  # tiny | small | medium | large | a checkpoint directory | a hub id
     device: str = "cpu"
     exact: bool = False  # parity kernels (token-exact with transformers), slower
+    precision: str = "float32"  # live-path weights: float32 | bfloat16 | float16 | int8 (CPU)
 
 
 @dataclass(frozen=True)

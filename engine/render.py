@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .batch import Batch
 from .errors import CodesError, ContextError
 from .generator import Generator
 from .model import MusicGen
@@ -54,6 +55,32 @@ def render(
             progress(gen.frames_done - P, frames)
     chunks.append(gen.finish())
     return Rendered(codes=gen.codes(), audio=torch.cat(chunks, dim=-1), step_seconds=times)
+
+
+def render_batch(
+    model: MusicGen, prompts: list[str], frames: int, params: SamplingParams, seed: int = 0, decode_chunk: int = 1
+) -> tuple[list[Rendered], list[float]]:
+    """`len(prompts)` pieces of `frames` frames generated together in one `Batch` (stream i seeded
+    `seed + i`); also returns the time of each batched step (seconds). Each piece is what `render`
+    would give for it in a batch of this size (see `engine.batch`)."""
+    if frames <= 0:
+        raise ContextError(f"the number of frames must be positive, got {frames}")
+    guided = params.cfg != 1.0
+    gens = [Generator(model, params, seed + i, decode_chunk=decode_chunk) for i in range(len(prompts))]
+    chunks = [[g.start(model.conditioner.condition(p, guided=guided), total_frames=frames).audio]
+              for g, p in zip(gens, prompts)]
+    batch = Batch(model, rows=len(prompts) * (2 if guided else 1))
+    times = []
+    while not gens[0].done:
+        t0 = time.perf_counter()
+        for out, r in zip(chunks, batch.step(gens)):
+            out.append(r.audio)
+        times.append(time.perf_counter() - t0)
+    pieces = []
+    for g, out in zip(gens, chunks):
+        out.append(g.finish())
+        pieces.append(Rendered(codes=g.codes(), audio=torch.cat(out, dim=-1), step_seconds=[]))
+    return pieces, times
 
 
 def load_codes(path: str, model: MusicGen) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from engine.audiofile import prepare_audio, read_audio
 from engine.config import SamplingConfig
 from engine.errors import ContextError, EngineError
-from engine.generator import MAX_PROMPTS, Generator
+from engine.generator import MAX_PROMPTS, Generator, StepResult
 from engine.model import MusicGen
 from engine.sampling import SamplingParams
 
@@ -113,6 +113,14 @@ class Session:
 
     # -- public API (any thread) ---------------------------------------------------------------
     def start(self) -> None:
+        """Open the output and start this session's own generation thread."""
+        self.open()
+        self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
+        self._thread.start()
+
+    def open(self) -> None:
+        """Prefill, open the output (and input), queue autoplay - without a thread of its own, for a
+        `SessionGroup` that steps this session together with others."""
         # The audio callback needs the GIL for its copy; with Python's default 5 ms switch interval
         # it can wait about a whole 256-frame period behind the generation thread and miss it.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
@@ -120,8 +128,6 @@ class Session:
         self.output.open()
         if self.capture:
             self.capture.open()
-        self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
-        self._thread.start()
         if self.cfg.autoplay:
             self.submit(Play())
 
@@ -136,6 +142,10 @@ class Session:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=5)
+        self.release()
+
+    def release(self) -> None:
+        """Close what `open` opened (a group calls this once the session has left it)."""
         self._encoder.shutdown(wait=False, cancel_futures=True)
         self.output.close()
         if self.capture:
@@ -189,35 +199,56 @@ class Session:
     def _run(self) -> None:
         while not self._quit.is_set():
             try:
-                self._apply_commands()
-                self._finish_continuations()
-                self._watch_output()
-                if self.state == PLAYING and self.output.healthy and self.output.ring.fill < self.target_frames:
-                    self._step()
-                    self._resolve_probes()
+                if self.service():
+                    sliding = self.gen.state.slide is not None
+                    t0 = time.perf_counter()
+                    result = self.gen.step()
+                    self.deliver(result, time.perf_counter() - t0, sliding)
                     continue
                 self._resolve_probes()
             except Exception as e:  # a bug must not silence the music: report it and carry on
-                self._event("error", {"message": f"internal error: {type(e).__name__}: {e}"})
+                self.report_error(e)
                 time.sleep(0.05)
-            self._wake.wait(timeout=self._idle_wait())
+            self._wake.wait(timeout=self.idle_wait())
             self._wake.clear()
 
-    def _idle_wait(self) -> float:
-        if self.state != PLAYING:
-            return 0.05
-        ahead = (self.output.ring.fill - self.target_frames) / self.output.rate
-        return min(0.02, max(0.001, ahead + 0.25 * self.hop / self.rate))
+    # -- one turn of a generation loop (this session's thread or a SessionGroup's) ---------------
+    def service(self) -> bool:
+        """Apply queued commands and finished continuations, watch the output; True when the ring
+        wants another frame."""
+        self._apply_commands()
+        self._finish_continuations()
+        self._watch_output()
+        return self.state == PLAYING and self.output.healthy and self.output.ring.fill < self.target_frames
 
-    def _step(self) -> None:
-        sliding = self.gen.state.slide is not None
-        t0 = time.perf_counter()
-        result = self.gen.step()
-        dt = 1000 * (time.perf_counter() - t0)
+    def deliver(self, result: StepResult, seconds: float, sliding: bool) -> None:
+        """Take a step's result (from `gen.step()` or a batch): timings, audio out, latency probes."""
+        dt = 1000 * seconds
         self.step_ms.append(dt)
         if sliding or self.gen.state.slide is not None:
             self.slide_step_ms.append(dt)
         self._emit(result.audio)
+        self._resolve_probes()
+
+    def report_error(self, e: Exception) -> None:
+        """A bug must not silence the music: tell the listeners and carry on."""
+        self._event("error", {"message": f"internal error: {type(e).__name__}: {e}"})
+
+    @property
+    def wake(self) -> threading.Event:
+        """Set by `submit`; a group shares one event among its sessions."""
+        return self._wake
+
+    @wake.setter
+    def wake(self, event: threading.Event) -> None:
+        self._wake = event
+
+    def idle_wait(self) -> float:
+        """Seconds the loop may sleep before this session needs looking at again."""
+        if self.state != PLAYING:
+            return 0.05
+        ahead = (self.output.ring.fill - self.target_frames) / self.output.rate
+        return min(0.02, max(0.001, ahead + 0.25 * self.hop / self.rate))
 
     def _emit(self, audio: torch.Tensor) -> None:
         if audio.shape[-1] == 0:

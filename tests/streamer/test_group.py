@@ -1,0 +1,90 @@
+"""Several sessions on one engine (`SessionGroup`). Protects: each session plays to its own output
+without underruns; a session's audio is the same whether it plays alone or while others join, take
+commands and leave; a full group refuses a newcomer clearly."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from engine.config import SamplingConfig
+from streamer import commands as c
+from streamer.config import StreamConfig
+from streamer.group import SessionGroup
+from streamer.outputs import make_output
+from streamer.session import PLAYING, Session
+
+STREAM = StreamConfig(buffer_ms=200, window_s=4.0, context_s=1.5)
+
+
+def recorded(tiny, prompt: str, seed: int) -> tuple[Session, list[np.ndarray]]:
+    s = Session(tiny, make_output("null", 2, 0.2), StreamConfig(**{**vars(STREAM), "prompt": prompt}),
+                SamplingConfig(seed=seed, top_k=50))
+    chunks: list[np.ndarray] = []
+    s.audio_taps.append(lambda _i, frames: chunks.append(frames.copy()))
+    return s, chunks
+
+
+def first_seconds(chunks: list[np.ndarray], rate: int, seconds: float) -> np.ndarray:
+    audio = np.concatenate(chunks)
+    n = int(seconds * rate)
+    assert len(audio) >= n, f"only {len(audio) / rate:.2f} s were played"
+    return audio[:n]
+
+
+def wait_for(chunks: list[np.ndarray], rate: int, seconds: float, timeout: float = 30) -> None:
+    end = time.time() + timeout
+    while sum(len(x) for x in chunks) < seconds * rate and time.time() < end:
+        time.sleep(0.05)
+
+
+def test_session_sounds_the_same_alone_and_in_company(tiny):
+    rate, seconds = tiny.sample_rate, 6.0  # past a window slide (4 s window)
+    group = SessionGroup(tiny, max_sessions=3)
+    group.start()
+    try:
+        a, alone = recorded(tiny, "warm pads", seed=1)
+        group.add(a)
+        wait_for(alone, rate, seconds)
+        group.remove(a)
+    finally:
+        group.close()
+    reference = first_seconds(alone, rate, seconds)
+
+    group = SessionGroup(tiny, max_sessions=3)
+    group.start()
+    try:
+        a, with_others = recorded(tiny, "warm pads", seed=1)
+        b, b_audio = recorded(tiny, "drums", seed=2)
+        d, _ = recorded(tiny, "choir", seed=3)
+        group.add(a)
+        group.add(b)
+        wait_for(with_others, rate, 1.0)
+        assert b.submit(c.SetParams(cfg=6.0, temperature=1.5)).wait(10)
+        assert b.submit(c.SetPrompt("jungle breaks", fade_s=0.5)).wait(10)  # a crossfade: an extra row
+        group.add(d)
+        wait_for(with_others, rate, 3.0)
+        group.remove(b)
+        wait_for(with_others, rate, seconds)
+        assert b_audio, "the second session played too"
+        for s in (a, d):
+            snap = s.snapshot()
+            assert snap["state"] == PLAYING and snap["underruns"] == 0
+        assert a.gen.slides >= 1
+    finally:
+        group.close()
+    np.testing.assert_array_equal(reference, first_seconds(with_others, rate, seconds))
+
+
+def test_full_group_refuses_a_newcomer(tiny):
+    group = SessionGroup(tiny, max_sessions=1)
+    group.start()
+    try:
+        group.add(recorded(tiny, "a", 0)[0])
+        with pytest.raises(ValueError, match="full"):
+            group.add(recorded(tiny, "b", 0)[0])
+    finally:
+        group.close()
