@@ -63,7 +63,7 @@ class Batch:
         for cols, seg in group:
             tokens[r : r + seg.rows] = cols
             r += seg.rows
-        logits = self.model.lm.forward_segments(tokens, [seg for _, seg in group])
+        logits = self.model.lm.forward_segments(tokens, [seg for _, seg in group], batched=True)
         out, r = [], 0
         for _, seg in group:
             out.append(logits[r : r + seg.rows])

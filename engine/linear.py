@@ -12,12 +12,14 @@ for the CFG pair (MKL's half GEMM does not reuse the weights across rows); int8 
 
 The int8 path is fbgemm's dynamically quantised GEMM: weights int8 per output channel (symmetric),
 activations quantised to 7 bits on the fly (reduce_range, so AVX2's 16-bit pair sums cannot
-saturate), int32 accumulation. fbgemm picks one activation scale for the whole input; to keep a
-row's result independent of the other rows (a stream must sound the same whoever shares its
-batch) every row is scaled to max-abs 1 first and an anchor row pins the range to [-1, 1]. With the
-quantisation fixed per row and integer accumulation exact, a row's output is bit-identical in any
-batch. Weight-only int8 (`torch._weight_int8pack_mm`) keeps fp32 activations but runs at 4-8 GB/s
-here, slower than fp32, so it is not offered.
+saturate), int32 accumulation. fbgemm picks one activation scale for the whole input, so one row's
+result depends on the others. A batch of streams asks for `independent_rows`: every row is scaled
+to max-abs 1 first and an anchor row pins the range to [-1, 1]; with the quantisation fixed per row
+and integer accumulation exact, a row's output is then bit-identical in any batch (a stream sounds
+the same whoever shares its batch). Those extra small ops cost ~90 us a call (~13 ms a step for
+musicgen-small), which is why a single stream does without. Weight-only int8
+(`torch._weight_int8pack_mm`) keeps fp32 activations but runs at 4-8 GB/s here, slower than fp32,
+so it is not offered.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ _HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Linear(Protocol):
-    """x (..., in) -> x @ W.T (..., out), in x's dtype."""
+    """x (..., in) -> x @ W.T (..., out), in x's dtype. With `independent_rows` a row's result must
+    not depend on the values of the other rows (for a fixed row count)."""
 
     nbytes: int
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, independent_rows: bool = False) -> torch.Tensor: ...
 
 
 def linear_skinny(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -64,7 +67,8 @@ class DenseLinear:
         self.w = w.to(dtype).contiguous()
         self.nbytes = self.w.numel() * self.w.element_size()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, independent_rows: bool = False) -> torch.Tensor:
+        # a dense GEMM's rows are independent for a fixed shape already
         if x.dtype == self.w.dtype:
             return linear_skinny(x, self.w)
         return linear_skinny(x.to(self.w.dtype), self.w).to(x.dtype)
@@ -86,9 +90,12 @@ class Int8Linear:
         self.anchor = torch.zeros(1, self.in_features)
         self.anchor[0, 0], self.anchor[0, -1] = -1.0, 1.0
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, independent_rows: bool = False) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        s = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+        if not independent_rows:
+            y = torch.ops.quantized.linear_dynamic(flat, self.packed, True)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        s = torch.linalg.vector_norm(flat, float("inf"), dim=1, keepdim=True).clamp_min_(1e-30)  # zero rows stay 0
         y = torch.ops.quantized.linear_dynamic(torch.cat([flat / s, self.anchor]), self.packed, True)
         return (y[:-1] * s).reshape(*x.shape[:-1], self.out_features)
 

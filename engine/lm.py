@@ -285,9 +285,14 @@ class LanguageModel:
         conds = [] if cross is None else [cross] if isinstance(cross, CrossKV) else list(cross)
         return self.forward_segments(tokens, [Segment(tokens.shape[0], start, cache, conds)], all_positions)
 
-    def forward_segments(self, tokens: torch.Tensor, segments: list[Segment], all_positions: bool = False) -> torch.Tensor:
+    def forward_segments(
+        self, tokens: torch.Tensor, segments: list[Segment], all_positions: bool = False, batched: bool = False
+    ) -> torch.Tensor:
         """`forward` for several streams at once: tokens (R, K, T), the segments' rows in order from
-        row 0; rows past the last segment are padding (their values are computed and ignored)."""
+        row 0; rows past the last segment are padding (their values are computed and ignored).
+        `batched` (implied by several segments or padding) makes every row's result independent of
+        the other rows' values, at some cost; a lone stream skips that and the unconditional rows'
+        cross-attention matmuls."""
         s, w, exact = self.spec, self.w, self.exact
         R, _, T = tokens.shape
         D, H, d = s.hidden, s.heads, s.head_dim
@@ -301,6 +306,9 @@ class LanguageModel:
                 r += seg.rows
         x = self.embed(tokens, pos)
         any_cond = any(seg.conds for seg in segments)
+        solo = not batched and len(segments) == 1 and segments[0].rows == R
+        lean_cross = not exact and solo and any_cond
+        ind = not solo  # a batch: each row's result must not depend on the others' values
         for i, lw in enumerate(w.layers):
             fast = None if exact else self.fast[i]
             # self-attention, each stream over its own static cache
@@ -308,31 +316,37 @@ class LanguageModel:
             if exact:
                 q, k, v = F.linear(h, lw.q), F.linear(h, lw.k), F.linear(h, lw.v)
             else:
-                q, k, v = fast.qkv(h).split(D, dim=-1)
+                q, k, v = fast.qkv(h, ind).split(D, dim=-1)
             q = q.view(R, T, H, d).transpose(1, 2)
             k = k.view(R, T, H, d).transpose(1, 2)
             v = v.view(R, T, H, d).transpose(1, 2)
             a = self._self_attention(i, q, k, v, segments)
-            x = x + (F.linear(a, lw.o) if exact else fast.o(a))
+            x = x + (F.linear(a, lw.o) if exact else fast.o(a, ind))
             # cross-attention; unconditional (and padding) rows attend to nothing: exactly zero
-            if any_cond:
+            if lean_cross:  # one unpadded stream: only its conditional rows need computing
+                n = len(segments[0].conds)
+                h = F.layer_norm(x[:n], (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
+                q = fast.cq(h).view(n, T, H, d).transpose(1, 2)
+                out = fast.co(self._cross_attention(i, q, segments))
+                x = x + out if n == R else torch.cat([x[:n] + out, x[n:]])
+            elif any_cond:
                 h = F.layer_norm(x, (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
-                q = (F.linear(h, lw.cq) if exact else fast.cq(h)).view(R, T, H, d).transpose(1, 2)
+                q = (F.linear(h, lw.cq) if exact else fast.cq(h, ind)).view(R, T, H, d).transpose(1, 2)
                 a = self._cross_attention(i, q, segments)
-                x = x + (F.linear(a, lw.co) if exact else fast.co(a))
+                x = x + (F.linear(a, lw.co) if exact else fast.co(a, ind))
             # feed-forward
             h = F.layer_norm(x, (D,), lw.ff_ln_w, lw.ff_ln_b, LN_EPS)
             if exact:
                 x = x + F.linear(F.gelu(F.linear(h, lw.fc1)), lw.fc2)
             else:
-                x = x + fast.fc2(F.gelu(fast.fc1(h)))
+                x = x + fast.fc2(F.gelu(fast.fc1(h, ind)), ind)
         x = F.layer_norm(x, (D,), w.ln_w, w.ln_b, LN_EPS)
         if exact:
             if not all_positions:
                 x = x[:, -1:]
             logits = torch.stack([F.linear(x, head) for head in w.heads], dim=1)  # (R, K, T', V)
             return logits[:, :, -1].float()
-        return self.head(x[:, -1]).view(R, s.num_codebooks, s.card).float()
+        return self.head(x[:, -1], ind).view(R, s.num_codebooks, s.card).float()
 
     def _self_attention(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[Segment]
@@ -368,6 +382,10 @@ class LanguageModel:
     def _cross_attention(self, layer: int, q: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
         """q (R, H, T, d) -> (R, T, D); conditional rows attend to their condition, the rest are 0."""
         R, H, T, d = q.shape
+        if len(segments) == 1 and len(segments[0].conds) == R == 1:
+            c = segments[0].conds[0]
+            a = F.scaled_dot_product_attention(q, c.k[layer], c.v[layer], scale=self.scale)
+            return a.transpose(1, 2).reshape(R, T, H * d)
         a = torch.zeros_like(q)
         r = 0
         for seg in segments:

@@ -2,7 +2,7 @@
 
 Protects: a stream's codes do not depend on who shares its batch - streams with other prompts,
 guidance, sampling, seeds and positions joining and leaving, a crossfade that overflows one forward,
-window slides - for fp32 and int8 weights; int8 rows equal the unbatched step exactly; sampled
+window slides - for fp32 and int8 weights; int8 rows do not even depend on the batch's size; sampled
 streams stay reproducible from their seed inside a batch."""
 
 import pytest
@@ -79,13 +79,12 @@ def test_sampled_stream_reproducible_in_a_batch(model):
     assert torch.equal(runs[0], runs[1])
 
 
-def test_int8_batched_equals_unbatched(model):
+def test_int8_rows_do_not_depend_on_the_batch_size(model):
     if model.lm.precision != "int8":
-        pytest.skip("fp32 matmul bits depend on the row count; only int8 rows are batch-independent")
-    solo = live(model, "warm analog synth arpeggio", GREEDY)
-    solo_codes = torch.cat([solo.step().codes for _ in range(80)], -1)
-    batched, _ = run_a(model, Batch(model, rows=8), lambda i: [], steps=80)
-    assert torch.equal(solo_codes, batched)
+        pytest.skip("fp32 matmul bits depend on the row count; int8 rows (integer sums) do not")
+    small, _ = run_a(model, Batch(model, rows=2), lambda i: [], steps=80)
+    large, _ = run_a(model, Batch(model, rows=9), lambda i: [], steps=80)
+    assert torch.equal(small, large)
 
 
 def test_stream_wider_than_the_batch_is_refused(model):
