@@ -14,6 +14,7 @@ import time
 from typing import Sequence
 
 EXIT_USAGE = 2
+MAX_SESSIONS = 8  # sessions one serve runs on one engine
 
 
 def _positive_int(text: str) -> int:
@@ -125,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--osc-port", type=int, help="OSC UDP port, 0 = off ([osc] port, 57130)")
     sv.add_argument("--ws-port", type=int, help="WebSocket + browser port, 0 = off ([websocket] port, 8765)")
     sv.add_argument("--audio-dir", action="append", help="a folder continue/file may read (repeatable; [bridges] audio_dirs)")
+    sv.add_argument("--sessions", type=_positive_int,
+                    help="independent streams on one engine, stepped in one batch; session i listens on the "
+                    "OSC and WebSocket ports + i ([stream] sessions, 1)")
+    sv.add_argument("--extra-output", action="append", dest="extra_outputs",
+                    help="output of session 2, 3, ... in order (repeatable; default null: hear them in the "
+                    "browser) ([stream] extra_outputs)")
 
     bs = sub.add_parser("bench-stream", help="run a live session, send commands, report underruns and latencies")
     _add_model(bs)
@@ -321,14 +328,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
 
     from bridges.server import serve_forever
+    from engine.errors import EngineError
     from engine.model import model_summary
+    from streamer.group import SessionGroup
     from streamer.outputs import InputCapture, make_output_or_null
     from streamer.session import Session
 
     stream = dataclasses.replace(
         args.sections["stream"],
-        **{k: getattr(args, k) for k in ("output", "input", "buffer_ms", "prompt", "window_s", "context_s", "autoplay")},
+        **{k: getattr(args, k) for k in ("output", "input", "buffer_ms", "prompt", "window_s", "context_s", "autoplay",
+                                         "sessions", "extra_outputs")},
     )
+    if not 1 <= stream.sessions <= MAX_SESSIONS:
+        raise EngineError(f"--sessions must be between 1 and {MAX_SESSIONS}, got {stream.sessions}")
+    if len(stream.extra_outputs) > stream.sessions - 1:
+        raise EngineError(f"{len(stream.extra_outputs)} extra outputs given for {stream.sessions - 1} extra session(s)")
     osc = args.sections["osc"]
     ws = args.sections["websocket"]
     bridges = args.sections["bridges"]
@@ -340,11 +354,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bridges = dataclasses.replace(bridges, audio_dirs=list(bridges.audio_dirs) + args.audio_dir)
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     model = _load(args)
-    out = make_output_or_null(stream.output, max(2, model.audio_channels), stream.buffer_ms / 1000, stream.blocksize, say)
-    capture = InputCapture(stream.input) if stream.input else None
-    session = Session(model, out, stream, args.sections["sampling"], capture, log=say)
-    say(f"serving {args.model} -> {out.describe()}; stdin takes 'prompt TEXT', 'cfg 4', 'pause', 'play', 'quit' ...")
-    asyncio.run(serve_forever(session, osc, ws, bridges, model_summary(model), args.seconds, args.status_every, say))
+    channels = max(2, model.audio_channels)
+    sampling = args.sections["sampling"]
+    sessions = []
+    for i in range(stream.sessions):
+        spec = stream.output if i == 0 else (stream.extra_outputs[i - 1] if i - 1 < len(stream.extra_outputs) else "null")
+        out = make_output_or_null(spec, channels, stream.buffer_ms / 1000, stream.blocksize, say)
+        capture = InputCapture(stream.input) if stream.input and i == 0 else None
+        seeded = dataclasses.replace(sampling, seed=sampling.seed + i)  # sessions differ from the start
+        sessions.append(Session(model, out, stream, seeded, capture, log=say))
+        say(f"{f'session {i + 1}: ' if stream.sessions > 1 else ''}{args.model} -> {out.describe()}")
+    say("stdin takes 'prompt TEXT', 'cfg 4', 'pause', 'play', 'quit' ...")
+    group = SessionGroup(model, max_sessions=len(sessions)) if len(sessions) > 1 else None
+    asyncio.run(serve_forever(sessions if group else sessions[0], osc, ws, bridges, model_summary(model), args.seconds,
+                              args.status_every, say, group=group))
     return 0
 
 

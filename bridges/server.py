@@ -1,7 +1,10 @@
-"""`serve`: the session plus every bridge, in one asyncio loop on the main thread.
+"""`serve`: the session(s) plus every bridge, in one asyncio loop on the main thread.
 
-The session runs its own generation thread; OSC and WebSocket live in the loop; stdin control
-lines are read by a small thread. Any of them may stop the server (`quit`, --seconds, Ctrl-C).
+One session runs its own generation thread; several share one engine through a `SessionGroup`
+(one thread, one batched forward). Session i (from 0) gets its own OSC and WebSocket ports, the
+configured ones + i, so each performer has a full, independent control surface and audio stream.
+OSC and WebSocket live in the loop; stdin control lines (first session) are read by a small thread.
+Any of them may stop the server (`quit`, --seconds, Ctrl-C).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import json
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from streamer.group import SessionGroup
 from streamer.session import Session
 
 from .config import BridgesConfig, OscConfig, WebSocketConfig
@@ -26,10 +30,11 @@ class Running:
     session: Session
     osc: Any = None
     ws: Any = None
+    others: list["Running"] = field(default_factory=list)  # sessions 2.. when serving several
 
 
 async def serve_forever(
-    session: Session,
+    session: Session | list[Session],
     osc_cfg: OscConfig,
     ws_cfg: WebSocketConfig,
     bridges_cfg: BridgesConfig,
@@ -40,31 +45,47 @@ async def serve_forever(
     read_stdin: bool = True,
     started: Callable[[Running], None] | None = None,
     stop: threading.Event | None = None,
+    group: SessionGroup | None = None,
 ) -> None:
+    """Serve `session`, or a list of sessions stepped together by `group` (required for several)."""
     from .osc import start_osc
     from .ws import start_ws
 
-    vocab = Vocabulary(session.snapshot, info, bridges_cfg.audio_dirs)
-    running = Running(session)
+    sessions = session if isinstance(session, list) else [session]
+    if len(sessions) > 1 and group is None:
+        raise ValueError("several sessions need a SessionGroup to run them")
+    runs = [Running(s) for s in sessions]
     quit_event = asyncio.Event()
     loop = asyncio.get_running_loop()
     servers = []
-    session.start()
+    if group is not None:
+        group.start()
+        for s in sessions:
+            group.add(s)
+    else:
+        sessions[0].start()
     try:
-        if osc_cfg.enabled:
-            running.osc, transport = await start_osc(session, vocab, osc_cfg)
-            servers.append(transport)
-            if running.osc.tcp_server is not None:
-                servers.append(running.osc.tcp_server)
-            say(f"OSC on udp{'+tcp' if osc_cfg.tcp else ''}://{osc_cfg.host}:{osc_cfg.port}{osc_cfg.prefix}/...")
-        if ws_cfg.enabled:
-            running.ws, server = await start_ws(session, vocab, ws_cfg)
-            servers.append(server)
-            say(f"WebSocket on ws://{ws_cfg.host}:{ws_cfg.port}/ ; browser client at http://{ws_cfg.host}:{ws_cfg.port}/")
+        for i, (s, run) in enumerate(zip(sessions, runs)):
+            label = f"session {i + 1}: " if len(sessions) > 1 else ""
+            vocab = Vocabulary(s.snapshot, {**info, "session": i + 1} if len(sessions) > 1 else info,
+                               bridges_cfg.audio_dirs)
+            if osc_cfg.enabled:
+                cfg = replace(osc_cfg, port=osc_cfg.port + i)
+                run.osc, transport = await start_osc(s, vocab, cfg)
+                servers.append(transport)
+                if run.osc.tcp_server is not None:
+                    servers.append(run.osc.tcp_server)
+                say(f"{label}OSC on udp{'+tcp' if cfg.tcp else ''}://{cfg.host}:{cfg.port}{cfg.prefix}/...")
+            if ws_cfg.enabled:
+                cfg = replace(ws_cfg, port=ws_cfg.port + i)
+                run.ws, server = await start_ws(s, vocab, cfg)
+                servers.append(server)
+                say(f"{label}WebSocket on ws://{cfg.host}:{cfg.port}/ ; browser client at http://{cfg.host}:{cfg.port}/")
+        runs[0].others = runs[1:]
         if read_stdin:
-            threading.Thread(target=_stdin_loop, args=(session, say, loop, quit_event), daemon=True).start()
+            threading.Thread(target=_stdin_loop, args=(sessions[0], say, loop, quit_event), daemon=True).start()
         if started:
-            started(running)
+            started(runs[0])
         t0 = last = time.perf_counter()
         while not quit_event.is_set():
             try:
@@ -76,15 +97,22 @@ async def serve_forever(
                 break
             if status_every and now - last >= status_every:
                 last = now
-                snap = session.snapshot()
-                say(f"[{snap['seconds']:7.1f} s] {snap['state']} buffer {snap['buffer_ms']:.0f} ms  "
-                    f"step p50 {snap['step_ms_p50'] or 0:.1f} ms  underruns {snap['underruns']}  slides {snap['slides']}")
+                for i, s in enumerate(sessions):
+                    snap = s.snapshot()
+                    label = f"{i + 1}: " if len(sessions) > 1 else ""
+                    say(f"{label}[{snap['seconds']:7.1f} s] {snap['state']} buffer {snap['buffer_ms']:.0f} ms  "
+                        f"step p50 {snap['step_ms_p50'] or 0:.1f} ms  underruns {snap['underruns']}  slides {snap['slides']}")
     finally:
-        snap = session.snapshot()
-        for s in servers:
-            s.close()
-        session.close()
-        say(f"stopped after {snap['seconds']:.1f} s of music, {snap['underruns']} underruns")
+        snaps = [s.snapshot() for s in sessions]
+        for srv in servers:
+            srv.close()
+        if group is not None:
+            group.close()
+        else:
+            sessions[0].close()
+        for i, snap in enumerate(snaps):
+            label = f"session {i + 1} " if len(sessions) > 1 else ""
+            say(f"{label}stopped after {snap['seconds']:.1f} s of music, {snap['underruns']} underruns")
 
 
 def _stdin_loop(session: Session, say: Callable[[str], None], loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event) -> None:

@@ -25,7 +25,7 @@ from .checkpoint import BUILTIN_SEED, from_hf_model, load_checkpoint
 from .model import MusicGen
 from .presets import DECODER_SIZES, arch_for, random_hf_model, random_tokenizer
 from .quality import Quality, compare_precision, format_quality
-from .render import render_batch
+from .render import render, render_batch
 from .sampling import SamplingParams
 
 PROMPTS = [
@@ -104,7 +104,10 @@ def run_bench(
 
     def ours() -> tuple[float, list[float]]:
         t0 = time.perf_counter()
-        _, steps = render_batch(model, prompts, frames, params, seed=0, decode_chunk=decode_chunk)
+        if streams == 1:  # a lone stream steps on its own, as a single live session does
+            steps = render(model, prompts[0], frames, params, seed=0, decode_chunk=decode_chunk).step_seconds
+        else:
+            _, steps = render_batch(model, prompts, frames, params, seed=0, decode_chunk=decode_chunk)
         return time.perf_counter() - t0, steps
 
     def theirs(n_frames: int = frames) -> float:
@@ -115,7 +118,7 @@ def run_bench(
         return time.perf_counter() - t0
 
     say("warming up")
-    render_batch(model, prompts, 8, params)
+    render_batch(model, prompts, 8, params) if streams > 1 else render(model, prompts[0], 8, params)
     if peer and hf is not None:
         hf.to(device)
         theirs(8)

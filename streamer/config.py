@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -19,3 +19,5 @@ class StreamConfig:
     autoplay: bool = True  # start playing when the session starts
     gain: float = 1.0
     prompt: str = ""  # the prompt the session starts with
+    sessions: int = 1  # independent streams on one engine (each on OSC / WebSocket port + i)
+    extra_outputs: list[str] = field(default_factory=list)  # outputs of sessions 2.. (missing: null)
