@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the result as JSON as well")
     b.add_argument("--decode-chunk", type=_positive_int, default=1,
                    help="frames per codec push (default 1: audio released as soon as it is final, as live)")
-    b.add_argument("--streams", type=_positive_int, default=1,
-                   help="streams generated together in one batch (transformers: one batched generate)")
+    b.add_argument("--streams", type=_positive_int, nargs="+", default=[1],
+                   help="streams generated together in one batch (transformers: one batched generate); "
+                   "several counts run one after the other on the same checkpoint, e.g. --streams 1 2 4 8")
     b.add_argument("--quality", action="store_true",
                    help="with a reduced --precision: compare its predictions with float32 (agreement, KL)")
 
@@ -295,9 +296,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(args.model, args.frames, args.peer, exact=args.exact, repeats=args.repeats, device=args.device,
                        decode_chunk=args.decode_chunk, precision=args.precision, streams=args.streams,
                        quality=args.quality, say=lambda m: print(m, file=sys.stderr))
-    print(format_result(result))
-    if args.json:
-        print(json.dumps(as_dict(result)))
+    for r in result:
+        print(format_result(r))
+        if args.json:
+            print(json.dumps(as_dict(r)))
     return 0
 
 

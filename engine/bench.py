@@ -80,10 +80,11 @@ def run_bench(
     device: str = "cpu",
     decode_chunk: int = 1,
     precision: str = "float32",
-    streams: int = 1,
+    streams: int | list[int] = 1,
     quality: bool = False,
     say: Callable[[str], None] = print,
-) -> BenchResult:
+) -> list[BenchResult]:
+    """One result per stream count in `streams` (the checkpoint is built or loaded once)."""
     hf = None
     if source in DECODER_SIZES:
         say(f"building a random '{source}'-sized checkpoint in memory")
@@ -97,17 +98,32 @@ def run_bench(
             hf = MusicgenForConditionalGeneration.from_pretrained(source).eval()
     say(f"preparing our model ({'float32 exact' if exact else precision})")
     model = MusicGen(ckpt, device=device, exact=exact, precision=precision)
+    if peer and hf is not None:
+        hf.to(device)
+    results = []
+    for n in [streams] if isinstance(streams, int) else streams:
+        results.append(_run_side_by_side(model, ckpt, hf if peer else None, n, frames, repeats, decode_chunk, say))
+    if quality and not exact and precision != "float32":
+        say("comparing predictions against float32")
+        results[0].quality = compare_precision(MusicGen(ckpt, device=device), model, PROMPT, min(frames, 200))
+    return results
+
+
+def _run_side_by_side(
+    model: MusicGen, ckpt: Any, hf: Any, streams: int, frames: int, repeats: int, decode_chunk: int,
+    say: Callable[[str], None],
+) -> BenchResult:
     params = SamplingParams()
     rate = model.spec.frame_rate
     tokenizer = ckpt.tokenizer
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(streams)]
 
-    def ours() -> tuple[float, list[float]]:
+    def ours(n_frames: int = frames) -> tuple[float, list[float]]:
         t0 = time.perf_counter()
         if streams == 1:  # a lone stream steps on its own, as a single live session does
-            steps = render(model, prompts[0], frames, params, seed=0, decode_chunk=decode_chunk).step_seconds
+            steps = render(model, prompts[0], n_frames, params, seed=0, decode_chunk=decode_chunk).step_seconds
         else:
-            _, steps = render_batch(model, prompts, frames, params, seed=0, decode_chunk=decode_chunk)
+            _, steps = render_batch(model, prompts, n_frames, params, seed=0, decode_chunk=decode_chunk)
         return time.perf_counter() - t0, steps
 
     def theirs(n_frames: int = frames) -> float:
@@ -117,10 +133,9 @@ def run_bench(
             hf.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=n_frames + 3)
         return time.perf_counter() - t0
 
-    say("warming up")
-    render_batch(model, prompts, 8, params) if streams > 1 else render(model, prompts[0], 8, params)
-    if peer and hf is not None:
-        hf.to(device)
+    say(f"{streams} stream(s): warming up")
+    ours(8)
+    if hf is not None:
         theirs(8)
     total = frames * streams
     our_times, peer_times, steps = [], [], []
@@ -129,25 +144,21 @@ def run_bench(
         our_times.append(t)
         steps.extend(st)
         line = f"run {r + 1}/{repeats}: ours {total / t:.1f} frames/s"
-        if peer and hf is not None:
+        if hf is not None:
             peer_times.append(theirs())
             line += f", transformers {total / peer_times[-1]:.1f} frames/s"
         say(line)
     ours_res = _side(total, our_times, rate, steps)
     peer_res = _side(total, peer_times, rate, []) if peer_times else None
     cache = model.lm.new_cache(2 * streams, model.pattern.columns_for_frames(frames))
-    q = None
-    if quality and not exact and precision != "float32":
-        say("comparing predictions against float32")
-        q = compare_precision(MusicGen(ckpt, device=device), model, PROMPT, min(frames, 200))
     return BenchResult(
-        model=source,
+        model=model.source,
         frames=frames,
         streams=streams,
-        exact=exact,
-        precision="float32" if exact else precision,
+        exact=model.lm.exact,
+        precision=model.lm.precision,
         decode_chunk=decode_chunk,
-        device=device,
+        device=str(model.device),
         threads=torch.get_num_threads(),
         ours=ours_res,
         peer=peer_res,
@@ -157,7 +168,6 @@ def run_bench(
         kv_cache_mb=(cache.k.numel() + cache.v.numel()) * cache.k.element_size() / 1e6,
         step_weights_mb=model.lm.step_weight_bytes / 1e6,
         machine=f"{platform.machine()} {platform.processor() or ''} {_cpu_name()}".strip(),
-        quality=q,
     )
 
 

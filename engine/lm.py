@@ -285,6 +285,7 @@ class LanguageModel:
         conds = [] if cross is None else [cross] if isinstance(cross, CrossKV) else list(cross)
         return self.forward_segments(tokens, [Segment(tokens.shape[0], start, cache, conds)], all_positions)
 
+    @torch.inference_mode()  # ~10 % less per-op dispatch than no_grad; writes into the (normal) caches are fine
     def forward_segments(
         self, tokens: torch.Tensor, segments: list[Segment], all_positions: bool = False, batched: bool = False
     ) -> torch.Tensor:
@@ -314,12 +315,9 @@ class LanguageModel:
             # self-attention, each stream over its own static cache
             h = F.layer_norm(x, (D,), lw.sa_ln_w, lw.sa_ln_b, LN_EPS)
             if exact:
-                q, k, v = F.linear(h, lw.q), F.linear(h, lw.k), F.linear(h, lw.v)
+                q, k, v = (F.linear(h, m).view(R, T, H, d).transpose(1, 2) for m in (lw.q, lw.k, lw.v))
             else:
-                q, k, v = fast.qkv(h, ind).split(D, dim=-1)
-            q = q.view(R, T, H, d).transpose(1, 2)
-            k = k.view(R, T, H, d).transpose(1, 2)
-            v = v.view(R, T, H, d).transpose(1, 2)
+                q, k, v = fast.qkv(h, ind).view(R, T, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
             a = self._self_attention(i, q, k, v, segments)
             x = x + (F.linear(a, lw.o) if exact else fast.o(a, ind))
             # cross-attention; unconditional (and padding) rows attend to nothing: exactly zero
@@ -357,26 +355,26 @@ class LanguageModel:
         out = None if single else torch.zeros(R, T, H * d, device=q.device, dtype=q.dtype)
         r = 0
         for seg in segments:
-            qs, ks, vs = (t[r : r + seg.rows] for t in (q, k, v)) if not single else (q, k, v)
-            start, end = seg.start, seg.start + T
-            kc, vc = seg.cache.k[layer, : seg.rows], seg.cache.v[layer, : seg.rows]
-            kc[:, :, start:end] = ks
-            vc[:, :, start:end] = vs
+            n, start, end = seg.rows, seg.start, seg.start + T
+            qs, ks, vs = (q, k, v) if single else (q[r : r + n], k[r : r + n], v[r : r + n])
+            kc, vc = seg.cache.k[layer], seg.cache.v[layer]
+            kc[:n, :, start:end] = ks
+            vc[:n, :, start:end] = vs
             mask = None
             if T > 1 and start > 0:
                 mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(start)
             if start == 0:
                 keys, values = ks, vs  # the reference attends to the fresh (non-cached) tensors here
             else:
-                keys, values = kc[:, :, :end], vc[:, :, :end]
+                keys, values = kc[:n, :, :end], vc[:n, :, :end]
             a = F.scaled_dot_product_attention(
                 qs, keys, values, attn_mask=mask, is_causal=(T > 1 and start == 0), scale=self.scale
             )
-            a = a.transpose(1, 2).reshape(seg.rows, T, H * d)
+            a = a.transpose(1, 2).reshape(n, T, H * d)
             if single:
                 return a
-            out[r : r + seg.rows] = a
-            r += seg.rows
+            out[r : r + n] = a
+            r += n
         return out
 
     def _cross_attention(self, layer: int, q: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
