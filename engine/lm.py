@@ -48,7 +48,8 @@ class LayerWeights:
 
 @dataclass
 class LMWeights:
-    embed: list[torch.Tensor]  # K x (V + 1, D); row V is BOS / pad
+    embed: list[torch.Tensor]  # K x (V + 1, D), views into embed_cat; row V is BOS / pad
+    embed_cat: torch.Tensor  # (K * (V + 1), D): every codebook's table, for one fused lookup
     layers: list[LayerWeights]
     ln_w: torch.Tensor
     ln_b: torch.Tensor
@@ -100,8 +101,10 @@ def lm_weights_from_state_dict(spec: LMSpec, sd: dict[str, torch.Tensor]) -> LMW
         )
 
     heads_cat = torch.cat([sd[f"decoder.lm_heads.{k}.weight"] for k in range(spec.num_codebooks)])
+    embed_cat = torch.cat([sd[f"{p}embed_tokens.{k}.weight"] for k in range(spec.num_codebooks)])
     return LMWeights(
-        embed=[sd[f"{p}embed_tokens.{k}.weight"] for k in range(spec.num_codebooks)],
+        embed=list(embed_cat.split(embed_cat.shape[0] // spec.num_codebooks)),
+        embed_cat=embed_cat,
         layers=[layer(i) for i in range(spec.layers)],
         ln_w=sd[p + "layer_norm.weight"],
         ln_b=sd[p + "layer_norm.bias"],
@@ -208,6 +211,8 @@ class LanguageModel:
         self.precision = precision
         self.positions = sinusoidal_positions(spec.max_positions, spec.hidden).to(self.device, self.dtype)
         self.scale = spec.head_dim**-0.5
+        rows = weights.embed_cat.shape[0] // spec.num_codebooks  # V + 1 per codebook
+        self.embed_offsets = (torch.arange(spec.num_codebooks, device=self.device) * rows).view(1, -1, 1)
         self.fast: list[FastLayer] = []
         self.head: Linear | None = None
         if not exact:
@@ -261,7 +266,10 @@ class LanguageModel:
 
     # -- compute -------------------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Sum of codebook embeddings in codebook order, then positions (reference order)."""
+        """Sum of codebook embeddings, then positions. Exact mode adds codebook by codebook in the
+        reference's order; the fast path does one lookup into the stacked tables and one sum."""
+        if not self.exact:
+            return F.embedding(tokens + self.embed_offsets, self.w.embed_cat).sum(dim=1) + positions
         x = F.embedding(tokens[:, 0], self.w.embed[0])
         for k in range(1, self.spec.num_codebooks):
             x = x + F.embedding(tokens[:, k], self.w.embed[k])

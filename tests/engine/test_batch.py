@@ -2,7 +2,7 @@
 
 Protects: a stream's codes do not depend on who shares its batch - streams with other prompts,
 guidance, sampling, seeds and positions joining and leaving, a crossfade that overflows one forward,
-window slides - for fp32 and int8 weights; int8 rows do not even depend on the batch's size; sampled
+a continuation restarting another stream, window slides - for fp32 and int8 weights; int8 rows do not even depend on the batch's size; sampled
 streams stay reproducible from their seed inside a batch."""
 
 import pytest
@@ -59,6 +59,8 @@ def test_stream_is_identical_alone_and_with_others(model):
             group.append(b)  # joins at 10, leaves at 120
         if i < 60 or i >= 90:
             group.append(c)  # leaves at 60, back at 90
+        if i == 70:  # D continues from given audio codes (a continuation): a prefill of its own
+            d.restart(torch.randint(0, 2048, (model.spec.lm.num_codebooks, 12), generator=torch.Generator().manual_seed(4)))
         if i >= 25:
             group.append(d)
         return group
