@@ -6,11 +6,16 @@ stream stays a `Generator` with its own prompt rows, guidance, sampling settings
 slides and codec; only its matmuls are shared. Streams join and leave simply by being in the list
 passed to `step` or not.
 
+The codec batches too: the frames the streams complete in a step go through the streaming decoder
+together (`Codec.push_many`), one read of its weights for all of them.
+
 Why the batch has a fixed row count: a matmul's last bits depend on how many rows it has (MKL
 picks kernels by shape) but not on which row is which. Padding every forward to `rows` therefore
 gives a stream bit-identical results whoever else is in the batch - alone included - and greedy
 codes cannot drift when another performer joins. (int8 rows are batch-independent anyway, see
-`engine.linear`.) Prefills (start, restart, window slides) run per stream outside the batch.
+`engine.linear`.) Prefills (start, restart, window slides) run per stream outside the batch. The
+decoded audio depends on the companions only in its last float bits (the codec's GEMMs change
+shape with the number of streams decoded together); the codes do not at all.
 """
 
 from __future__ import annotations
@@ -54,7 +59,13 @@ class Batch:
             group.append(item)
         if group:
             logits.extend(self._forward(group))
-        return [g.step_output(lg) for g, lg in zip(streams, logits)]
+        results = [g.step_output(lg, defer_decode=True) for g, lg in zip(streams, logits)]
+        due = [(g, r, c) for g, r in zip(streams, results) if (c := g.take_codec_input()) is not None]
+        if due:
+            audio = self.model.codec.push_many([g.state.decoder for g, _, _ in due], [c for _, _, c in due])
+            for (g, r, _), out in zip(due, audio):
+                r.audio = g.decoded(out)
+        return results
 
     def _forward(self, group: list[tuple[torch.Tensor, Segment]]) -> list[torch.Tensor]:
         tokens = self._tokens

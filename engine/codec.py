@@ -21,7 +21,7 @@ unreleased after a push (2402 for MusicGen's 32 kHz codec: frames 0..F make samp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -272,6 +272,64 @@ def _pad(x: torch.Tensor, pads: tuple[int, int], mode: str) -> torch.Tensor:
     return F.pad(x, pads, mode=mode, value=0.0) if mode == "constant" else F.pad(x, pads, mode=mode)
 
 
+# -- several streams' layer states as one batch (Codec.push_many) --------------------------------
+
+_UNEQUAL = object()  # states that cannot be stacked (different shapes or counters)
+
+
+def _batch_dim(state: Any) -> int:
+    return 1 if isinstance(state, LSTMState) else 0  # h / c are (layers, B, C)
+
+
+def _merge(states: list[Any]) -> Any:
+    """One state whose tensors stack the streams' along their batch dimension, or _UNEQUAL."""
+    first = states[0]
+    if first is None or isinstance(first, (bool, int, float)):
+        return first if all(s == first for s in states) else _UNEQUAL
+    if isinstance(first, list):
+        if any(len(s) != len(first) for s in states):
+            return _UNEQUAL
+        parts = [_merge([s[j] for s in states]) for j in range(len(first))]
+        return _UNEQUAL if any(p is _UNEQUAL for p in parts) else parts
+    if isinstance(first, torch.Tensor):
+        raise TypeError("tensors are merged by their owning state")
+    merged = {}
+    dim = _batch_dim(first)
+    for f in fields(first):
+        values = [getattr(s, f.name) for s in states]
+        v0 = values[0]
+        if isinstance(v0, torch.Tensor):
+            if any(not isinstance(v, torch.Tensor) for v in values):
+                return _UNEQUAL
+            rest = [v.shape[:dim] + v.shape[dim + 1 :] for v in values]
+            if any(r != rest[0] for r in rest):
+                return _UNEQUAL
+            merged[f.name] = torch.cat(values, dim=dim)
+        else:
+            m = _merge(values)
+            if m is _UNEQUAL:
+                return _UNEQUAL
+            merged[f.name] = m
+    return type(first)(**merged)
+
+
+def _split(state: Any, sizes: list[int]) -> list[Any]:
+    """Undo `_merge`: one state per stream, `sizes` rows of the batch each."""
+    if state is None or isinstance(state, (bool, int, float)):
+        return [state] * len(sizes)
+    if isinstance(state, list):
+        columns = [_split(s, sizes) for s in state]
+        return [[col[j] for col in columns] for j in range(len(sizes))]
+    dim = _batch_dim(state)
+    per: list[dict[str, Any]] = [{} for _ in sizes]
+    for f in fields(state):
+        v = getattr(state, f.name)
+        parts = v.split(sizes, dim=dim) if isinstance(v, torch.Tensor) else _split(v, sizes)
+        for d, p in zip(per, parts):
+            d[f.name] = p
+    return [type(state)(**d) for d in per]
+
+
 # -- the whole codec ---------------------------------------------------------------------------
 
 
@@ -407,6 +465,39 @@ class Codec:
             x = layer.push(lst, x)
         st.samples_out += x.shape[-1]
         return x
+
+    @torch.no_grad()
+    def push_many(self, states: list[DecoderState], codes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`push` for several independent streams at once: those past their warm-up that push the
+        same number of frames go through the layers as one batch, so each weight matrix is read
+        once for all of them (the decoder's cost is mostly reading ~100 MB of fp32 weights per
+        push). The samples equal separate pushes up to float rounding (a GEMM's last bits depend
+        on its row count); the rest are pushed one by one."""
+        out: list[torch.Tensor | None] = [None] * len(states)
+        groups: dict[int, list[int]] = {}
+        for i, (st, c) in enumerate(zip(states, codes)):
+            if st.frames_in >= self.min_stream_frames and not st.pending_codes and c.shape[-1]:
+                groups.setdefault(c.shape[-1], []).append(i)
+            else:
+                out[i] = self.push(st, c)
+        for T, idx in groups.items():
+            merged = [_merge([states[i].layers[n] for i in idx]) for n in range(len(self.decoder_layers))]
+            if len(idx) == 1 or any(m is _UNEQUAL for m in merged):
+                for i in idx:
+                    out[i] = self.push(states[i], codes[i])
+                continue
+            sizes = [states[i].batch for i in idx]
+            x = self.embed(torch.cat([codes[i] for i in idx]))
+            for layer, lst in zip(self.decoder_layers, merged):
+                x = layer.push(lst, x)
+            for n, m in enumerate(merged):
+                for i, part in zip(idx, _split(m, sizes)):
+                    states[i].layers[n] = part
+            for i, y in zip(idx, x.split(sizes)):
+                states[i].frames_in += T
+                states[i].samples_out += y.shape[-1]
+                out[i] = y
+        return out  # type: ignore[return-value]
 
     @torch.no_grad()
     def flush(self, st: DecoderState) -> torch.Tensor:

@@ -99,6 +99,7 @@ class Generator:
         self.seed = seed
         self.decode_chunk = max(1, decode_chunk)
         self.state: StreamState | None = None
+        self._codec_input: torch.Tensor | None = None  # left by a deferred step (see step_output)
 
     # -- lifecycle -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -186,10 +187,14 @@ class Generator:
         return tokens, Segment(tokens.shape[0], win.column, win.cache, self._crosses())
 
     @torch.no_grad()
-    def step_output(self, logits: torch.Tensor) -> StepResult:
-        """Finish the step begun by `step_input`, from this stream's logits (rows, K, V)."""
+    def step_output(self, logits: torch.Tensor, defer_decode: bool = False) -> StepResult:
+        """Finish the step begun by `step_input`, from this stream's logits (rows, K, V).
+
+        With `defer_decode` the codes due for the codec are not decoded here: they are handed out
+        by `take_codec_input` (and the result's audio stays empty) so that a `Batch` can decode
+        several streams in one codec call and give each its samples through `decoded`."""
         st = self._require()
-        result = self._take(logits, st.window.column + 1)
+        result = self._take(logits, st.window.column + 1, defer_decode)
         if st.total_frames is None:
             self._advance_slide()
         self._advance_fade()
@@ -445,7 +450,7 @@ class Generator:
             d = sum(r.weight * (logits[i] - u) for i, r in enumerate(st.rows))
         return u + d * self.params.cfg
 
-    def _take(self, logits: torch.Tensor, column: int) -> StepResult:
+    def _take(self, logits: torch.Tensor, column: int, defer_decode: bool = False) -> StepResult:
         """Sample window column `column` from logits (rows, K, V); record it; decode completions."""
         st = self._require()
         pat = self.model.pattern
@@ -462,18 +467,36 @@ class Generator:
         if done >= st.protected and (st.total_frames is None or done < st.total_frames):
             codes = st.frames[:, done - st.base : done - st.base + 1].clone()
         if self.frames_done - st.decoded >= self.decode_chunk:
-            audio = self._decode_upto(self.frames_done)
+            if defer_decode:
+                self._codec_input = self._codes_for_codec(self.frames_done)
+            else:
+                audio = self._decode_upto(self.frames_done)
         return StepResult(codes=codes, audio=audio)
 
-    def _decode_upto(self, end: int) -> torch.Tensor:
+    def take_codec_input(self) -> torch.Tensor | None:
+        """Codes (channels, K / channels, n) a deferred step left for the codec, or None."""
+        codes, self._codec_input = self._codec_input, None
+        return codes
+
+    def decoded(self, out: torch.Tensor) -> torch.Tensor:
+        """The codec's output (channels, 1, n) for `take_codec_input`'s codes -> this stream's audio."""
+        return self._trim(out.squeeze(1))
+
+    def _codes_for_codec(self, end: int) -> torch.Tensor | None:
+        """The complete frames not yet decoded, up to `end`, in the codec's layout (marked decoded)."""
         st = self._require()
         m = self.model
         if end <= st.decoded:
-            return self._empty_audio()
-        codes = st.frames[:, st.decoded - st.base : end - st.base]
+            return None
+        codes = st.frames[:, st.decoded - st.base : end - st.base].clone()
         st.decoded = end
-        out = m.codec.push(st.decoder, m.codes_to_codec(codes.to(m.device))).squeeze(1)
-        return self._trim(out)
+        return m.codes_to_codec(codes.to(m.device))
+
+    def _decode_upto(self, end: int) -> torch.Tensor:
+        codes = self._codes_for_codec(end)
+        if codes is None:
+            return self._empty_audio()
+        return self.decoded(self.model.codec.push(self._require().decoder, codes))
 
     def _trim(self, audio: torch.Tensor) -> torch.Tensor:
         st = self._require()

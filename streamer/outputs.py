@@ -31,14 +31,18 @@ class RingOutput:
         self.ring = AudioRing(max(buffer_frames * 4, blocksize * 8), channels)
         self.paused = True  # silence without consuming (pause / stop / not started)
         self.primed = False  # audio has arrived since play; only then does a dry ring count
+        # what must be buffered before a fresh start plays: a quarter of the buffer (50 ms of the
+        # default 200), at least two blocks; starting on the codec's first short release alone
+        # runs dry at once whenever the first steps are slow (prefills, other sessions)
+        self.prime_frames = max(2 * blocksize, buffer_frames // 4)
         self.underruns = 0
         self.device_underflows = 0  # the device's own underflow flags
         self.clock = (0.0, 0)  # (perf_counter, ring.read) at the last block
         self.error: str | None = None
 
     def consume(self, out: np.ndarray) -> None:
-        if self.paused:
-            out.fill(0.0)
+        if self.paused or (not self.primed and self.ring.fill < self.prime_frames):
+            out.fill(0.0)  # a fresh start waits for prime_frames
         else:
             got = self.ring.read_into(out)
             if got:

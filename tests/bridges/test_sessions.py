@@ -50,8 +50,8 @@ def test_two_sessions_each_answer_on_their_own_ports(tiny_model):
             break
         except OSError:
             continue
-    stream = StreamConfig(buffer_ms=200, window_s=8, context_s=3)
-    sessions = [Session(tiny_model, make_output("null", 2, 0.2), stream, SamplingConfig(seed=i)) for i in range(2)]
+    stream = StreamConfig(buffer_ms=400, window_s=8, context_s=3)  # two sessions + clients on 2 cores
+    sessions = [Session(tiny_model, make_output("null", 2, 0.4), stream, SamplingConfig(seed=i)) for i in range(2)]
     group = SessionGroup(tiny_model, max_sessions=2)
     ready, stop = threading.Event(), threading.Event()
 

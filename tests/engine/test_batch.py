@@ -33,7 +33,7 @@ def run_a(model, batch, companions, steps=140):
     """Stream A's codes and logits over `steps`, stepped in `batch` with `companions(i)`."""
     a = live(model, "warm analog synth arpeggio", GREEDY)
     seen, finish = [], a.step_output
-    a.step_output = lambda logits: (seen.append(logits.clone()), finish(logits))[1]
+    a.step_output = lambda logits, **kw: (seen.append(logits.clone()), finish(logits, **kw))[1]
     codes = []
     for i in range(steps):
         results = batch.step([a] + companions(i))

@@ -122,6 +122,31 @@ def test_two_streams_in_one_batch_equal_two_separate_runs(codec32k):
     assert (both[1] - alone_b[0]).abs().max() < TOL
 
 
+def test_push_many_equals_separate_streams(codec32k):
+    """Independent streams decoded together (`push_many`): streams at different points, one still
+    warming up, one pushing two frames while the others push one, one joining late."""
+    _hf, codec = codec32k
+    srcs = [codes(40, seed=s) for s in range(4)]
+    starts = [0, 7, 12, 20]  # stream i begins at step starts[i]
+    together = [codec.new_stream() for _ in srcs]
+    alone = [codec.new_stream() for _ in srcs]
+    pos = [0] * 4
+    outs_t, outs_a = [[] for _ in srcs], [[] for _ in srcs]
+    for step in range(24):
+        live = [i for i in range(4) if step >= starts[i]]
+        chunks = [srcs[i][..., pos[i] : pos[i] + (2 if i == 3 and step % 3 == 0 else 1)] for i in live]
+        for i, c in zip(live, chunks):
+            pos[i] += c.shape[-1]
+            outs_a[i].append(codec.push(alone[i], c))
+        for i, y in zip(live, codec.push_many([together[i] for i in live], chunks)):
+            outs_t[i].append(y)
+    for i in range(4):
+        t = torch.cat(outs_t[i] + [codec.flush(together[i])], -1)
+        a = torch.cat(outs_a[i] + [codec.flush(alone[i])], -1)
+        assert t.shape == a.shape and t.shape[-1] > 0
+        assert (t - a).abs().max() < TOL
+
+
 def test_reset_starts_a_fresh_stream(codec32k):
     _hf, codec = codec32k
     st = codec.new_stream(1)

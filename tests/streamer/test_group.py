@@ -1,6 +1,7 @@
 """Several sessions on one engine (`SessionGroup`). Protects: each session plays to its own output
-without underruns; a session's audio is the same whether it plays alone or while others join, take
-commands and leave; a full group refuses a newcomer clearly."""
+without underruns; a session's audio is the same (same codes; samples within float rounding, the
+codec decodes the sessions together) whether it plays alone or while others join, take commands and
+leave; a full group refuses a newcomer clearly."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from streamer.group import SessionGroup
 from streamer.outputs import make_output
 from streamer.session import PLAYING, Session
 
-STREAM = StreamConfig(buffer_ms=200, window_s=4.0, context_s=1.5)
+STREAM = StreamConfig(buffer_ms=400, window_s=4.0, context_s=1.5)  # 3 sessions + prefills on 2 cores
 
 
 def recorded(tiny, prompt: str, seed: int) -> tuple[Session, list[np.ndarray]]:
-    s = Session(tiny, make_output("null", 2, 0.2), StreamConfig(**{**vars(STREAM), "prompt": prompt}),
+    s = Session(tiny, make_output("null", 2, 0.4), StreamConfig(**{**vars(STREAM), "prompt": prompt}),
                 SamplingConfig(seed=seed, top_k=50))
     chunks: list[np.ndarray] = []
     s.audio_taps.append(lambda _i, frames: chunks.append(frames.copy()))
@@ -76,7 +77,8 @@ def test_session_sounds_the_same_alone_and_in_company(tiny):
         assert a.gen.slides >= 1
     finally:
         group.close()
-    np.testing.assert_array_equal(reference, first_seconds(with_others, rate, seconds))
+    # the same codes; the audio differs at most in float rounding (the codec batches the streams)
+    np.testing.assert_allclose(first_seconds(with_others, rate, seconds), reference, rtol=0, atol=1e-5)
 
 
 def test_full_group_refuses_a_newcomer(tiny):
