@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
@@ -280,16 +282,21 @@ def test_the_page_plays_in_headless_chromium(stack):
     from .conftest import free_port
 
     devtools = free_port(__import__("socket").SOCK_STREAM)
-    with tempfile.TemporaryDirectory() as profile:
+    # chromium's helper processes may still write into the profile after the browser exits: the
+    # whole process group is stopped, and a leftover file in the throwaway profile is no failure
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
              f"--user-data-dir={profile}", f"--remote-debugging-port={devtools}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             title = run(_selftest_title(devtools, f"http://127.0.0.1:{stack.ws_port}/?selftest=1"))
         finally:
-            proc.terminate()
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
             proc.wait(timeout=10)
     fields = dict(kv.split("=") for kv in title.split()[1:])
     assert int(fields["frames"]) >= 20  # audio frames arrived
