@@ -88,6 +88,11 @@ def bad_npy(tmp_path, name, array):
         (["decode", "--codes", "{empty_npy}", "--out", "{tmp}/x.wav"], "no frames"),
         (["decode", "--codes", "{floats}", "--out", "{tmp}/x.wav"], "integers"),
         (["decode", "--codes", "{flat}", "--out", "{tmp}/x.wav"], "2-D"),
+        (["render", "--exact", "--precision", "int8", "--frames", "5", "--out", "{tmp}/x.wav"], "float32 only"),
+        (["render", "--precision", "int8", "--device", "cuda", "--frames", "5", "--out", "{tmp}/x.wav"], "cuda"),
+        (["serve", "--sessions", "9", "--output", "null", "--seconds", "1"], "between 1 and 8"),
+        (["serve", "--sessions", "2", "--extra-output", "null", "--extra-output", "null", "--output", "null",
+          "--seconds", "1"], "2 extra outputs given for 1"),
     ],
 )
 def test_bad_input_gets_one_clear_sentence(tmp_path, capsys, not_a_checkpoint, truncated, argv, expected):
