@@ -93,12 +93,3 @@ def test_stream_wider_than_the_batch_is_refused(model):
     with pytest.raises(ContextError, match="rows"):
         Batch(model, rows=1).step([live(model, "x", GREEDY)])
 
-
-def test_unknown_or_impossible_precision_gets_one_sentence():
-    from engine.errors import EngineError
-    from engine.linear import check_precision
-
-    with pytest.raises(EngineError, match="unknown precision 'int4'"):
-        check_precision("int4", torch.device("cpu"))
-    with pytest.raises(EngineError, match="CPU only"):
-        check_precision("int8", torch.device("cuda"))

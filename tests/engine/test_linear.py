@@ -1,0 +1,36 @@
+"""The live path's matmuls per precision (`engine.linear`). Protects: each precision stays close
+to fp32; int8 rows asked to be independent give the same bits whatever the other rows hold and
+however many there are; an unknown or impossible precision is one clear sentence."""
+
+import pytest
+import torch
+
+from engine.errors import EngineError
+from engine.linear import PRECISIONS, check_precision, make_linear
+
+W = torch.randn(384, 256, generator=torch.Generator().manual_seed(0)) / 16
+X = torch.randn(6, 256, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("precision, tol", [("float32", 1e-5), ("float16", 2e-3), ("bfloat16", 1e-2), ("int8", 3e-2)])
+def test_each_precision_is_close_to_float32(precision, tol):
+    ref = X @ W.T
+    got = make_linear(W, precision)(X)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    assert ((got - ref).norm() / ref.norm()) < tol
+
+
+def test_int8_independent_rows_do_not_depend_on_the_other_rows():
+    lin = make_linear(W, "int8")
+    alone = lin(X[:1], independent_rows=True)
+    for others in (X[1:2] * 50, X[1:], torch.zeros(9, 256)):
+        both = lin(torch.cat([X[:1], others]), independent_rows=True)
+        assert torch.equal(both[:1], alone)
+
+
+def test_unknown_or_impossible_precision_gets_one_sentence():
+    assert "int8" in PRECISIONS
+    with pytest.raises(EngineError, match="unknown precision 'int4'"):
+        check_precision("int4", torch.device("cpu"))
+    with pytest.raises(EngineError, match="CPU only"):
+        check_precision("int8", torch.device("cuda"))
