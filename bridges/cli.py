@@ -223,12 +223,9 @@ def _check_precision(args: argparse.Namespace) -> None:
     """Refuse an impossible precision before minutes of loading, in one sentence."""
     import torch
 
-    from engine.errors import EngineError
     from engine.linear import check_precision
 
-    if args.exact and args.precision != "float32":
-        raise EngineError(f"--exact (the parity kernels) runs in float32 only, not {args.precision}")
-    check_precision(args.precision, torch.device(args.device))
+    check_precision(args.precision, torch.device(args.device), args.exact)
 
 
 def cmd_render(args: argparse.Namespace) -> int:

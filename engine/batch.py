@@ -52,11 +52,13 @@ class Batch:
                 raise ContextError(f"a stream needs {seg.rows} rows; the batch has {self.rows}")
         logits: list[torch.Tensor] = []
         group: list[tuple[torch.Tensor, Segment]] = []
+        used = 0
         for item in inputs:
-            if group and sum(seg.rows for _, seg in group) + item[1].rows > self.rows:
+            if group and used + item[1].rows > self.rows:
                 logits.extend(self._forward(group))
-                group = []
+                group, used = [], 0
             group.append(item)
+            used += item[1].rows
         if group:
             logits.extend(self._forward(group))
         results = [g.step_output(lg, defer_decode=True) for g, lg in zip(streams, logits)]

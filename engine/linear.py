@@ -75,7 +75,7 @@ class DenseLinear:
 
 
 class Int8Linear:
-    """Per-channel int8 weights through fbgemm, rows made batch-independent (see module doc)."""
+    """Per-channel int8 weights through fbgemm; rows made batch-independent on request (module doc)."""
 
     def __init__(self, w: torch.Tensor) -> None:
         w = w.detach().float().cpu()
@@ -100,8 +100,10 @@ class Int8Linear:
         return (y[:-1] * s).reshape(*x.shape[:-1], self.out_features)
 
 
-def check_precision(precision: str, device: torch.device) -> None:
-    """One clear sentence for a precision this build or device cannot run."""
+def check_precision(precision: str, device: torch.device, exact: bool = False) -> None:
+    """One clear sentence for a precision this build, device or kernel choice cannot run."""
+    if exact and precision != "float32":
+        raise EngineError(f"the exact (parity) kernels run in float32 only, not {precision}")
     if precision not in PRECISIONS:
         raise EngineError(f"unknown precision '{precision}' (choose one of {', '.join(PRECISIONS)})")
     if precision == "int8":

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import EngineError
 from .linear import Linear, check_precision, make_linear
 from .spec import LMSpec
 
@@ -205,9 +204,7 @@ class LanguageModel:
         self.exact = exact
         ref = weights.ln_w
         self.device, self.dtype = ref.device, ref.dtype
-        if exact and precision != "float32":
-            raise EngineError(f"the exact (parity) kernels run in float32 only, not {precision}")
-        check_precision(precision, self.device)
+        check_precision(precision, self.device, exact)
         self.precision = precision
         self.positions = sinusoidal_positions(spec.max_positions, spec.hidden).to(self.device, self.dtype)
         self.scale = spec.head_dim**-0.5
@@ -314,6 +311,12 @@ class LanguageModel:
                 pos[r : r + seg.rows] = self.positions[seg.start : seg.start + T]
                 r += seg.rows
         x = self.embed(tokens, pos)
+        # prefill chunks after the first attend causally within themselves and to the whole past
+        masks = [
+            torch.ones(T, seg.start + T, dtype=torch.bool, device=self.device).tril(seg.start)
+            if T > 1 and seg.start > 0 else None
+            for seg in segments
+        ]
         any_cond = any(seg.conds for seg in segments)
         solo = not batched and len(segments) == 1 and segments[0].rows == R
         lean_cross = not exact and solo and any_cond
@@ -326,7 +329,7 @@ class LanguageModel:
                 q, k, v = (F.linear(h, m).view(R, T, H, d).transpose(1, 2) for m in (lw.q, lw.k, lw.v))
             else:
                 q, k, v = fast.qkv(h, ind).view(R, T, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
-            a = self._self_attention(i, q, k, v, segments)
+            a = self._self_attention(i, q, k, v, segments, masks)
             x = x + (F.linear(a, lw.o) if exact else fast.o(a, ind))
             # cross-attention; unconditional (and padding) rows attend to nothing: exactly zero
             if lean_cross:  # one unpadded stream: only its conditional rows need computing
@@ -355,22 +358,21 @@ class LanguageModel:
         return self.head(x[:, -1], ind).view(R, s.num_codebooks, s.card).float()
 
     def _self_attention(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[Segment]
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[Segment],
+        masks: list[torch.Tensor | None],
     ) -> torch.Tensor:
-        """q/k/v (R, H, T, d) -> attention output (R, T, D); writes each segment's k/v to its cache."""
+        """q/k/v (R, H, T, d) -> attention output (R, T, D); writes each segment's k/v to its cache.
+        `masks[i]`: segment i's attention mask (built once per forward), None where causal/unmasked."""
         R, H, T, d = q.shape
         single = len(segments) == 1 and segments[0].rows == R
         out = None if single else torch.zeros(R, T, H * d, device=q.device, dtype=q.dtype)
         r = 0
-        for seg in segments:
+        for seg, mask in zip(segments, masks):
             n, start, end = seg.rows, seg.start, seg.start + T
             qs, ks, vs = (q, k, v) if single else (q[r : r + n], k[r : r + n], v[r : r + n])
             kc, vc = seg.cache.k[layer], seg.cache.v[layer]
             kc[:n, :, start:end] = ks
             vc[:n, :, start:end] = vs
-            mask = None
-            if T > 1 and start > 0:
-                mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(start)
             if start == 0:
                 keys, values = ks, vs  # the reference attends to the fresh (non-cached) tensors here
             else:
