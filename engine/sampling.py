@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+TINY = torch.finfo(torch.float32).tiny  # an Exp(1) draw of exactly 0 would turn a dropped token's 0 / 0 into NaN
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -40,21 +42,26 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, cfg: float) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """Logits (..., V) fp32 -> token ids (...)."""
+    """Logits (..., V) fp32 -> token ids (...).
+
+    Works on the top-k candidates only (sorted, so top-p needs no second sort) and draws with an
+    exponential race: argmax_i p_i / E_i with E_i ~ Exp(1) picks i with probability p_i. Same
+    distribution as `torch.multinomial`, ~5x cheaper per step (one top-k, a 250-wide softmax and
+    one noise draw instead of masking, softmax and a cumulative search over the whole vocabulary).
+    Exactly k candidates are kept (transformers keeps ties with the k-th as well; with float
+    logits a tie there is vanishingly rare).
+    """
     if params.greedy:
         return logits.argmax(dim=-1)
-    scores = logits / params.temperature
-    vocab = scores.shape[-1]
-    if 0 < params.top_k < vocab:
-        kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
+    vocab = logits.shape[-1]
+    k = params.top_k if 0 < params.top_k < vocab else vocab
+    values, index = torch.topk(logits, k, dim=-1)  # descending; temperature > 0 keeps the order
+    scores = values / params.temperature
     if 0.0 < params.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative <= (1 - params.top_p)
-        drop_sorted[..., -1] = False  # always keep the most likely token
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
+        ascending = scores.flip(-1)
+        drop = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1 - params.top_p)
+        drop[..., -1] = False  # always keep the most likely token
+        scores = scores.masked_fill(drop.flip(-1), float("-inf"))
     probs = scores.softmax(dim=-1)
-    flat = probs.reshape(-1, vocab)
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    noise = torch.empty_like(probs).exponential_(generator=generator).clamp_(min=TINY)
+    return index.gather(-1, (probs / noise).argmax(dim=-1, keepdim=True)).squeeze(-1)

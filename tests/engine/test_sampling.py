@@ -32,6 +32,28 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert seen == {0, 1}
 
 
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.7, top_k=4),
+    SamplingParams(temperature=1.5, top_k=0, top_p=0.9),
+    SamplingParams(top_k=5, top_p=0.8),
+])
+def test_draws_follow_the_filtered_softmax(params):
+    """The exponential race must draw each kept token with its softmax probability (20k draws)."""
+    x = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -1.0])
+    draws = sample(x.expand(20000, -1), params, torch.Generator().manual_seed(3))
+    got = torch.bincount(draws, minlength=6).float() / 20000
+    scores = x / params.temperature
+    keep = torch.ones(6, dtype=torch.bool)
+    if params.top_k:
+        keep[params.top_k:] = False
+    if params.top_p:
+        p = scores.masked_fill(~keep, float("-inf")).softmax(-1)
+        before = torch.cumsum(p, 0) - p  # mass of the more likely tokens
+        keep &= before < params.top_p
+    want = scores.masked_fill(~keep, float("-inf")).softmax(-1)
+    assert torch.allclose(got, want, atol=0.015), (got, want)
+
+
 def test_same_seed_same_tokens():
     p = SamplingParams(temperature=1.3, top_k=100, top_p=0.95)
     a = [sample(logits(s), p, torch.Generator().manual_seed(9)) for s in range(5)]
