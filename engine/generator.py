@@ -454,12 +454,13 @@ class Generator:
         """Sample window column `column` from logits (rows, K, V); record it; decode completions."""
         st = self._require()
         pat = self.model.pattern
-        tokens = sample(self._mix(logits), self.params, st.generator).cpu()
+        tokens = sample(self._mix(logits), self.params, st.generator).tolist()
         win = st.window
+        held = st.frames.numpy()  # a view: element writes through numpy cost ~0.1 us, through torch ~5
         for k, d in enumerate(pat.delays):
             f = win.origin + column - 1 - d
             if f >= max(st.protected, win.origin) and (st.total_frames is None or f < st.total_frames):
-                st.frames[k, f - st.base] = tokens[k]
+                held[k, f - st.base] = tokens[k]
         win.column = column
         done = win.origin + column - 1 - pat.max_delay
         codes = st.frames[:, :0]

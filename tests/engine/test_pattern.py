@@ -1,5 +1,6 @@
 """The delay pattern as data. Protects: column layout, round trips, completion, end pads."""
 
+import pytest
 import torch
 
 from engine.pattern import DelayPattern
@@ -56,3 +57,15 @@ def test_columns_equal_the_interleaved_layout_and_restart_at_a_window_origin():
     assert torch.equal(pat.columns(codes, 0, 0, 0, 13, total_frames=9), pat.interleave(codes))
     # a window re-prompted at frame 5 sees frames 5.. as if they were the start of a stream
     assert torch.equal(pat.columns(codes, 0, 5, 0, 8, total_frames=9), pat.interleave(codes[:, 5:]))
+
+
+@pytest.mark.parametrize("delays", [(0, 1, 2, 3), (0, 0, 1, 1, 2, 2, 3, 3)])
+def test_one_column_path_equals_the_vector_path(delays):
+    """Each step reads one column through a plain-int shortcut; it must match the general form
+    at window origins, buffer bases and the end of a finite run."""
+    pat = DelayPattern(delays, BOS)
+    frames = torch.randint(0, 2048, (len(delays), 40))
+    for origin, base, total in [(0, 0, None), (0, 0, 12), (7, 3, None), (7, 5, 20)]:
+        for first in range(0, 25):
+            whole = pat.columns(frames, base, origin, first, 3, total)
+            assert torch.equal(pat.columns(frames, base, origin, first, 1, total), whole[:, :1])
