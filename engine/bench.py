@@ -25,7 +25,7 @@ from .checkpoint import BUILTIN_SEED, from_hf_model, load_checkpoint
 from .model import MusicGen
 from .presets import DECODER_SIZES, arch_for, random_hf_model, random_tokenizer
 from .quality import Quality, compare_precision, format_quality
-from .render import render, render_batch
+from .render import decode_streamed, render, render_batch
 from .sampling import SamplingParams
 
 PROMPTS = [
@@ -69,6 +69,18 @@ class BenchResult:
     step_weights_mb: float
     machine: str
     quality: Quality | None = None
+    # decoding the same codes to audio, ms per frame: ours streamed `decode_chunk` frames a push,
+    # transformers' `EncodecModel.decode` once over the whole clip (one stream, with the peer)
+    ours_decode_ms: float | None = None
+    peer_decode_ms: float | None = None
+
+    @property
+    def decode_ceiling(self) -> float | None:
+        """The ratio an engine would reach if it decoded as fast as the peer's one-shot decode and
+        spent nothing else per frame: the peer's whole time per frame over its decode alone."""
+        if self.peer is None or not self.peer_decode_ms:
+            return None
+        return (1000 / self.peer.frames_per_s) / self.peer_decode_ms
 
 
 def run_bench(
@@ -118,10 +130,13 @@ def _run_side_by_side(
     tokenizer = ckpt.tokenizer
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(streams)]
 
+    last: list[torch.Tensor] = []  # the codes of our latest lone-stream run
+
     def ours(n_frames: int = frames) -> tuple[float, list[float]]:
         t0 = time.perf_counter()
         if streams == 1:  # a lone stream steps on its own, as a single live session does
-            steps = render(model, prompts[0], n_frames, params, seed=0, decode_chunk=decode_chunk).step_seconds
+            piece = render(model, prompts[0], n_frames, params, seed=0, decode_chunk=decode_chunk)
+            steps, last[:] = piece.step_seconds, [piece.codes]
         else:
             _, steps = render_batch(model, prompts, n_frames, params, seed=0, decode_chunk=decode_chunk)
         return time.perf_counter() - t0, steps
@@ -151,6 +166,10 @@ def _run_side_by_side(
     ours_res = _side(total, our_times, rate, steps)
     peer_res = _side(total, peer_times, rate, []) if peer_times else None
     cache = model.lm.new_cache(2 * streams, model.pattern.columns_for_frames(frames))
+    ours_decode = peer_decode = None
+    if streams == 1 and hf is not None:
+        say("timing the decode to audio on both sides")
+        ours_decode, peer_decode = _decode_ms(model, hf, last[0], decode_chunk, repeats)
     return BenchResult(
         model=model.source,
         frames=frames,
@@ -168,7 +187,27 @@ def _run_side_by_side(
         kv_cache_mb=(cache.k.numel() + cache.v.numel()) * cache.k.element_size() / 1e6,
         step_weights_mb=model.lm.step_weight_bytes / 1e6,
         machine=f"{platform.machine()} {platform.processor() or ''} {_cpu_name()}".strip(),
+        ours_decode_ms=ours_decode,
+        peer_decode_ms=peer_decode,
     )
+
+
+def _decode_ms(model: MusicGen, hf: Any, codes: torch.Tensor, chunk: int, repeats: int) -> tuple[float, float]:
+    """Median ms per frame to turn `codes` (K, F) into audio: ours through the streaming decoder
+    `chunk` frames a push (what `render` does inside its loop), transformers' audio encoder once
+    over the whole clip (what its `generate` does after the last step)."""
+    frames = codes.shape[-1]
+    layout = model.codes_to_codec(codes.to(model.device)).unsqueeze(0)  # (1, channels, K / channels, F)
+    ours, theirs = [], []
+    with torch.no_grad():
+        for _ in range(max(repeats, 1)):
+            t0 = time.perf_counter()
+            decode_streamed(model, codes, chunk)
+            ours.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            hf.audio_encoder.decode(layout, [None] * layout.shape[1])
+            theirs.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(ours) / frames, 1000 * statistics.median(theirs) / frames
 
 
 def _side(frames: int, seconds: list[float], rate: float, steps: list[float]) -> SideResult:
@@ -205,6 +244,15 @@ def format_result(r: BenchResult) -> str:
             f"  transformers: {r.peer.frames_per_s:8.1f} frames/s  ({r.peer.real_time_factor:.2f}x real time)"
         )
         lines.append(f"  ratio ours / transformers: {r.ratio:.2f}x")
+    if r.ours_decode_ms is not None and r.peer_decode_ms is not None:
+        lines.append(
+            f"  decode to audio: ours {r.ours_decode_ms:.2f} ms/frame ({r.decode_chunk} frame(s) a push), "
+            f"transformers {r.peer_decode_ms:.2f} ms/frame (once at the end)"
+        )
+        lines.append(
+            f"  decode ceiling: decoding as fast as transformers' one-shot decode and spending nothing "
+            f"else per frame would reach {r.decode_ceiling:.1f}x"
+        )
     lines.append(
         f"  memory: peak RSS {r.peak_rss_mb:.0f} MB (whole process{', both models' if r.peer else ''}), "
         f"weights {r.weights_mb:.0f} MB (read per step {r.step_weights_mb:.0f} MB), KV cache {r.kv_cache_mb:.1f} MB"
@@ -215,4 +263,4 @@ def format_result(r: BenchResult) -> str:
 
 
 def as_dict(r: BenchResult) -> dict[str, Any]:
-    return asdict(r)
+    return {**asdict(r), "decode_ceiling": r.decode_ceiling}

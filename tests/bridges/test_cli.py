@@ -3,6 +3,7 @@ input ends in one clear sentence with exit status 2 and no traceback."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,23 @@ def test_render_with_prompt_audio_of_another_rate_and_channel_count(tmp_path, ca
     code, err = run(capsys, "render", "--prompt-audio", str(clip), "--frames", "10", "--out", str(tmp_path / "c.wav"), "--codes-out", str(npy))
     assert code == 0, err
     assert np.load(npy).shape == (4, 25 + 10)  # 0.5 s of prompt = 25 frames, then 10 new ones
+
+
+def test_bench_reports_both_sides_and_the_decode_share(capsys):
+    """`bench --peer` must time both engines on one checkpoint and, for one stream, what decoding
+    to audio costs each side (the figure that bounds how far ahead any engine can get)."""
+    code = main(["bench", "--model", "tiny", "--frames", "12", "--peer", "--repeats", "1", "--json",
+                 "--decode-chunk", "4", "--streams", "1", "2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    one, two = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert one["streams"] == 1 and one["ours"]["frames_per_s"] > 0 and one["peer"]["frames_per_s"] > 0
+    assert one["ratio"] == pytest.approx(one["ours"]["frames_per_s"] / one["peer"]["frames_per_s"])
+    assert one["ours_decode_ms"] > 0 and one["peer_decode_ms"] > 0
+    per_frame = 1000 / one["peer"]["frames_per_s"]
+    assert one["decode_ceiling"] == pytest.approx(per_frame / one["peer_decode_ms"])
+    assert "decode ceiling" in out
+    assert two["streams"] == 2 and two["peer_decode_ms"] is None and two["decode_ceiling"] is None
 
 
 @pytest.fixture
