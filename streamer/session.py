@@ -50,7 +50,7 @@ from .commands import (
     Stop,
     Ticket,
 )
-from .config import StreamConfig
+from .config import MAX_DECODE_FRAMES, StreamConfig
 from .outputs import DeviceOutput, InputCapture, RingOutput
 from .ring import HistoryRing
 
@@ -108,7 +108,11 @@ class Session:
         # called from the generation thread with (first sample index, (n, channels) float32 at the
         # model rate) for every chunk of audio produced; taps must copy what they keep, and be quick
         self.audio_taps: list[Callable[[int, np.ndarray], None]] = []
-        self.gen = Generator(model, self.params, self.seed)
+        if not 1 <= self.cfg.decode_frames <= MAX_DECODE_FRAMES:
+            raise EngineError(
+                f"[stream] decode_frames must be between 1 and {MAX_DECODE_FRAMES}, got {self.cfg.decode_frames}"
+            )
+        self.gen = Generator(model, self.params, self.seed, decode_chunk=self.cfg.decode_frames)
         self._reopen_at = 0.0
 
     # -- public API (any thread) ---------------------------------------------------------------

@@ -111,6 +111,7 @@ def bad_npy(tmp_path, name, array):
         (["serve", "--sessions", "9", "--output", "null", "--seconds", "1"], "between 1 and 8"),
         (["serve", "--sessions", "2", "--extra-output", "null", "--extra-output", "null", "--output", "null",
           "--seconds", "1"], "2 extra outputs given for 1"),
+        (["serve", "--decode-frames", "51", "--output", "null", "--seconds", "1"], "decode_frames must be between 1 and 50"),
     ],
 )
 def test_bad_input_gets_one_clear_sentence(tmp_path, capsys, not_a_checkpoint, truncated, argv, expected):

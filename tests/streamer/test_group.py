@@ -21,9 +21,9 @@ from streamer.session import PLAYING, Session
 STREAM = StreamConfig(buffer_ms=400, window_s=4.0, context_s=1.5)  # 3 sessions + prefills on 2 cores
 
 
-def recorded(tiny, prompt: str, seed: int) -> tuple[Session, list[np.ndarray]]:
-    s = Session(tiny, make_output("null", 2, 0.4), StreamConfig(**{**vars(STREAM), "prompt": prompt}),
-                SamplingConfig(seed=seed, top_k=50))
+def recorded(tiny, prompt: str, seed: int, decode_frames: int = 1) -> tuple[Session, list[np.ndarray]]:
+    cfg = StreamConfig(**{**vars(STREAM), "prompt": prompt, "decode_frames": decode_frames})
+    s = Session(tiny, make_output("null", 2, 0.4), cfg, SamplingConfig(seed=seed, top_k=50))
     chunks: list[np.ndarray] = []
     s.audio_taps.append(lambda _i, frames: chunks.append(frames.copy()))
     return s, chunks
@@ -90,3 +90,38 @@ def test_full_group_refuses_a_newcomer(tiny):
             group.add(recorded(tiny, "b", 0)[0])
     finally:
         group.close()
+
+
+def test_decode_frames_changes_when_audio_is_released_not_what_it_is(tiny):
+    """`[stream] decode_frames` gathers frames per codec push (less decode work, more latency): the
+    same session must sound the same with 1 or 3 frames a push, alone and in a group, where the
+    batched codec sees streams with and without frames due in the same step."""
+    rate, seconds = tiny.sample_rate, 3.0
+    solo, chunks_1 = recorded(tiny, "warm pads", seed=4)
+    solo.start()
+    try:
+        wait_for(chunks_1, rate, seconds)
+    finally:
+        solo.close()
+    solo, chunks_3 = recorded(tiny, "warm pads", seed=4, decode_frames=3)
+    solo.start()
+    try:
+        wait_for(chunks_3, rate, seconds)
+        assert solo.snapshot()["underruns"] == 0
+    finally:
+        solo.close()
+    reference = first_seconds(chunks_1, rate, seconds)
+    np.testing.assert_allclose(first_seconds(chunks_3, rate, seconds), reference, rtol=0, atol=1e-5)
+    assert min(len(x) for x in chunks_3[1:-1]) >= 3 * tiny.spec.codec.hop  # released 3 frames at a time
+
+    group = SessionGroup(tiny, max_sessions=2)
+    group.start()
+    try:
+        a, grouped = recorded(tiny, "warm pads", seed=4, decode_frames=3)
+        b, _ = recorded(tiny, "drums", seed=5, decode_frames=2)
+        group.add(a)
+        group.add(b)
+        wait_for(grouped, rate, seconds)
+    finally:
+        group.close()
+    np.testing.assert_allclose(first_seconds(grouped, rate, seconds), reference, rtol=0, atol=1e-5)
