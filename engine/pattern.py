@@ -63,11 +63,11 @@ class DelayPattern:
         """
         held = frames.numpy()  # the frame buffer is a CPU tensor; numpy indexing costs far less than torch's
         if count == 1:  # the per-step case, in plain ints (~3 us against ~30 for the vector form)
-            last = origin + first - 1
-            col = [
-                int(held[k, f - base]) if f >= origin and (total_frames is None or f < total_frames) else self.special
-                for k, f in ((k, last - d) for k, d in enumerate(self.delays))
-            ]
+            col = []
+            for k, d in enumerate(self.delays):
+                f = origin + first - 1 - d
+                known = f >= origin and (total_frames is None or f < total_frames)
+                col.append(int(held[k, f - base]) if known else self.special)
             return torch.tensor(col).view(-1, 1)
         t = np.arange(first, first + count)
         f = origin + t[None, :] - 1 - self._delays_np[:, None]  # (K, count) absolute frames

@@ -46,7 +46,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 
     Works on the top-k candidates only (sorted, so top-p needs no second sort) and draws with an
     exponential race: argmax_i p_i / E_i with E_i ~ Exp(1) picks i with probability p_i. Same
-    distribution as `torch.multinomial`, ~5x cheaper per step (one top-k, a 250-wide softmax and
+    distribution as `torch.multinomial`, ~4x cheaper per step (one top-k, a 250-wide softmax and
     one noise draw instead of masking, softmax and a cumulative search over the whole vocabulary).
     Exactly k candidates are kept (transformers keeps ties with the k-th as well; with float
     logits a tie there is vanishingly rare).
