@@ -61,6 +61,7 @@ class SessionGroup:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=5)
+        self._apply_changes()  # a session added just before close is open too: release it as well
         for s in self.sessions:
             s.release()
         self.sessions = []

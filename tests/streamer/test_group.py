@@ -81,15 +81,16 @@ def test_session_sounds_the_same_alone_and_in_company(tiny):
     np.testing.assert_allclose(first_seconds(with_others, rate, seconds), reference, rtol=0, atol=1e-5)
 
 
-def test_full_group_refuses_a_newcomer(tiny):
-    group = SessionGroup(tiny, max_sessions=1)
-    group.start()
+def test_full_group_refuses_a_newcomer_and_close_releases_a_session_not_yet_joined(tiny):
+    group = SessionGroup(tiny, max_sessions=1)  # not started: `first` stays a pending join
     try:
-        group.add(recorded(tiny, "a", 0)[0])
+        first = recorded(tiny, "a", 0)[0]
+        group.add(first)
         with pytest.raises(ValueError, match="full"):
             group.add(recorded(tiny, "b", 0)[0])
     finally:
         group.close()
+    assert not first.output._thread.is_alive(), "a session that had not joined yet was left playing"
 
 
 def test_decode_frames_changes_when_audio_is_released_not_what_it_is(tiny):
