@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from engine.model import MusicGen, model_summary
+from engine.stats import percentile
 from streamer import commands as c
 from streamer.config import StreamConfig
 from streamer.outputs import make_output_or_null
@@ -137,7 +138,8 @@ async def _many_clients(port: int, n: int, seconds: float) -> list[int]:
 
 def format_bridge_bench(r: BridgeBench) -> str:
     def pct(v: list[float], q: float) -> str:
-        return f"{sorted(v)[min(len(v) - 1, int(q * len(v)))]:.0f}" if v else "-"
+        p = percentile(sorted(v), q)
+        return "-" if p is None else f"{p:.0f}"
 
     return "\n".join([
         f"output {r.output}",

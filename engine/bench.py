@@ -27,6 +27,7 @@ from .presets import DECODER_SIZES, arch_for, random_hf_model, random_tokenizer
 from .quality import Quality, compare_precision, format_quality
 from .render import decode_streamed, render, render_batch
 from .sampling import SamplingParams
+from .stats import percentile
 
 PROMPTS = [
     "lo-fi hip hop beat with warm keys and vinyl crackle",
@@ -130,13 +131,14 @@ def _run_side_by_side(
     tokenizer = ckpt.tokenizer
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(streams)]
 
-    last: list[torch.Tensor] = []  # the codes of our latest lone-stream run
+    last_codes: torch.Tensor | None = None  # of our latest lone-stream run, for timing the decode
 
     def ours(n_frames: int = frames) -> tuple[float, list[float]]:
+        nonlocal last_codes
         t0 = time.perf_counter()
         if streams == 1:  # a lone stream steps on its own, as a single live session does
             piece = render(model, prompts[0], n_frames, params, seed=0, decode_chunk=decode_chunk)
-            steps, last[:] = piece.step_seconds, [piece.codes]
+            steps, last_codes = piece.step_seconds, piece.codes
         else:
             _, steps = render_batch(model, prompts, n_frames, params, seed=0, decode_chunk=decode_chunk)
         return time.perf_counter() - t0, steps
@@ -169,7 +171,8 @@ def _run_side_by_side(
     ours_decode = peer_decode = None
     if streams == 1 and hf is not None:
         say("timing the decode to audio on both sides")
-        ours_decode, peer_decode = _decode_ms(model, hf, last[0], decode_chunk, repeats)
+        assert last_codes is not None
+        ours_decode, peer_decode = _decode_ms(model, hf, last_codes, decode_chunk, repeats)
     return BenchResult(
         model=model.source,
         frames=frames,
@@ -213,12 +216,8 @@ def _decode_ms(model: MusicGen, hf: Any, codes: torch.Tensor, chunk: int, repeat
 def _side(frames: int, seconds: list[float], rate: float, steps: list[float]) -> SideResult:
     med = statistics.median(seconds)
     fps = frames / med
-    p50 = p99 = None
-    if steps:
-        ordered = sorted(steps)
-        p50 = 1000 * ordered[len(ordered) // 2]
-        p99 = 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return SideResult(fps, fps / rate, p50, p99, seconds)
+    ordered = [1000 * s for s in sorted(steps)]
+    return SideResult(fps, fps / rate, percentile(ordered, 0.5), percentile(ordered, 0.99), seconds)
 
 
 def _cpu_name() -> str:

@@ -18,7 +18,8 @@ import torch
 
 from .generator import Generator
 from .model import MusicGen
-from .sampling import SamplingParams
+from .sampling import SamplingParams, guide
+from .stats import percentile
 
 
 @dataclass
@@ -63,7 +64,7 @@ def compare_precision(reference: MusicGen, other: MusicGen, prompt: str, frames:
         logp = []
         for m, cache, cross in state:
             z = m.lm.forward(tokens.to(m.device), c, cache, cross).float().cpu()
-            z = z[1] + (z[0] - z[1]) * cfg if guided else z[0]
+            z = guide(z[0], z[1], cfg) if guided else z[0]
             logp.append(torch.log_softmax(z, dim=-1))  # (K, V)
         # codebook k at column c + 1 predicts frame c - d_k; score only real frames
         valid = torch.tensor([0 <= c - d < frames for d in pat.delays])
@@ -79,7 +80,7 @@ def compare_precision(reference: MusicGen, other: MusicGen, prompt: str, frames:
         cfg=cfg,
         top1_agreement=float(a.mean()),
         kl_mean=float(k.mean()),
-        kl_p99=float(k[min(len(k) - 1, int(0.99 * len(k)))]),
+        kl_p99=float(percentile(k, 0.99)),
         kl_max=float(k[-1]),
         first_divergence=first,
     )

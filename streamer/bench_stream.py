@@ -14,6 +14,7 @@ from typing import Callable
 
 from engine.config import SamplingConfig
 from engine.model import MusicGen
+from engine.stats import percentile
 
 from . import commands as c
 from .config import StreamConfig
@@ -91,10 +92,8 @@ def run_stream_bench(
 
 def format_stream_bench(r: StreamBench) -> str:
     def pct(values: list[float], q: float) -> str:
-        if not values:
-            return "-"
-        v = sorted(values)
-        return f"{v[min(len(v) - 1, int(q * len(v)))]:.0f}"
+        v = percentile(sorted(values), q)
+        return "-" if v is None else f"{v:.0f}"
 
     return "\n".join(
         [

@@ -31,6 +31,7 @@ from engine.errors import ContextError, EngineError
 from engine.generator import MAX_PROMPTS, Generator, StepResult
 from engine.model import MusicGen
 from engine.sampling import SamplingParams
+from engine.stats import percentile
 
 from .commands import (
     ContinueAudio,
@@ -173,12 +174,12 @@ class Session:
             "seconds": (self.gen.frames_done if self.gen.state else 0) / self.model.spec.frame_rate,
             "buffer_ms": 1000 * self.output.ring.fill / self.output.rate,
             "underruns": self.output.underruns,
-            "step_ms_p50": _pct(steps, 0.5),
-            "step_ms_p99": _pct(steps, 0.99),
+            "step_ms_p50": percentile(steps, 0.5),
+            "step_ms_p99": percentile(steps, 0.99),
             "slides": self.gen.slides if self.gen.state else 0,
             "slide_step_ms_max": max(self.slide_step_ms, default=None),
-            "latency_ms_p50": _pct(lat, 0.5),
-            "latency_ms_p99": _pct(lat, 0.99),
+            "latency_ms_p50": percentile(lat, 0.5),
+            "latency_ms_p99": percentile(lat, 0.99),
             "output": self.output.describe(),
             "output_error": self.output.error,
         }
@@ -506,9 +507,3 @@ def _map_channels(frames: np.ndarray, channels: int) -> np.ndarray:
     if channels == 1:
         return frames.mean(axis=1, keepdims=True)
     return frames[:, :channels]
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return values[min(len(values) - 1, int(q * len(values)))]

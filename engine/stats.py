@@ -1,0 +1,14 @@
+"""Percentiles for the reports (bench, session snapshots): one nearest-rank rule everywhere, so a
+p99 printed by `bench` and one in a session's status mean the same thing."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def percentile(ordered: Sequence[Any], q: float) -> Any | None:
+    """The value at fraction `q` (0..1) of `ordered` (sorted ascending; a list or a 1-D tensor),
+    nearest rank rounding down; None when there is nothing."""
+    if len(ordered) == 0:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
