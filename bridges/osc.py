@@ -8,8 +8,9 @@ further ahead than `horizon_s`.
 
 Replies go to the sender, or to `reply_port` on the sender's host for tools that listen on another
 port than they send from. With `tcp = true` the same vocabulary is also served over TCP with SLIP
-framing (OSC 1.1), replies and subscriptions going back over the connection. Subscribers (`/subscribe [port] [host]`) get parameter echoes and the
-notifications `/status`, `/position`, `/underrun`, `/done`, `/fail`, `/error`.
+framing (OSC 1.1), replies and subscriptions going back over the connection. Subscribers
+(`/subscribe [port] [host]`) get parameter echoes and the notifications `/status`, `/position`,
+`/underrun`, `/done`, `/fail`, `/error`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .protocol import Outcome, ProtocolError, Reply, Vocabulary
 Addr = tuple[str, int]
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 MAX_TCP_PACKET = 1 << 16
+CONTINUATIONS = (c.ContinueHistory, c.ContinueInput, c.ContinueFile, c.ContinueAudio)
 
 
 def slip_encode(packet: bytes) -> bytes:
@@ -83,7 +85,6 @@ class TcpPeer(asyncio.Protocol):
     def write(self, packet: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(slip_encode(packet))
-CONTINUATIONS = (c.ContinueHistory, c.ContinueInput, c.ContinueFile, c.ContinueAudio)
 
 
 def encode(address: str, args: tuple[Any, ...]) -> bytes:
