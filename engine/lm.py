@@ -174,13 +174,32 @@ class FastLayer:
 @dataclass
 class Segment:
     """The rows of a forward that belong to one stream: `rows` consecutive rows (conditional rows
-    first, one per `CrossKV` in `conds`, then unconditional ones) at positions start..start+T-1,
-    whose keys/values live in rows 0..rows-1 of `cache`."""
+    first, one per `CrossKV` in `conds`, then unconditional ones), each `columns` columns long at
+    positions start..start+columns-1, whose keys/values live in rows 0..rows-1 of `cache`.
+    `logits`: whether the caller wants the logits of its last column (a window being prefilled
+    only fills its cache)."""
 
     rows: int
     start: int
     cache: KVCache
     conds: list[CrossKV]
+    columns: int = 1
+    logits: bool = True
+
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.columns
+
+
+@dataclass
+class _Layout:
+    """Where each segment's tokens sit in a forward's flat (N, D) activations: rows one after the
+    other, each row's columns consecutive (row-major), segments in order, padding rows last."""
+
+    offsets: list[int]
+    total: int  # N, padding included
+    cond: list[tuple[int, int]]  # flat ranges of the conditional rows' tokens, per segment
+    last: torch.Tensor | None  # flat index of every logit row's last token (None: uniform case)
 
 
 class LanguageModel:
@@ -209,7 +228,7 @@ class LanguageModel:
         self.positions = sinusoidal_positions(spec.max_positions, spec.hidden).to(self.device, self.dtype)
         self.scale = spec.head_dim**-0.5
         rows = weights.embed_cat.shape[0] // spec.num_codebooks  # V + 1 per codebook
-        self.embed_offsets = (torch.arange(spec.num_codebooks, device=self.device) * rows).view(1, -1, 1)
+        self.embed_offsets = (torch.arange(spec.num_codebooks, device=self.device) * rows).view(1, -1)
         self.fast: list[FastLayer] = []
         self.head: Linear | None = None
         if not exact:
@@ -263,7 +282,7 @@ class LanguageModel:
 
     # -- compute -------------------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Sum of codebook embeddings, then positions. Exact mode adds codebook by codebook in the
+        """Tokens (N, K) -> (N, D): sum of codebook embeddings, then positions. Exact mode adds codebook by codebook in the
         reference's order; the fast path does one lookup into the stacked tables and one sum."""
         if not self.exact:
             return F.embedding(tokens + self.embed_offsets, self.w.embed_cat).sum(dim=1) + positions
@@ -288,60 +307,60 @@ class LanguageModel:
         prefill does.
         """
         conds = [] if cross is None else [cross] if isinstance(cross, CrossKV) else list(cross)
-        return self.forward_segments(tokens, [Segment(tokens.shape[0], start, cache, conds)], all_positions)
+        segment = Segment(tokens.shape[0], start, cache, conds, columns=tokens.shape[-1])
+        return self.forward_segments(tokens, [segment], all_positions)
 
     @torch.inference_mode()  # ~10 % less per-op dispatch than no_grad; writes into the (normal) caches are fine
     def forward_segments(
-        self, tokens: torch.Tensor, segments: list[Segment], all_positions: bool = False, batched: bool = False
+        self,
+        tokens: torch.Tensor | list[torch.Tensor],
+        segments: list[Segment],
+        all_positions: bool = False,
+        batched: bool = False,
     ) -> torch.Tensor:
-        """`forward` for several streams at once: tokens (R, K, T), the segments' rows in order from
-        row 0; rows past the last segment are padding (their values are computed and ignored).
-        `batched` (implied by several segments or padding) makes every row's result independent of
-        the other rows' values, at some cost; a lone stream skips that and the unconditional rows'
-        cross-attention matmuls."""
+        """`forward` for several streams (or a stream and the window it prepares) at once.
+
+        `tokens` is either one (R, K, T) tensor - every segment `T` columns long, its rows in order
+        from row 0, rows past the last segment padding (computed and ignored) - and then the
+        result is the logits of all R rows (R, K, V); or a list of (rows, K, columns) tensors, one
+        per segment (segments of different lengths: a live step and a prefill chunk share the
+        weight reads), and then the result holds the rows of the segments that want logits, in
+        order. `batched` (implied by padding) makes every row's result independent of the other
+        rows' values, at some cost; otherwise the unconditional rows' cross-attention is skipped.
+        """
         s, w, exact = self.spec, self.w, self.exact
-        R, _, T = tokens.shape
         D, H, d = s.hidden, s.heads, s.head_dim
-        if len(segments) == 1:
-            pos = self.positions[segments[0].start : segments[0].start + T]
-        else:
-            pos = torch.zeros(R, T, D, device=self.device, dtype=self.dtype)
-            r = 0
-            for seg in segments:
-                pos[r : r + seg.rows] = self.positions[seg.start : seg.start + T]
-                r += seg.rows
-        x = self.embed(tokens, pos)
+        uniform = isinstance(tokens, torch.Tensor)
+        flat, layout = self._flatten(tokens, segments)
+        x = self.embed(flat, self._positions(flat.shape[0], segments, uniform, tokens))
         # prefill chunks after the first attend causally within themselves and to the whole past
         masks = [
-            torch.ones(T, seg.start + T, dtype=torch.bool, device=self.device).tril(seg.start)
-            if T > 1 and seg.start > 0 else None
+            torch.ones(seg.columns, seg.start + seg.columns, dtype=torch.bool, device=self.device).tril(seg.start)
+            if seg.columns > 1 and seg.start > 0 else None
             for seg in segments
         ]
         any_cond = any(seg.conds for seg in segments)
-        solo = not batched and len(segments) == 1 and segments[0].rows == R
-        lean_cross = not exact and solo and any_cond
-        ind = not solo  # a batch: each row's result must not depend on the others' values
+        ind = batched or layout.total > sum(seg.tokens for seg in segments)  # rows must not see each other
+        lean_cross = not exact and not ind and any_cond
         for i, lw in enumerate(w.layers):
             fast = None if exact else self.fast[i]
-            # self-attention, each stream over its own static cache
+            # self-attention, each segment over its own static cache
             h = F.layer_norm(x, (D,), lw.sa_ln_w, lw.sa_ln_b, LN_EPS)
             if exact:
-                q, k, v = (F.linear(h, m).view(R, T, H, d).transpose(1, 2) for m in (lw.q, lw.k, lw.v))
+                qkv = [F.linear(h, m) for m in (lw.q, lw.k, lw.v)]
+                split = lambda o, n, T: [m[o : o + n * T].view(n, T, H, d).transpose(1, 2) for m in qkv]  # noqa: E731
             else:
-                q, k, v = fast.qkv(h, ind).view(R, T, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
-            a = self._self_attention(i, q, k, v, segments, masks)
+                fused = fast.qkv(h, ind)
+                split = lambda o, n, T: fused[o : o + n * T].view(n, T, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # noqa: E731
+            a = self._self_attention(i, split, segments, layout, masks)
             x = x + (F.linear(a, lw.o) if exact else fast.o(a, ind))
             # cross-attention; unconditional (and padding) rows attend to nothing: exactly zero
-            if lean_cross:  # one unpadded stream: only its conditional rows need computing
-                n = len(segments[0].conds)
-                h = F.layer_norm(x[:n], (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
-                q = fast.cq(h).view(n, T, H, d).transpose(1, 2)
-                out = fast.co(self._cross_attention(i, q, segments))
-                x = x + out if n == R else torch.cat([x[:n] + out, x[n:]])
+            if lean_cross:  # no padding, no batch: only the conditional rows need computing
+                x = self._lean_cross(i, x, fast, segments, layout)
             elif any_cond:
                 h = F.layer_norm(x, (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
-                q = (F.linear(h, lw.cq) if exact else fast.cq(h, ind)).view(R, T, H, d).transpose(1, 2)
-                a = self._cross_attention(i, q, segments)
+                q = F.linear(h, lw.cq) if exact else fast.cq(h, ind)
+                a = self._cross_attention(i, q, segments, layout.offsets, layout.total)
                 x = x + (F.linear(a, lw.co) if exact else fast.co(a, ind))
             # feed-forward
             h = F.layer_norm(x, (D,), lw.ff_ln_w, lw.ff_ln_b, LN_EPS)
@@ -350,26 +369,74 @@ class LanguageModel:
             else:
                 x = x + fast.fc2(F.gelu(fast.fc1(h, ind)), ind)
         x = F.layer_norm(x, (D,), w.ln_w, w.ln_b, LN_EPS)
+        if uniform:
+            R, _, T = tokens.shape
+            x = x.view(R, T, D)
+            if exact:
+                if not all_positions:
+                    x = x[:, -1:]
+                logits = torch.stack([F.linear(x, head) for head in w.heads], dim=1)  # (R, K, T', V)
+                return logits[:, :, -1].float()
+            return self.head(x[:, -1], ind).view(R, s.num_codebooks, s.card).float()
+        last = x.index_select(0, layout.last)
         if exact:
-            if not all_positions:
-                x = x[:, -1:]
-            logits = torch.stack([F.linear(x, head) for head in w.heads], dim=1)  # (R, K, T', V)
-            return logits[:, :, -1].float()
-        return self.head(x[:, -1], ind).view(R, s.num_codebooks, s.card).float()
+            return torch.stack([F.linear(last, head) for head in w.heads], dim=1).float()
+        return self.head(last, ind).view(-1, s.num_codebooks, s.card).float()
+
+    def _flatten(self, tokens: torch.Tensor | list[torch.Tensor], segments: list[Segment]) -> tuple[torch.Tensor, _Layout]:
+        """Tokens as (N, K), one row per (row, column), and where each segment's tokens sit."""
+        offsets, o, cond, last = [], 0, [], []
+        if isinstance(tokens, torch.Tensor):
+            R, K, T = tokens.shape
+            for seg in segments:
+                if seg.columns != T:
+                    raise ValueError(f"a segment of {seg.columns} columns in a forward of {T}")
+            flat = tokens[:, :, 0] if T == 1 else tokens.transpose(1, 2).reshape(R * T, K)
+        else:
+            if len(tokens) != len(segments):
+                raise ValueError("one token tensor per segment")
+            flat = torch.cat([t.transpose(1, 2).reshape(-1, t.shape[1]) for t in tokens])
+        for seg in segments:
+            offsets.append(o)
+            if seg.conds:
+                cond.append((o, o + len(seg.conds) * seg.columns))
+            if seg.logits:
+                last.extend(o + r * seg.columns + seg.columns - 1 for r in range(seg.rows))
+            o += seg.tokens
+        total = flat.shape[0]
+        index = None if isinstance(tokens, torch.Tensor) else torch.tensor(last, device=self.device)
+        return flat, _Layout(offsets, total, cond, index)
+
+    def _positions(
+        self, n: int, segments: list[Segment], uniform: bool, tokens: torch.Tensor | list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Position embeddings to add to the flat (N, D) token embeddings."""
+        table = self.positions
+        if len(segments) == 1 and segments[0].tokens == n:
+            seg = segments[0]
+            pos = table[seg.start : seg.start + seg.columns]
+            return pos if seg.columns == 1 else pos.repeat(seg.rows, 1)
+        pos = torch.zeros(n, self.spec.hidden, device=self.device, dtype=self.dtype)
+        o = 0
+        for seg in segments:
+            pos[o : o + seg.tokens] = table[seg.start : seg.start + seg.columns].repeat(seg.rows, 1)
+            o += seg.tokens
+        return pos
 
     def _self_attention(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[Segment],
+        self, layer: int, split, segments: list[Segment], layout: _Layout,  # noqa: ANN001
         masks: list[torch.Tensor | None],
     ) -> torch.Tensor:
-        """q/k/v (R, H, T, d) -> attention output (R, T, D); writes each segment's k/v to its cache.
-        `masks[i]`: segment i's attention mask (built once per forward), None where causal/unmasked."""
-        R, H, T, d = q.shape
-        single = len(segments) == 1 and segments[0].rows == R
-        out = None if single else torch.zeros(R, T, H * d, device=q.device, dtype=q.dtype)
-        r = 0
-        for seg, mask in zip(segments, masks):
-            n, start, end = seg.rows, seg.start, seg.start + T
-            qs, ks, vs = (q, k, v) if single else (q[r : r + n], k[r : r + n], v[r : r + n])
+        """Each segment's q/k/v (from `split(token tensor, offset, rows, columns)`) -> attention
+        output (N, D); writes each segment's k/v into its cache. `masks[i]`: segment i's attention
+        mask (built once per forward), None where causal or unmasked."""
+        D = self.spec.hidden
+        single = len(segments) == 1 and segments[0].tokens == layout.total
+        out = None
+        for seg, o, mask in zip(segments, layout.offsets, masks):
+            n, start, T = seg.rows, seg.start, seg.columns
+            qs, ks, vs = split(o, n, T)
+            end = start + T
             kc, vc = seg.cache.k[layer], seg.cache.v[layer]
             kc[:n, :, start:end] = ks
             vc[:n, :, start:end] = vs
@@ -380,26 +447,50 @@ class LanguageModel:
             a = F.scaled_dot_product_attention(
                 qs, keys, values, attn_mask=mask, is_causal=(T > 1 and start == 0), scale=self.scale
             )
-            a = a.transpose(1, 2).reshape(n, T, H * d)
+            a = a.transpose(1, 2).reshape(n * T, D)
             if single:
                 return a
-            out[r : r + n] = a
-            r += n
+            if out is None:
+                out = torch.zeros(layout.total, D, device=a.device, dtype=a.dtype)
+            out[o : o + n * T] = a
         return out
 
-    def _cross_attention(self, layer: int, q: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
-        """q (R, H, T, d) -> (R, T, D); conditional rows attend to their condition, the rest are 0."""
-        R, H, T, d = q.shape
-        if len(segments) == 1 and len(segments[0].conds) == R == 1:
-            c = segments[0].conds[0]
-            a = F.scaled_dot_product_attention(q, c.k[layer], c.v[layer], scale=self.scale)
-            return a.transpose(1, 2).reshape(R, T, H * d)
-        a = torch.zeros_like(q)
-        r = 0
+    def _lean_cross(self, layer: int, x: torch.Tensor, fast: FastLayer, segments: list[Segment], layout: _Layout) -> torch.Tensor:
+        """Cross-attention for the conditional rows' tokens only (their flat ranges in `layout`)."""
+        lw, D = self.w.layers[layer], self.spec.hidden
+        if len(layout.cond) == 1:
+            lo, hi = layout.cond[0]
+            h = F.layer_norm(x[lo:hi], (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
+            out = fast.co(self._cross_attention(layer, fast.cq(h), segments, [0] * len(segments), hi - lo, cond_only=True))
+            if lo == 0 and hi == x.shape[0]:
+                return x + out
+            return torch.cat([x[:lo], x[lo:hi] + out, x[hi:]])
+        index = torch.cat([torch.arange(lo, hi, device=x.device) for lo, hi in layout.cond])
+        h = F.layer_norm(x.index_select(0, index), (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
+        offsets, o = [], 0
         for seg in segments:
+            offsets.append(o)
+            o += len(seg.conds) * seg.columns
+        out = fast.co(self._cross_attention(layer, fast.cq(h), segments, offsets, o, cond_only=True))
+        return x.index_add(0, index, out)
+
+    def _cross_attention(
+        self, layer: int, q: torch.Tensor, segments: list[Segment], offsets: list[int], total: int,
+        cond_only: bool = False,
+    ) -> torch.Tensor:
+        """q (total, D) flat -> (total, D); conditional rows attend to their condition, the rest are 0.
+        With `cond_only`, q holds only the conditional rows' tokens, segment after segment."""
+        H, d, D = self.spec.heads, self.spec.head_dim, self.spec.hidden
+        if len(segments) == 1 and len(segments[0].conds) == 1 and total == segments[0].columns:
+            c, T = segments[0].conds[0], segments[0].columns
+            a = F.scaled_dot_product_attention(q.view(1, T, H, d).transpose(1, 2), c.k[layer], c.v[layer], scale=self.scale)
+            return a.transpose(1, 2).reshape(T, D)
+        a = torch.zeros(total, D, device=q.device, dtype=q.dtype)
+        for seg, o in zip(segments, offsets):
+            T = seg.columns
             for j, c in enumerate(seg.conds):
-                a[r + j : r + j + 1] = F.scaled_dot_product_attention(
-                    q[r + j : r + j + 1], c.k[layer], c.v[layer], scale=self.scale
-                )
-            r += seg.rows
-        return a.transpose(1, 2).reshape(R, T, H * d)
+                r = o + j * T
+                qj = q[r : r + T].view(1, T, H, d).transpose(1, 2)
+                aj = F.scaled_dot_product_attention(qj, c.k[layer], c.v[layer], scale=self.scale)
+                a[r : r + T] = aj.transpose(1, 2).reshape(T, D)
+        return a
