@@ -21,6 +21,7 @@ unreleased after a push (2402 for MusicGen's 32 kHz codec: frames 0..F make samp
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -523,13 +524,65 @@ class Codec:
             x = _whole(layer, x)
         return x
 
-    # -- encode --------------------------------------------------------------------------------
+    # -- encode ----------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
-        """Audio (B, channels, samples) at the codec rate -> codes (B, K, frames), whole clip."""
-        t = self._t
+        """Audio (B, channels, samples) at the codec rate -> codes (B, K, frames), whole clip, exactly
+        as the reference computes it."""
+        from .conditioning import run
+
+        return run(self.encode_steps(audio))
+
+    def encode_steps(self, audio: torch.Tensor) -> Generator[None, int | None, torch.Tensor]:
+        """`encode`, a piece at a time for a live stream that must not stall: each piece covers the
+        number of frames sent in (`steps.send(n)`; None or `next()` = all the rest).
+
+        A piece runs the convolutions before the LSTM on its frames' receptive field only (a window
+        starting on a frame boundary, so every layer's frame grid and the clip's own edge padding
+        are the reference's), the LSTM carries its state across pieces, and the last convolution
+        and the quantizer follow piece by piece over the finished latents. Exhausted in one piece
+        it is the whole-clip computation; in pieces it differs only in float rounding."""
         x = audio.float()
-        for kind, arg in self.encoder_layers:
+        n, hop = x.shape[-1], self.spec.hop
+        pre = self.encoder_layers[: self._lstm_index]
+        lstm: StreamLSTM = self.encoder_layers[self._lstm_index][1]
+        post = self.encoder_layers[self._lstm_index + 1 :]
+        frames = self._encoded_frames(n)
+        left, right = self._pre_span
+        latents, state = [], lstm.init()
+        f = 0
+        amount = yield
+        while f < frames:
+            f1 = frames if amount is None else min(frames, f + max(1, amount))
+            a = max(0, (f * hop - left) // hop * hop)  # a frame boundary: the clip's grid
+            b = min(n, (f1 - 1) * hop + right + 1)
+            with torch.no_grad():
+                y = self._run_encoder_steps(pre, x[..., a:b])[..., f - a // hop : f1 - a // hop]
+                if f == 0 and f1 == frames:  # one piece: torch's LSTM, as the reference runs it
+                    seq = y.permute(2, 0, 1)
+                    latents.append((lstm.lstm(seq)[0] + seq).permute(1, 2, 0))
+                else:  # torch's LSTM re-plans on every short call; the written-out one carries (h, c)
+                    latents.append(lstm.push(state, y))
+            f = f1
+            amount = yield
+        z = torch.cat(latents, dim=-1)
+        codes = []
+        reach = self._post_reach
+        g = 0
+        while g < frames:
+            g1 = frames if amount is None else min(frames, g + max(1, 4 * amount))  # cheap: 4x the frames
+            a = max(0, g - reach)
+            with torch.no_grad():
+                y = self._run_encoder_steps(post, z[..., a : min(frames, g1 + reach)])[..., g - a : g1 - a]
+                codes.append(self.quantize(y))
+            g = g1
+            if g < frames:
+                amount = yield
+        return torch.cat(codes, dim=-1)
+
+    def _run_encoder_steps(self, steps: list[tuple[str, Any]], x: torch.Tensor) -> torch.Tensor:
+        t = self._t
+        for kind, arg in steps:
             if kind == "conv":
                 key, stride, dilation = arg
                 x = _conv_whole(x, t[key + ".conv.weight"], t[key + ".conv.bias"], stride, dilation, self.spec)
@@ -544,9 +597,43 @@ class Codec:
             elif kind == "elu":
                 x = F.elu(x)
             else:
-                seq = x.permute(2, 0, 1)
-                x = (arg.lstm(seq)[0] + seq).permute(1, 2, 0)
-        return self.quantize(x)
+                raise ValueError(f"cannot run encoder step {kind} piecewise")
+        return x
+
+    @property
+    def _lstm_index(self) -> int:
+        return next(i for i, (kind, _) in enumerate(self.encoder_layers) if kind == "lstm")
+
+    def _encoded_frames(self, samples: int) -> int:
+        """Frames the encoder makes of `samples` samples (each strided conv rounds up)."""
+        n = samples
+        for kind, arg in self.encoder_layers:
+            if kind == "conv":
+                key, stride, dilation = arg
+                k_eff = (self._t[key + ".conv.weight"].shape[-1] - 1) * dilation + 1
+                n = math.ceil((n - k_eff + (k_eff - stride)) / stride + 1)
+        return n
+
+    def _reach(self, steps: list[tuple[str, Any]]) -> tuple[int, int]:
+        """(left, right): the inputs output 0 of `steps` depends on span input samples -left..right."""
+        lo, hi = 0, 0
+        for kind, arg in reversed(steps):
+            if kind == "elu":
+                continue
+            key, stride, dilation = (arg[0] + ".block.1", 1, arg[1]) if kind == "res" else arg
+            k_eff = (self._t[key + ".conv.weight"].shape[-1] - 1) * dilation + 1
+            total = k_eff - stride
+            pad_left = total if self.spec.causal else total - total // 2
+            lo, hi = lo * stride - pad_left, hi * stride - pad_left + k_eff - 1
+        return -lo, hi
+
+    @property
+    def _pre_span(self) -> tuple[int, int]:
+        return self._reach(self.encoder_layers[: self._lstm_index])
+
+    @property
+    def _post_reach(self) -> int:
+        return max(self._reach(self.encoder_layers[self._lstm_index + 1 :]))
 
     def quantize(self, latents: torch.Tensor) -> torch.Tensor:
         """Residual VQ: nearest codeword per quantizer on the running residual (reference distance)."""

@@ -9,11 +9,17 @@ Live use (all changes land between two steps, i.e. at frame boundaries):
   row; guidance mixes them as z = z_u + cfg * sum_i w_i (z_i - z_u). A crossfade adds the new
   prompt's row (its self-attention history copied from the row it replaces) and ramps weights.
 - an endless stream slides its context window the way audiocraft does (keep the last `context`
-  frames as a fresh prompt re-prefilled from position 1); the new window is prefilled a chunk per
-  step in a second cache while the first keeps generating, and swapped in when it has caught up,
-  so a slide never stalls the stream.
-- `restart()` drops the context (optionally continuing from given codes) and keeps the codec
-  stream going, so the audio has no gap.
+  frames as a fresh prompt re-prefilled from position 1);
+- `continue_from(codes)` restarts the context from given codes (a continuation) without a gap.
+
+The stream's phase says what the spare KV cache is doing (`Phase`): nothing (PLAYING), holding
+the next window being prefilled from the stream's own frames (SLIDING), or holding a window being
+prefilled from given codes (CONTINUING). Either preparation advances a chunk of columns per step -
+inside the live step's own forward where it can, so the weights are read once - and is swapped in
+when ready. Every command leaves a state from which the next step is valid: a prompt change during
+a preparation re-arranges the rows of both caches alike, a context change applies from the next
+slide, and a preparation that was delayed catches up in larger chunks rather than miss the end of
+the live window. A crossfade (`fading`) runs alongside any phase.
 
 Units: *frames* are absolute codec frames since the stream began (prompt included); *columns*
 are positions in the current window (column 0 = BOS).
@@ -21,6 +27,7 @@ are positions in the current window (column 0 = BOS).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +40,13 @@ from .model import MusicGen
 from .sampling import SamplingParams, sample
 
 MAX_PROMPTS = 4  # conditional rows a live stream may blend at once
+MIN_CHUNK = 2  # columns a preparation feeds per step at least (a slide must gain on the live window)
+
+
+class Phase(enum.Enum):
+    PLAYING = "playing"  # stepping the live window; the spare cache is idle
+    SLIDING = "sliding"  # ... while the next window is prefilled from the stream's own frames
+    CONTINUING = "continuing"  # ... while a window is prefilled from given codes
 
 
 @dataclass
@@ -49,11 +63,14 @@ class PromptRow:
 
 @dataclass
 class Window:
-    """One LM context: a KV cache whose column t holds codebook k of frame origin + t - 1 - d_k."""
+    """One LM context: a KV cache whose column t holds codebook k of frame origin + t - 1 - d_k.
+
+    Columns 0..column-1 have been fed to the LM (their keys/values are in the cache); column
+    `column` is known (sampled, or given) and is what the next step feeds."""
 
     cache: KVCache
     origin: int  # absolute frame at the window's first column after BOS
-    column: int  # last column sampled (live window) or fed (window being prefilled)
+    column: int
 
 
 @dataclass
@@ -62,6 +79,35 @@ class Fade:
     end: list[float]
     frames: int
     done: int = 0
+
+
+@dataclass
+class Slide:
+    """The next window, prefilled from the stream's own frames while the live one plays; swapped
+    in once its column has caught up with the live column."""
+
+    window: Window  # in the spare cache; its column counts the columns fed so far
+
+
+@dataclass(eq=False)
+class Continuation:
+    """A restart from given codes, prefilled while the live window plays. The handle a caller
+    keeps: `frame` is set once it has taken over, `superseded` if a later restart replaced it."""
+
+    codes: torch.Tensor  # (K, P) the frames the new window starts from
+    columns: torch.Tensor  # (K, P) the columns fed before it takes over: BOS, then the codes'
+    cache: KVCache | None = None  # the spare cache, once it is being prefilled
+    fed: int = 0
+    frame: int | None = None  # the first frame generated from it
+    superseded: bool = False
+
+    @property
+    def frames(self) -> int:
+        return int(self.codes.shape[-1])
+
+    @property
+    def remaining(self) -> int:
+        return self.frames - self.fed
 
 
 @dataclass
@@ -78,11 +124,13 @@ class StreamState:
     generator: torch.Generator
     decoder: DecoderState
     context_frames: int  # frames kept when the window slides
-    slide_chunk: int  # columns prefilled per step while a slide is prepared
-    slide: Window | None = None  # the next window, being prefilled
-    spare: KVCache | None = None  # the cache the next slide will fill (swapped with the live one)
+    chunk: int  # columns a preparation feeds per step
+    prep: Slide | Continuation | None = None  # what the spare cache is being filled with
+    queued: Continuation | None = None  # a continuation waiting for a slide to finish first
+    spare: KVCache | None = None  # the cache the next preparation fills (swapped with the live one)
     fade: Fade | None = None
-    decoded: int = 0  # frames pushed to the codec
+    decoded: int = 0  # frames handed to the codec
+    codec_queue: torch.Tensor | None = None  # (K, n) frames handed over but not yet decoded
     skip_samples: int = 0  # decoded samples still to drop (prompt audio the listener already has)
     slides: int = 0
 
@@ -99,7 +147,7 @@ class Generator:
         self.seed = seed
         self.decode_chunk = max(1, decode_chunk)
         self.state: StreamState | None = None
-        self._codec_input: torch.Tensor | None = None  # left by a deferred step (see step_output)
+        self._planned = 0  # columns of the preparation fed inside the current step's forward
 
     # -- lifecycle -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -120,7 +168,8 @@ class Generator:
         `total_frames` (prompt included) makes a finite run that ends as the reference ends it;
         None makes an endless stream whose window (`capacity_frames`, default the model's) slides,
         keeping `context_frames`. `guided` defaults to cfg != 1 (as the reference); live streams
-        pass True so cfg can change at any time.
+        pass True so cfg can change at any time. `slide_chunk`: columns a slide or continuation
+        prefills per step (more: it finishes sooner; fewer: a cheaper step).
         """
         m, pat = self.model, self.model.pattern
         rows = [PromptRow(prompts, 1.0)] if isinstance(prompts, Condition) else [PromptRow(c, w) for c, w in prompts]
@@ -141,13 +190,12 @@ class Generator:
         batch = max(max_prompts, len(rows)) + (1 if guided else 0)
         K = m.spec.lm.num_codebooks
         columns = pat.columns_for_frames(cap)
-        if total_frames is None:
-            margin = self._slide_margin(context, slide_chunk)
-            if context + pat.max_delay + 1 + margin >= columns:
-                raise ContextError(
-                    f"a {cap}-frame window cannot keep {context} frames of context and still slide "
-                    f"(needs {context + pat.max_delay + 2 + margin} columns)"
-                )
+        chunk = max(MIN_CHUNK, slide_chunk)
+        if total_frames is None and not self._can_slide(context, chunk, columns):
+            raise ContextError(
+                f"a {cap}-frame window cannot keep {context} frames of context and still slide "
+                f"(needs {context + pat.max_delay + 2 + _slide_margin(context, chunk)} columns)"
+            )
         buffer = cap if total_frames is not None else 2 * cap
         self.state = st = StreamState(
             window=Window(cache=m.lm.new_cache(batch, columns), origin=0, column=0),
@@ -160,28 +208,36 @@ class Generator:
             generator=torch.Generator().manual_seed(self.seed),
             decoder=m.codec.new_stream(batch=m.audio_channels),
             context_frames=context,
-            slide_chunk=max(2, slide_chunk),
+            chunk=chunk,
         )
         if P:
             st.frames[:, :P] = prompt_codes.to(torch.long).cpu()
             if not emit_prompt_audio:
                 st.skip_samples = P * m.spec.codec.hop
-        return self._prefill(origin=0, prompt_frames=P)
+        return self._prefill(prompt_frames=P)
 
     @torch.no_grad()
     def step(self) -> StepResult:
-        """Feed the last sampled column, sample the next; return what completed."""
+        """Feed the last sampled column, sample the next; return what completed. A preparation in
+        progress rides along in the same forward (one read of the weights for both)."""
         tokens, segment = self.step_input()
-        return self.step_output(self.model.lm.forward_segments(tokens, [segment]))
+        prep = self._prep_input(after_step=False)
+        if prep is None:
+            logits = self.model.lm.forward_segments(tokens, [segment])
+        else:
+            logits = self.model.lm.forward_segments([tokens, prep[0]], [segment, prep[1]])
+            self._planned = prep[1].columns
+        return self.step_output(logits)
 
     def step_input(self) -> tuple[torch.Tensor, Segment]:
         """What the next step feeds the LM: tokens (rows, K, 1) and where they go. A `Batch` gathers
         these from several streams into one forward; `step_output` takes this stream's logits back."""
         st = self._require()
+        self._planned = 0
         if self.done:
             raise ContextError("this finite stream is complete")
         win = st.window
-        if win.column + 1 >= win.cache.capacity:
+        if win.column + 1 >= win.cache.capacity:  # cannot happen while preparations keep their deadlines
             raise ContextError("the stream reached the end of its context window")
         tokens = self._columns(win, win.column, 1)
         return tokens, Segment(tokens.shape[0], win.column, win.cache, self._crosses())
@@ -194,17 +250,20 @@ class Generator:
         by `take_codec_input` (and the result's audio stays empty) so that a `Batch` can decode
         several streams in one codec call and give each its samples through `decoded`."""
         st = self._require()
-        result = self._take(logits, st.window.column + 1, defer_decode)
-        if st.total_frames is None:
-            self._advance_slide()
+        codes = self._record(logits, st.window.column + 1)
+        if self.frames_done - st.decoded >= self.decode_chunk:
+            self._queue_codec(self.frames_done)
+        self._advance_preparation()
         self._advance_fade()
-        return result
+        audio = self._empty_audio() if defer_decode else self._decode_queue()
+        return StepResult(codes=codes, audio=audio)
 
     @torch.no_grad()
     def finish(self) -> torch.Tensor:
         """Flush the codec: the held-back samples at the end of a finite stream."""
         st = self._require()
-        head = self._decode_upto(self.frames_done)
+        self._queue_codec(self.frames_done)
+        head = self._decode_queue()
         tail = self._trim(self.model.codec.flush(st.decoder).squeeze(1))
         return torch.cat([head, tail], dim=-1)
 
@@ -217,13 +276,11 @@ class Generator:
         self.params = params
 
     def set_context(self, frames: int) -> int:
-        """Frames kept at the next window slide (clamped so the window can still slide); returns it."""
+        """Frames kept at the next window slide (clamped so the window can still slide); returns
+        it. A slide already being prepared keeps the context it started with."""
         st = self._require()
-        cap = st.window.cache.capacity - 1 - self.model.pattern.max_delay
-        frames = max(1, min(int(frames), cap // 2))
-        st.context_frames = frames
-        st.slide = None
-        return frames
+        st.context_frames = max(1, min(int(frames), self.max_context))
+        return st.context_frames
 
     def reseed(self, seed: int) -> None:
         self.seed = seed
@@ -235,6 +292,7 @@ class Generator:
 
         Rows already playing keep their history; a new prompt's row starts from a copy of the
         currently loudest row's history, so it continues the music rather than starting over.
+        A window being prepared gets the same rows, so a slide or continuation carries on.
         """
         st = self._require()
         if not prompts:
@@ -263,7 +321,6 @@ class Generator:
             if r.condition.text in target:
                 r.condition = target[r.condition.text][0]
         st.rows = rows
-        st.slide = None  # a window being prepared has the old rows: start it again
         if fade_frames > 0:
             st.fade = Fade(start=[r.weight for r in rows], end=end, frames=fade_frames)
         else:
@@ -272,47 +329,116 @@ class Generator:
             st.fade = None
             self._drop_silent_rows()
 
+    def continue_from(self, codes: torch.Tensor) -> Continuation:
+        """Continue the stream from `codes` (K, P): the last `context` frames of them become the
+        new context, prefilled a chunk per step while the music goes on, and the stream carries on
+        from them without a gap once they are in (`Continuation.frame`). A continuation not yet
+        taken over is superseded by this one."""
+        st = self._require()
+        if st.total_frames is not None:
+            raise ContextError("a finite run cannot continue from other material; start a new one")
+        if codes.dim() != 2 or codes.shape[0] != self.model.spec.lm.num_codebooks or codes.shape[-1] < 1:
+            raise ContextError(f"continuation codes must be ({self.model.spec.lm.num_codebooks}, frames)")
+        codes = codes[:, -st.context_frames :].to(torch.long).cpu()
+        cont = Continuation(codes=codes, columns=self.model.pattern.interleave(codes)[:, : codes.shape[-1]])
+        self._supersede()
+        steps_left = st.window.cache.capacity - 2 - st.window.column
+        if isinstance(st.prep, Slide) and -(-cont.frames // st.chunk) > steps_left:
+            st.queued = cont  # it could not be ready before the live window ends: the slide first
+        else:
+            self._activate(cont)
+        return cont
+
+    @torch.no_grad()
+    def complete_continuation(self) -> None:
+        """Prefill what is left of the pending continuation at once and let it take over now (for a
+        stream that is not playing: there is no music to spread the work around)."""
+        st = self._require()
+        cont = self.continuation
+        if cont is None:
+            return
+        if st.queued is cont:
+            self._activate(cont)  # the slide it waited for is moot: the window restarts
+        if cont.remaining:
+            self.model.lm.forward(self._expand(cont.columns[:, cont.fed :]), cont.fed, cont.cache, self._crosses())
+            cont.fed = cont.frames
+        self._swap_in(cont)
+
+    def cancel(self, cont: Continuation) -> None:
+        """Drop `cont` if it has not taken over yet (the stream plays on as it was)."""
+        st = self._require()
+        if cont.frame is not None:
+            return
+        cont.superseded = True
+        if st.queued is cont:
+            st.queued = None
+        if st.prep is cont:
+            st.prep = None
+
     @torch.no_grad()
     def restart(self, prompt_codes: torch.Tensor | None = None, keep_audio: bool = True) -> StepResult:
-        """Drop the context and start again, from `prompt_codes` (K, P) if given.
+        """Drop the context now and start again, from `prompt_codes` (K, P) if given (prefilled at
+        once - live streams use `continue_from`, which spreads that over steps).
 
         With `keep_audio` the codec stream goes on, so the new material follows the old without a
         gap; without it the codec is reset too (a hard stop).
         """
         st = self._require()
-        m = self.model
         if st.total_frames is not None:
             raise ContextError("a finite run cannot restart; start a new one")
-        audio = self._decode_upto(self.frames_done)
+        K = self.model.spec.lm.num_codebooks
+        codes = torch.zeros(K, 0, dtype=torch.long) if prompt_codes is None else prompt_codes
+        codes = codes[:, codes.shape[-1] - min(codes.shape[-1], st.context_frames) :].to(torch.long).cpu()
+        cont = Continuation(codes=codes, columns=self.model.pattern.interleave(codes)[:, : codes.shape[-1]])
+        self._supersede()
+        st.prep = None  # a slide being prepared is moot: the window starts again
+        if cont.frames:
+            self._activate(cont)
+            self.model.lm.forward(self._expand(cont.columns), 0, cont.cache, self._crosses())
+            cont.fed = cont.frames
+        else:
+            cont.cache = st.window.cache  # nothing to prefill: start again in place
+        self._swap_in(cont)
+        audio = self._decode_queue()
         if not keep_audio:
-            m.codec.reset(st.decoder)
+            self.model.codec.reset(st.decoder)
             st.skip_samples = 0
             audio = self._empty_audio()
-        start = self.frames_done
-        P = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
-        origin = start - P
-        if P > st.context_frames + 1 and st.total_frames is None:
-            raise ContextError(f"a {P}-frame prompt does not fit the {st.context_frames}-frame context")
-        self._rebase(min(origin, start))
-        st.frames[:, start - st.base :] = m.spec.lm.special_token
-        if P:
-            st.frames[:, origin - st.base : start - st.base] = prompt_codes.to(torch.long).cpu()
-        st.protected = start
-        st.slide = None
-        first = self._prefill(origin=origin, prompt_frames=P)
-        return StepResult(codes=first.codes, audio=torch.cat([audio, first.audio], dim=-1))
+        return StepResult(codes=st.frames[:, :0], audio=audio)
 
     # -- queries -------------------------------------------------------------------------------
     @property
+    def phase(self) -> Phase:
+        prep = self._require().prep
+        return Phase.PLAYING if prep is None else Phase.SLIDING if isinstance(prep, Slide) else Phase.CONTINUING
+
+    @property
+    def fading(self) -> bool:
+        return self._require().fade is not None
+
+    @property
+    def continuation(self) -> Continuation | None:
+        """The continuation being prepared or waiting for a slide, if any."""
+        st = self._require()
+        return st.prep if isinstance(st.prep, Continuation) else st.queued
+
+    @property
     def done(self) -> bool:
         st = self._require()
-        return st.total_frames is not None and self._sampled_upto() >= st.total_frames + self.model.pattern.max_delay
+        return st.total_frames is not None and self.next_frame >= st.total_frames + self.model.pattern.max_delay
+
+    @property
+    def next_frame(self) -> int:
+        """The first frame whose first codebook the next step samples: a command applied now is
+        heard from this frame on."""
+        win = self._require().window
+        return win.origin + win.column
 
     @property
     def frames_done(self) -> int:
         """Frames complete so far (prompt included), counted from the start of the stream."""
         st = self._require()
-        f = max(self._sampled_upto() - self.model.pattern.max_delay, st.protected)
+        f = max(self.next_frame - self.model.pattern.max_delay, st.protected)
         return min(f, st.total_frames) if st.total_frames is not None else f
 
     @property
@@ -322,6 +448,20 @@ class Generator:
     @property
     def rows(self) -> list[PromptRow]:
         return self._require().rows
+
+    @property
+    def context_frames(self) -> int:
+        return self._require().context_frames
+
+    @property
+    def max_context(self) -> int:
+        """The most frames of context this stream's window can keep and still slide."""
+        st = self._require()
+        cap = st.window.cache.capacity
+        frames = (cap - 1 - self.model.pattern.max_delay) // 2
+        while frames > 1 and not self._can_slide(frames, st.chunk, cap):
+            frames -= 1
+        return frames
 
     def codes(self) -> torch.Tensor:
         """(K, frames) codes of every complete frame still held (all of a finite run)."""
@@ -345,55 +485,127 @@ class Generator:
     def _crosses(self) -> list[CrossKV]:
         return [r.condition.cross for r in self._require().rows]
 
-    def _sampled_upto(self) -> int:
-        """One past the last absolute frame whose codebook 0 has been sampled."""
-        win = self._require().window
-        return win.origin + win.column
+    def _can_slide(self, context: int, chunk: int, columns: int) -> bool:
+        return context + self.model.pattern.max_delay + 1 + _slide_margin(context, chunk) < columns
 
     def _columns(self, win: Window, first: int, count: int) -> torch.Tensor:
         """Input columns first..first+count-1 of `win`, delay mask applied, one copy per row."""
         st = self._require()
-        cols = self.model.pattern.columns(st.frames, st.base, win.origin, first, count, st.total_frames)
-        return cols.unsqueeze(0).expand(self._n_rows(), -1, -1).to(self.model.device)
+        return self._expand(self.model.pattern.columns(st.frames, st.base, win.origin, first, count, st.total_frames))
 
-    def _prefill(self, origin: int, prompt_frames: int) -> StepResult:
-        """Start the live window at `origin`: feed BOS + the prompt frames at once, sample the next."""
+    def _expand(self, columns: torch.Tensor) -> torch.Tensor:
+        return columns.unsqueeze(0).expand(self._n_rows(), -1, -1).to(self.model.device)
+
+    def _prefill(self, prompt_frames: int) -> StepResult:
+        """Start the live window at frame 0: feed BOS + the prompt frames at once, sample the next."""
         st = self._require()
-        m = self.model
-        st.window = Window(cache=st.window.cache, origin=origin, column=0)
         tokens = self._columns(st.window, 0, prompt_frames + 1)
-        logits = m.lm.forward(tokens, 0, st.window.cache, self._crosses(), all_positions=True)
-        return self._take(logits, prompt_frames + 1)
+        logits = self.model.lm.forward(tokens, 0, st.window.cache, self._crosses(), all_positions=True)
+        codes = self._record(logits, prompt_frames + 1)
+        if self.frames_done - st.decoded >= self.decode_chunk:
+            self._queue_codec(self.frames_done)
+        return StepResult(codes=codes, audio=self._decode_queue())
 
-    @staticmethod
-    def _slide_margin(context: int, chunk: int) -> int:
-        """Columns before the end of a window at which a slide must begin to finish in time."""
-        backlog = context + 8
-        return -(-backlog // (max(2, chunk) - 1)) + 4
-
-    def _advance_slide(self) -> None:
-        """Prepare the next window a chunk per step; swap it in once it has caught up."""
+    def _prep_input(self, after_step: bool) -> tuple[torch.Tensor, Segment] | None:
+        """This step's share of the preparation: the columns to feed and where, or None."""
         st = self._require()
-        m, pat = self.model, self.model.pattern
+        prep = st.prep
+        if prep is None:
+            return None
         win = st.window
-        if st.slide is None:
-            if win.column + self._slide_margin(st.context_frames, st.slide_chunk) < win.cache.capacity:
-                return
-            complete = self._sampled_upto() - pat.max_delay
-            if st.spare is None:
-                st.spare = m.lm.new_cache(win.cache.batch, win.cache.capacity)
-            st.slide = Window(cache=st.spare, origin=complete - st.context_frames, column=0)
-        nxt = st.slide
-        target = win.origin + win.column - nxt.origin  # its column equal to the live one
-        count = min(st.slide_chunk, target - nxt.column)
-        if count > 0:
-            m.lm.forward(self._columns(nxt, nxt.column, count), nxt.column, nxt.cache, self._crosses())
-            nxt.column += count
-        if nxt.column == target:
-            st.spare, st.window = win.cache, Window(cache=nxt.cache, origin=nxt.origin, column=target)
-            st.slide = None
-            st.slides += 1
-            self._rebase(min(nxt.origin, st.decoded))
+        live = win.column + (0 if after_step else 1)  # the live column once this step is done
+        steps_left = win.cache.capacity - 2 - live  # steps the live window can still take after it
+        if isinstance(prep, Slide):
+            nxt = prep.window
+            work = win.origin + live - nxt.origin - nxt.column  # columns behind the live one
+            total = work + max(steps_left, 0)  # it keeps moving while the slide catches up
+            first, cache = nxt.column, nxt.cache
+        else:
+            work = total = prep.remaining
+            first, cache = prep.fed, prep.cache
+        if work <= 0:
+            return None
+        count = work if steps_left <= 0 else min(work, max(st.chunk, -(-total // (steps_left + 1))))
+        if isinstance(prep, Slide):
+            tokens = self._columns(prep.window, first, count)
+        else:
+            tokens = self._expand(prep.columns[:, first : first + count])
+        seg = Segment(tokens.shape[0], first, cache, self._crosses(), columns=count, logits=False)
+        return tokens, seg
+
+    def _advance_preparation(self) -> None:
+        """After a step: account for (or run) this step's preparation chunk; swap a finished
+        window in; begin a slide when the live window nears its end."""
+        st = self._require()
+        prep = st.prep
+        fed, self._planned = self._planned, 0
+        if prep is None:
+            if st.total_frames is None and st.window.column + _slide_margin(st.context_frames, st.chunk) >= st.window.cache.capacity:
+                self._begin_slide()
+            return
+        if not fed:  # stepped in a batch (or nothing was due before the step): a forward of its own
+            chunk = self._prep_input(after_step=True)
+            if chunk is not None:
+                tokens, segment = chunk
+                self.model.lm.forward_segments(tokens, [segment])
+                fed = segment.columns
+        if isinstance(prep, Slide):
+            nxt, win = prep.window, st.window
+            nxt.column += fed
+            if nxt.origin + nxt.column == win.origin + win.column:  # caught up: swap
+                st.spare, st.window = win.cache, Window(cache=nxt.cache, origin=nxt.origin, column=nxt.column)
+                st.prep = None
+                st.slides += 1
+                self._rebase(min(nxt.origin, st.decoded))
+                if st.queued is not None:
+                    self._activate(st.queued)
+        else:
+            prep.fed += fed
+            if prep.remaining == 0:
+                self._swap_in(prep)
+
+    def _begin_slide(self) -> None:
+        st = self._require()
+        win = st.window
+        if st.spare is None:
+            st.spare = self.model.lm.new_cache(win.cache.batch, win.cache.capacity)
+        complete = self.next_frame - self.model.pattern.max_delay
+        st.prep = Slide(Window(cache=st.spare, origin=complete - st.context_frames, column=0))
+
+    def _activate(self, cont: Continuation) -> None:
+        """Make `cont` the preparation (replacing a slide: the continuation restarts the window)."""
+        st = self._require()
+        st.queued = None
+        if st.spare is None:
+            st.spare = self.model.lm.new_cache(st.window.cache.batch, st.window.cache.capacity)
+        cont.cache = st.spare
+        st.prep = cont
+
+    def _supersede(self) -> None:
+        """A new restart replaces a continuation that has not taken over yet."""
+        st = self._require()
+        for old in (st.queued, st.prep):
+            if isinstance(old, Continuation):
+                old.superseded = True
+        st.queued = None
+        if isinstance(st.prep, Continuation):
+            st.prep = None
+
+    def _swap_in(self, cont: Continuation) -> None:
+        """The continuation's window becomes the live one: the stream goes on from its codes."""
+        st = self._require()
+        start = self.frames_done
+        self._queue_codec(start)  # frames before `start` are the old material's: hand them over first
+        origin = start - cont.frames
+        self._rebase(origin)
+        st.frames[:, start - st.base :] = self.model.spec.lm.special_token
+        st.frames[:, origin - st.base : start - st.base] = cont.codes
+        st.protected = start
+        if cont.cache is not st.window.cache:
+            st.spare = st.window.cache
+        st.window = Window(cache=cont.cache, origin=origin, column=cont.frames)
+        st.prep = None
+        cont.frame = start
 
     def _rebase(self, first: int) -> None:
         """Make the frame buffer start at absolute frame `first`, keeping what overlaps."""
@@ -408,9 +620,13 @@ class Generator:
         st.base = first
 
     def _rearrange(self, order: list[int]) -> None:
-        """Cache row r <- old row order[r] (over the filled columns of the live window)."""
+        """Cache row r <- old row order[r], in the live window and in a window being prepared."""
         st = self._require()
         st.window.cache.rearrange_rows(order, st.window.column + 1)
+        if isinstance(st.prep, Slide):
+            st.prep.window.cache.rearrange_rows(order, st.prep.window.column)
+        elif isinstance(st.prep, Continuation) and st.prep.cache is not None:
+            st.prep.cache.rearrange_rows(order, st.prep.fed)
 
     def _advance_fade(self) -> None:
         st = self._require()
@@ -432,7 +648,6 @@ class Generator:
             return
         self._rearrange(keep + ([len(st.rows)] if st.guided else []))
         st.rows = [st.rows[i] for i in keep]
-        st.slide = None
 
     # -- internals: sampling and decoding ------------------------------------------------------
     def _mix(self, logits: torch.Tensor) -> torch.Tensor:
@@ -450,8 +665,9 @@ class Generator:
             d = sum(r.weight * (logits[i] - u) for i, r in enumerate(st.rows))
         return u + d * self.params.cfg
 
-    def _take(self, logits: torch.Tensor, column: int, defer_decode: bool = False) -> StepResult:
-        """Sample window column `column` from logits (rows, K, V); record it; decode completions."""
+    def _record(self, logits: torch.Tensor, column: int) -> torch.Tensor:
+        """Sample window column `column` from logits (rows, K, V) and record it; returns the codes
+        (K, 0 or 1) of the frame it completed."""
         st = self._require()
         pat = self.model.pattern
         tokens = sample(self._mix(logits), self.params, st.generator).tolist()
@@ -463,38 +679,31 @@ class Generator:
                 held[k, f - st.base] = tokens[k]
         win.column = column
         done = win.origin + column - 1 - pat.max_delay
-        codes = st.frames[:, :0]
-        audio = self._empty_audio()
         if done >= st.protected and (st.total_frames is None or done < st.total_frames):
-            codes = st.frames[:, done - st.base : done - st.base + 1].clone()
-        if self.frames_done - st.decoded >= self.decode_chunk:
-            if defer_decode:
-                self._codec_input = self._codes_for_codec(self.frames_done)
-            else:
-                audio = self._decode_upto(self.frames_done)
-        return StepResult(codes=codes, audio=audio)
+            return st.frames[:, done - st.base : done - st.base + 1].clone()
+        return st.frames[:, :0]
+
+    def _queue_codec(self, end: int) -> None:
+        """Hand the complete frames not yet handed over, up to `end`, to the codec queue."""
+        st = self._require()
+        if end <= st.decoded:
+            return
+        codes = st.frames[:, st.decoded - st.base : end - st.base].clone()
+        st.decoded = end
+        st.codec_queue = codes if st.codec_queue is None else torch.cat([st.codec_queue, codes], dim=-1)
 
     def take_codec_input(self) -> torch.Tensor | None:
-        """Codes (channels, K / channels, n) a deferred step left for the codec, or None."""
-        codes, self._codec_input = self._codec_input, None
-        return codes
+        """Codes (channels, K / channels, n) queued for the codec (by a deferred step), or None."""
+        st = self._require()
+        codes, st.codec_queue = st.codec_queue, None
+        return None if codes is None else self.model.codes_to_codec(codes.to(self.model.device))
 
     def decoded(self, out: torch.Tensor) -> torch.Tensor:
         """The codec's output (channels, 1, n) for `take_codec_input`'s codes -> this stream's audio."""
         return self._trim(out.squeeze(1))
 
-    def _codes_for_codec(self, end: int) -> torch.Tensor | None:
-        """The complete frames not yet decoded, up to `end`, in the codec's layout (marked decoded)."""
-        st = self._require()
-        m = self.model
-        if end <= st.decoded:
-            return None
-        codes = st.frames[:, st.decoded - st.base : end - st.base].clone()
-        st.decoded = end
-        return m.codes_to_codec(codes.to(m.device))
-
-    def _decode_upto(self, end: int) -> torch.Tensor:
-        codes = self._codes_for_codec(end)
+    def _decode_queue(self) -> torch.Tensor:
+        codes = self.take_codec_input()
         if codes is None:
             return self._empty_audio()
         return self.decoded(self.model.codec.push(self._require().decoder, codes))
@@ -509,3 +718,10 @@ class Generator:
 
     def _empty_audio(self) -> torch.Tensor:
         return torch.zeros((self.model.audio_channels, 0))
+
+
+def _slide_margin(context: int, chunk: int) -> int:
+    """Columns before the end of a window at which a slide must begin to finish in time at
+    `chunk` columns a step (it gains chunk - 1 columns a step on the live window)."""
+    backlog = context + 8
+    return -(-backlog // (max(MIN_CHUNK, chunk) - 1)) + 4

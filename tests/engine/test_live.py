@@ -102,10 +102,11 @@ def test_restart_from_codes_equals_a_new_stream_from_them(model):
     fresh.start([(cond, 1.0)], prompt_codes=prompt, capacity_frames=300, guided=True, max_prompts=2)
     want = torch.cat([fresh.step().codes for _ in range(15)], dim=1)
     live = Generator(model, GREEDY)
-    live.start([(cond, 1.0)], capacity_frames=300, guided=True, max_prompts=2)
+    live.start([(cond, 1.0)], capacity_frames=300, guided=True, max_prompts=2, context_frames=40)
     for _ in range(30):
         live.step()
     live.restart(prompt)
+    live.step()  # feeds the prompt's last column: where `start` left the fresh stream
     got = torch.cat([live.step().codes for _ in range(15)], dim=1)
     assert torch.equal(got, want)
 
