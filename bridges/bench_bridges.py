@@ -58,7 +58,7 @@ def run_bridge_bench(model: MusicGen, output: str, stream: StreamConfig, command
 
     def serve() -> None:
         asyncio.run(serve_forever(session, osc_cfg, ws_cfg, BridgesConfig(), model_summary(model), None, 0,
-                                  lambda m: None, read_stdin=False, started=lambda r: ready.set(), stop=stop))
+                                  lambda m: None, started=lambda r: ready.set(), stop=stop))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -94,7 +94,7 @@ def _osc_latencies(port: int, n: int, audible: dict[Any, float]) -> list[float]:
             value = 2.0 + 0.125 * i  # exact in float32, which OSC carries
             t = time.perf_counter()
             sock.sendto(encode("/musicgen/cfg", (value,)), ("127.0.0.1", port))
-            ms = _wait_audible(audible, c.SetParams(cfg=value), t)
+            ms = _wait_audible(audible, c.Set("cfg", value), t)
             if ms is not None:
                 out.append(ms)
             time.sleep(0.3)
@@ -110,7 +110,7 @@ async def _ws_latencies(port: int, n: int, audible: dict[Any, float]) -> list[fl
             value = round(6.0 + 0.01 * i + 0.5 * (i % 2), 3)
             t = time.perf_counter()
             await ws.send(json.dumps({"type": "session.update", "cfg": value}))
-            ms = await asyncio.get_running_loop().run_in_executor(None, _wait_audible, audible, c.SetParams(cfg=value), t)
+            ms = await asyncio.get_running_loop().run_in_executor(None, _wait_audible, audible, c.Set("cfg", value), t)
             if ms is not None:
                 out.append(ms)
             await asyncio.sleep(0.3)

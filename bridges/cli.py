@@ -366,10 +366,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         seeded = dataclasses.replace(sampling, seed=sampling.seed + i)  # sessions differ from the start
         sessions.append(Session(model, out, stream, seeded, capture, log=say))
         say(f"{f'session {i + 1}: ' if stream.sessions > 1 else ''}{args.model} -> {out.describe()}")
-    say("stdin takes 'prompt TEXT', 'cfg 4', 'pause', 'play', 'quit' ...")
+    say("stdin takes the OSC vocabulary, one request a line: 'prompt dub techno', 'cfg 4', 'pause', 'help', 'quit'")
     group = SessionGroup(model, max_sessions=len(sessions)) if len(sessions) > 1 else None
     asyncio.run(serve_forever(sessions if group else sessions[0], osc, ws, bridges, model_summary(model), args.seconds,
-                              args.status_every, say, group=group))
+                              args.status_every, say, stdin=sys.stdin, group=group))
     return 0
 
 

@@ -9,8 +9,9 @@ further ahead than `horizon_s`.
 Replies go to the sender, or to `reply_port` on the sender's host for tools that listen on another
 port than they send from. With `tcp = true` the same vocabulary is also served over TCP with SLIP
 framing (OSC 1.1), replies and subscriptions going back over the connection. Subscribers
-(`/subscribe [port] [host]`) get parameter echoes and the notifications `/status`, `/position`,
-`/underrun`, `/done`, `/fail`, `/error`.
+(`/subscribe [port] [host]`) get every applied change, whoever made it (OSC, WebSocket, the
+browser, stdin): `/cfg 4.5`, `/prompt "..."`, `/transport playing` ...; and the notifications
+`/status`, `/position`, `/underrun`, `/done`, `/fail`, `/error`, `/warning`.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from streamer import commands as c
 from streamer.session import Session
 
 from .config import OscConfig
-from .protocol import Outcome, ProtocolError, Reply, Vocabulary
+from .protocol import Outcome, ProtocolError, Vocabulary, state_replies
 
 Addr = tuple[str, int]
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 MAX_TCP_PACKET = 1 << 16
-CONTINUATIONS = (c.ContinueHistory, c.ContinueInput, c.ContinueFile, c.ContinueAudio)
 
 
 def slip_encode(packet: bytes) -> bytes:
@@ -109,8 +109,8 @@ class OscBridge(asyncio.DatagramProtocol):
         self.prefix = "/" + cfg.prefix.strip("/")
         self.transport: asyncio.DatagramTransport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.subscribers: set[Addr] = set()
-        self.pending: dict[int, tuple[Addr, list[Reply]]] = {}  # ticket id -> (reply to, echoes)
+        self.subscribers: set[Any] = set()
+        self.pending: dict[int, tuple[Any, str]] = {}  # ticket id -> (reply to, the address it came on)
         self.received = 0
         self.errors_sent = 0
         self._underruns = 0
@@ -134,20 +134,20 @@ class OscBridge(asyncio.DatagramProtocol):
             self._send(self._reply_to(addr), "error", ("", "malformed OSC packet"))
             return
         now = time.time()
+        lead = self._lead_s()
         for timed in packet.messages:
-            delay = timed.time - now - self._lead_s()
+            delay = timed.time - now - lead
             if delay > 0.002:
                 self.loop.call_later(min(delay, self.cfg.horizon_s), self._handle, addr, timed.message)
             else:
                 self._handle(addr, timed.message)
 
     def _lead_s(self) -> float:
-        """How long a change takes to be heard (measured median, else the buffer plus ~135 ms)."""
-        snap_latency = self.session.snapshot().get("latency_ms_p50")
-        return (snap_latency or (self.session.cfg.buffer_ms + 135.0)) / 1000
+        """How long a change takes to be heard: a bundle is applied this much before its timetag."""
+        return min(self.session.expected_latency_s(), self.cfg.horizon_s)
 
     # -- requests ------------------------------------------------------------------------------
-    def _handle(self, addr: Addr, message: Any) -> None:
+    def _handle(self, addr: Any, message: Any) -> None:
         address = message.address
         reply_to = self._reply_to(addr)
         if not address.startswith(self.prefix + "/"):
@@ -160,14 +160,18 @@ class OscBridge(asyncio.DatagramProtocol):
             return
         for r in outcome.replies:
             self._send(reply_to, r.name, r.args)
+        for note in outcome.notes:
+            self._send(reply_to, "warning", (address, note))
         if outcome.subscribe is not None:
             self._subscribe(addr, outcome.subscribe)
         if outcome.unsubscribe:
             self.subscribers.discard(reply_to)
             self.subscribers.discard(addr)
+        source = f"osc {_peer(addr)}"
         for cmd in outcome.commands:
-            ticket = self.session.submit(cmd)
-            self.pending[ticket.id] = (reply_to, outcome.echo)
+            self.pending[self.session.submit(cmd, source=source).id] = (reply_to, address)
+        if outcome.query is not None:
+            self.pending[self.session.submit(c.Query(), source=source).id] = (reply_to, outcome.query)
 
     def _subscribe(self, addr: Any, args: tuple[Any, ...]) -> None:
         if isinstance(addr, TcpPeer) and not args:
@@ -181,7 +185,7 @@ class OscBridge(asyncio.DatagramProtocol):
             host = str(args[1]) if len(args) > 1 else addr[0]
             if not 0 < port < 65536:
                 raise ValueError
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             self._send(self._reply_to(addr), "error", ("/subscribe", "subscribe takes [port] [host]"))
             return
         self.subscribers.add((host, port))
@@ -194,27 +198,35 @@ class OscBridge(asyncio.DatagramProtocol):
 
     # -- answers from the session (its thread) -------------------------------------------------
     def _on_session_event(self, kind: str, data: dict[str, Any]) -> None:
-        if self.loop is None or kind not in ("applied", "refused", "error"):
-            return
-        self.loop.call_soon_threadsafe(self._answer, kind, data)
+        if self.loop is not None and kind in ("applied", "refused", "changed", "error", "warning"):
+            self.loop.call_soon_threadsafe(self._answer, kind, data)
 
     def _answer(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "error":
-            self._broadcast("error", ("", data.get("message", "")))
+        if kind in ("error", "warning"):
+            self._broadcast(kind, ("", data["message"]))
+            return
+        if kind == "changed":
+            for r in state_replies(data["changes"]):
+                self._broadcast(r.name, r.args)
             return
         ticket = data["ticket"]
-        reply_to, echoes = self.pending.pop(ticket.id, (None, []))
-        name = type(ticket.command).__name__
+        reply_to, address = self.pending.pop(ticket.id, (None, ""))
+        continuation = isinstance(ticket.command, c.CONTINUATIONS)
         if kind == "refused":
-            if reply_to:
-                self._send(reply_to, "error", (name, ticket.error))
-            if isinstance(ticket.command, CONTINUATIONS):
-                self._broadcast("fail", (name, ticket.error))
+            if reply_to is not None:
+                self._send(reply_to, "error", (address, ticket.error))
+            if continuation:
+                self._broadcast("fail", (ticket.name, ticket.error))
             return
-        for r in echoes:
-            self._broadcast(r.name, r.args)
-        if isinstance(ticket.command, CONTINUATIONS):
-            self._broadcast("done", (name, ticket.frame or 0))
+        if isinstance(ticket.command, c.Query):
+            if reply_to is not None and ticket.result is not None:
+                r = self.vocab.answer(address, ticket.result)
+                self._send(reply_to, r.name, r.args)
+            return
+        if ticket.note and reply_to is not None:
+            self._send(reply_to, "warning", (address, ticket.note))
+        if continuation:
+            self._broadcast("done", (ticket.name, ticket.frame or 0))
 
     # -- notifications -------------------------------------------------------------------------
     async def notify_forever(self) -> None:
@@ -254,6 +266,13 @@ class OscBridge(asyncio.DatagramProtocol):
             self.transport.sendto(packet, addr)
         except (OSError, ValueError):
             pass  # an unreachable or invalid peer must not disturb anything else
+
+
+def _peer(addr: Any) -> str:
+    if isinstance(addr, TcpPeer):
+        peer = addr.transport.get_extra_info("peername") if addr.transport else None
+        return f"tcp {peer[0]}:{peer[1]}" if peer else "tcp"
+    return f"{addr[0]}:{addr[1]}"
 
 
 async def start_osc(session: Session, vocab: Vocabulary, cfg: OscConfig) -> tuple[OscBridge, asyncio.DatagramTransport]:

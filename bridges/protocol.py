@@ -1,13 +1,20 @@
-"""The one command vocabulary every bridge speaks. No I/O here (as in the `websockets` library).
+"""The one command vocabulary every bridge speaks: OSC, WebSocket and stdin. No I/O here (as in the
+`websockets` library).
 
 A request is a name and a list of arguments, exactly as an OSC address (without the `/musicgen`
 prefix) and its arguments: `cfg 4.5`, `prompt/weighted "dub" 1 "techno" 0.5`, `play`,
-`continue 8`, `get/top_k`. The WebSocket bridge turns its JSON messages into the same requests,
-so both transports behave the same and are tested once, here.
+`continue 8`, `get/top_k`. A stdin line is the same words (`cfg 4.5`), and the WebSocket bridge
+turns its JSON messages into the same requests, so every transport has the same names, ranges,
+sandbox, caps and error sentences, and is tested once, here, and once more per bridge through one
+table (tests/bridges/test_vocabulary.py).
 
 Numbers are accepted loosely (Pd and Open Stage Control send every number as a float; some tools
-send numeric strings) and clamped to their range; triggers fire on no argument or a value >= 0.5
-(a button's release, 0, is ignored). Anything else gets one sentence back as an error.
+send numeric strings) and clamped to their range, with a note saying so; triggers fire on no
+argument or a value >= 0.5 (a button's release, 0, is ignored). Anything else gets one sentence
+back as an error, and changes nothing.
+
+The other direction: `state_replies` turns the session's "changed" events (whoever caused them)
+into the messages every OSC subscriber receives; WebSocket clients get the same changes as JSON.
 """
 
 from __future__ import annotations
@@ -20,30 +27,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from streamer import commands as c
+from streamer.controls import CONTROLS, DEFAULT_CONTINUE_S, MAX_CONTINUE_S, MAX_PROMPT_CHARS, MAX_PROMPTS, TRIGGERS
 
-
-@dataclass(frozen=True)
-class Param:
-    kind: type  # float or int
-    lo: float
-    hi: float
-    build: Callable[[Any], Any]  # value -> streamer command
-    key: str  # its name in the session snapshot
-
-
-PARAMS: dict[str, Param] = {
-    "cfg": Param(float, 0.0, 20.0, lambda v: c.SetParams(cfg=v), "cfg"),
-    "temperature": Param(float, 0.05, 5.0, lambda v: c.SetParams(temperature=v), "temperature"),
-    "top_k": Param(int, 0, 2048, lambda v: c.SetParams(top_k=v), "top_k"),
-    "top_p": Param(float, 0.0, 1.0, lambda v: c.SetParams(top_p=v), "top_p"),
-    "seed": Param(int, 0, 2**31 - 1, lambda v: c.SetSeed(v), "seed"),
-    "gain": Param(float, 0.0, 4.0, lambda v: c.SetGain(v), "gain"),
-    "context": Param(float, 1.0, 30.0, lambda v: c.SetContext(v), "context_s"),
-    "fade": Param(float, 0.0, 60.0, lambda v: c.SetFade(v), "fade_s"),
-}
-TRIGGERS: dict[str, Callable[[], Any]] = {"play": c.Play, "pause": c.Pause, "stop": c.Stop, "reset": c.Reset}
-MAX_PROMPT_CHARS = 2000
-MAX_CONTINUE_S = 30.0
+ALIASES = {"continue-input": "continue/input", "continue-file": "continue/file", "status": "get/state",
+           "top-k": "top_k", "top-p": "top_p"}
+GETTABLE = ("state", "prompt", "transport", *CONTROLS, "position", "frame", "seconds", "buffer_ms", "underruns")
+MAX_ARGS = 64  # arguments one request may carry (prompt words, weighted pairs)
 
 
 class ProtocolError(ValueError):
@@ -58,92 +47,99 @@ class Reply:
 
 @dataclass
 class Outcome:
-    commands: list[Any] = field(default_factory=list)  # for the session
+    commands: list[c.Command] = field(default_factory=list)  # for the session, in order
     replies: list[Reply] = field(default_factory=list)  # to the sender, now
-    echo: list[Reply] = field(default_factory=list)  # to subscribers, once the commands applied
-    subscribe: tuple[Any, ...] | None = None  # (port, host) arguments, for the transport
+    notes: list[str] = field(default_factory=list)  # to the sender: done, but not quite as asked
+    query: str | None = None  # a get: answered (`answer`) once the commands sent before it applied
+    subscribe: tuple[Any, ...] | None = None  # (port, host) arguments, for transports with subscribers
     unsubscribe: bool = False
 
 
 class Vocabulary:
-    """Turns requests into session commands and replies.
+    """Turns requests into session commands and replies. `info` answers `info`; `audio_dirs` are the
+    only folders `continue/file` may read from (nothing when empty)."""
 
-    `snapshot` reads the session's current state (for queries); `audio_dirs` are the only
-    folders `continue/file` may read from (nothing when empty).
-    """
-
-    def __init__(self, snapshot: Callable[[], dict[str, Any]], info: dict[str, Any], audio_dirs: Sequence[str] = ()) -> None:
-        self.snapshot = snapshot
+    def __init__(self, info: dict[str, Any], audio_dirs: Sequence[str] = ()) -> None:
         self.info = info
         self.audio_dirs = [Path(d).expanduser().resolve() for d in audio_dirs if d]
+        self._table: dict[str, Callable[[str, Sequence[Any]], Outcome]] = {
+            "prompt": self._prompt, "prompt/fade": self._prompt_fade, "prompt/weighted": self._weighted,
+            "continue": self._continue, "continue/input": self._continue, "continue/file": self._continue_file,
+            "ping": lambda _n, a: Outcome(replies=[Reply("pong", tuple(a[:1]))]),
+            "info": lambda _n, _a: Outcome(replies=[Reply("info", (json.dumps(self.info),))]),
+            "subscribe": lambda _n, a: Outcome(subscribe=tuple(a[:2])),
+            "unsubscribe": lambda _n, _a: Outcome(unsubscribe=True),
+        }
 
     def handle(self, name: str, args: Sequence[Any]) -> Outcome:
-        name = name.strip("/").lower()
-        parts = name.split("/")
-        head = parts[0]
-        if head in PARAMS and len(parts) == 1:
-            return self._set(head, args, normalised=False)
-        if head in PARAMS and parts[1:] == ["norm"]:
-            return self._set(head, args, normalised=True)
-        if name in TRIGGERS:
-            return Outcome(commands=[TRIGGERS[name]()] if _fires(args, name) else [])
-        if name == "prompt":
-            text = " ".join(_text(a) for a in args).strip()
-            _check_prompt(text)
-            return Outcome(commands=[c.SetPrompt(text)], echo=[Reply("prompt", (text,))])
-        if name == "prompt/weighted":
-            prompts = _weighted(args)
-            flat = tuple(x for p in prompts for x in p)
-            return Outcome(commands=[c.SetWeightedPrompts(prompts)], echo=[Reply("prompt/weighted", flat)])
-        if name == "continue":
-            return Outcome(commands=[c.ContinueHistory(_seconds(args, 0, "continue"))])
-        if name == "continue/input":
-            return Outcome(commands=[c.ContinueInput(_seconds(args, 0, "continue/input"))])
-        if name == "continue/file":
-            if not args:
-                raise ProtocolError("continue/file needs a file name")
-            return Outcome(commands=[c.ContinueFile(self.allowed_path(_text(args[0])), _seconds(args, 1, "continue/file"))])
-        if name == "ctrl":  # TidalCycles-style: /ctrl key value
-            if len(args) < 1:
+        """One request -> what to do about it, or a ProtocolError with the sentence to send back."""
+        name = _name(name)
+        if len(args) > MAX_ARGS:
+            raise ProtocolError(f"'{name}' takes at most {MAX_ARGS} arguments, got {len(args)}")
+        if name == "ctrl":  # TidalCycles-style: /ctrl key value (one level: ctrl inside ctrl is refused)
+            if len(args) < 2:
                 raise ProtocolError("ctrl needs a key and a value")
-            return self.handle(_text(args[0]), list(args[1:]))
-        if name == "ping":
-            return Outcome(replies=[Reply("pong", tuple(args[:1]))])
-        if head == "get" and len(parts) == 2:
-            return Outcome(replies=[self._get(parts[1])])
-        if name == "info":
-            return Outcome(replies=[Reply("info", (json.dumps(self.info),))])
-        if name == "subscribe":
-            return Outcome(subscribe=tuple(args[:2]))
-        if name == "unsubscribe":
-            return Outcome(unsubscribe=True)
-        raise ProtocolError(f"unknown address '/{name}'")
+            key = _name(_text(args[0]))
+            if key == "ctrl":
+                raise ProtocolError("ctrl cannot carry another ctrl")
+            return self.handle(key, list(args[1:]))
+        head, _, tail = name.partition("/")
+        if head in CONTROLS and tail in ("", "norm"):
+            return self._set(head, args, normalised=tail == "norm")
+        if name in TRIGGERS:
+            return Outcome(commands=[_TRIGGER[name]()] if _fires(args, name) else [])
+        if head == "get" and tail:
+            if tail not in GETTABLE:
+                raise ProtocolError(f"cannot get '{tail}' (try {', '.join(GETTABLE[:4])}, ...)")
+            return Outcome(query=tail)
+        handler = self._table.get(name)
+        if handler is None:
+            raise ProtocolError(f"unknown command '{name}'")
+        return handler(name, args)
 
-    def _set(self, name: str, args: Sequence[Any], normalised: bool) -> Outcome:
-        p = PARAMS[name]
-        if len(args) != 1:
-            raise ProtocolError(f"{name} takes one number, got {len(args)} arguments")
-        value = _number(args[0], name)
-        if normalised:
-            if not 0.0 <= value <= 1.0:
-                value = min(1.0, max(0.0, value))
-            value = p.lo + value * (p.hi - p.lo)
-        value = min(p.hi, max(p.lo, value))
-        value = int(round(value)) if p.kind is int else float(value)
-        return Outcome(commands=[p.build(value)], echo=[Reply(name, (value,))])
+    def update(self, changes: dict[str, Any]) -> Outcome:
+        """A WebSocket `session.update` ({key: value, ...}) as the requests it stands for, in a fixed
+        order. A `fade` given with a prompt is that prompt's crossfade; alone, it sets the default."""
+        unknown = sorted(set(changes) - set(UPDATE_KEYS))
+        if unknown:
+            raise ProtocolError(f"session.update does not know {unknown[0]!r} (keys: {', '.join(UPDATE_KEYS)})")
+        prompt_fade = "fade" in changes and ("prompt" in changes or "weighted_prompts" in changes)
+        out = Outcome()
+        for key in UPDATE_KEYS:
+            if key not in changes or (key == "fade" and prompt_fade):
+                continue
+            value = changes[key]
+            if key == "weighted_prompts":
+                if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
+                    raise ProtocolError("weighted_prompts must be a list of [text, weight] pairs")
+                part = self.handle("prompt/weighted", [x for p in value for x in p])
+            elif key == "prompt":
+                if not isinstance(value, str):
+                    raise ProtocolError("prompt must be a string")
+                part = self.handle("prompt", [value])
+            else:
+                if isinstance(value, (list, dict)) or value is None:
+                    raise ProtocolError(f"{key} must be a number")
+                part = self.handle(key, [value])
+            if prompt_fade and key in ("prompt", "weighted_prompts"):
+                fade = self._set("fade", [changes["fade"]], normalised=False)
+                part.commands = [_with_fade(cmd, fade.commands[0]) for cmd in part.commands]
+                part.notes += fade.notes
+            out.commands += part.commands
+            out.notes += part.notes
+        if not out.commands:
+            raise ProtocolError("session.update changed nothing")
+        return out
 
-    def _get(self, what: str) -> Reply:
-        snap = self.snapshot()
+    def answer(self, what: str, state: dict[str, Any]) -> Reply:
+        """The reply to `get/<what>` from the session's state."""
         if what == "state":
-            return Reply("state", (json.dumps(snap),))
+            return Reply("state", (json.dumps(state),))
         if what == "prompt":
-            prompts = snap.get("prompts") or [{"text": ""}]
-            return Reply("prompt", (" | ".join(p["text"] for p in prompts),))
-        if what in PARAMS:
-            return Reply(what, (snap.get(PARAMS[what].key),))
-        if what in ("position", "frame", "seconds", "buffer_ms", "underruns"):
-            return Reply(what, (snap.get(what if what != "position" else "seconds"),))
-        raise ProtocolError(f"cannot get '{what}' (try state, prompt, {', '.join(PARAMS)})")
+            return Reply("prompt", (" | ".join(p["text"] for p in state["prompts"]),))
+        if what == "transport":
+            return Reply("transport", (state["state"],))
+        return Reply(what, (state["seconds" if what == "position" else what],))
 
     def allowed_path(self, text: str) -> str:
         """`text` resolved inside one of the configured audio folders, or a refusal."""
@@ -159,15 +155,111 @@ class Vocabulary:
                 return str(real)
         raise ProtocolError(f"'{text}' is outside the folders continue/file may read")
 
+    # -- requests --------------------------------------------------------------------------------
+    def _set(self, name: str, args: Sequence[Any], normalised: bool) -> Outcome:
+        control = CONTROLS[name]
+        if name == "fade" and len(args) > 1 and not normalised:
+            raise ProtocolError("fade takes one number (the default crossfade); to crossfade to a prompt over "
+                                "S seconds send prompt/fade S TEXT")
+        if len(args) != 1:
+            raise ProtocolError(f"{name} takes one number, got {len(args)} arguments")
+        asked = _number(args[0], name)
+        value = control.lo + min(1.0, max(0.0, asked)) * (control.hi - control.lo) if normalised else asked
+        clamped = control.clamp(value)
+        notes = []
+        if not normalised and clamped != value and not (control.kind is int and abs(clamped - value) < 0.5):
+            notes.append(f"{name} {_fmt(asked)} is outside {_fmt(control.lo)}..{_fmt(control.hi)}: {_fmt(clamped)} will sound")
+        return Outcome(commands=[c.Set(name, clamped)], notes=notes)
+
+    def _prompt(self, _name: str, args: Sequence[Any]) -> Outcome:
+        return Outcome(commands=[c.SetPrompt(_prompt_text(args))])
+
+    def _prompt_fade(self, _name: str, args: Sequence[Any]) -> Outcome:
+        if len(args) < 2:
+            raise ProtocolError("prompt/fade takes a number of seconds and the prompt: prompt/fade 4 warm dub")
+        fade = self._set("fade", args[:1], normalised=False)
+        return Outcome(commands=[c.SetPrompt(_prompt_text(args[1:]), fade_s=fade.commands[0].value)],
+                       notes=fade.notes)
+
+    def _weighted(self, _name: str, args: Sequence[Any]) -> Outcome:
+        if not args or len(args) % 2:
+            raise ProtocolError("prompt/weighted takes pairs: text weight [text weight ...]")
+        pairs = []
+        for i in range(0, len(args), 2):
+            text = _text(args[i]).strip()
+            if not text:
+                raise ProtocolError("every prompt needs some text")
+            _check_prompt(text)
+            weight = _number(args[i + 1], "prompt weight")
+            if weight < 0:
+                raise ProtocolError(f"prompt weights must be >= 0, got {_fmt(weight)}")
+            pairs.append((text, weight))
+        if not any(w > 0 for _, w in pairs):
+            raise ProtocolError("at least one prompt weight must be above 0")
+        if len(pairs) > MAX_PROMPTS:
+            raise ProtocolError(f"at most {MAX_PROMPTS} prompts can sound at once, got {len(pairs)}")
+        return Outcome(commands=[c.SetWeightedPrompts(tuple(pairs))])
+
+    def _continue(self, name: str, args: Sequence[Any]) -> Outcome:
+        if len(args) > 1:
+            raise ProtocolError(f"{name} takes at most one number of seconds")
+        seconds, notes = continue_seconds(args, 0, name)
+        command = c.ContinueHistory(seconds) if name == "continue" else c.ContinueInput(seconds)
+        return Outcome(commands=[command], notes=notes)
+
+    def _continue_file(self, name: str, args: Sequence[Any]) -> Outcome:
+        if not args or len(args) > 2:
+            raise ProtocolError("continue/file takes a file name and, optionally, seconds")
+        seconds, notes = continue_seconds(args, 1, name)
+        return Outcome(commands=[c.ContinueFile(self.allowed_path(_text(args[0])), seconds)], notes=notes)
+
+
+# WebSocket session.update keys, in the order they are applied
+UPDATE_KEYS = ["context", "fade", *[k for k in CONTROLS if k not in ("context", "fade")], "weighted_prompts", "prompt"]
+_TRIGGER: dict[str, Callable[[], c.Command]] = {"play": c.Play, "pause": c.Pause, "stop": c.Stop, "reset": c.Reset}
+
+
+def state_replies(changes: dict[str, Any]) -> list[Reply]:
+    """A session's changes (as its "changed" event carries them) as the OSC messages subscribers get:
+    `/cfg 4.5`, `/prompt "dub"` (or `/prompt/weighted ...` for a blend), `/transport playing`."""
+    out = []
+    for key, value in changes.items():
+        if key == "prompts":
+            if len(value) == 1 and value[0]["weight"] == 1.0:
+                out.append(Reply("prompt", (value[0]["text"],)))
+            else:
+                out.append(Reply("prompt/weighted", tuple(x for p in value for x in (p["text"], float(p["weight"])))))
+        elif key == "state":
+            out.append(Reply("transport", (value,)))
+        else:
+            out.append(Reply(key, (value,)))
+    return out
+
+
+def answer_line(ticket: c.Ticket) -> str:
+    """A ticket's answer as the console prints it."""
+    if ticket.error:
+        return f"error: {ticket.error}"
+    where = f" at frame {ticket.frame}" if ticket.frame is not None else ""
+    return f"ok: {ticket.name}{where}" + (f" ({ticket.note})" if ticket.note else "")
+
 
 # -- argument helpers --------------------------------------------------------------------------
+
+
+def _name(name: str) -> str:
+    name = name.strip().strip("/").lower()
+    return ALIASES.get(name, name)
 
 
 def _number(x: Any, what: str) -> float:
     if isinstance(x, bool):
         return float(x)
     if isinstance(x, (int, float)):
-        value = float(x)
+        try:
+            value = float(x)
+        except OverflowError:  # an integer too large for a float
+            raise ProtocolError(f"{what} needs a finite number, got a {len(str(abs(x)))}-digit integer") from None
     elif isinstance(x, (str, bytes)):
         try:
             value = float(x.decode() if isinstance(x, bytes) else x)
@@ -188,19 +280,33 @@ def _text(x: Any) -> str:
     return str(x)
 
 
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
 def _fires(args: Sequence[Any], what: str) -> bool:
     if not args:
         return True
     return _number(args[0], what) >= 0.5
 
 
-def _seconds(args: Sequence[Any], index: int, what: str) -> float:
+def continue_seconds(args: Sequence[Any], index: int, what: str) -> tuple[float, list[str]]:
     if len(args) <= index:
-        return 10.0
+        return DEFAULT_CONTINUE_S, []
     value = _number(args[index], what)
     if not value > 0:
-        raise ProtocolError(f"{what} needs a positive number of seconds, got {value}")
-    return min(value, MAX_CONTINUE_S)
+        raise ProtocolError(f"{what} needs a positive number of seconds, got {_fmt(value)}")
+    if value > MAX_CONTINUE_S:
+        return MAX_CONTINUE_S, [f"{what} {_fmt(value)} s is more than {_fmt(MAX_CONTINUE_S)} s: asking for {_fmt(MAX_CONTINUE_S)} s"]
+    return value, []
+
+
+def _prompt_text(args: Sequence[Any]) -> str:
+    text = " ".join(_text(a) for a in args).strip()
+    if not text:
+        raise ProtocolError("prompt needs some text")
+    _check_prompt(text)
+    return text
 
 
 def _check_prompt(text: str) -> None:
@@ -208,19 +314,10 @@ def _check_prompt(text: str) -> None:
         raise ProtocolError(f"prompt is too long ({len(text)} characters, at most {MAX_PROMPT_CHARS})")
 
 
-def _weighted(args: Sequence[Any]) -> tuple[tuple[str, float], ...]:
-    if not args or len(args) % 2:
-        raise ProtocolError("prompt/weighted takes pairs: text weight [text weight ...]")
-    pairs = []
-    for i in range(0, len(args), 2):
-        text = _text(args[i]).strip()
-        _check_prompt(text)
-        weight = _number(args[i + 1], "prompt weight")
-        if weight < 0:
-            raise ProtocolError(f"prompt weights must be >= 0, got {weight}")
-        pairs.append((text, weight))
-    if not any(w > 0 for _, w in pairs):
-        raise ProtocolError("at least one prompt weight must be above 0")
-    if len(pairs) > 4:
-        raise ProtocolError(f"at most 4 prompts can sound at once, got {len(pairs)}")
-    return tuple(pairs)
+def _with_fade(command: c.Command, fade: c.Command) -> c.Command:
+    assert isinstance(fade, c.Set)
+    if isinstance(command, c.SetPrompt):
+        return c.SetPrompt(command.text, fade_s=fade.value)
+    if isinstance(command, c.SetWeightedPrompts):
+        return c.SetWeightedPrompts(command.prompts, fade_s=fade.value)
+    return command

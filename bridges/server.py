@@ -3,31 +3,32 @@
 One session runs its own generation thread; several share one engine through a `SessionGroup`
 (one thread, one batched forward). Session i (from 0) gets its own OSC and WebSocket ports, the
 configured ones + i, so each performer has a full, independent control surface and audio stream.
-OSC and WebSocket live in the loop; stdin control lines (first session) are read by a small thread.
+OSC and WebSocket live in the loop; stdin lines (the first session's console, the same vocabulary)
+are read by a small thread.
 Any of them may stop the server (`quit`, --seconds, Ctrl-C).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from streamer.group import SessionGroup
 from streamer.session import Session
 
 from .config import BridgesConfig, OscConfig, WebSocketConfig
-from .control_line import ControlError, parse_line
+from .console import Console
 from .protocol import Vocabulary
 
 
 @dataclass
 class Running:
     session: Session
+    vocab: Vocabulary | None = None
     osc: Any = None
     ws: Any = None
     others: list["Running"] = field(default_factory=list)  # sessions 2.. when serving several
@@ -42,7 +43,7 @@ async def serve_forever(
     seconds: float | None,
     status_every: float,
     say: Callable[[str], None],
-    read_stdin: bool = True,
+    stdin: Iterable[str] | None = None,
     started: Callable[[Running], None] | None = None,
     stop: threading.Event | None = None,
     group: SessionGroup | None = None,
@@ -67,8 +68,8 @@ async def serve_forever(
     try:
         for i, (s, run) in enumerate(zip(sessions, runs)):
             label = f"session {i + 1}: " if len(sessions) > 1 else ""
-            vocab = Vocabulary(s.snapshot, {**info, "session": i + 1} if len(sessions) > 1 else info,
-                               bridges_cfg.audio_dirs)
+            vocab = Vocabulary({**info, "session": i + 1} if len(sessions) > 1 else info, bridges_cfg.audio_dirs)
+            run.vocab = vocab
             if osc_cfg.enabled:
                 cfg = replace(osc_cfg, port=osc_cfg.port + i)
                 run.osc, transport = await start_osc(s, vocab, cfg)
@@ -82,8 +83,10 @@ async def serve_forever(
                 servers.append(server)
                 say(f"{label}WebSocket on ws://{cfg.host}:{cfg.port}/ ; browser client at http://{cfg.host}:{cfg.port}/")
         runs[0].others = runs[1:]
-        if read_stdin:
-            threading.Thread(target=_stdin_loop, args=(sessions[0], say, loop, quit_event), daemon=True).start()
+        if stdin is not None:
+            console = Console(sessions[0], runs[0].vocab, say)
+            threading.Thread(target=_console_loop, args=(console, stdin, loop, quit_event), daemon=True,
+                             name="console").start()
         if started:
             started(runs[0])
         t0 = last = time.perf_counter()
@@ -115,23 +118,8 @@ async def serve_forever(
             say(f"{label}stopped after {snap['seconds']:.1f} s of music, {snap['underruns']} underruns")
 
 
-def _stdin_loop(session: Session, say: Callable[[str], None], loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event) -> None:
-    for line in sys.stdin:
-        try:
-            cmd = parse_line(line)
-        except ControlError as e:
-            say(f"error: {e}")
-            continue
-        if cmd is None:
-            continue
-        if cmd == "quit":
-            break
-        if cmd == "status":
-            say(json.dumps(session.snapshot()))
-            continue
-        ticket = session.submit(cmd)
-        ticket.wait(30)
-        say(f"error: {ticket.error}" if ticket.error else f"ok: {type(cmd).__name__} at frame {ticket.frame}")
-    else:
-        return  # stdin closed (e.g. started in the background): keep serving
-    loop.call_soon_threadsafe(quit_event.set)
+def _console_loop(console: Console, lines: Iterable[str], loop: asyncio.AbstractEventLoop,
+                  quit_event: asyncio.Event) -> None:
+    if console.run(lines):
+        loop.call_soon_threadsafe(quit_event.set)
+    # else stdin closed (e.g. started in the background): keep serving

@@ -2,15 +2,18 @@
 
 Client -> server, JSON text messages with a `type` (and an optional `event_id`, echoed back):
   session.update    {prompt?, weighted_prompts? [[text, weight], ...], cfg?, temperature?, top_k?,
-                     top_p?, seed?, gain?, context?, fade?}
+                     top_p?, seed?, gain?, context?, fade?}  (a fade with a prompt is its crossfade)
+  command           {name, args}: any request of the shared vocabulary (`bridges.protocol`)
   playback.control  {action: play|pause|stop|reset}
   generate.continue {source: history|input|file, seconds?, path?}
   audio.subscribe   {enabled: bool, codec?: f32|s16}
   input_audio.begin {rate, channels?, codec?: f32|s16}, then binary frames of interleaved PCM,
   input_audio.commit {seconds?}   -> continue from the uploaded audio
   state.get
-Server -> client: session.created, session.updated {frame, applied}, state, warning, error, and
-binary audio frames: a 24-byte little-endian header (magic b"MGLA", version 1, codec 0=f32 1=s16,
+Server -> client: session.created {session, client, state}; session.updated {applied, frame,
+seconds, notes} once a request took effect (or error {message}); state; state.changed {changes,
+source} to every client whenever anything changed, whoever changed it; warning; error; and binary
+audio frames: a 24-byte little-endian header (magic b"MGLA", version 1, codec 0=f32 1=s16,
 channels, 0, sample rate u32, first sample index u64, samples per channel u32) then interleaved PCM.
 
 Every client has a bounded queue; a slow client loses its oldest audio and gets a warning, and
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import json
 import struct
 import time
@@ -39,10 +43,11 @@ from websockets.http11 import Request, Response
 
 from engine.errors import EngineError
 from streamer import commands as c
+from streamer.controls import DEFAULT_CONTINUE_S
 from streamer.session import Session
 
 from .config import WebSocketConfig
-from .protocol import ProtocolError, Vocabulary
+from .protocol import Outcome, ProtocolError, Vocabulary, continue_seconds
 
 MAGIC = b"MGLA"
 HEADER = struct.Struct("<4sBBBBIQI")
@@ -50,8 +55,8 @@ CODECS = {"f32": 0, "s16": 1}
 WEB = Path(__file__).resolve().parent / "web"
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/client.js": ("client.js", "text/javascript"),
           "/worklet.js": ("worklet.js", "text/javascript")}
-# session.update keys, in the order they are applied (a fade given with a prompt applies to it)
-UPDATE_KEYS = ["context", "fade", "cfg", "temperature", "top_k", "top_p", "seed", "gain", "weighted_prompts", "prompt"]
+ANSWER_TIMEOUT_S = 60.0  # a request not answered by then gets an error (a continuation on a slow CPU takes a while)
+_client_numbers = itertools.count(1)
 
 
 def audio_frame(first_sample: int, frames: np.ndarray, rate: int, codec: str) -> bytes:
@@ -74,6 +79,8 @@ class Client:
     warned_at: float = 0.0
     upload: bytearray | None = None
     upload_fmt: dict[str, Any] = field(default_factory=dict)
+    number: int = field(default_factory=lambda: next(_client_numbers))
+    tasks: set[asyncio.Task] = field(default_factory=set)  # answers still being waited for
 
 
 class WebSocketBridge:
@@ -121,7 +128,7 @@ class WebSocketBridge:
         self.clients.add(client)
         sender = asyncio.create_task(self._sender(client))
         try:
-            await self._send(client, {"type": "session.created", "session": self.vocab.info,
+            await self._send(client, {"type": "session.created", "session": self.vocab.info, "client": client.number,
                                       "state": self.session.snapshot()})
             async for message in ws:
                 if isinstance(message, bytes):
@@ -133,6 +140,8 @@ class WebSocketBridge:
         finally:
             self.clients.discard(client)
             sender.cancel()
+            for task in list(client.tasks):
+                task.cancel()
 
     async def _sender(self, client: Client) -> None:
         try:
@@ -153,7 +162,7 @@ class WebSocketBridge:
     async def _on_text(self, client: Client, text: str) -> None:
         try:
             msg = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             await self._error(client, "messages must be JSON objects")
             return
         if not isinstance(msg, dict):
@@ -163,14 +172,20 @@ class WebSocketBridge:
         kind = msg.get("type")
         try:
             if kind == "session.update":
-                await self._update(client, msg, event_id)
+                changes = {k: v for k, v in msg.items() if k not in ("type", "event_id")}
+                self._answer_later(client, self.vocab.update(changes), event_id, sorted(changes))
+            elif kind == "command":  # any request of the shared vocabulary, as OSC and stdin send it
+                name, args = msg.get("name"), msg.get("args", [])
+                if not isinstance(name, str) or not isinstance(args, list):
+                    raise ProtocolError("command needs a name (string) and args (a list)")
+                self._answer_later(client, self.vocab.handle(name, args), event_id, [name])
             elif kind == "playback.control":
                 action = msg.get("action")
                 if action not in ("play", "pause", "stop", "reset"):
                     raise ProtocolError("playback.control needs action: play, pause, stop or reset")
-                await self._run(client, self.vocab.handle(action, []).commands, event_id, [action])
+                self._answer_later(client, self.vocab.handle(action, []), event_id, [action])
             elif kind == "generate.continue":
-                await self._continue(client, msg, event_id)
+                self._answer_later(client, self._continue(msg), event_id, [msg.get("source", "history")])
             elif kind == "audio.subscribe":
                 codec = msg.get("codec", "f32")
                 if codec not in CODECS:
@@ -183,72 +198,59 @@ class WebSocketBridge:
                 self._begin_upload(client, msg)
                 await self._send(client, {"type": "input_audio.ready", "event_id": event_id})
             elif kind == "input_audio.commit":
-                await self._commit_upload(client, msg, event_id)
+                self._answer_later(client, self._commit_upload(client, msg), event_id, ["upload"])
             elif kind == "state.get":
-                await self._send(client, {"type": "state", "state": self.session.snapshot(), "event_id": event_id})
+                self._answer_later(client, Outcome(query="state"), event_id, [])
             else:
-                raise ProtocolError(f"unknown message type {kind!r}")
+                raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
         except ProtocolError as e:
             await self._error(client, str(e), event_id)
 
-    async def _update(self, client: Client, msg: dict[str, Any], event_id: Any) -> None:
-        unknown = set(msg) - set(UPDATE_KEYS) - {"type", "event_id"}
-        if unknown:
-            raise ProtocolError(f"session.update does not know {sorted(unknown)[0]!r}")
-        commands, applied = [], []
-        for key in UPDATE_KEYS:
-            if key not in msg:
-                continue
-            value = msg[key]
-            if key == "weighted_prompts":
-                if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
-                    raise ProtocolError("weighted_prompts must be a list of [text, weight] pairs")
-                out = self.vocab.handle("prompt/weighted", [x for p in value for x in p])
-            elif key == "prompt":
-                if not isinstance(value, str):
-                    raise ProtocolError("prompt must be a string")
-                out = self.vocab.handle("prompt", [value])
-            else:
-                if isinstance(value, (list, dict)) or value is None:
-                    raise ProtocolError(f"{key} must be a number")
-                out = self.vocab.handle(key, [value])
-            commands += out.commands
-            applied.append(key)
-        if not commands:
-            raise ProtocolError("session.update changed nothing")
-        await self._run(client, commands, event_id, applied)
-
-    async def _continue(self, client: Client, msg: dict[str, Any], event_id: Any) -> None:
+    def _continue(self, msg: dict[str, Any]) -> Outcome:
         source = msg.get("source", "history")
-        seconds = msg.get("seconds", 10)
+        seconds = msg.get("seconds", DEFAULT_CONTINUE_S)
         names = {"history": "continue", "input": "continue/input", "file": "continue/file"}
         if source not in names:
             raise ProtocolError("generate.continue source must be history, input or file (or upload with input_audio)")
         args = [msg.get("path", ""), seconds] if source == "file" else [seconds]
-        await self._run(client, self.vocab.handle(names[source], args).commands, event_id, [source])
+        return self.vocab.handle(names[source], args)
 
-    async def _run(self, client: Client, commands: list[Any], event_id: Any, applied: list[str]) -> None:
-        """Submit, wait until applied (at a frame boundary), answer session.updated or error."""
-        frames = []
-        for cmd in commands:
-            ticket = self.session.submit(cmd)
-            fut = self.loop.create_future()
-            self.pending[ticket.id] = fut
-            try:
-                await asyncio.wait_for(fut, timeout=30)
-            except asyncio.TimeoutError:
-                await self._error(client, f"{type(cmd).__name__} was not applied in time", event_id)
-                return
-            finally:
-                self.pending.pop(ticket.id, None)
-            if ticket.error:
-                await self._error(client, ticket.error, event_id)
-                return
-            frames.append(ticket.frame)
-        frame = max((f for f in frames if f is not None), default=None)
+    def _answer_later(self, client: Client, outcome: Outcome, event_id: Any, applied: list[str]) -> None:
+        """Submit the outcome's commands now (in order) and answer once they took effect, without
+        holding up this client's next messages (a continuation can take a while)."""
+        source = f"ws {client.number}"
+        tickets = [self.session.submit(cmd, source=source) for cmd in outcome.commands]
+        query = self.session.submit(c.Query(), source=source) if outcome.query else None
+        futures = {t.id: self.loop.create_future() for t in tickets + ([query] if query else [])}
+        self.pending.update(futures)
+        task = asyncio.ensure_future(self._answer(client, tickets, query, futures, outcome.notes, event_id, applied))
+        client.tasks.add(task)
+        task.add_done_callback(client.tasks.discard)
+
+    async def _answer(self, client: Client, tickets: list[c.Ticket], query: c.Ticket | None,
+                      futures: dict[int, asyncio.Future], notes: list[str], event_id: Any, applied: list[str]) -> None:
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures.values()), timeout=ANSWER_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            await self._error(client, f"{', '.join(applied) or 'the request'} did not take effect within "
+                                      f"{ANSWER_TIMEOUT_S:.0f} s", event_id)
+            return
+        finally:
+            for key in futures:
+                self.pending.pop(key, None)
+        failed = next((t for t in tickets if t.error), None)
+        if failed is not None:
+            await self._error(client, failed.error or "", event_id)
+            return
+        if query is not None:
+            await self._send(client, {"type": "state", "state": query.result, "event_id": event_id})
+            return
+        frames = [t.frame for t in tickets if t.frame is not None]
+        frame = max(frames, default=None)
+        notes = notes + [t.note for t in tickets if t.note]
         await self._send(client, {"type": "session.updated", "applied": applied, "frame": frame,
                                   "seconds": None if frame is None else frame / self.session.model.spec.frame_rate,
-                                  "event_id": event_id})
+                                  "notes": notes, "event_id": event_id})
 
     # -- audio upload for continuation ---------------------------------------------------------
     def _begin_upload(self, client: Client, msg: dict[str, Any]) -> None:
@@ -274,7 +276,7 @@ class WebSocketBridge:
             return
         client.upload.extend(data)
 
-    async def _commit_upload(self, client: Client, msg: dict[str, Any], event_id: Any) -> None:
+    def _commit_upload(self, client: Client, msg: dict[str, Any]) -> Outcome:
         if client.upload is None:
             raise ProtocolError("nothing uploaded: send input_audio.begin and audio first")
         data, fmt, client.upload = bytes(client.upload), client.upload_fmt, None
@@ -288,22 +290,31 @@ class WebSocketBridge:
             audio /= 32768.0
         if not np.all(np.isfinite(audio)):
             raise ProtocolError("the upload contains NaN or infinite samples")
-        seconds = msg.get("seconds", 10)
-        if not isinstance(seconds, (int, float)) or not seconds > 0:
-            raise ProtocolError("seconds must be a positive number")
-        await self._run(client, [c.ContinueAudio(audio, fmt["rate"], float(seconds))], event_id, ["upload"])
+        seconds, notes = continue_seconds([msg.get("seconds", DEFAULT_CONTINUE_S)], 0, "input_audio.commit")
+        return Outcome(commands=[c.ContinueAudio(audio, fmt["rate"], seconds)], notes=notes)
 
     # -- from the session thread ---------------------------------------------------------------
     def _on_session_event(self, kind: str, data: dict[str, Any]) -> None:
-        if self.loop is None or kind not in ("applied", "refused"):
+        if self.loop is None:
             return
-        ticket = data["ticket"]
-        self.loop.call_soon_threadsafe(self._resolve, ticket.id)
+        if kind in ("applied", "refused"):
+            self.loop.call_soon_threadsafe(self._resolve, data["ticket"].id)
+        elif kind in ("changed", "error", "warning"):
+            self.loop.call_soon_threadsafe(self._push, kind, data)
 
     def _resolve(self, ticket_id: int) -> None:
         fut = self.pending.get(ticket_id)
         if fut is not None and not fut.done():
             fut.set_result(True)
+
+    def _push(self, kind: str, data: dict[str, Any]) -> None:
+        """A change (whoever made it) or a problem, to every client."""
+        if kind == "changed":
+            msg = {"type": "state.changed", "changes": data["changes"], "source": data["source"]}
+        else:
+            msg = {"type": kind, "message": data["message"]}
+        for client in list(self.clients):
+            asyncio.ensure_future(self._send(client, msg))
 
     def _on_audio(self, first_sample: int, frames: np.ndarray) -> None:
         if self.loop is not None and any(cl.audio for cl in self.clients):

@@ -64,7 +64,7 @@ def run_stream_bench(
                 if t.latency_ms is not None:
                     first_audio.append(t.latency_ms)
                 continue
-            cmd = c.SetPrompt(PROMPTS[n % len(PROMPTS)], fade_s=0) if n % 2 else c.SetParams(cfg=3.0 + n % 4)
+            cmd = c.SetPrompt(PROMPTS[n % len(PROMPTS)], fade_s=0) if n % 2 else c.Set("cfg", 3.0 + n % 4)
             t = session.submit(cmd)
             time.sleep(min(1.0, every * 0.9))
             if t.latency_ms is not None:
@@ -84,7 +84,7 @@ def run_stream_bench(
         step_ms_p50=snap["step_ms_p50"],
         step_ms_p99=snap["step_ms_p99"],
         slides=snap["slides"],
-        slide_step_ms_max=snap["slide_step_ms_max"],
+        slide_step_ms_max=snap["prepare_step_ms_max"],
         command_latency_ms=latency,
         first_audio_ms=first_audio,
     )

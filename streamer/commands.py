@@ -1,7 +1,9 @@
 """What a session can be told to do. Bridges translate OSC / WebSocket / stdin into these.
 
 Commands are plain frozen dataclasses; the session applies them at frame boundaries, in order, and
-answers each through its `Ticket` (when it took effect, at which frame, or why it could not).
+answers each exactly once through its `Ticket`: applied (when, from which frame) or refused (why).
+A prompt that needs its text encoded, and a continuation that needs its audio encoded, are
+prepared off the generation thread and answered when they take effect.
 """
 
 from __future__ import annotations
@@ -28,37 +30,12 @@ class SetWeightedPrompts:
 
 
 @dataclass(frozen=True)
-class SetParams:
-    """A partial update of the sampling settings; None leaves a setting as it is."""
+class Set:
+    """Set one live control (`streamer.controls.CONTROLS`: cfg, temperature, top_k, top_p, seed,
+    gain, context, fade) to `value`."""
 
-    cfg: float | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-
-
-@dataclass(frozen=True)
-class SetSeed:
-    seed: int
-
-
-@dataclass(frozen=True)
-class SetGain:
-    gain: float
-
-
-@dataclass(frozen=True)
-class SetContext:
-    """Seconds of context kept when the window slides."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class SetFade:
-    """Default crossfade, in seconds, for later prompt changes."""
-
-    seconds: float
+    name: str
+    value: float
 
 
 @dataclass(frozen=True)
@@ -110,24 +87,32 @@ class ContinueAudio:
     seconds: float = 10.0
 
 
-Command = (
-    SetPrompt | SetWeightedPrompts | SetParams | SetSeed | SetGain | SetContext | SetFade | Play | Pause | Stop | Reset
-    | ContinueHistory | ContinueInput | ContinueFile | ContinueAudio
-)
+@dataclass(frozen=True)
+class Query:
+    """Answer the session's state (`Ticket.result`) once every command before it has been applied:
+    a `get` after a `set` answers the value that will sound."""
+
+
+Continuation = ContinueHistory | ContinueInput | ContinueFile | ContinueAudio
+CONTINUATIONS = (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio)
+Command = SetPrompt | SetWeightedPrompts | Set | Play | Pause | Stop | Reset | Continuation | Query
 
 _ids = itertools.count(1)
 
 
 @dataclass
 class Ticket:
-    """The answer to one command. Times are `time.perf_counter()` seconds."""
+    """The answer to one command, given once. Times are `time.perf_counter()` seconds."""
 
-    command: Any
+    command: Command
+    source: str = "api"  # who sent it (stdin, osc 127.0.0.1:9000, ws 3 ...), for the console
     id: int = field(default_factory=lambda: next(_ids))
     accepted: float = field(default_factory=time.perf_counter)
     applied: float | None = None
     frame: int | None = None  # first frame generated under the command
     error: str | None = None
+    note: str | None = None  # applied, but not quite as asked (e.g. clamped to the context)
+    result: dict[str, Any] | None = None  # a Query's answer: the session's state
     audible: float | None = None  # when the first sample generated under it reached the output
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -136,5 +121,21 @@ class Ticket:
         return self.done.wait(timeout)
 
     @property
+    def name(self) -> str:
+        """The command as a performer would name it (`cfg`, `prompt`, `continue`, ...)."""
+        return command_name(self.command)
+
+    @property
     def latency_ms(self) -> float | None:
         return None if self.audible is None else 1000 * (self.audible - self.accepted)
+
+
+_NAMES: dict[type, str] = {
+    SetPrompt: "prompt", SetWeightedPrompts: "prompt/weighted", Play: "play", Pause: "pause", Stop: "stop",
+    Reset: "reset", ContinueHistory: "continue", ContinueInput: "continue/input", ContinueFile: "continue/file",
+    ContinueAudio: "continue/upload", Query: "get",
+}
+
+
+def command_name(command: Command) -> str:
+    return command.name if isinstance(command, Set) else _NAMES[type(command)]

@@ -1,11 +1,15 @@
-"""Several sessions on one engine: one generation thread steps them together in one `Batch`.
+"""The generation thread: it steps one session, or several sessions on one engine.
+
+Each turn it services every session (commands, finished preparations, output health), steps the
+ones whose ring wants audio - a lone stream alone (the lean path, with a preparation riding in the
+same forward), several together in one `Batch` - and otherwise lets idle sessions give their
+pending jobs time, then sleeps until the next one needs looking at or a command wakes it.
 
 Each session keeps everything of its own - output (device, file, null; its WebSocket listeners and
-audio taps), prompts, guidance, sampling, seed, continuation, latency probes - and is driven exactly
-as its own thread would drive it (`Session.service` / `deliver`), except that all sessions wanting
-a frame in the same turn share one forward. On a memory-bound CPU that costs little more than one
-stream (BENCHMARKS.md). Sessions join and leave between two steps without disturbing the others: a
-stream's codes do not depend on who shares its batch (`engine.batch`).
+audio taps), prompts, guidance, sampling, seed, continuation, latency probes - and joins and leaves
+between two steps without disturbing the others: a stream's codes do not depend on who shares its
+batch (`engine.batch`). On a memory-bound CPU several streams cost little more than one
+(BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 import time
 
 from engine.batch import Batch
+from engine.generator import Phase, StepResult
 from engine.model import MusicGen
 
 from .session import Session
@@ -23,13 +28,15 @@ ROWS_PER_SESSION = 2  # one prompt and the unconditional row; a crossfade's extr
 
 
 class SessionGroup:
-    def __init__(self, model: MusicGen, max_sessions: int = 4) -> None:
-        """`max_sessions` fixes the batch's row count (its shape), so it is set once."""
+    def __init__(self, model: MusicGen, max_sessions: int = 4, batched: bool = True) -> None:
+        """`max_sessions` fixes the batch's row count (its shape), so it is set once. `batched`:
+        step wanting sessions together in one `Batch` (False: one at a time, as a lone session
+        steps - for a group of one)."""
         if max_sessions < 1:
             raise ValueError(f"a group needs room for at least one session, got {max_sessions}")
         self.model = model
         self.max_sessions = max_sessions
-        self.batch = Batch(model, rows=ROWS_PER_SESSION * max_sessions)
+        self.batch = Batch(model, rows=ROWS_PER_SESSION * max_sessions) if batched else None
         self.sessions: list[Session] = []
         self.step_ms: list[float] = []
         self._changes: queue.SimpleQueue[tuple[str, Session]] = queue.SimpleQueue()
@@ -39,7 +46,7 @@ class SessionGroup:
 
     # -- any thread --------------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="group-generation", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._thread.start()
 
     def add(self, session: Session) -> None:
@@ -52,7 +59,7 @@ class SessionGroup:
         self._wake.set()
 
     def remove(self, session: Session) -> None:
-        """Leave at the next step boundary; the session's output and encoder are then closed."""
+        """Leave at the next step boundary; the session's output is then closed."""
         self._changes.put(("remove", session))
         self._wake.set()
 
@@ -69,41 +76,66 @@ class SessionGroup:
     # -- the generation thread -------------------------------------------------------------------
     def _run(self) -> None:
         while not self._quit.is_set():
-            self._apply_changes()
-            wanting = []
-            for s in self.sessions:
-                try:
-                    if s.service():
-                        wanting.append(s)
-                except Exception as e:
-                    s.report_error(e)
-            if wanting:
-                self._step(wanting)
-                continue
-            for s in self.sessions:
-                s._resolve_probes()
-            wait = min((s.idle_wait() for s in self.sessions), default=0.05)
-            self._wake.wait(timeout=wait)
-            self._wake.clear()
+            wait = self.turn()
+            if wait:
+                self._wake.wait(timeout=wait)
+                self._wake.clear()
+
+    def turn(self) -> float:
+        """One pass over the sessions: step those that want audio. Returns how long the thread may
+        sleep (0: go again at once). Tests drive a group by calling this directly."""
+        self._apply_changes()
+        wanting = []
+        for s in self.sessions:
+            try:
+                if s.service():
+                    wanting.append(s)
+            except Exception as e:  # a bug must not silence the others
+                s.report_error(e)
+        if wanting:
+            self._step(wanting)
+            return 0.0
+        wait = min((s.idle_wait() for s in self.sessions), default=0.05)
+        for s in self.sessions:
+            try:
+                s.idle(wait)
+            except Exception as e:
+                s.report_error(e)
+        return wait
 
     def _step(self, sessions: list[Session]) -> None:
-        sliding = [s.gen.state.slide is not None for s in sessions]
+        phases = [s.gen.phase for s in sessions]
+        if self.batch is None:  # each alone: the lean single-stream step
+            for s, phase in zip(sessions, phases):
+                t0 = time.perf_counter()
+                try:
+                    result = s.gen.step()
+                except Exception as e:
+                    s.step_failed(e)
+                    time.sleep(0.01)  # a persistent fault must not spin the CPU
+                    continue
+                self._deliver(s, result, time.perf_counter() - t0, phase)
+            return
         t0 = time.perf_counter()
         try:
             results = self.batch.step([s.gen for s in sessions])
         except Exception as e:
             for s in sessions:
-                s.report_error(e)
-            time.sleep(0.05)
+                s.step_failed(e)
+            time.sleep(0.01)
             return
         dt = time.perf_counter() - t0
         self.step_ms.append(1000 * dt)
         del self.step_ms[:-5000]
-        for s, r, sl in zip(sessions, results, sliding):
-            try:
-                s.deliver(r, dt, sl)
-            except Exception as e:
-                s.report_error(e)
+        for s, r, phase in zip(sessions, results, phases):
+            self._deliver(s, r, dt, phase)
+
+    @staticmethod
+    def _deliver(s: Session, result: StepResult, seconds: float, phase: Phase) -> None:
+        try:
+            s.deliver(result, seconds, phase)
+        except Exception as e:
+            s.report_error(e)
 
     def _apply_changes(self) -> None:
         while True:

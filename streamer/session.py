@@ -1,68 +1,89 @@
-"""The real-time session: one generation thread that keeps the output's ring at its target fill.
+"""The real-time session: one stream, its controls, and the answers to every command.
 
-The thread owns the `Generator`; everything else talks to it through `submit(command)`, and
-commands are applied between two steps - at a frame boundary, never mid-step. When the ring holds
-`buffer_ms` of audio the thread sleeps; a command wakes it at once.
+A session is stepped by a generation thread (its own `SessionGroup` of one, or a group shared with
+other sessions); everything else talks to it through `submit(command)`. Commands are applied
+between two steps - at a frame boundary, never mid-step - through a table of handlers, one per
+command type, and each is answered exactly once on its `Ticket`: applied (from which frame) or
+refused (one sentence why).
 
-Audio path: generator (model rate) -> own-output history (for "continue") -> streaming resampler
-(soxr) -> gain, channel mapping -> ring -> output callback.
+Work that cannot fit between two steps - T5 for a prompt heard for the first time, EnCodec's
+encoder for a continuation - runs as a `Job`, a piece per step; the generator then prefills a
+continuation a chunk per step as well (`engine.generator`). Neither leaves a hole in the music.
 
-Latency: every applied command leaves a probe at the first model sample generated under it; when
-the output's read position passes that sample (device rate), the command became audible.
+Every applied change, whoever sent it, is published as one "changed" event holding the new
+values, so every bridge can push it to every client; `Query` answers the state in command order
+(a get after a set answers the value that will sound).
+
+Listeners receive (kind, data) from the generation thread: "applied" / "refused" {ticket},
+"changed" {changes, source}, "audible" {ticket}, "error" / "warning" / "output" {message}. They
+must be quick and must not raise (an exception is swallowed and counted).
 """
 
 from __future__ import annotations
 
 import collections
-import queue
 import sys
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from engine.audiofile import prepare_audio, read_audio
+from engine.conditioning import Condition
 from engine.config import SamplingConfig
 from engine.errors import ContextError, EngineError
-from engine.generator import MAX_PROMPTS, Generator, StepResult
+from engine.generator import Continuation as Handle
+from engine.generator import Generator as StreamGenerator
+from engine.generator import Phase, StepResult
 from engine.model import MusicGen
 from engine.sampling import SamplingParams
 from engine.stats import percentile
 
-from .commands import (
-    ContinueAudio,
-    ContinueFile,
-    ContinueHistory,
-    ContinueInput,
-    Pause,
-    Play,
-    Reset,
-    SetContext,
-    SetFade,
-    SetGain,
-    SetParams,
-    SetPrompt,
-    SetSeed,
-    SetWeightedPrompts,
-    Stop,
-    Ticket,
-)
+from . import commands as c
 from .config import MAX_DECODE_FRAMES, StreamConfig
+from .controls import CONTROLS, MAX_CONTINUE_S, MAX_PROMPT_CHARS, MAX_PROMPTS, SAMPLING
+from .jobs import Job
 from .outputs import DeviceOutput, InputCapture, RingOutput
-from .ring import HistoryRing
+from .probes import LatencyProbes
+from .sink import AudioSink
 
 PLAYING, PAUSED, STOPPED = "playing", "paused", "stopped"
 SWITCH_INTERVAL_S = 0.0005
+JOB_SHARE = 0.35  # a job's piece may add this share of a median step to a step
+MAX_FAILED_STEPS = 3  # consecutive failed steps before the stream is reset to recover
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Heard:
+    """Where a change becomes audible: from a model frame, or from an output ring position."""
+
+    frame: int | None = None
+    device_frame: int | None = None
+
+
+DEFERRED = "deferred"  # a handler's answer: the command is answered later (its job, its prefill)
+Answer = Heard | None | str
 
 
 @dataclass
-class Probe:
-    ticket: Ticket
-    device_frame: int  # ring position of the first sample generated under the command
+class PendingPrompt:
+    ticket: c.Ticket
+    prompts: list[tuple[str, float]]
+    fade_s: float
+    job: Job[list[Condition]]
+
+
+@dataclass
+class PendingContinuation:
+    ticket: c.Ticket
+    job: Job[torch.Tensor]
+    handle: Handle | None = None
 
 
 class Session:
@@ -78,54 +99,54 @@ class Session:
         self.model = model
         self.output = output
         self.cfg = stream or StreamConfig()
-        s = sampling or SamplingConfig()
-        self.params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg=s.cfg).validated()
-        self.seed = s.seed
-        self.capture = capture
-        self.log = log
-        self.gain = self.cfg.gain
-        self.fade_s = self.cfg.fade_s
-        self.context_s = self.cfg.context_s
-        self.state = STOPPED
-        self.rate = model.sample_rate
-        self.hop = model.spec.codec.hop
-        self.prompts: list[tuple[str, float]] = [(self.cfg.prompt, 1.0)]
-        self.history = HistoryRing(self.cfg.history_s, self.rate, model.audio_channels)
-        self.target_frames = int(self.cfg.buffer_ms / 1000 * output.rate)
-        self._queue: queue.SimpleQueue[Ticket] = queue.SimpleQueue()
-        self._wake = threading.Event()
-        self._quit = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="continue-encode")
-        self._continuations: list[tuple[Ticket, Future]] = []
-        self._probes: list[Probe] = []
-        self._resampler = _Resampler(self.rate, output.rate, model.audio_channels)
-        self._model_samples = 0  # model-rate samples emitted since the session began
-        self._frame0 = (0, 0)  # (absolute frame, model sample index) where the codec stream began
-        self.step_ms: collections.deque[float] = collections.deque(maxlen=5000)
-        self.slide_step_ms: list[float] = []
-        self.latencies_ms: collections.deque[float] = collections.deque(maxlen=1000)
-        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
-        # called from the generation thread with (first sample index, (n, channels) float32 at the
-        # model rate) for every chunk of audio produced; taps must copy what they keep, and be quick
-        self.audio_taps: list[Callable[[int, np.ndarray], None]] = []
         if not 1 <= self.cfg.decode_frames <= MAX_DECODE_FRAMES:
             raise EngineError(
                 f"[stream] decode_frames must be between 1 and {MAX_DECODE_FRAMES}, got {self.cfg.decode_frames}"
             )
-        self.gen = Generator(model, self.params, self.seed, decode_chunk=self.cfg.decode_frames)
+        s = sampling or SamplingConfig()
+        self.params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg=s.cfg).validated()
+        self.controls: dict[str, float | int] = {
+            "cfg": s.cfg, "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "seed": s.seed,
+            "gain": self.cfg.gain, "context": self.cfg.context_s, "fade": self.cfg.fade_s,
+        }
+        self.capture = capture
+        self.log = log
+        self.state = STOPPED
+        self.rate = model.sample_rate
+        self.hop = model.spec.codec.hop
+        self.prompts: list[tuple[str, float]] = [(self.cfg.prompt, 1.0)]
+        self.sink = AudioSink(self.rate, model.audio_channels, output, self.cfg.history_s)
+        self.sink.gain = self.cfg.gain
+        self.probes = LatencyProbes()
+        self.target_frames = int(self.cfg.buffer_ms / 1000 * output.rate)
+        self.gen = StreamGenerator(model, self.params, s.seed, decode_chunk=self.cfg.decode_frames)
+        self.listeners: list[Listener] = []
+        self.wake = threading.Event()  # set by `submit`; a group shares one among its sessions
+        self.errors = 0  # internal errors so far
+        self.listener_errors = 0
+        self.step_ms: collections.deque[float] = collections.deque(maxlen=2000)
+        self.prepare_step_ms: collections.deque[float] = collections.deque(maxlen=500)  # slide / continuation
+        self.job_step_ms: collections.deque[float] = collections.deque(maxlen=500)  # a job's piece included
+        self._recent_ms: collections.deque[float] = collections.deque(maxlen=50)  # for the job budget
+        self._queue: queue.SimpleQueue[c.Ticket] = queue.SimpleQueue()
+        self._prompt: PendingPrompt | None = None
+        self._continuation: PendingContinuation | None = None
+        self._frame0 = (0, 0)  # (absolute frame, model sample) where the codec stream last began
+        self._failed_steps = 0
         self._reopen_at = 0.0
+        self._group: Any = None  # the SessionGroup of one that `start` makes
 
     # -- public API (any thread) ---------------------------------------------------------------
     def start(self) -> None:
-        """Open the output and start this session's own generation thread."""
-        self.open()
-        self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
-        self._thread.start()
+        """Open the output and start stepping on a generation thread of this session's own."""
+        from .group import SessionGroup
+
+        self._group = SessionGroup(self.model, max_sessions=1, batched=False)
+        self._group.start()
+        self._group.add(self)
 
     def open(self) -> None:
-        """Prefill, open the output (and input), queue autoplay - without a thread of its own, for a
-        `SessionGroup` that steps this session together with others."""
+        """Prefill, open the output (and input), queue autoplay; a `SessionGroup` steps it after."""
         # The audio callback needs the GIL for its copy; with Python's default 5 ms switch interval
         # it can wait about a whole 256-frame period behind the generation thread and miss it.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
@@ -134,119 +155,129 @@ class Session:
         if self.capture:
             self.capture.open()
         if self.cfg.autoplay:
-            self.submit(Play())
+            self.submit(c.Play(), source="autoplay")
 
-    def submit(self, command: Any) -> Ticket:
-        ticket = Ticket(command)
+    def submit(self, command: c.Command, source: str = "api") -> c.Ticket:
+        ticket = c.Ticket(command, source=source)
         self._queue.put(ticket)
-        self._wake.set()
+        self.wake.set()
         return ticket
 
     def close(self) -> None:
-        self._quit.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-        self.release()
+        if self._group is not None:
+            self._group.close()
+            self._group = None
+        else:
+            self.release()
 
     def release(self) -> None:
         """Close what `open` opened (a group calls this once the session has left it)."""
-        self._encoder.shutdown(wait=False, cancel_futures=True)
+        for pending in (self._prompt, self._continuation):
+            if pending is not None and not pending.ticket.done.is_set():
+                pending.job.close()
+                self._refuse(pending.ticket, "the session closed before it took effect")
+        self._prompt = self._continuation = None
         self.output.close()
         if self.capture:
             self.capture.close()
 
+    @property
+    def audio_taps(self) -> list[Callable[[int, np.ndarray], None]]:
+        return self.sink.taps
+
+    def view(self) -> dict[str, Any]:
+        """What a performer set: transport, prompts and every control - the state all clients share."""
+        return {"state": self.state, "prompts": [{"text": t, "weight": w} for t, w in self.prompts], **self.controls}
+
     def snapshot(self) -> dict[str, Any]:
+        """`view` plus where the stream is and how it is doing."""
         steps = sorted(self.step_ms)
-        lat = sorted(self.latencies_ms)
+        frame = self.gen.frames_done if self.gen.state else 0
+        pending = [p.ticket.name for p in (self._prompt, self._continuation) if p is not None]
         return {
-            "state": self.state,
-            "prompts": [{"text": t, "weight": w} for t, w in self.prompts],
-            "cfg": self.params.cfg,
-            "temperature": self.params.temperature,
-            "top_k": self.params.top_k,
-            "top_p": self.params.top_p,
-            "seed": self.seed,
-            "gain": self.gain,
-            "fade_s": self.fade_s,
-            "context_s": self.context_s,
-            "frame": self.gen.frames_done if self.gen.state else 0,
-            "seconds": (self.gen.frames_done if self.gen.state else 0) / self.model.spec.frame_rate,
+            **self.view(),
+            "phase": self.gen.phase.value if self.gen.state else "starting",
+            "fading": bool(self.gen.state and self.gen.fading),
+            "pending": pending,
+            "frame": frame,
+            "seconds": frame / self.model.spec.frame_rate,
             "buffer_ms": 1000 * self.output.ring.fill / self.output.rate,
             "underruns": self.output.underruns,
+            "errors": self.errors,
             "step_ms_p50": percentile(steps, 0.5),
             "step_ms_p99": percentile(steps, 0.99),
             "slides": self.gen.slides if self.gen.state else 0,
-            "slide_step_ms_max": max(self.slide_step_ms, default=None),
-            "latency_ms_p50": percentile(lat, 0.5),
-            "latency_ms_p99": percentile(lat, 0.99),
+            "prepare_step_ms_max": max(self.prepare_step_ms, default=None),
+            "job_step_ms_max": max(self.job_step_ms, default=None),
+            "latency_ms_p50": self.probes.estimate_ms(),
             "output": self.output.describe(),
             "output_error": self.output.error,
         }
 
-    # -- the generation thread -----------------------------------------------------------------
-    def _start_generator(self) -> None:
-        m = self.model
-        window = min(m.spec.seconds_to_frames(self.cfg.window_s), m.max_frames)
-        context = min(m.spec.seconds_to_frames(self.cfg.context_s), window // 2)
-        self.gen.start(
-            self._conditions(self.prompts),
-            capacity_frames=window,
-            context_frames=context,
-            guided=True,
-            max_prompts=MAX_PROMPTS,
-            slide_chunk=self.cfg.slide_chunk,
-        )
+    def expected_latency_s(self) -> float:
+        """Command -> audible: the recent healthy median, else the buffer plus ~135 ms of delay
+        pattern and codec hold-back."""
+        measured = self.probes.estimate_ms()
+        return (measured if measured is not None else self.cfg.buffer_ms + 135.0) / 1000
 
-    def _conditions(self, prompts: list[tuple[str, float]]) -> list[tuple[Any, float]]:
-        return [(self.model.conditioner.condition(t, guided=True), w) for t, w in prompts]
-
-    def _run(self) -> None:
-        while not self._quit.is_set():
-            try:
-                if self.service():
-                    sliding = self.gen.state.slide is not None
-                    t0 = time.perf_counter()
-                    result = self.gen.step()
-                    self.deliver(result, time.perf_counter() - t0, sliding)
-                    continue
-                self._resolve_probes()
-            except Exception as e:  # a bug must not silence the music: report it and carry on
-                self.report_error(e)
-                time.sleep(0.05)
-            self._wake.wait(timeout=self.idle_wait())
-            self._wake.clear()
-
-    # -- one turn of a generation loop (this session's thread or a SessionGroup's) ---------------
+    # -- one turn of a generation loop (called by the SessionGroup's thread) ----------------------
     def service(self) -> bool:
-        """Apply queued commands and finished continuations, watch the output; True when the ring
-        wants another frame."""
+        """Apply queued commands, finish what is ready, watch the output; True when the ring wants
+        another frame."""
         self._apply_commands()
-        self._finish_continuations()
+        self._finish_prompt()
+        self._finish_continuation()
         self._watch_output()
         return self.state == PLAYING and self.output.healthy and self.output.ring.fill < self.target_frames
 
-    def deliver(self, result: StepResult, seconds: float, sliding: bool) -> None:
-        """Take a step's result (from `gen.step()` or a batch): timings, audio out, latency probes."""
+    def deliver(self, result: StepResult, seconds: float, phase_before: Phase) -> None:
+        """Take a step's result (from `gen.step()` or a batch): timings, audio out, then one piece
+        of a pending job within the step's budget."""
+        self._failed_steps = 0
         dt = 1000 * seconds
         self.step_ms.append(dt)
-        if sliding or self.gen.state.slide is not None:
-            self.slide_step_ms.append(dt)
-        self._emit(result.audio)
-        self._resolve_probes()
+        self._recent_ms.append(dt)
+        if phase_before != Phase.PLAYING or self.gen.phase != Phase.PLAYING:
+            self.prepare_step_ms.append(dt)
+        self.sink.push(result.audio)
+        job = self._next_job()
+        if job is not None:
+            median = sorted(self._recent_ms)[len(self._recent_ms) // 2]
+            t0 = time.perf_counter()
+            job.advance(JOB_SHARE * median / 1000)
+            self.job_step_ms.append(dt + 1000 * (time.perf_counter() - t0))
+        self.resolve_probes()
+
+    def idle(self, seconds: float) -> None:
+        """Nothing to step for about `seconds`: jobs may use that time (all of it when not playing)."""
+        job = self._next_job()
+        if job is not None:
+            job.advance(None if self.state != PLAYING else max(0.0, 0.5 * seconds))
+        self.resolve_probes()
+
+    def step_failed(self, e: Exception) -> None:
+        """A step raised: report it; after a few in a row, reset the stream so the music comes back."""
+        self.report_error(e)
+        self._failed_steps += 1
+        if self._failed_steps < MAX_FAILED_STEPS:
+            return
+        self._failed_steps = 0
+        try:
+            self._cancel_continuation("the stream was reset after internal errors")
+            self.gen.restart(keep_audio=False)
+        except Exception:
+            try:  # the stream itself is broken: build it again
+                self._start_generator()
+            except Exception as again:
+                self.report_error(again)
+                return
+        self._frame0 = (self.gen.frames_done, self.sink.samples)
+        self._event("warning", {"message": f"the stream was reset after {MAX_FAILED_STEPS} failed steps"})
 
     def report_error(self, e: Exception) -> None:
         """A bug must not silence the music: tell the listeners and carry on."""
+        self.errors += 1
         self._event("error", {"message": f"internal error: {type(e).__name__}: {e}"})
-
-    @property
-    def wake(self) -> threading.Event:
-        """Set by `submit`; a group shares one event among its sessions."""
-        return self._wake
-
-    @wake.setter
-    def wake(self, event: threading.Event) -> None:
-        self._wake = event
 
     def idle_wait(self) -> float:
         """Seconds the loop may sleep before this session needs looking at again."""
@@ -255,23 +286,21 @@ class Session:
         ahead = (self.output.ring.fill - self.target_frames) / self.output.rate
         return min(0.02, max(0.001, ahead + 0.25 * self.hop / self.rate))
 
-    def _emit(self, audio: torch.Tensor) -> None:
-        if audio.shape[-1] == 0:
-            return
-        frames = audio.detach().cpu().numpy().T.astype(np.float32, copy=False)  # (n, channels)
-        self.history.append(frames)
-        for tap in list(self.audio_taps):
-            try:
-                tap(self._model_samples, frames)
-            except Exception:
-                pass
-        self._model_samples += len(frames)
-        out = self._resampler.push(frames)
-        if len(out):
-            out = _map_channels(out, self.output.channels)
-            if self.gain != 1.0:
-                out = out * self.gain
-            self.output.ring.write(out)
+    def resolve_probes(self) -> None:
+        for ticket in self.probes.resolve(self.output.clock, self.errors + self.output.underruns):
+            if isinstance(ticket.command, c.CONTINUATIONS):
+                self.log(f"continuation heard {ticket.latency_ms:.0f} ms after it was asked for")
+            self._event("audible", {"ticket": ticket})
+
+    # -- the generator ---------------------------------------------------------------------------
+    def _start_generator(self) -> None:
+        m = self.model
+        window = min(m.spec.seconds_to_frames(self.cfg.window_s), m.max_frames)
+        context = min(m.spec.seconds_to_frames(self.cfg.context_s), window // 2)
+        conds = [(m.conditioner.condition(t, guided=True), w) for t, w in self.prompts]
+        self.gen.start(conds, capacity_frames=window, context_frames=context, guided=True, max_prompts=MAX_PROMPTS,
+                       slide_chunk=self.cfg.slide_chunk)
+        self.controls["context"] = self.gen.context_frames / m.spec.frame_rate
 
     # -- commands --------------------------------------------------------------------------------
     def _apply_commands(self) -> None:
@@ -280,183 +309,251 @@ class Session:
                 ticket = self._queue.get_nowait()
             except queue.Empty:
                 return
+            before = self.view()
             try:
-                self._apply(ticket)
-                ticket.applied = time.perf_counter()
-                if ticket.frame is None and self.gen.state is not None:
-                    ticket.frame = self._next_frame()
-                self._event("applied", {"ticket": ticket})
+                answer = HANDLERS[type(ticket.command)](self, ticket)
             except (EngineError, ValueError) as e:
-                ticket.error = str(e)
-                self._event("refused", {"ticket": ticket})
-            finally:
-                if not isinstance(ticket.command, (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio)) or ticket.error:
-                    ticket.done.set()
+                self._refuse(ticket, str(e))
+                continue
+            except Exception as e:  # a bug: the sender hears of it, the music goes on
+                self._refuse(ticket, f"internal error: {type(e).__name__}: {e}")
+                self.report_error(e)
+                continue
+            if answer != DEFERRED:
+                self._applied(ticket, answer, before)
 
-    def _apply(self, ticket: Ticket) -> None:
-        c = ticket.command
-        if isinstance(c, SetPrompt):
-            self._set_prompts([(c.text, 1.0)], c.fade_s)
-        elif isinstance(c, SetWeightedPrompts):
-            self._set_prompts(list(c.prompts), c.fade_s)
-        elif isinstance(c, SetParams):
-            changes = {k: v for k, v in vars(c).items() if v is not None}
-            params = replace(self.params, **changes).validated()
+    def _applied(self, ticket: c.Ticket, heard: Answer, before: dict[str, Any]) -> None:
+        ticket.applied = time.perf_counter()
+        if self.gen.state is not None and ticket.frame is None:
+            ticket.frame = heard.frame if isinstance(heard, Heard) and heard.frame is not None else self.gen.next_frame
+        if isinstance(heard, Heard):
+            if heard.device_frame is not None:
+                self.probes.add(ticket, heard.device_frame, self.errors + self.output.underruns)
+            else:
+                f0, s0 = self._frame0
+                sample = s0 + max(0, (heard.frame if heard.frame is not None else ticket.frame) - f0) * self.hop
+                self.probes.add(ticket, self.sink.device_position(sample), self.errors + self.output.underruns)
+        self._event("applied", {"ticket": ticket})
+        after = self.view()
+        changes = {k: v for k, v in after.items() if before.get(k) != v}
+        if changes:
+            self._event("changed", {"changes": changes, "source": ticket.source})
+        ticket.done.set()
+
+    def _refuse(self, ticket: c.Ticket, reason: str) -> None:
+        ticket.error = reason
+        if ticket.source != "stdin":  # the console answers its own lines
+            self.log(f"refused {ticket.name} from {ticket.source}: {reason}")
+        self._event("refused", {"ticket": ticket})
+        ticket.done.set()
+
+    def _on_set(self, ticket: c.Ticket) -> Answer:
+        cmd = ticket.command
+        assert isinstance(cmd, c.Set)
+        control = CONTROLS.get(cmd.name)
+        if control is None:
+            raise ValueError(f"there is no control '{cmd.name}' (controls: {', '.join(CONTROLS)})")
+        value = control.check(cmd.value)
+        answer: Answer = Heard()
+        if cmd.name in SAMPLING:
+            params = replace(self.params, **{cmd.name: value}).validated()
             self.gen.set_params(params)
             self.params = params
-        elif isinstance(c, SetSeed):
-            self.gen.reseed(c.seed)
-            self.seed = c.seed
-        elif isinstance(c, SetGain):
-            if not 0.0 <= c.gain <= 4.0:
-                raise ValueError(f"gain must be within 0..4, got {c.gain}")
-            self.gain = c.gain
-            self._probe_at(ticket, self.output.ring.written + 1)  # applies to audio not yet buffered
+        elif cmd.name == "seed":
+            self.gen.reseed(int(value))
+        elif cmd.name == "gain":
+            self.sink.gain = float(value)
+            answer = Heard(device_frame=self.output.ring.written + 1)  # applies to audio not yet buffered
+        elif cmd.name == "context":
+            frames = self.gen.set_context(self.model.spec.seconds_to_frames(value))
+            kept = frames / self.model.spec.frame_rate
+            if abs(kept - value) > 0.5 / self.model.spec.frame_rate:
+                ticket.note = f"context {kept:.2f} s: the most this {self.cfg.window_s:.0f} s window keeps"
+            value = kept
+            answer = None  # heard at the next slide
+        else:  # fade: the default for later prompt changes
+            answer = None
+        self.controls[cmd.name] = value
+        return answer
+
+    def _on_prompt(self, ticket: c.Ticket) -> Answer:
+        cmd = ticket.command
+        assert isinstance(cmd, (c.SetPrompt, c.SetWeightedPrompts))
+        prompts = [(cmd.text, 1.0)] if isinstance(cmd, c.SetPrompt) else [(t, float(w)) for t, w in cmd.prompts]
+        if not prompts:
+            raise ValueError("at least one prompt is needed")
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts can sound at once, got {len(prompts)}")
+        for text, weight in prompts:
+            if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
+                raise ValueError(f"a prompt is text of at most {MAX_PROMPT_CHARS} characters")
+            if not weight >= 0:
+                raise ValueError(f"prompt weights must be >= 0, got {weight}")
+        if not any(w > 0 for _, w in prompts):
+            raise ValueError("at least one prompt weight must be above 0")
+        fade = float(self.controls["fade"] if cmd.fade_s is None else CONTROLS["fade"].check(cmd.fade_s))
+        if self._prompt is not None:  # the latest prompt wins
+            self._prompt.job.close()
+            self._refuse(self._prompt.ticket, "superseded by a newer prompt before it was ready")
+            self._prompt = None
+        known = [self.model.conditioner.lookup(t) for t, _ in prompts]
+        if all(k is not None for k in known):
+            self._set_prompts(prompts, fade, known)
+            return Heard()
+        job: Job[list[Condition]] = Job(_conditions(self.model, [t for t, _ in prompts]), "prompt")
+        self._prompt = PendingPrompt(ticket, prompts, fade, job)
+        return DEFERRED
+
+    def _set_prompts(self, prompts: list[tuple[str, float]], fade_s: float, conds: list[Condition]) -> None:
+        fade = self.model.spec.seconds_to_frames(fade_s)
+        self.gen.set_prompts(list(zip(conds, (w for _, w in prompts))), fade)
+        self.prompts = prompts
+
+    def _finish_prompt(self) -> None:
+        """Apply the pending prompt once its conditions are ready."""
+        p = self._prompt
+        if p is None or not p.job.done:
             return
-        elif isinstance(c, SetFade):
-            if not 0 <= c.seconds <= 60:
-                raise ValueError(f"fade must be within 0..60 seconds, got {c.seconds}")
-            self.fade_s = c.seconds
+        self._prompt = None
+        before = self.view()
+        try:
+            if p.job.error is not None:
+                raise p.job.error
+            self._set_prompts(p.prompts, p.fade_s, p.job.result or [])
+        except (EngineError, ValueError) as e:
+            self._refuse(p.ticket, str(e))
             return
-        elif isinstance(c, SetContext):
-            self.context_s = self.gen.set_context(self.model.spec.seconds_to_frames(c.seconds)) / self.model.spec.frame_rate
-        elif isinstance(c, Play):
+        except Exception as e:
+            self._refuse(p.ticket, f"internal error: {type(e).__name__}: {e}")
+            self.report_error(e)
+            return
+        self._applied(p.ticket, Heard(), before)
+
+    def _on_transport(self, ticket: c.Ticket) -> Answer:
+        cmd = ticket.command
+        if isinstance(cmd, c.Play):
             if self.state == PLAYING:
-                return
+                return None
             resumed = self.state == PAUSED
             self.state = PLAYING
             self.output.set_playing(True)
             if resumed and self.output.ring.fill:
-                self._probe_at(ticket, self.output.ring.read + 1)  # the buffered audio resumes
-            else:
-                self._probe(ticket, self._frame0[0])  # from a stop: the first frame of the new start
-            return
-        elif isinstance(c, Pause):
+                return Heard(device_frame=self.output.ring.read + 1)  # the buffered audio resumes
+            return Heard(frame=self._frame0[0])  # from a stop: the first frame of the new start
+        if isinstance(cmd, c.Pause):
             if self.state == PLAYING:
                 self.state = PAUSED
                 self.output.set_playing(False)
-            return
-        elif isinstance(c, Stop):
+            return None
+        if isinstance(cmd, c.Stop):
+            self._cancel_continuation("superseded by stop")
             self.state = STOPPED
             self.output.set_playing(False)
             self.output.ring.request_flush()
-            self._restart(None, keep_audio=False)
-            return
-        elif isinstance(c, Reset):
-            self._probe(ticket, self._restart(None, keep_audio=True))
-            return
-        elif isinstance(c, (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio)):
-            self._continuations.append((ticket, self._encoder.submit(self._continuation_codes, c)))
-            return
-        else:
-            raise ValueError(f"unknown command {type(c).__name__}")
-        self._probe(ticket)
+            self._restart(keep_audio=False)
+            return None
+        self._cancel_continuation("superseded by reset")  # Reset
+        return Heard(frame=self._restart(keep_audio=True))
 
-    def _set_prompts(self, prompts: list[tuple[str, float]], fade_s: float | None) -> None:
-        fade = self.fade_s if fade_s is None else fade_s
-        if not 0 <= fade <= 60:
-            raise ValueError(f"fade must be within 0..60 seconds, got {fade}")
-        self.gen.set_prompts(self._conditions(prompts), self.model.spec.seconds_to_frames(fade))
-        self.prompts = prompts
+    def _on_query(self, ticket: c.Ticket) -> Answer:
+        ticket.result = self.snapshot()
+        return None
 
-    def _restart(self, codes: torch.Tensor | None, keep_audio: bool) -> int:
-        """Drop the context (continuing from `codes` if given); returns the first new frame."""
+    def _restart(self, keep_audio: bool) -> int:
+        """Drop the context now; returns the first new frame."""
         start = self.gen.frames_done
-        result = self.gen.restart(codes, keep_audio=keep_audio)
+        result = self.gen.restart(keep_audio=keep_audio)
         if not keep_audio:
-            self._frame0 = (start, self._model_samples)
-        self._emit(result.audio)
+            self._frame0 = (start, self.sink.samples)
+        self.sink.push(result.audio)
         return start
 
-    # -- continuation: encode off the generation thread, restart at a frame boundary --------------
-    def _continuation_codes(self, c: Any) -> torch.Tensor:
-        """Runs in the encoder worker: source audio -> model-rate clip -> codes."""
-        m = self.model
-        seconds = min(float(c.seconds), self.gen.state.context_frames / m.spec.frame_rate)
-        if not seconds > 0:
-            raise ContextError(f"continuation length must be positive, got {c.seconds}")
-        if isinstance(c, ContinueHistory):
-            if self.history.seconds < 1 / m.spec.frame_rate:
+    # -- continuation: encode a piece per step, prefill a chunk per step, then take over -----------
+    def _on_continue(self, ticket: c.Ticket) -> Answer:
+        cmd = ticket.command
+        assert isinstance(cmd, c.CONTINUATIONS)
+        if not cmd.seconds > 0:
+            raise ContextError(f"continuation length must be positive, got {cmd.seconds}")
+        context_s = self.gen.context_frames / self.model.spec.frame_rate
+        seconds = min(float(cmd.seconds), MAX_CONTINUE_S, context_s)
+        if seconds < float(cmd.seconds):
+            ticket.note = f"continuing from the last {seconds:.1f} s (the context keeps {context_s:.1f} s)"
+        source = self._clip_source(cmd, seconds)  # refuses at once what cannot work
+        self._cancel_continuation("superseded by a newer continuation")
+        job: Job[torch.Tensor] = Job(_continuation_codes(self.model, source, seconds), "continue")
+        self._continuation = PendingContinuation(ticket, job)
+        return DEFERRED
+
+    def _clip_source(self, cmd: c.Continuation, seconds: float) -> Callable[[], torch.Tensor]:
+        """What the job will encode: checked now, read later (files, resampling) piece by piece."""
+        if isinstance(cmd, c.ContinueHistory):
+            if self.sink.history.seconds < 1 / self.model.spec.frame_rate:
                 raise ContextError("there is no output history to continue from yet")
-            clip = torch.from_numpy(np.ascontiguousarray(self.history.last(seconds).T))
-        elif isinstance(c, ContinueInput):
+            clip = torch.from_numpy(np.ascontiguousarray(self.sink.history.last(seconds).T))
+            return lambda: clip
+        if isinstance(cmd, c.ContinueInput):
             if self.capture is None:
                 raise ContextError("no input device is open (start serve with --input DEVICE)")
             data, rate = self.capture.last(seconds)
             if len(data) == 0:
                 raise ContextError("nothing has been captured from the input yet")
-            clip = prepare_audio(data, rate, self.rate, m.audio_channels)
-        elif isinstance(c, ContinueFile):
-            clip = read_audio(c.path, self.rate, m.audio_channels)
-        else:
-            data = np.asarray(c.audio, dtype=np.float32)
-            if data.ndim == 1:
-                data = data[:, None]
-            if data.ndim != 2 or len(data) == 0:
-                raise ContextError("continuation audio must be a non-empty (samples, channels) array")
-            clip = prepare_audio(data, int(c.rate), self.rate, m.audio_channels)
-        clip = clip[:, -int(seconds * self.rate) :]
-        if clip.shape[-1] < self.hop:
-            raise ContextError("the audio to continue from is shorter than one frame")
-        return m.encode_audio(clip)
+            return lambda: prepare_audio(data, rate, self.rate, self.model.audio_channels)
+        if isinstance(cmd, c.ContinueFile):
+            path = cmd.path
+            return lambda: read_audio(path, self.rate, self.model.audio_channels)
+        data = np.asarray(cmd.audio, dtype=np.float32)
+        if data.ndim == 1:
+            data = data[:, None]
+        if data.ndim != 2 or len(data) == 0:
+            raise ContextError("continuation audio must be a non-empty (samples, channels) array")
+        rate = int(cmd.rate)
+        return lambda: prepare_audio(data, rate, self.rate, self.model.audio_channels)
 
-    def _finish_continuations(self) -> None:
-        still = []
-        for ticket, fut in self._continuations:
-            if not fut.done():
-                still.append((ticket, fut))
-                continue
-            try:
-                codes = fut.result()
-                start = self._restart(codes, keep_audio=True)
-                ticket.applied = time.perf_counter()
-                self._probe(ticket, start)
-                self.log(
-                    f"continuing from {codes.shape[-1] / self.model.spec.frame_rate:.1f} s of "
-                    f"{type(ticket.command).__name__[8:].lower() or 'audio'} (prepared in "
-                    f"{1000 * (ticket.applied - ticket.accepted):.0f} ms)"
-                )
-                self._event("applied", {"ticket": ticket})
-            except (EngineError, ValueError) as e:
-                ticket.error = str(e)
-                self._event("refused", {"ticket": ticket})
-            except Exception as e:
-                ticket.error = f"could not continue ({type(e).__name__}: {e})"
-                self._event("refused", {"ticket": ticket})
-            ticket.done.set()
-        self._continuations = still
-
-    # -- latency probes ------------------------------------------------------------------------
-    def _next_frame(self) -> int:
-        """The first frame whose tokens are sampled after now."""
-        return self.gen._sampled_upto()
-
-    def _probe(self, ticket: Ticket, frame: int | None = None) -> None:
-        """Watch for the first sample of `frame` (default: the next frame sampled) to be played."""
-        frame = self._next_frame() if frame is None else frame
-        ticket.frame = frame
-        f0, s0 = self._frame0
-        model_sample = s0 + max(0, frame - f0) * self.hop
-        self._probe_at(ticket, int(model_sample * self.output.rate / self.rate) + 1)
-
-    def _probe_at(self, ticket: Ticket, device_frame: int) -> None:
-        self._probes.append(Probe(ticket, device_frame))
-
-    def _resolve_probes(self) -> None:
-        if not self._probes:
+    def _finish_continuation(self) -> None:
+        p = self._continuation
+        if p is None or not p.job.done:
             return
-        t, read = self.output.clock
-        still = []
-        for p in self._probes:
-            if read >= p.device_frame:
-                p.ticket.audible = t
-                self.latencies_ms.append(p.ticket.latency_ms)
-                if isinstance(p.ticket.command, (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio)):
-                    self.log(f"continuation heard {p.ticket.latency_ms:.0f} ms after it was asked for")
-                self._event("audible", {"ticket": p.ticket})
-            else:
-                still.append(p)
-        self._probes = still[-256:]
+        if p.handle is None:
+            if p.job.error is not None:
+                self._continuation = None
+                e = p.job.error
+                self._refuse(p.ticket, str(e) if isinstance(e, (EngineError, ValueError)) else
+                             f"could not continue ({type(e).__name__}: {e})")
+                return
+            try:
+                p.handle = self.gen.continue_from(p.job.result)
+            except (EngineError, ValueError) as e:
+                self._continuation = None
+                self._refuse(p.ticket, str(e))
+                return
+        if p.handle.frame is None and self.state != PLAYING:
+            self.gen.complete_continuation()  # no music to spread the prefill around: take over now
+        if p.handle.frame is not None:
+            self._continuation = None
+            before = self.view()
+            self.log(f"continuing from {p.handle.frames / self.model.spec.frame_rate:.1f} s ({p.ticket.name}, "
+                     f"ready in {1000 * (time.perf_counter() - p.ticket.accepted):.0f} ms)")
+            self._applied(p.ticket, Heard(frame=p.handle.frame), before)
+        elif p.handle.superseded:
+            self._continuation = None
+            self._refuse(p.ticket, "superseded before it took effect")
+
+    def _cancel_continuation(self, reason: str) -> None:
+        p = self._continuation
+        if p is None:
+            return
+        self._continuation = None
+        p.job.close()
+        if p.handle is not None:
+            self.gen.cancel(p.handle)
+        self._refuse(p.ticket, reason)
+
+    def _next_job(self) -> Job[Any] | None:
+        """The job to give a piece of time to: a prompt first (it is quick and most often asked)."""
+        for p in (self._prompt, self._continuation):
+            if p is not None and not p.job.done:
+                return p.job
+        return None
 
     # -- output supervision --------------------------------------------------------------------
     def _watch_output(self) -> None:
@@ -473,37 +570,63 @@ class Session:
                 self._event("error", {"message": out.error or "output device unavailable"})
 
     def _event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind in ("refused", "error"):
-            msg = data.get("message") or data["ticket"].error
-            self.log(f"{kind}: {msg}")
+        if kind in ("error", "warning"):
+            self.log(f"{kind}: {data['message']}")
         for fn in list(self.listeners):
             try:
                 fn(kind, data)
             except Exception:
-                pass
+                self.listener_errors += 1
 
 
-class _Resampler:
-    """Streaming model-rate -> device-rate conversion (soxr keeps the filter state between chunks)."""
+HANDLERS: dict[type, Callable[[Session, c.Ticket], Answer]] = {
+    c.Set: Session._on_set,
+    c.SetPrompt: Session._on_prompt,
+    c.SetWeightedPrompts: Session._on_prompt,
+    c.Play: Session._on_transport,
+    c.Pause: Session._on_transport,
+    c.Stop: Session._on_transport,
+    c.Reset: Session._on_transport,
+    c.ContinueHistory: Session._on_continue,
+    c.ContinueInput: Session._on_continue,
+    c.ContinueFile: Session._on_continue,
+    c.ContinueAudio: Session._on_continue,
+    c.Query: Session._on_query,
+}
 
-    def __init__(self, rate_in: int, rate_out: int, channels: int) -> None:
-        self.same = rate_in == rate_out
-        if not self.same:
-            import soxr
 
-            self.stream = soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
-
-    def push(self, frames: np.ndarray) -> np.ndarray:
-        if self.same:
-            return frames
-        return self.stream.resample_chunk(np.ascontiguousarray(frames))
+def _conditions(model: MusicGen, texts: list[str]) -> Generator[None, int | None, list[Condition]]:
+    """The prompts' conditions, a T5 block per piece (prompts heard before cost nothing)."""
+    amount = yield
+    conds = []
+    for text in texts:
+        conds.append((yield from _delegate(model.conditioner.condition_steps(text, guided=True), amount)))
+        amount = yield
+    return conds
 
 
-def _map_channels(frames: np.ndarray, channels: int) -> np.ndarray:
-    if frames.shape[1] == channels:
-        return frames
-    if frames.shape[1] == 1:
-        return np.repeat(frames, channels, axis=1)
-    if channels == 1:
-        return frames.mean(axis=1, keepdims=True)
-    return frames[:, :channels]
+def _continuation_codes(
+    model: MusicGen, source: Callable[[], torch.Tensor], seconds: float
+) -> Generator[None, int | None, torch.Tensor]:
+    """Audio -> the codes to continue from: read and resample in the first piece, then encode a
+    few frames per piece."""
+    yield
+    clip = source()
+    clip = clip[:, -int(seconds * model.sample_rate) :]
+    if clip.shape[-1] < model.spec.codec.hop:
+        raise ContextError("the audio to continue from is shorter than one frame")
+    amount = yield
+    codes = yield from _delegate(model.codec.encode_steps(clip.to(model.device).unsqueeze(1)), amount)
+    return model.codec_to_codes(codes)
+
+
+def _delegate(steps: Generator[None, int | None, Any], amount: int | None) -> Generator[None, int | None, Any]:
+    """`yield from` an engine generator (whose first yield only primes it), passing it the amount
+    the current piece was given, so every piece this job yields has done work."""
+    try:
+        next(steps)
+        while True:
+            steps.send(amount)
+            amount = yield
+    except StopIteration as done:
+        return done.value

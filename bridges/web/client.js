@@ -3,12 +3,32 @@ const params = new URLSearchParams(location.search);
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/${params.get("token") ? "?token=" + encodeURIComponent(params.get("token")) : ""}`;
 const $ = (id) => document.getElementById(id);
 const st = { frames: 0, bytes: 0, bufferMs: 0, underflows: 0, lastLatency: null, state: "?", updated: 0, rate: 32000, channels: 1 };
+// the server's state as last heard (session.created, state, state.changed): what every client shows
+const view = {};
+window.musicgenView = view;
 let ws, ctx, node, nextId = 1; const sent = new Map();
+const DIGITS = { cfg: 1, temperature: 2, top_k: 0, fade: 1 };
+const dragging = new Set();
 
 function show() {
   $("status").textContent =
     `engine ${st.state} | audio frames ${st.frames} | buffer ${st.bufferMs.toFixed(0)} ms | underflows ${st.underflows}` +
     ` | change applied in ${st.lastLatency === null ? "-" : st.lastLatency.toFixed(0) + " ms"}`;
+}
+function label(id) {
+  const v = Number($(id).value);
+  $(id + "V").textContent = id === "top_k" && v === 0 ? "off" : v.toFixed(DIGITS[id]);
+}
+// follow the server: every control shows the value that sounds, whoever set it (unless it is being dragged)
+function applyState(changes) {
+  Object.assign(view, changes);
+  if (changes.state !== undefined) st.state = changes.state;
+  if (changes.prompts !== undefined && document.activeElement !== $("prompt")) {
+    $("prompt").value = view.prompts.map((p) => p.text).join(" | ");
+  }
+  for (const id of Object.keys(DIGITS)) {
+    if (changes[id] !== undefined && !dragging.has(id)) { $(id).value = changes[id]; label(id); }
+  }
 }
 function send(obj) { obj.event_id = String(nextId++); sent.set(obj.event_id, performance.now()); ws.send(JSON.stringify(obj)); return obj.event_id; }
 
@@ -19,9 +39,10 @@ function connect() {
   ws.onmessage = (e) => {
     if (typeof e.data !== "string") return onAudio(e.data);
     const m = JSON.parse(e.data);
-    if (m.type === "session.created") st.state = m.state.state;
+    if (m.type === "session.created") applyState(m.state);
     if (m.type === "audio.subscribed") { st.rate = m.sample_rate; st.channels = m.channels; }
-    if (m.type === "state") st.state = m.state.state;
+    if (m.type === "state") applyState(m.state);
+    if (m.type === "state.changed") applyState(m.changes);
     if (m.type === "session.updated") {
       st.updated++;
       if (sent.has(m.event_id)) st.lastLatency = performance.now() - sent.get(m.event_id);
@@ -52,12 +73,11 @@ async function startAudio() {
 }
 
 $("start").onclick = startAudio;
-$("promptForm").onsubmit = (e) => { e.preventDefault(); send({ type: "session.update", prompt: $("prompt").value, fade: Number($("fade").value) }); };
-for (const id of ["cfg", "temperature", "top_k"]) {
-  $(id).oninput = () => { $(id + "V").textContent = Number($(id).value).toFixed(id === "top_k" ? 0 : id === "cfg" ? 1 : 2); };
-  $(id).onchange = () => send({ type: "session.update", [id]: Number($(id).value) });
+$("promptForm").onsubmit = (e) => { e.preventDefault(); send({ type: "session.update", prompt: $("prompt").value, fade: Number($("fade").value) }); $("prompt").blur(); };
+for (const id of ["cfg", "temperature", "top_k", "fade"]) {
+  $(id).oninput = () => { dragging.add(id); label(id); };
+  $(id).onchange = () => { dragging.delete(id); send({ type: "session.update", [id]: Number($(id).value) }); };
 }
-$("fade").oninput = () => { $("fadeV").textContent = Number($("fade").value).toFixed(1); };
 document.querySelectorAll("[data-action]").forEach((b) => { b.onclick = () => send({ type: "playback.control", action: b.dataset.action }); });
 $("continue").onclick = () => send({ type: "generate.continue", source: "history", seconds: 8 });
 connect(); show();

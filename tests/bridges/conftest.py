@@ -49,7 +49,7 @@ class Stack:
             self.loop = asyncio.get_running_loop()
             await serve_forever(self.session, self.osc_cfg, self.ws_cfg, BridgesConfig(audio_dirs=[str(self.audio_dir)]),
                                 model_summary(self.session.model), seconds=None, status_every=0,
-                                say=lambda m: None, read_stdin=False, started=self._started,
+                                say=lambda m: None, started=self._started,
                                 stop=self.stop_event)
 
         asyncio.run(main())

@@ -152,12 +152,14 @@ def test_shipped_config_parses_with_every_layers_sections_to_the_defaults():
 def test_serve_runs_and_obeys_stdin_control_lines(tmp_path):
     exe = shutil.which("musicgen-live") or f"{sys.prefix}/bin/musicgen-live"
     wav = tmp_path / "served.wav"
-    lines = "prompt rainy synthwave\ncfg 9\ncfg lots\ntop_k 20\npause\nplay\nquit\n"
+    lines = "prompt rainy synthwave\ncfg 9\ncfg lots\ncfg 99\ntop_k 20\nget/cfg\npause\nplay\nquit\n"
     proc = subprocess.run([exe, "serve", "--output", f"file:{wav}", "--seconds", "20", "--status-every", "0"],
                           input=lines, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "ok: SetPrompt" in proc.stderr and "ok: SetParams" in proc.stderr
-    assert "cfg needs a number" in proc.stderr
+    assert "ok: prompt at frame" in proc.stderr and "ok: cfg at frame" in proc.stderr
+    assert "error: cfg needs a number, got 'lots'" in proc.stderr
+    assert "note: cfg 99 is outside 0..20: 20 will sound" in proc.stderr  # the same clamp as OSC's
+    assert "\ncfg 20.0\n" in proc.stderr  # a get after a set answers the value that sounds
     assert "Traceback" not in proc.stderr
     audio, rate = sf.read(str(wav))
     assert rate == 48000 and audio.ndim == 2

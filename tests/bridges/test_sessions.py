@@ -29,14 +29,18 @@ from .conftest import free_port
 SOCKS: dict[int, socket.socket] = {}
 
 
-def osc_request(port: int, address: str, *args) -> list[OscMessage]:
-    """Send from one UDP port per server (as OSC tools do) and return the first answer."""
+def osc_request(port: int, address: str, *args, answer: str | None = None) -> list[OscMessage]:
+    """Send from one UDP port per server (as OSC tools do) and return the first answer (on
+    `answer`, when given: a subscriber also hears other changes and notifications)."""
     if port not in SOCKS:
         SOCKS[port] = sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
         sock.settimeout(10)
     SOCKS[port].sendto(encode(address, args), ("127.0.0.1", port))
-    return [OscMessage(SOCKS[port].recvfrom(65536)[0])]
+    while True:
+        msg = OscMessage(SOCKS[port].recvfrom(65536)[0])
+        if answer is None or msg.address == answer:
+            return [msg]
 
 
 def test_two_sessions_each_answer_on_their_own_ports(tiny_model):
@@ -58,14 +62,14 @@ def test_two_sessions_each_answer_on_their_own_ports(tiny_model):
     def run():
         asyncio.run(serve_forever(sessions, replace(OscConfig(), port=osc_port), replace(WebSocketConfig(), port=ws_port),
                                   BridgesConfig(), model_summary(tiny_model), None, 0, lambda m: None,
-                                  read_stdin=False, started=lambda r: ready.set(), stop=stop, group=group))
+                                  started=lambda r: ready.set(), stop=stop, group=group))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
         assert ready.wait(30)
         osc_request(osc_port + 1, "/musicgen/subscribe")  # answers "subscribed"
-        reply = osc_request(osc_port + 1, "/musicgen/cfg", 7.5)[0]  # echoed once applied
+        reply = osc_request(osc_port + 1, "/musicgen/cfg", 7.5, answer="/musicgen/cfg")[0]  # echoed once applied
         assert reply.address == "/musicgen/cfg" and reply.params == [7.5]
         assert osc_request(osc_port, "/musicgen/get/cfg")[0].params == [3.0]
         with connect(f"ws://127.0.0.1:{ws_port}/") as ws:

@@ -64,7 +64,7 @@ def test_session_sounds_the_same_alone_and_in_company(tiny):
         group.add(a)
         group.add(b)
         wait_for(with_others, rate, 1.0)
-        assert b.submit(c.SetParams(cfg=6.0, temperature=1.5)).wait(10)
+        assert b.submit(c.Set("cfg", 6.0)).wait(10) and b.submit(c.Set("temperature", 1.5)).wait(10)
         assert b.submit(c.SetPrompt("jungle breaks", fade_s=0.5)).wait(10)  # a crossfade: an extra row
         group.add(d)
         wait_for(with_others, rate, 3.0)
@@ -73,7 +73,7 @@ def test_session_sounds_the_same_alone_and_in_company(tiny):
         assert b_audio, "the second session played too"
         for s in (a, d):
             snap = s.snapshot()
-            assert snap["state"] == PLAYING and snap["underruns"] == 0
+            assert snap["state"] == PLAYING and snap["underruns"] == 0, (s is a, snap)
         assert a.gen.slides >= 1
     finally:
         group.close()

@@ -46,15 +46,18 @@ def test_plays_and_keeps_the_buffer_at_its_target(session):
 def test_a_command_lands_at_the_next_frame(session):
     run_for(0.5)
     submit(session, c.Pause())
-    frame = session.gen._sampled_upto()
-    t = submit(session, c.SetParams(cfg=6.0))
+    frame = session.gen.next_frame
+    t = submit(session, c.Set("cfg", 6.0))
     assert t.frame == frame  # the very next frame sampled is sampled with the new cfg
     assert session.gen.params.cfg == 6.0
     submit(session, c.Play())
-    before = session.gen._sampled_upto()
-    t = submit(session, c.SetPrompt("bright arpeggios", fade_s=0))
-    assert before <= t.frame <= before + 2  # applied between two steps, at most a step later
+    first = submit(session, c.SetPrompt("bright arpeggios", fade_s=0))  # never heard: T5 a piece per step
     assert [r.condition.text for r in session.gen.rows] == ["bright arpeggios"]
+    submit(session, c.SetPrompt("", fade_s=0))
+    before = session.gen.next_frame
+    t = submit(session, c.SetPrompt("bright arpeggios", fade_s=0))  # heard before: no preparation
+    assert before <= t.frame <= before + 2  # applied between two steps, at most a step later
+    assert first.frame is not None and t.error is None and first.error is None
 
 
 def test_pause_resumes_exactly_where_it_was(session):
@@ -77,7 +80,7 @@ def test_stop_clears_the_context_but_keeps_the_prompts(session):
     submit(session, c.Stop())
     assert session.state == STOPPED
     assert session.output.ring.fill == 0
-    assert session.gen.state.window.column == 1  # a fresh context: BOS prefilled, first column sampled
+    assert session.gen.next_frame == session.gen.frames_done  # a fresh context: nothing sampled in it yet
     assert session.prompts == [("slow strings", 1.0)]
     frame = session.gen.frames_done
     run_for(0.3)
@@ -103,7 +106,7 @@ def test_endless_play_slides_the_window_without_underruns(session):
     snap = session.snapshot()
     assert snap["slides"] >= 3
     assert snap["underruns"] == 0
-    assert snap["slide_step_ms_max"] is not None
+    assert snap["prepare_step_ms_max"] is not None
 
 
 def test_continue_from_own_history_and_from_a_file(session, tmp_path):
@@ -134,9 +137,9 @@ def test_continue_from_raw_audio_handed_in_by_a_bridge(session):
         (c.ContinueFile("/no/such/file.wav"), "does not exist"),
         (c.ContinueInput(2.0), "no input device"),
         (c.ContinueAudio(np.zeros((0, 1), np.float32), 44100), "non-empty"),
-        (c.SetParams(temperature=-1.0), "temperature"),
-        (c.SetParams(top_p=2.0), "top_p"),
-        (c.SetGain(9.0), "gain"),
+        (c.Set("temperature", -1.0), "temperature"),
+        (c.Set("top_p", 2.0), "top_p"),
+        (c.Set("gain", 9.0), "gain"),
         (c.SetWeightedPrompts((("a", 1.0), ("b", 1.0), ("c", 1.0), ("d", 1.0), ("e", 1.0)), 0), "at most"),
     ],
 )

@@ -1,0 +1,74 @@
+"""Work that must not stall the music: run a piece at a time on the generation thread.
+
+Encoding a prompt heard for the first time (T5) and encoding audio to continue from (EnCodec's
+encoder) take from milliseconds to seconds. Done in one go on the generation thread they leave a
+hole in the music; done on another thread they fight the generation thread for the same cores
+(measured on 2 cores: every step ~1.6x slower for as long as they run). So they run here, between
+steps: the engine offers them as generators that do one piece per `send(units)` (a T5 block, or a
+number of audio frames), and a `Job` sizes each piece to a time budget from what the last pieces
+cost. The stream then pays a bounded share of a step for a few dozen steps instead of one long
+stall.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Job(Generic[T]):
+    """One piece-at-a-time computation and its outcome (`result`, or `error`)."""
+
+    def __init__(self, steps: Generator[None, int | None, T], label: str) -> None:
+        self.label = label
+        self._steps = steps
+        self._started = False
+        self._unit_s: float | None = None  # measured seconds per unit of work
+        self.done = False
+        self.result: T | None = None
+        self.error: Exception | None = None
+        self.pieces = 0
+        self.seconds = 0.0  # time spent on it so far
+
+    def advance(self, budget_s: float | None) -> None:
+        """Run one piece sized to take about `budget_s` seconds (None: everything that is left)."""
+        if self.done:
+            return
+        if budget_s is None:
+            amount = None
+        elif self._unit_s is None:
+            amount = 1  # the first piece measures what a unit costs
+        else:
+            amount = max(1, int(budget_s / self._unit_s))
+        t0 = time.perf_counter()
+        try:
+            if not self._started:
+                self._started = True
+                next(self._steps)  # to the first yield: the engine's generators do no work before it
+            while True:
+                self._steps.send(amount)
+                if amount is not None:
+                    break
+        except StopIteration as finished:
+            self.result = finished.value
+            self.done = True
+        except Exception as e:  # the job's own failure (unreadable audio, ...): its command is refused
+            self.error = e
+            self.done = True
+        dt = time.perf_counter() - t0
+        self.pieces += 1
+        self.seconds += dt
+        if amount:
+            per_unit = dt / amount
+            self._unit_s = per_unit if self._unit_s is None else 0.5 * (self._unit_s + per_unit)
+
+    def finish(self) -> None:
+        self.advance(None)
+
+    def close(self) -> None:
+        """Abandon the job (its command was superseded)."""
+        self._steps.close()
+        self.done = True
