@@ -2,7 +2,8 @@
 
 Protects: any chunking equals `EncodecModel.decode` of the whole sequence (1e-5), flush exactness,
 the 2402-sample hold-back of the 32 kHz codec and its release schedule, batch independence, reset,
-the short-sequence fallback, and clear errors for bad codes.
+the short-sequence fallback, clear errors for bad codes; the encoder gives the reference's codes,
+whole or a piece at a time.
 """
 
 from __future__ import annotations
@@ -170,6 +171,33 @@ def test_encoder_gives_the_reference_codes(codec32k):
     with torch.no_grad():
         ref = hf.encode(audio).audio_codes[0]
     assert torch.equal(codec.encode(audio), ref)
+
+
+def encode_in_pieces(codec: Codec, audio: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, int]:
+    steps = codec.encode_steps(audio)
+    next(steps)  # primes it: no work before the first yield
+    pieces = 0
+    try:
+        while True:
+            steps.send(sizes[pieces % len(sizes)])
+            pieces += 1
+    except StopIteration as done:
+        return done.value, pieces
+
+
+@pytest.mark.parametrize("sizes", [[1], [3], [7, 2, 11], [1000]])
+def test_encoding_a_piece_at_a_time_gives_the_one_shot_codes(codec32k, sizes):
+    """A live continuation encodes a few frames per step; the codes must be the whole-clip ones.
+    Lengths that do not fill the last frame, and audio near silence at the start, included."""
+    _hf, codec = codec32k
+    gen = torch.Generator().manual_seed(5)
+    for samples in (640 * 45 + 123, 640 * 12):
+        audio = 0.3 * torch.randn(1, 1, samples, generator=gen)
+        audio[..., :3000] *= 1e-3
+        want = codec.encode(audio)
+        got, pieces = encode_in_pieces(codec, audio, sizes)
+        assert torch.equal(got, want)
+        assert pieces >= min(want.shape[-1] // max(sizes), 2)  # it really went piece by piece
 
 
 @pytest.mark.parametrize(

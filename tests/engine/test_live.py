@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.errors import ContextError
-from engine.generator import Generator
+from engine.generator import Generator, Phase
 from engine.model import MusicGen
 from engine.sampling import SamplingParams
 
@@ -120,3 +120,112 @@ def test_live_controls_reject_bad_values(model):
         gen.set_prompts([(model.conditioner.condition("a"), 0.0)])
     with pytest.raises(ValueError):
         gen.set_params(SamplingParams(temperature=0))
+
+
+# -- phases: a change at any step of a slide (the bug that silenced streams for good) ----------------
+
+WINDOW, CONTEXT, CHUNK = 60, 20, 4  # a slide every ~40 frames, ~8 steps long
+
+
+def sliding_stream(model):
+    gen = Generator(model, SamplingParams(top_k=50), seed=7, decode_chunk=25)  # the codec is not under test here
+    gen.start([(model.conditioner.condition("harp"), 1.0)], capacity_frames=WINDOW, context_frames=CONTEXT,
+              guided=True, max_prompts=2, slide_chunk=CHUNK)
+    return gen
+
+
+@pytest.fixture(scope="module")
+def first_slide(model):
+    """(steps before the first slide begins, steps it lasts) for `sliding_stream`."""
+    gen, steps, begun = sliding_stream(model), 0, None
+    while gen.slides == 0:
+        gen.step()
+        steps += 1
+        if begun is None and gen.phase == Phase.SLIDING:
+            begun = steps
+    return begun, steps - begun
+
+
+CHANGES = {
+    "new prompt": lambda m, g: g.set_prompts([(m.conditioner.condition("organ"), 1.0)]),
+    "crossfade": lambda m, g: g.set_prompts([(m.conditioner.condition("choir"), 1.0)], fade_frames=10),
+    "blend": lambda m, g: g.set_prompts([(m.conditioner.condition("harp"), 0.3), (m.conditioner.condition("x"), 0.7)]),
+    "longer context": lambda m, g: g.set_context(10_000),
+    "shorter context": lambda m, g: g.set_context(3),
+    "continuation": lambda m, g: g.continue_from(torch.randint(0, 2048, (4, 35), generator=torch.Generator().manual_seed(1))),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_change_at_any_step_around_a_slide_never_stalls_the_stream(model, first_slide, change):
+    begun, length = first_slide
+    for offset in range(-2, length + 2):  # just before, all through, and just after the slide
+        gen = sliding_stream(model)
+        for _ in range(begun + offset):
+            gen.step()
+        CHANGES[change](model, gen)
+        for i in range(2 * WINDOW):  # more slides
+            before = gen.next_frame
+            gen.step()  # would raise ContextError at the window's end if a preparation missed its deadline
+            took_over = gen.next_frame == gen.frames_done and gen.phase == Phase.PLAYING
+            assert gen.next_frame == before + 1 or took_over, (offset, i)
+        assert gen.slides >= 2, offset
+
+
+def test_a_prompt_change_during_a_slide_does_not_restart_it(model, first_slide):
+    begun, length = first_slide
+    plain, changed = sliding_stream(model), sliding_stream(model)
+    for gen in (plain, changed):
+        for _ in range(begun + length // 2):
+            gen.step()
+    changed.set_prompts([(model.conditioner.condition("organ"), 1.0)])
+    for _ in range(length):
+        plain.step()
+        changed.step()
+        assert plain.slides == changed.slides  # the swap comes at the same step
+
+
+def test_a_continuation_prefilled_a_chunk_per_step_equals_one_prefilled_at_once(model):
+    """`continue_from` spreads the prefill over steps (riding in the live steps' forwards); the
+    stream it hands over to must equal a restart that prefilled the same codes in one go."""
+    codes = torch.randint(0, 2048, (4, 30), generator=torch.Generator().manual_seed(3))
+    cond = model.conditioner.condition("lofi")
+
+    def stream():
+        g = Generator(model, GREEDY)
+        g.start([(cond, 1.0)], capacity_frames=200, context_frames=60, guided=True, max_prompts=2, slide_chunk=4)
+        for _ in range(25):
+            g.step()
+        return g
+
+    spread = stream()
+    handle = spread.continue_from(codes)
+    steps = 0
+    while handle.frame is None:
+        assert spread.phase == Phase.CONTINUING
+        spread.step()
+        steps += 1
+    assert steps == -(-30 // 4)  # 4 columns a step
+    at_once = stream()
+    for _ in range(steps):
+        at_once.step()  # the same frames before the take-over
+    at_once.restart(codes)
+    assert at_once.next_frame == spread.next_frame == handle.frame
+    got = torch.cat([spread.step().codes for _ in range(20)], dim=1)
+    want = torch.cat([at_once.step().codes for _ in range(20)], dim=1)
+    assert torch.equal(got, want)
+
+
+def test_a_newer_continuation_or_a_reset_supersedes_one_not_yet_heard(model):
+    gen = sliding_stream(model)
+    for _ in range(5):
+        gen.step()
+    first = gen.continue_from(torch.zeros(4, 20, dtype=torch.long))
+    gen.step()
+    second = gen.continue_from(torch.ones(4, 20, dtype=torch.long))
+    assert first.superseded and gen.continuation is second
+    gen.restart()
+    assert second.superseded and gen.continuation is None and gen.phase == Phase.PLAYING
+    third = gen.continue_from(torch.ones(4, 20, dtype=torch.long))
+    gen.cancel(third)
+    assert third.superseded and gen.continuation is None
