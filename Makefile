@@ -2,7 +2,7 @@
 #   make serve  - the main job: the built-in `tiny` model playing endlessly to the default audio
 #                 device (the null output where there is none); type commands on stdin
 #   make test   - the whole test suite (what CI runs)
-.PHONY: serve test setup demo
+.PHONY: serve test setup demo walk
 
 setup:
 	@bash scripts/setup.sh
@@ -16,3 +16,9 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+# the long profile of the random command walk (tests/streamer/test_walk.py): 10 000 commands across
+# hundreds of window slides, ~20 min on 2 cores; WALK=N and SEED=S to change it
+walk: setup
+	MUSICGEN_LIVE_WALK=$${WALK:-10000} MUSICGEN_LIVE_WALK_SEED=$${SEED:-1} .venv/bin/python -m pytest -q -s \
+		tests/streamer/test_walk.py -k long

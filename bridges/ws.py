@@ -188,7 +188,7 @@ class WebSocketBridge:
                 self._answer_later(client, self._continue(msg), event_id, [msg.get("source", "history")])
             elif kind == "audio.subscribe":
                 codec = msg.get("codec", "f32")
-                if codec not in CODECS:
+                if not isinstance(codec, str) or codec not in CODECS:
                     raise ProtocolError("codec must be f32 or s16")
                 client.audio, client.codec = bool(msg.get("enabled", True)), codec
                 await self._send(client, {"type": "audio.subscribed", "enabled": client.audio, "codec": codec,
@@ -205,12 +205,14 @@ class WebSocketBridge:
                 raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
         except ProtocolError as e:
             await self._error(client, str(e), event_id)
+        except Exception as e:  # a bug: this client hears of it, the connection and the music go on
+            await self._error(client, f"internal error: {type(e).__name__}: {e}", event_id)
 
     def _continue(self, msg: dict[str, Any]) -> Outcome:
         source = msg.get("source", "history")
         seconds = msg.get("seconds", DEFAULT_CONTINUE_S)
         names = {"history": "continue", "input": "continue/input", "file": "continue/file"}
-        if source not in names:
+        if not isinstance(source, str) or source not in names:
             raise ProtocolError("generate.continue source must be history, input or file (or upload with input_audio)")
         args = [msg.get("path", ""), seconds] if source == "file" else [seconds]
         return self.vocab.handle(names[source], args)
@@ -230,14 +232,14 @@ class WebSocketBridge:
     async def _answer(self, client: Client, tickets: list[c.Ticket], query: c.Ticket | None,
                       futures: dict[int, asyncio.Future], notes: list[str], event_id: Any, applied: list[str]) -> None:
         try:
-            await asyncio.wait_for(asyncio.gather(*futures.values()), timeout=ANSWER_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            await self._error(client, f"{', '.join(applied) or 'the request'} did not take effect within "
-                                      f"{ANSWER_TIMEOUT_S:.0f} s", event_id)
-            return
+            late = (await asyncio.wait(futures.values(), timeout=ANSWER_TIMEOUT_S))[1] if futures else set()
         finally:
             for key in futures:
                 self.pending.pop(key, None)
+        if late:
+            await self._error(client, f"{', '.join(applied) or 'the request'} did not take effect within "
+                                      f"{ANSWER_TIMEOUT_S:.0f} s", event_id)
+            return
         failed = next((t for t in tickets if t.error), None)
         if failed is not None:
             await self._error(client, failed.error or "", event_id)
@@ -256,10 +258,10 @@ class WebSocketBridge:
     def _begin_upload(self, client: Client, msg: dict[str, Any]) -> None:
         try:
             rate, channels = int(msg.get("rate", 0)), int(msg.get("channels", 1))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ProtocolError("input_audio.begin needs a numeric rate and channels") from None
         codec = msg.get("codec", "f32")
-        if not 8000 <= rate <= 192000 or not 1 <= channels <= 2 or codec not in CODECS:
+        if not 8000 <= rate <= 192000 or not 1 <= channels <= 2 or not isinstance(codec, str) or codec not in CODECS:
             raise ProtocolError("input_audio.begin needs rate 8000..192000, channels 1..2, codec f32|s16")
         client.upload, client.upload_fmt = bytearray(), {"rate": rate, "channels": channels, "codec": codec}
 

@@ -26,7 +26,7 @@ class Job(Generic[T]):
         self.label = label
         self._steps = steps
         self._started = False
-        self._unit_s: float | None = None  # measured seconds per unit of work
+        self._unit_costs: list[float] = []  # seconds per unit of work, the last few pieces
         self.done = False
         self.result: T | None = None
         self.error: Exception | None = None
@@ -39,10 +39,10 @@ class Job(Generic[T]):
             return
         if budget_s is None:
             amount = None
-        elif self._unit_s is None:
-            amount = 1  # the first piece measures what a unit costs
+        elif len(self._unit_costs) < 2:
+            amount = 1  # the first pieces measure what a unit costs (the very first may do no real work)
         else:
-            amount = max(1, int(budget_s / self._unit_s))
+            amount = max(1, int(budget_s / max(self._unit_costs)))  # the dearest recent unit: stay in budget
         t0 = time.perf_counter()
         try:
             if not self._started:
@@ -62,8 +62,7 @@ class Job(Generic[T]):
         self.pieces += 1
         self.seconds += dt
         if amount:
-            per_unit = dt / amount
-            self._unit_s = per_unit if self._unit_s is None else 0.5 * (self._unit_s + per_unit)
+            self._unit_costs = [*self._unit_costs[-2:], dt / amount]
 
     def finish(self) -> None:
         self.advance(None)

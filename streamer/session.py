@@ -131,7 +131,8 @@ class Session:
         self._queue: queue.SimpleQueue[c.Ticket] = queue.SimpleQueue()
         self._prompt: PendingPrompt | None = None
         self._continuation: PendingContinuation | None = None
-        self._frame0 = (0, 0)  # (absolute frame, model sample) where the codec stream last began
+        self.codec_origin = (0, 0)  # (absolute frame, model sample) where the codec stream last began
+        self.steps = 0  # steps delivered
         self._failed_steps = 0
         self._reopen_at = 0.0
         self._group: Any = None  # the SessionGroup of one that `start` makes
@@ -234,6 +235,7 @@ class Session:
         """Take a step's result (from `gen.step()` or a batch): timings, audio out, then one piece
         of a pending job within the step's budget."""
         self._failed_steps = 0
+        self.steps += 1
         dt = 1000 * seconds
         self.step_ms.append(dt)
         self._recent_ms.append(dt)
@@ -271,7 +273,7 @@ class Session:
             except Exception as again:
                 self.report_error(again)
                 return
-        self._frame0 = (self.gen.frames_done, self.sink.samples)
+        self.codec_origin = (self.gen.frames_done, self.sink.samples)
         self._event("warning", {"message": f"the stream was reset after {MAX_FAILED_STEPS} failed steps"})
 
     def report_error(self, e: Exception) -> None:
@@ -330,7 +332,7 @@ class Session:
             if heard.device_frame is not None:
                 self.probes.add(ticket, heard.device_frame, self.errors + self.output.underruns)
             else:
-                f0, s0 = self._frame0
+                f0, s0 = self.codec_origin
                 sample = s0 + max(0, (heard.frame if heard.frame is not None else ticket.frame) - f0) * self.hop
                 self.probes.add(ticket, self.sink.device_position(sample), self.errors + self.output.underruns)
         self._event("applied", {"ticket": ticket})
@@ -439,7 +441,7 @@ class Session:
             self.output.set_playing(True)
             if resumed and self.output.ring.fill:
                 return Heard(device_frame=self.output.ring.read + 1)  # the buffered audio resumes
-            return Heard(frame=self._frame0[0])  # from a stop: the first frame of the new start
+            return Heard(frame=self.codec_origin[0])  # from a stop: the first frame of the new start
         if isinstance(cmd, c.Pause):
             if self.state == PLAYING:
                 self.state = PAUSED
@@ -464,7 +466,7 @@ class Session:
         start = self.gen.frames_done
         result = self.gen.restart(keep_audio=keep_audio)
         if not keep_audio:
-            self._frame0 = (start, self.sink.samples)
+            self.codec_origin = (start, self.sink.samples)
         self.sink.push(result.audio)
         return start
 

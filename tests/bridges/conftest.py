@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -28,6 +30,20 @@ def tiny_model():
     return MusicGen.load("tiny", progress=None)
 
 
+class LineFeed:
+    """stdin for a served session: lines the test types, read by serve's console thread."""
+
+    def __init__(self) -> None:
+        self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def __iter__(self) -> Iterator[str]:
+        while (line := self.lines.get()) is not None:
+            yield line
+
+    def close(self) -> None:
+        self.lines.put(None)
+
+
 class Stack:
     def __init__(self, model, tmp_path, osc_cfg=None, ws_cfg=None):
         self.osc_port = free_port()
@@ -40,6 +56,8 @@ class Stack:
         self.running = None
         self.loop = None
         self.stop_event = threading.Event()
+        self.stdin = LineFeed()
+        self.said: queue.SimpleQueue[str] = queue.SimpleQueue()  # what serve printed (console answers)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         assert self.ready.wait(30), "server did not start"
@@ -49,7 +67,7 @@ class Stack:
             self.loop = asyncio.get_running_loop()
             await serve_forever(self.session, self.osc_cfg, self.ws_cfg, BridgesConfig(audio_dirs=[str(self.audio_dir)]),
                                 model_summary(self.session.model), seconds=None, status_every=0,
-                                say=lambda m: None, started=self._started,
+                                say=self.said.put, stdin=self.stdin, started=self._started,
                                 stop=self.stop_event)
 
         asyncio.run(main())
@@ -58,8 +76,18 @@ class Stack:
         self.running = running
         self.ready.set()
 
+    def type(self, line: str, answer: str = "", timeout: float = 20) -> str:
+        """Type a line on serve's stdin; returns the first printed line starting with `answer`
+        (serve also prints refusals of other clients, status lines ...)."""
+        self.stdin.lines.put(line + "\n")
+        while True:
+            said = self.said.get(timeout=timeout)
+            if said.startswith(answer):
+                return said
+
     def close(self):
         self.stop_event.set()
+        self.stdin.close()
         self.thread.join(timeout=10)
 
 

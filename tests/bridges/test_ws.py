@@ -6,13 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import shutil
-import signal
 import struct
-import subprocess
-import tempfile
 import urllib.request
 
 import numpy as np
@@ -276,65 +271,16 @@ def test_http_serves_the_browser_client(stack):
 def test_the_page_plays_in_headless_chromium(stack):
     """A real browser loads the page, plays audio through its AudioWorklet, sends a prompt and sees
     session.updated. Driven over the DevTools protocol (real time, not virtual time)."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not browser:
-        pytest.fail("chromium is not installed: run scripts/setup.sh")
-    from .conftest import free_port
+    from .browser import Browser
 
-    devtools = free_port(__import__("socket").SOCK_STREAM)
-    # chromium's helper processes may still write into the profile after the browser exits: the
-    # whole process group is stopped, and a leftover file in the throwaway profile is no failure
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-        proc = subprocess.Popen(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-             f"--user-data-dir={profile}", f"--remote-debugging-port={devtools}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            title = run(_selftest_title(devtools, f"http://127.0.0.1:{stack.ws_port}/?selftest=1"))
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
+    page = Browser()
+    try:
+        page.open(f"http://127.0.0.1:{stack.ws_port}/?selftest=1")
+        title = page.wait_for('document.title.startsWith("selftest") && document.title', timeout=30)
+    finally:
+        page.close()
     fields = dict(kv.split("=") for kv in title.split()[1:])
     assert int(fields["frames"]) >= 20  # audio frames arrived
     assert int(fields["updated"]) >= 1  # the prompt was sent and session.updated came back
     assert fields["worklet"] == "1"
     assert stack.session.prompts == [("selftest prompt from the browser", 1.0)]
-
-
-async def _selftest_title(devtools_port: int, page: str) -> str:
-    import time
-
-    deadline = time.time() + 30
-    targets = None
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{devtools_port}/json/list", timeout=2) as r:
-                targets = [t for t in json.loads(r.read()) if t["type"] == "page"]
-            if targets:
-                break
-        except OSError:
-            await asyncio.sleep(0.2)
-    assert targets, "chromium's DevTools endpoint did not come up"
-    async with connect(targets[0]["webSocketDebuggerUrl"], max_size=None) as cdp:
-        ids = iter(range(1, 10**6))
-
-        async def call(method, **params):
-            i = next(ids)
-            await cdp.send(json.dumps({"id": i, "method": method, "params": params}))
-            while True:
-                msg = json.loads(await cdp.recv())
-                if msg.get("id") == i:
-                    return msg.get("result", {})
-
-        await call("Page.navigate", url=page)
-        while time.time() < deadline:
-            res = await call("Runtime.evaluate", expression="document.title")
-            title = res.get("result", {}).get("value", "")
-            if title.startswith("selftest"):
-                return title
-            await asyncio.sleep(0.25)
-    raise AssertionError("the page's selftest did not finish")

@@ -1,0 +1,148 @@
+"""Every client sees the same state. One running `serve`; four clients at once - its stdin, an OSC
+subscriber, a WebSocket client and the browser page in headless Chromium - each make changes in
+turn, and after each change all four show what the session plays: prompt, guidance, temperature and
+transport. Protects: changes from any one bridge reach every other (no drift), the page loads the
+server's state on connect and follows it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from pythonosc.osc_message import OscMessage
+from websockets.sync.client import connect
+
+from bridges.osc import encode
+from streamer import commands as c
+
+from .browser import Browser
+from .conftest import Stack
+
+KEYS = ("prompts", "cfg", "temperature", "state")
+
+
+class OscSubscriber:
+    """Folds what a subscriber is sent (/prompt, /cfg, /transport ...) into the state it believes."""
+
+    def __init__(self, port: int, start: dict[str, Any]) -> None:
+        self.server = ("127.0.0.1", port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.view = dict(start)
+        self.stopped = False
+        self.send("subscribe")
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def send(self, name: str, *args: Any) -> None:
+        self.sock.sendto(encode(f"/musicgen/{name}", args), self.server)
+
+    def _listen(self) -> None:
+        while not self.stopped:
+            try:
+                msg = OscMessage(self.sock.recvfrom(65536)[0])
+            except (socket.timeout, OSError):
+                continue
+            name, args = msg.address[len("/musicgen/") :], msg.params
+            if name == "prompt":
+                self.view["prompts"] = [{"text": args[0], "weight": 1.0}]
+            elif name == "transport":
+                self.view["state"] = args[0]
+            elif name in ("cfg", "temperature"):
+                self.view[name] = args[0]
+
+    def close(self) -> None:
+        self.stopped = True
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+class WsClient:
+    """Folds session.created and every state.changed into the state it believes."""
+
+    def __init__(self, port: int) -> None:
+        self._exit = contextlib.ExitStack()
+        self.ws = self._exit.enter_context(connect(f"ws://127.0.0.1:{port}/"))
+        self.view = json.loads(self.ws.recv(timeout=10))["state"]
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        try:
+            for raw in self.ws:
+                msg = json.loads(raw)
+                if msg["type"] == "state.changed":
+                    self.view.update(msg["changes"])
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        self._exit.close()
+        self.thread.join(timeout=2)
+
+
+def agree(stack: Stack, osc: OscSubscriber, ws: WsClient, page: Browser, timeout: float = 10,
+          **want: Any) -> dict[str, Any]:
+    """Wait until the session has `want` and all four clients show the session's state; return it."""
+    deadline = time.time() + timeout
+    while True:
+        truth = {k: stack.session.view()[k] for k in KEYS}
+        if any(truth[k] != v for k, v in want.items()):
+            if time.time() > deadline:
+                raise AssertionError(f"the session never got {want}: {truth}")
+            time.sleep(0.05)
+            continue
+        shown = {
+            "osc": {k: osc.view.get(k) for k in KEYS},
+            "ws": {k: ws.view.get(k) for k in KEYS},
+            "page": {k: v for k, v in (page.eval(f"({{...window.musicgenView}})") or {}).items() if k in KEYS},
+        }
+        dom = page.eval('({prompt: document.getElementById("prompt").value, cfg: Number(document.getElementById("cfg").value)})')
+        as_sent = {k: float(np.float32(v)) if isinstance(v, float) else v for k, v in truth.items()}  # OSC's f is float32
+        if shown["ws"] == shown["page"] == truth and shown["osc"] == as_sent and dom == {
+            "prompt": " | ".join(p["text"] for p in truth["prompts"]), "cfg": truth["cfg"]
+        }:
+            return truth
+        if time.time() > deadline:
+            raise AssertionError(f"clients disagree with {truth}: {shown}, page controls {dom}")
+        time.sleep(0.1)
+
+
+def test_stdin_osc_websocket_and_the_page_all_see_the_same_state(tiny_model, tmp_path):
+    stack = Stack(tiny_model, tmp_path)
+    page = Browser()
+    osc = ws = None
+    try:
+        stack.session.submit(c.Set("cfg", 11.0)).wait(10)
+        osc = OscSubscriber(stack.osc_port, stack.session.view())
+        ws = WsClient(stack.ws_port)
+        page.open(f"http://127.0.0.1:{stack.ws_port}/")
+        page.wait_for("window.musicgenView && window.musicgenView.cfg === 11")  # loaded the server's state
+        agree(stack, osc, ws, page)
+
+        assert stack.type("cfg 5", answer="ok:").startswith("ok: cfg")  # from stdin
+        agree(stack, osc, ws, page, cfg=5.0)
+        osc.send("prompt", "from", "osc")  # from OSC
+        agree(stack, osc, ws, page, prompts=[{"text": "from osc", "weight": 1.0}])
+        ws.ws.send(json.dumps({"type": "session.update", "temperature": 0.7}))  # from WebSocket
+        ws.ws.send(json.dumps({"type": "playback.control", "action": "pause"}))
+        agree(stack, osc, ws, page, temperature=0.7, state="paused")
+        page.eval('(() => { const s = document.getElementById("cfg"); s.value = 7; s.dispatchEvent(new Event("change")); '
+                  'document.getElementById("prompt").value = "from the page"; '
+                  'document.getElementById("promptForm").requestSubmit(); })()')  # from the page
+        agree(stack, osc, ws, page, cfg=7.0, prompts=[{"text": "from the page", "weight": 1.0}])
+        page.eval('document.querySelector("[data-action=play]").click()')
+        agree(stack, osc, ws, page, state="playing")
+    finally:
+        for client in (osc, ws):
+            if client is not None:
+                client.close()
+        page.close()
+        stack.close()
