@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--context", type=_positive_float, dest="context_s", help="([stream] context_s)")
     bs.add_argument("--seconds", type=_positive_float, default=60.0, help="how long to play (default 60)")
     bs.add_argument("--every", type=_positive_float, default=2.0, help="seconds between commands (default 2)")
+    bs.add_argument("--continue-seconds", type=_positive_float, default=12.0,
+                    help="length of the continuations it asks for, from the session's own output (default 12)")
+    bs.add_argument("--slide-chunk", type=int, help="columns a slide or continuation prefills per step, 0 = measured "
+                    "([stream] slide_chunk)")
 
     sd = sub.add_parser("send", help="send one OSC message to a running serve and print the replies")
     sd.add_argument("address", help="e.g. /musicgen/cfg, or just cfg (the [osc] prefix is added)")
@@ -433,12 +437,14 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
     from streamer.outputs import make_output_or_null
 
     stream = dataclasses.replace(
-        args.sections["stream"], **{k: getattr(args, k) for k in ("output", "buffer_ms", "window_s", "context_s")}
+        args.sections["stream"],
+        **{k: getattr(args, k) for k in ("output", "buffer_ms", "window_s", "context_s", "slide_chunk")},
     )
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     model = _load(args)
     out = make_output_or_null(stream.output, max(2, model.audio_channels), stream.buffer_ms / 1000, stream.blocksize, say)
-    print(format_stream_bench(run_stream_bench(model, out, stream, args.seconds, args.every, say)))
+    print(format_stream_bench(run_stream_bench(model, out, stream, args.seconds, args.every, say,
+                                               continue_s=args.continue_seconds)))
     return 0
 
 

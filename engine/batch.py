@@ -64,7 +64,7 @@ class Batch:
         results = [g.step_output(lg, defer_decode=True) for g, lg in zip(streams, logits)]
         due = [(g, r, c) for g, r in zip(streams, results) if (c := g.take_codec_input()) is not None]
         if due:
-            audio = self.model.codec.push_many([g.state.decoder for g, _, _ in due], [c for _, _, c in due])
+            audio = self.model.codec.push_many([g.decoder for g, _, _ in due], [c for _, _, c in due])
             for (g, r, _), out in zip(due, audio):
                 r.audio = g.decoded(out)
         return results

@@ -408,6 +408,15 @@ class Generator:
 
     # -- queries -------------------------------------------------------------------------------
     @property
+    def started(self) -> bool:
+        return self.state is not None
+
+    @property
+    def decoder(self) -> DecoderState:
+        """This stream's codec state (a `Batch` decodes several streams' frames together)."""
+        return self._require().decoder
+
+    @property
     def phase(self) -> Phase:
         prep = self._require().prep
         return Phase.PLAYING if prep is None else Phase.SLIDING if isinstance(prep, Slide) else Phase.CONTINUING

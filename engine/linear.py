@@ -1,8 +1,8 @@
 """How the live (fast) path multiplies by a weight matrix: fp32, half precision, or int8.
 
 A decoder step on CPU is a handful of rows times every weight matrix, so it is bound by how many
-bytes of weights it reads (DESIGN.md §7). Storing the matrices smaller is how a step gets past the
-fp32 floor. The parity path (`LanguageModel(exact=True)`) never comes here: it stays fp32 with the
+bytes of weights it reads (~21 GB/s for an fp32 GEMV on the 2-core CPU, BENCHMARKS.md). Storing the
+matrices smaller is how a step gets past the fp32 floor. The parity path (`LanguageModel(exact=True)`) never comes here: it stays fp32 with the
 reference's matmul shapes.
 
 Precisions (measured on the 2-core EPYC, GB/s of fp32-equivalent weights per second, see

@@ -1,15 +1,17 @@
 """`musicgen-live bench-stream`: a real-time session measured the way a performer feels it.
 
-Plays for `seconds`, sending a command every `every` seconds (alternating prompt and cfg changes)
-and a stop -> play cycle now and then, and reports underruns, step times, the worst step while a
-window slide was being prepared, command -> audible latency and time to first audio after play.
+Plays for `seconds`, sending a command every `every` seconds - prompt and cfg changes, a prompt never
+heard before (T5 runs a block per step), a continuation from the last `continue_s` seconds of what
+played (encoded a piece per step, prefilled a chunk per step) and a stop -> play cycle now and then -
+and reports underruns, step times, command -> audible latency, time to first audio after play, and
+what each kind of preparation costs: the worst step while it ran against the median plain step.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from engine.config import SamplingConfig
@@ -34,9 +36,11 @@ class StreamBench:
     step_ms_p50: float
     step_ms_p99: float
     slides: int
-    slide_step_ms_max: float | None
     command_latency_ms: list[float]
     first_audio_ms: list[float]
+    plain_step_ms: float = 0.0  # median of steps with nothing being prepared
+    worst_ms: dict[str, list[float]] = field(default_factory=dict)  # kind -> worst step during each
+    ready_ms: dict[str, list[float]] = field(default_factory=dict)  # kind -> request to take-over
 
 
 def run_stream_bench(
@@ -46,10 +50,12 @@ def run_stream_bench(
     seconds: float,
     every: float = 2.0,
     say: Callable[[str], None] = print,
+    continue_s: float = 12.0,
 ) -> StreamBench:
-    session = Session(model, output, stream, SamplingConfig())
+    session = Session(model, output, stream, SamplingConfig(), log=say)
     session.start()
     latency, first_audio = [], []
+    timed: list[tuple[str, c.Ticket]] = []  # (kind, ticket) of the preparations to cost
     t0 = time.perf_counter()
     n = 0
     try:
@@ -64,17 +70,39 @@ def run_stream_bench(
                 if t.latency_ms is not None:
                     first_audio.append(t.latency_ms)
                 continue
+            if n % 7 == 0 and session.sink.history.seconds >= continue_s:
+                timed.append(("continuation", session.submit(c.ContinueHistory(continue_s))))
+                continue
+            if n % 5 == 0:
+                timed.append(("new prompt", session.submit(c.SetPrompt(f"never heard before #{n}, slow dub", fade_s=0))))
+                continue
             cmd = c.SetPrompt(PROMPTS[n % len(PROMPTS)], fade_s=0) if n % 2 else c.Set("cfg", 3.0 + n % 4)
             t = session.submit(cmd)
             time.sleep(min(1.0, every * 0.9))
             if t.latency_ms is not None:
                 latency.append(t.latency_ms)
-            if n % 5 == 0:
+            if n % 5 == 1:
                 snap = session.snapshot()
                 say(f"{snap['seconds']:6.1f} s  underruns {snap['underruns']}  step p50 {snap['step_ms_p50']:.1f} ms")
+        for _, t in timed:
+            t.wait(120)
         snap = session.snapshot()
     finally:
         session.close()
+    log = list(session.step_log)
+    plain = sorted(ms for _, ms, phase, job in log if phase == "playing" and not job)
+    worst: dict[str, list[float]] = {}
+    ready: dict[str, list[float]] = {}
+    for kind, t in timed:
+        if t.applied is None:
+            continue
+        during = [ms for end, ms, _, _ in log if t.accepted <= end <= t.applied + 0.001]
+        if during:
+            worst.setdefault(kind, []).append(max(during))
+            ready.setdefault(kind, []).append(1000 * (t.applied - t.accepted))
+    sliding = [ms for _, ms, phase, _ in log if phase == "sliding"]
+    if sliding:
+        worst["window slide"] = [max(sliding)]
     return StreamBench(
         seconds=snap["seconds"],
         output=output.describe(),
@@ -84,9 +112,11 @@ def run_stream_bench(
         step_ms_p50=snap["step_ms_p50"],
         step_ms_p99=snap["step_ms_p99"],
         slides=snap["slides"],
-        slide_step_ms_max=snap["prepare_step_ms_max"],
         command_latency_ms=latency,
         first_audio_ms=first_audio,
+        plain_step_ms=plain[len(plain) // 2] if plain else 0.0,
+        worst_ms=worst,
+        ready_ms=ready,
     )
 
 
@@ -95,15 +125,19 @@ def format_stream_bench(r: StreamBench) -> str:
         v = percentile(sorted(values), q)
         return "-" if v is None else f"{v:.0f}"
 
-    return "\n".join(
-        [
-            f"{r.seconds:.1f} s of music to {r.output}, buffer {r.buffer_ms:.0f} ms",
-            f"  underruns {r.underruns} (device underflow flags {r.device_underflows})",
-            f"  step p50 {r.step_ms_p50:.1f} ms, p99 {r.step_ms_p99:.1f} ms; {r.slides} window slides, "
-            f"worst step while sliding {r.slide_step_ms_max or 0:.1f} ms",
-            f"  command -> audible: p50 {pct(r.command_latency_ms, 0.5)} ms, p99 {pct(r.command_latency_ms, 0.99)} ms "
-            f"({len(r.command_latency_ms)} commands)",
-            f"  time to first audio after play: median "
-            f"{statistics.median(r.first_audio_ms) if r.first_audio_ms else 0:.0f} ms ({len(r.first_audio_ms)} stop/play cycles)",
-        ]
-    )
+    lines = [
+        f"{r.seconds:.1f} s of music to {r.output}, buffer {r.buffer_ms:.0f} ms",
+        f"  underruns {r.underruns} (device underflow flags {r.device_underflows})",
+        f"  step p50 {r.step_ms_p50:.1f} ms, p99 {r.step_ms_p99:.1f} ms; {r.slides} window slides",
+        f"  command -> audible: p50 {pct(r.command_latency_ms, 0.5)} ms, p99 {pct(r.command_latency_ms, 0.99)} ms "
+        f"({len(r.command_latency_ms)} commands)",
+        f"  time to first audio after play: median "
+        f"{statistics.median(r.first_audio_ms) if r.first_audio_ms else 0:.0f} ms ({len(r.first_audio_ms)} stop/play cycles)",
+        f"  median plain step {r.plain_step_ms:.1f} ms; worst step while preparing, against it:",
+    ]
+    for kind, worst in r.worst_ms.items():
+        ready = r.ready_ms.get(kind)
+        took = f", ready {statistics.median(ready) / 1000:.1f} s after the request (median)" if ready else ""
+        lines.append(f"    {kind:13s} {max(worst):6.1f} ms = {max(worst) / max(r.plain_step_ms, 1e-9):.2f}x "
+                     f"(worst of {len(worst)}){took}")
+    return "\n".join(lines)

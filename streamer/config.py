@@ -16,7 +16,7 @@ class StreamConfig:
     blocksize: int = 256  # frames per output callback
     window_s: float = 30.0  # LM context window before it slides (at most the model's)
     context_s: float = 12.0  # context kept across a slide (audiocraft keeps 12 s)
-    slide_chunk: int = 16  # columns prefilled per step while a slide is prepared
+    slide_chunk: int = 0  # columns a slide or continuation prefills per step; 0 = measured at start
     decode_frames: int = 1  # frames per codec push: 2 costs 20 ms more latency, saves ~25 % of the decode
     fade_s: float = 0.0  # default crossfade for prompt changes
     history_s: float = 30.0  # own output kept for "continue"

@@ -55,5 +55,5 @@ class LatencyProbes:
         """Median of the recent healthy command -> audible latencies (None before the first)."""
         if not self.recent_ms:
             return None
-        values = sorted(self.recent_ms)
+        values = sorted(self.recent_ms.copy())  # copy(): atomic, while the generation thread appends
         return values[len(values) // 2]

@@ -45,6 +45,7 @@ from engine.sampling import SamplingParams
 from engine.stats import percentile
 
 from . import commands as c
+from .calibrate import prefill_chunk
 from .config import MAX_DECODE_FRAMES, StreamConfig
 from .controls import CONTROLS, MAX_CONTINUE_S, MAX_PROMPT_CHARS, MAX_PROMPTS, SAMPLING
 from .jobs import Job
@@ -55,6 +56,7 @@ from .sink import AudioSink
 PLAYING, PAUSED, STOPPED = "playing", "paused", "stopped"
 SWITCH_INTERVAL_S = 0.0005
 JOB_SHARE = 0.35  # a job's piece may add this share of a median step to a step
+STEP_LOG = 20_000  # steps remembered for benchmarks (~7 minutes at 50 frames/s)
 MAX_FAILED_STEPS = 3  # consecutive failed steps before the stream is reset to recover
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -127,6 +129,8 @@ class Session:
         self.step_ms: collections.deque[float] = collections.deque(maxlen=2000)
         self.prepare_step_ms: collections.deque[float] = collections.deque(maxlen=500)  # slide / continuation
         self.job_step_ms: collections.deque[float] = collections.deque(maxlen=500)  # a job's piece included
+        # every step: (perf_counter at its end, ms including a job's piece, phase before it, the job's label)
+        self.step_log: collections.deque[tuple[float, float, str, str]] = collections.deque(maxlen=STEP_LOG)
         self._recent_ms: collections.deque[float] = collections.deque(maxlen=50)  # for the job budget
         self._queue: queue.SimpleQueue[c.Ticket] = queue.SimpleQueue()
         self._prompt: PendingPrompt | None = None
@@ -192,13 +196,14 @@ class Session:
 
     def snapshot(self) -> dict[str, Any]:
         """`view` plus where the stream is and how it is doing."""
-        steps = sorted(self.step_ms)
-        frame = self.gen.frames_done if self.gen.state else 0
+        steps = sorted(self.step_ms.copy())  # copy(): atomic, while the generation thread appends
+        started = self.gen.started
+        frame = self.gen.frames_done if started else 0
         pending = [p.ticket.name for p in (self._prompt, self._continuation) if p is not None]
         return {
             **self.view(),
-            "phase": self.gen.phase.value if self.gen.state else "starting",
-            "fading": bool(self.gen.state and self.gen.fading),
+            "phase": self.gen.phase.value if started else "starting",
+            "fading": started and self.gen.fading,
             "pending": pending,
             "frame": frame,
             "seconds": frame / self.model.spec.frame_rate,
@@ -207,9 +212,9 @@ class Session:
             "errors": self.errors,
             "step_ms_p50": percentile(steps, 0.5),
             "step_ms_p99": percentile(steps, 0.99),
-            "slides": self.gen.slides if self.gen.state else 0,
-            "prepare_step_ms_max": max(self.prepare_step_ms, default=None),
-            "job_step_ms_max": max(self.job_step_ms, default=None),
+            "slides": self.gen.slides if started else 0,
+            "prepare_step_ms_max": max(self.prepare_step_ms.copy(), default=None),
+            "job_step_ms_max": max(self.job_step_ms.copy(), default=None),
             "latency_ms_p50": self.probes.estimate_ms(),
             "output": self.output.describe(),
             "output_error": self.output.error,
@@ -247,7 +252,9 @@ class Session:
             median = sorted(self._recent_ms)[len(self._recent_ms) // 2]
             t0 = time.perf_counter()
             job.advance(JOB_SHARE * median / 1000)
-            self.job_step_ms.append(dt + 1000 * (time.perf_counter() - t0))
+            dt += 1000 * (time.perf_counter() - t0)
+            self.job_step_ms.append(dt)
+        self.step_log.append((time.perf_counter(), dt, phase_before.value, job.label if job else ""))
         self.resolve_probes()
 
     def idle(self, seconds: float) -> None:
@@ -300,8 +307,12 @@ class Session:
         window = min(m.spec.seconds_to_frames(self.cfg.window_s), m.max_frames)
         context = min(m.spec.seconds_to_frames(self.cfg.context_s), window // 2)
         conds = [(m.conditioner.condition(t, guided=True), w) for t, w in self.prompts]
+        chunk = self.cfg.slide_chunk
+        if chunk == 0:
+            chunk = prefill_chunk(m)
+            self.log(f"window slides and continuations prefill {chunk} columns a step (measured on this machine)")
         self.gen.start(conds, capacity_frames=window, context_frames=context, guided=True, max_prompts=MAX_PROMPTS,
-                       slide_chunk=self.cfg.slide_chunk)
+                       slide_chunk=chunk)
         self.controls["context"] = self.gen.context_frames / m.spec.frame_rate
 
     # -- commands --------------------------------------------------------------------------------
@@ -326,7 +337,7 @@ class Session:
 
     def _applied(self, ticket: c.Ticket, heard: Answer, before: dict[str, Any]) -> None:
         ticket.applied = time.perf_counter()
-        if self.gen.state is not None and ticket.frame is None:
+        if self.gen.started and ticket.frame is None:
             ticket.frame = heard.frame if isinstance(heard, Heard) and heard.frame is not None else self.gen.next_frame
         if isinstance(heard, Heard):
             if heard.device_frame is not None:

@@ -18,7 +18,7 @@ from streamer.group import SessionGroup
 from streamer.outputs import make_output
 from streamer.session import PLAYING, Session
 
-STREAM = StreamConfig(buffer_ms=400, window_s=4.0, context_s=1.5)  # 3 sessions + prefills on 2 cores
+STREAM = StreamConfig(buffer_ms=400, window_s=4.0, context_s=1.5, slide_chunk=8)  # 3 sessions + prefills on 2 cores
 
 
 def recorded(tiny, prompt: str, seed: int, decode_frames: int = 1) -> tuple[Session, list[np.ndarray]]:

@@ -217,6 +217,7 @@ def test_seeded_walk_across_slides(tiny_model):
 
 
 @pytest.mark.skipif(not os.environ.get("MUSICGEN_LIVE_WALK"), reason="the long profile: make walk")
+@pytest.mark.timeout(6 * 3600)
 def test_long_seeded_walk(tiny_model):
     commands = int(os.environ["MUSICGEN_LIVE_WALK"])
     seed = int(os.environ.get("MUSICGEN_LIVE_WALK_SEED", "1"))
