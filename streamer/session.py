@@ -205,7 +205,8 @@ class Session:
             "phase": self.gen.phase.value if started else "starting",
             "fading": started and self.gen.fading,
             "pending": pending,
-            "frame": frame,
+            "frame": frame,  # frames complete
+            "next_frame": self.gen.next_frame if started else 0,  # where a change made now is heard from
             "seconds": frame / self.model.spec.frame_rate,
             "buffer_ms": 1000 * self.output.ring.fill / self.output.rate,
             "underruns": self.output.underruns,

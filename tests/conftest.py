@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.model import MusicGen
 from engine.presets import ENCODEC_32K, T5_TINY, Arch, save_random_checkpoint
 
 # A slim codec keeps the suite fast; the 32 kHz-sized codec is covered in test_codec.py.
@@ -39,3 +40,9 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory):
         return made[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny() -> MusicGen:
+    """The built-in `tiny` model, loaded once for the whole suite."""
+    return MusicGen.load("tiny", progress=None)

@@ -13,7 +13,7 @@ import pytest
 
 from bridges.config import BridgesConfig, OscConfig, WebSocketConfig
 from bridges.server import serve_forever
-from engine.model import MusicGen, model_summary
+from engine.model import model_summary
 from streamer.config import StreamConfig
 from streamer.outputs import make_output
 from streamer.session import Session
@@ -23,11 +23,6 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def tiny_model():
-    return MusicGen.load("tiny", progress=None)
 
 
 class LineFeed:
@@ -92,7 +87,7 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tiny_model, tmp_path):
-    s = Stack(tiny_model, tmp_path)
+def stack(tiny, tmp_path):
+    s = Stack(tiny, tmp_path)
     yield s
     s.close()

@@ -92,7 +92,7 @@ def test_bad_input_is_answered_on_error(peer):
     assert "outside the folders" in peer.expect("/musicgen/error").params[1]
 
 
-def test_replies_go_to_the_configured_reply_port(tiny_model, tmp_path):
+def test_replies_go_to_the_configured_reply_port(tiny, tmp_path):
     from bridges.config import OscConfig
 
     from .conftest import Stack
@@ -100,7 +100,7 @@ def test_replies_go_to_the_configured_reply_port(tiny_model, tmp_path):
     listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     listen.bind(("127.0.0.1", 0))
     listen.settimeout(5)
-    s = Stack(tiny_model, tmp_path, osc_cfg=OscConfig(reply_port=listen.getsockname()[1]))
+    s = Stack(tiny, tmp_path, osc_cfg=OscConfig(reply_port=listen.getsockname()[1]))
     try:
         SimpleUDPClient("127.0.0.1", s.osc_port).send_message("/musicgen/ping", 7)
         data, _ = listen.recvfrom(65536)
@@ -146,7 +146,7 @@ def test_fuzz_malformed_packets_never_stop_the_music(stack, peer):
     rng = random.Random(1)
     addresses = ["/musicgen/cfg", "/musicgen/prompt", "/musicgen/play", "/musicgen/prompt/weighted", "/musicgen/top_k",
                  "/musicgen/get/state", "/musicgen/nope", "/x", "/musicgen/continue", "/musicgen/seed", "/musicgen/ctrl"]
-    frame = stack.session.gen.frames_done
+    frame = stack.session.snapshot()["frame"]
     for i in range(3000):
         kind = rng.random()
         if kind < 0.4:
@@ -173,8 +173,8 @@ def test_fuzz_malformed_packets_never_stop_the_music(stack, peer):
     peer.send("/musicgen/ping", 1)
     assert peer.expect("/musicgen/pong").params == [1]
     assert stack.running.osc.errors_sent > 500  # bad packets were answered
-    assert stack.session.gen.frames_done > frame  # and the music went on
-    assert stack.session.state == "playing" or stack.session.state in ("paused", "stopped")
+    assert stack.session.snapshot()["frame"] > frame  # and the music went on
+    assert stack.session.state == "playing"  # the flood holds no pause or stop: nothing may have stopped it
 
 
 def test_send_command_talks_to_a_running_server(stack, capsys):
@@ -189,14 +189,14 @@ def test_send_command_talks_to_a_running_server(stack, capsys):
     assert stack.session.params.cfg == 7.0
 
 
-def test_osc_over_tcp_with_slip_framing(tiny_model, tmp_path):
+def test_osc_over_tcp_with_slip_framing(tiny, tmp_path):
     from bridges.config import OscConfig
     from bridges.osc import SLIP_END, encode, slip_decode, slip_encode
 
     from .conftest import Stack
 
     assert slip_decode(slip_encode(b"a\xc0b\xdbc")[1:-1]) == b"a\xc0b\xdbc"
-    s = Stack(tiny_model, tmp_path, osc_cfg=OscConfig(tcp=True))
+    s = Stack(tiny, tmp_path, osc_cfg=OscConfig(tcp=True))
     try:
         with socket.create_connection(("127.0.0.1", s.osc_port), timeout=5) as tcp:
             tcp.sendall(slip_encode(encode("/musicgen/ping", (5,))) + slip_encode(encode("/musicgen/cfg", (4.5,))))

@@ -43,7 +43,7 @@ def osc_request(port: int, address: str, *args, answer: str | None = None) -> li
             return [msg]
 
 
-def test_two_sessions_each_answer_on_their_own_ports(tiny_model):
+def test_two_sessions_each_answer_on_their_own_ports(tiny):
     # consecutive free ports for both transports
     while True:
         osc_port, ws_port = free_port(), free_port(socket.SOCK_STREAM)
@@ -55,13 +55,13 @@ def test_two_sessions_each_answer_on_their_own_ports(tiny_model):
         except OSError:
             continue
     stream = StreamConfig(buffer_ms=400, window_s=8, context_s=3)  # two sessions + clients on 2 cores
-    sessions = [Session(tiny_model, make_output("null", 2, 0.4), stream, SamplingConfig(seed=i)) for i in range(2)]
-    group = SessionGroup(tiny_model, max_sessions=2)
+    sessions = [Session(tiny, make_output("null", 2, 0.4), stream, SamplingConfig(seed=i)) for i in range(2)]
+    group = SessionGroup(tiny, max_sessions=2)
     ready, stop = threading.Event(), threading.Event()
 
     def run():
         asyncio.run(serve_forever(sessions, replace(OscConfig(), port=osc_port), replace(WebSocketConfig(), port=ws_port),
-                                  BridgesConfig(), model_summary(tiny_model), None, 0, lambda m: None,
+                                  BridgesConfig(), model_summary(tiny), None, 0, lambda m: None,
                                   started=lambda r: ready.set(), stop=stop, group=group))
 
     thread = threading.Thread(target=run, daemon=True)

@@ -115,8 +115,8 @@ def agree(stack: Stack, osc: OscSubscriber, ws: WsClient, page: Browser, timeout
         time.sleep(0.1)
 
 
-def test_stdin_osc_websocket_and_the_page_all_see_the_same_state(tiny_model, tmp_path):
-    stack = Stack(tiny_model, tmp_path)
+def test_stdin_osc_websocket_and_the_page_all_see_the_same_state(tiny, tmp_path):
+    stack = Stack(tiny, tmp_path)
     page = Browser()
     osc = ws = None
     try:

@@ -9,6 +9,7 @@ import torch
 
 from engine.errors import ContextError
 from engine.generator import Generator, Phase
+from engine.lm import Segment
 from engine.model import MusicGen
 from engine.sampling import SamplingParams
 
@@ -81,18 +82,27 @@ def test_prompt_change_lands_at_the_next_frame_and_fades_drop_old_rows(model):
 
 
 def test_new_prompt_row_continues_the_old_rows_history(model):
-    """Switching to a prompt at once must equal having run that prompt's row with the old history:
-    with the cache row copied, the next logits match a run whose cross-attention alone changed."""
-    a, b = model.conditioner.condition("harp"), model.conditioner.condition("organ")
+    """Switching to a new prompt at once must equal having run that prompt's row with the loudest
+    row's history: with the cache rows really moving (the blend's quieter row dropped, the
+    unconditional row moving up), the next logits match a cache built by hand from those histories
+    whose cross-attention alone changed."""
+    a, b, new = (model.conditioner.condition(t) for t in ("harp", "organ", "glockenspiel"))
     gen = Generator(model, GREEDY)
-    gen.start([(a, 1.0)], capacity_frames=300, guided=True, max_prompts=2)
+    gen.start([(a, 0.7), (b, 0.3)], capacity_frames=300, guided=True, max_prompts=2)  # rows [harp, organ, uncond]
     for _ in range(6):
         gen.step()
-    cache = gen.state.window.cache
-    history = cache.k[:, 0, :, : gen.state.window.column + 1].clone()
-    gen.set_prompts([(b, 1.0)], fade_frames=0)
-    assert [r.condition.text for r in gen.rows] == ["organ"]
-    assert torch.equal(cache.k[:, 0, :, : gen.state.window.column + 1], history)
+    tokens, seg = gen.step_input()
+    filled = seg.start  # columns already in the cache
+    by_hand = model.lm.new_cache(2, 300)
+    for mine, theirs in ((by_hand.k, seg.cache.k), (by_hand.v, seg.cache.v)):
+        mine[:, 0, :, :filled] = theirs[:, 0, :, :filled]  # the loudest prompt's history
+        mine[:, 1, :, :filled] = theirs[:, 2, :, :filled]  # the unconditional row's
+    gen.set_prompts([(new, 1.0)], fade_frames=0)
+    assert [r.condition.text for r in gen.rows] == ["glockenspiel"]
+    tokens, seg = gen.step_input()
+    got = model.lm.forward_segments(tokens, [seg])
+    want = model.lm.forward_segments(tokens, [Segment(2, filled, by_hand, [new.cross])])
+    assert torch.equal(got, want)
 
 
 def test_restart_from_codes_equals_a_new_stream_from_them(model):

@@ -1,4 +1,4 @@
-"""Sessions on the built-in `tiny` model; a JACK dummy server for the real PortAudio path."""
+"""A JACK dummy server for the real PortAudio path (the `tiny` fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,6 @@ import time
 
 import pytest
 
-from engine.model import MusicGen
-
-
-@pytest.fixture(scope="session")
-def tiny():
-    return MusicGen.load("tiny", progress=None)
 
 
 def jack_running() -> bool:

@@ -2,9 +2,6 @@
 (error event), a few in a row reset the stream so the music comes back (warning event), and the
 commands around it are still answered."""
 
-import pytest
-
-from engine.model import MusicGen
 from streamer import commands as c
 from streamer.config import StreamConfig
 from streamer.session import MAX_FAILED_STEPS
@@ -12,13 +9,8 @@ from streamer.session import MAX_FAILED_STEPS
 from .driver import Driven
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    return MusicGen.load("tiny", progress=None)
-
-
-def test_failing_steps_reset_the_stream_and_the_music_comes_back(tiny_model):
-    live = Driven(tiny_model, StreamConfig(buffer_ms=100, window_s=4, context_s=1.5, slide_chunk=8))
+def test_failing_steps_reset_the_stream_and_the_music_comes_back(tiny):
+    live = Driven(tiny, StreamConfig(buffer_ms=100, window_s=4, context_s=1.5, slide_chunk=8))
     try:
         for _ in range(30):
             live.turn()

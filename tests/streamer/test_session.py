@@ -35,6 +35,11 @@ def submit(s: Session, cmd, timeout: float = 10):
     return t
 
 
+def state(s: Session) -> dict:
+    """The session's state read on its own thread between two steps (not raced from this one)."""
+    return submit(s, c.Query()).result
+
+
 def test_plays_and_keeps_the_buffer_at_its_target(session):
     run_for(2.0)
     snap = session.snapshot()
@@ -46,15 +51,15 @@ def test_plays_and_keeps_the_buffer_at_its_target(session):
 def test_a_command_lands_at_the_next_frame(session):
     run_for(0.5)
     submit(session, c.Pause())
-    frame = session.gen.next_frame
+    frame = state(session)["next_frame"]
     t = submit(session, c.Set("cfg", 6.0))
     assert t.frame == frame  # the very next frame sampled is sampled with the new cfg
-    assert session.gen.params.cfg == 6.0
+    assert state(session)["cfg"] == 6.0
     submit(session, c.Play())
     first = submit(session, c.SetPrompt("bright arpeggios", fade_s=0))  # never heard: T5 a piece per step
-    assert [r.condition.text for r in session.gen.rows] == ["bright arpeggios"]
+    assert state(session)["prompts"] == [{"text": "bright arpeggios", "weight": 1.0}]
     submit(session, c.SetPrompt("", fade_s=0))
-    before = session.gen.next_frame
+    before = state(session)["next_frame"]
     t = submit(session, c.SetPrompt("bright arpeggios", fade_s=0))  # heard before: no preparation
     assert before <= t.frame <= before + 2  # applied between two steps, at most a step later
     assert first.frame is not None and t.error is None and first.error is None
@@ -63,14 +68,15 @@ def test_a_command_lands_at_the_next_frame(session):
 def test_pause_resumes_exactly_where_it_was(session):
     run_for(1.0)
     submit(session, c.Pause())
-    frame, fill = session.gen.frames_done, session.output.ring.fill
+    paused = state(session)
     run_for(0.5)
-    assert session.state == PAUSED
-    assert session.gen.frames_done == frame and session.output.ring.fill == fill
-    read = session.output.ring.read
+    still = state(session)
+    assert still["state"] == PAUSED
+    assert still["frame"] == paused["frame"] and still["buffer_ms"] == paused["buffer_ms"]
+    read = session.output.ring.read  # the ring's counters are safe to read from any thread
     submit(session, c.Play())
     run_for(0.5)
-    assert session.output.ring.read > read and session.gen.frames_done > frame
+    assert session.output.ring.read > read and state(session)["frame"] > paused["frame"]
     assert session.output.underruns == 0
 
 
@@ -78,13 +84,12 @@ def test_stop_clears_the_context_but_keeps_the_prompts(session):
     submit(session, c.SetPrompt("slow strings", fade_s=0))
     run_for(1.0)
     submit(session, c.Stop())
-    assert session.state == STOPPED
-    assert session.output.ring.fill == 0
-    assert session.gen.next_frame == session.gen.frames_done  # a fresh context: nothing sampled in it yet
-    assert session.prompts == [("slow strings", 1.0)]
-    frame = session.gen.frames_done
+    stopped = state(session)
+    assert stopped["state"] == STOPPED and stopped["buffer_ms"] == 0
+    assert stopped["next_frame"] == stopped["frame"]  # a fresh context: nothing sampled in it yet
+    assert stopped["prompts"] == [{"text": "slow strings", "weight": 1.0}]
     run_for(0.3)
-    assert session.gen.frames_done == frame  # nothing generated while stopped
+    assert state(session)["frame"] == stopped["frame"]  # nothing generated while stopped
     t = submit(session, c.Play())
     run_for(1.0)
     assert t.latency_ms is not None and t.latency_ms < 1000  # time to first audio after play
@@ -93,10 +98,10 @@ def test_stop_clears_the_context_but_keeps_the_prompts(session):
 
 def test_reset_clears_the_context_and_keeps_playing(session):
     run_for(1.0)
-    heard = session.snapshot()["frame"]
     t = submit(session, c.Reset())
-    assert session.state == PLAYING
-    assert t.frame >= heard  # the fresh context starts at the frame the stream had reached
+    after = state(session)
+    assert after["state"] == PLAYING
+    assert t.frame <= after["frame"]  # the fresh context starts at the frame the stream had reached
     run_for(1.0)
     assert session.output.underruns == 0
 
@@ -145,12 +150,12 @@ def test_continue_from_raw_audio_handed_in_by_a_bridge(session):
 )
 def test_bad_commands_get_a_clear_error_and_the_music_goes_on(session, cmd, message):
     run_for(0.5)
-    frame = session.gen.frames_done
     t = submit(session, cmd)
     assert t.error and message in t.error
+    before = state(session)
     run_for(0.5)
-    assert session.gen.frames_done > frame
-    assert session.state == PLAYING
+    after = state(session)
+    assert after["frame"] > before["frame"] and after["state"] == PLAYING
 
 
 def test_continuation_with_no_history_yet_is_refused(tiny):

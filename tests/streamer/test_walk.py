@@ -194,14 +194,9 @@ class WalkMachine(RuleBasedStateMachine):
         self.walk.check()
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    return MusicGen.load("tiny", progress=None)
-
-
-def test_hypothesis_walk_through_every_command(tiny_model):
+def test_hypothesis_walk_through_every_command(tiny):
     """Short sequences of every move, shrunk to the shortest failing one if a check breaks."""
-    WalkMachine.model = tiny_model
+    WalkMachine.model = tiny
     WalkMachine.runs = []
     run = WalkMachine.TestCase
     run.settings = settings(max_examples=8, stateful_step_count=40, deadline=None, database=None,
@@ -210,19 +205,19 @@ def test_hypothesis_walk_through_every_command(tiny_model):
     assert sum(r["commands"] for r in WalkMachine.runs) >= 100
 
 
-def test_seeded_walk_across_slides(tiny_model):
+def test_seeded_walk_across_slides(tiny):
     """Long stretches of music between the moves: the walk crosses many window slides."""
-    r = seeded_walk(tiny_model, 120, seed=7)
+    r = seeded_walk(tiny, 120, seed=7)
     assert r["slides"] >= 10, r
 
 
 @pytest.mark.skipif(not os.environ.get("MUSICGEN_LIVE_WALK"), reason="the long profile: make walk")
 @pytest.mark.timeout(6 * 3600)
-def test_long_seeded_walk(tiny_model):
+def test_long_seeded_walk(tiny):
     commands = int(os.environ["MUSICGEN_LIVE_WALK"])
     seed = int(os.environ.get("MUSICGEN_LIVE_WALK_SEED", "1"))
     t0 = time.perf_counter()
-    r = seeded_walk(tiny_model, commands, seed)
+    r = seeded_walk(tiny, commands, seed)
     minutes = (time.perf_counter() - t0) / 60
     print(f"\nwalk (seed {seed}): {r['commands']} commands ({r['applied']} applied, {r['refused']} refused), "
           f"{r['steps']} steps, {r['slides']} slides, {minutes:.1f} min")
