@@ -16,6 +16,8 @@ class OscConfig:
     status_s: float = 1.0  # /status period
     horizon_s: float = 10.0  # a bundle timetag further ahead than this is clamped to it
     tcp: bool = False  # also serve OSC over TCP (SLIP framing) on the same port number
+    allow: list[str] = field(default_factory=list)  # peers beyond loopback allowed to send (addresses / networks)
+    subscription_s: float = 600.0  # a subscription lapses unless renewed (/subscribe again, or any message)
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,9 @@ class WebSocketConfig:
     origins: list[str] = field(default_factory=list)  # extra allowed Origins besides this server's own
     max_message_bytes: int = 1 << 20
     client_queue: int = 64  # audio chunks queued per client before the oldest are dropped
-    max_upload_s: float = 30.0
+    max_upload_s: float = 30.0  # one client's upload for a continuation, seconds
+    max_uploads_mb: float = 64.0  # uploads held for all clients together
+    max_clients: int = 32  # WebSocket connections at once
 
 
 @dataclass(frozen=True)

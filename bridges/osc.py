@@ -17,8 +17,12 @@ browser, stdin): `/cfg 4.5`, `/prompt "..."`, `/transport playing` ...; and the 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import logging
+import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
@@ -33,6 +37,9 @@ from .protocol import Outcome, ProtocolError, Vocabulary, state_replies
 Addr = tuple[str, int]
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 MAX_TCP_PACKET = 1 << 16
+MAX_SUBSCRIBERS = 64
+MAX_SUBSCRIBERS_PER_HOST = 8
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def slip_encode(packet: bytes) -> bytes:
@@ -88,17 +95,68 @@ class TcpPeer(asyncio.Protocol):
 
 
 def encode(address: str, args: tuple[Any, ...]) -> bytes:
+    """An OSC message; any value can be sent (floats beyond float32 as doubles, integers beyond
+    int64 and other objects as text), so no answer ever fails to encode."""
     b = OscMessageBuilder(address=address)
     for a in args:
         if a is None:
             b.add_arg("", "s")
         elif isinstance(a, bool):
             b.add_arg(int(a))
-        elif isinstance(a, (int, float, str, bytes)):
+        elif isinstance(a, int):
+            b.add_arg(a) if -(2**63) <= a < 2**63 else b.add_arg(str(a))
+        elif isinstance(a, float):
+            b.add_arg(a, "f" if not math.isfinite(a) or abs(a) <= FLOAT32_MAX else "d")
+        elif isinstance(a, (str, bytes)):
             b.add_arg(a)
         else:
             b.add_arg(json.dumps(a) if isinstance(a, (dict, list)) else str(a))
     return b.build().dgram
+
+
+class Subscribers:
+    """Who hears every change: bounded (per host and in all) and expiring unless renewed, so a flood
+    of /subscribe cannot turn the server into an amplifier. Hosts are numeric addresses only (no
+    name lookups in the event loop)."""
+
+    def __init__(self, ttl_s: float, per_host: int = MAX_SUBSCRIBERS_PER_HOST, total: int = MAX_SUBSCRIBERS) -> None:
+        self.ttl_s = ttl_s
+        self.per_host = per_host
+        self.total = total
+        self._until: dict[Any, float] = {}  # (host, port) or a TcpPeer -> when it lapses (monotonic)
+
+    def add(self, who: Any) -> None:
+        """Subscribe or renew; ValueError with the sentence to send back when there is no room."""
+        now = time.monotonic()
+        self.expire(now)
+        if who not in self._until:
+            host = who[0] if isinstance(who, tuple) else "tcp"
+            if sum(1 for w in self._until if isinstance(w, tuple) and w[0] == host) >= self.per_host:
+                raise ValueError(f"too many subscriptions from {host} (at most {self.per_host})")
+            if len(self._until) >= self.total:
+                raise ValueError(f"too many subscribers (at most {self.total})")
+        self._until[who] = now + self.ttl_s
+
+    def renew(self, who: Any) -> None:
+        if who in self._until:
+            self._until[who] = time.monotonic() + self.ttl_s
+
+    def discard(self, who: Any) -> None:
+        self._until.pop(who, None)
+
+    def expire(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for who in [w for w, until in self._until.items() if until <= now]:
+            del self._until[who]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._until))
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def __contains__(self, who: object) -> bool:
+        return who in self._until
 
 
 class OscBridge(asyncio.DatagramProtocol):
@@ -109,9 +167,11 @@ class OscBridge(asyncio.DatagramProtocol):
         self.prefix = "/" + cfg.prefix.strip("/")
         self.transport: asyncio.DatagramTransport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.subscribers: set[Any] = set()
+        self.subscribers = Subscribers(cfg.subscription_s)
         self.pending: dict[int, tuple[Any, str]] = {}  # ticket id -> (reply to, the address it came on)
+        self.allowed = [ipaddress.ip_network(n, strict=False) for n in cfg.allow]
         self.received = 0
+        self.refused_peers = 0  # packets from peers beyond loopback that [osc] allow does not list
         self.errors_sent = 0
         self._underruns = 0
         self.tcp_server: asyncio.AbstractServer | None = None
@@ -128,6 +188,10 @@ class OscBridge(asyncio.DatagramProtocol):
     def packet_received(self, data: bytes, addr: Any) -> None:
         """One OSC packet from a UDP address or a `TcpPeer`."""
         self.received += 1
+        if not self._peer_allowed(addr):
+            self.refused_peers += 1  # dropped without an answer: no reflection to unknown peers
+            return
+        self.subscribers.renew(self._reply_to(addr))
         try:
             packet = OscPacket(data)
         except Exception:  # ParseError, and whatever a hostile packet makes the parser raise
@@ -141,6 +205,18 @@ class OscBridge(asyncio.DatagramProtocol):
                 self.loop.call_later(min(delay, self.cfg.horizon_s), self._handle, addr, timed.message)
             else:
                 self._handle(addr, timed.message)
+
+    def _peer_allowed(self, addr: Any) -> bool:
+        if isinstance(addr, TcpPeer):
+            peer = addr.transport.get_extra_info("peername") if addr.transport else None
+            if peer is None:
+                return False
+            addr = peer
+        try:
+            ip = ipaddress.ip_address(addr[0])
+        except ValueError:
+            return False
+        return ip.is_loopback or any(ip in net for net in self.allowed)
 
     def _lead_s(self) -> float:
         """How long a change takes to be heard: a bundle is applied this much before its timetag."""
@@ -174,22 +250,29 @@ class OscBridge(asyncio.DatagramProtocol):
             self.pending[self.session.submit(c.Query(), source=source).id] = (reply_to, outcome.query)
 
     def _subscribe(self, addr: Any, args: tuple[Any, ...]) -> None:
-        if isinstance(addr, TcpPeer) and not args:
-            self.subscribers.add(addr)
-            self._send(addr, "subscribed", (0,))
-            return
-        if isinstance(addr, TcpPeer):
-            addr = ("127.0.0.1", 0) if addr.transport is None else addr.transport.get_extra_info("peername")[:2]
+        """`/subscribe [port] [host]`: the host must be a numeric address (no name lookups)."""
+        reply_to = self._reply_to(addr)
         try:
-            port = int(float(args[0])) if args else self._reply_to(addr)[1]
-            host = str(args[1]) if len(args) > 1 else addr[0]
-            if not 0 < port < 65536:
-                raise ValueError
-        except (ValueError, TypeError, OverflowError):
-            self._send(self._reply_to(addr), "error", ("/subscribe", "subscribe takes [port] [host]"))
+            if isinstance(addr, TcpPeer) and not args:
+                who: Any = addr
+            else:
+                peer = addr.transport.get_extra_info("peername")[:2] if isinstance(addr, TcpPeer) else addr
+                port = int(float(args[0])) if args else reply_to[1]
+                host = str(args[1]) if len(args) > 1 else peer[0]
+                if not 0 < port < 65536:
+                    raise ValueError("subscribe takes [port] [host]: a port of 1..65535")
+                try:
+                    ipaddress.ip_address(host)
+                except ValueError:
+                    raise ValueError("subscribe takes [port] [host]: a numeric host address, e.g. 192.168.1.20") from None
+                who = (host, port)
+            self.subscribers.add(who)
+        except (ValueError, TypeError, OverflowError, AttributeError) as e:
+            msg = str(e) if isinstance(e, ValueError) and str(e).startswith(("subscribe", "too many")) else \
+                "subscribe takes [port] [host]"
+            self._send(reply_to, "error", ("/subscribe", msg))
             return
-        self.subscribers.add((host, port))
-        self._send((host, port), "subscribed", (port,))
+        self._send(who, "subscribed", (0 if isinstance(who, TcpPeer) else who[1],))
 
     def _reply_to(self, addr: Any) -> Any:
         if isinstance(addr, TcpPeer):
@@ -234,6 +317,7 @@ class OscBridge(asyncio.DatagramProtocol):
         period = 1.0 / max(self.cfg.position_hz, 0.1)
         while True:
             await asyncio.sleep(period)
+            self.subscribers.expire()
             if not self.subscribers:
                 continue
             snap = self.session.snapshot()
@@ -250,7 +334,7 @@ class OscBridge(asyncio.DatagramProtocol):
                 )
 
     def _broadcast(self, name: str, args: tuple[Any, ...]) -> None:
-        for sub in list(self.subscribers):
+        for sub in self.subscribers:
             self._send(sub, name, args)
 
     def _send(self, addr: Any, name: str, args: tuple[Any, ...]) -> None:
@@ -276,22 +360,52 @@ def _peer(addr: Any) -> str:
 
 
 async def start_osc(session: Session, vocab: Vocabulary, cfg: OscConfig) -> tuple[OscBridge, asyncio.DatagramTransport]:
+    from engine.errors import EngineError
+
+    if not _is_loopback(cfg.host) and not cfg.allow:
+        raise EngineError(f"OSC would listen on {cfg.host}, beyond loopback, with no authentication: list the "
+                          "peers allowed to control it in [osc] allow (addresses or networks, e.g. \"192.168.1.0/24\")")
+    try:
+        for net in cfg.allow:
+            ipaddress.ip_network(net, strict=False)
+    except ValueError as e:
+        raise EngineError(f"[osc] allow: {e}") from None
+    _quiet_python_osc()
     loop = asyncio.get_running_loop()
     bridge = OscBridge(session, vocab, cfg)
     try:
         transport, _ = await loop.create_datagram_endpoint(lambda: bridge, local_addr=(cfg.host, cfg.port))
     except OSError as e:
-        from engine.errors import EngineError
-
         raise EngineError(f"cannot listen for OSC on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
     if cfg.tcp:
         try:
             server = await loop.create_server(lambda: TcpPeer(bridge), cfg.host, cfg.port)
         except OSError as e:
             transport.close()
-            from engine.errors import EngineError
-
             raise EngineError(f"cannot listen for OSC over TCP on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
         bridge.tcp_server = server
     asyncio.ensure_future(bridge.notify_forever())
     return bridge, transport
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _PythonOscWarnings(logging.Filter):
+    """python-osc logs a warning (with the raw datagram) on the root logger for every odd packet it
+    parses; a flood of them would fill the console. The packet is answered with /error anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pythonosc" not in record.pathname
+
+
+def _quiet_python_osc() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(f, _PythonOscWarnings) for f in root.filters):
+        root.addFilter(_PythonOscWarnings())

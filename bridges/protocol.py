@@ -211,7 +211,8 @@ class Vocabulary:
         if not args or len(args) > 2:
             raise ProtocolError("continue/file takes a file name and, optionally, seconds")
         seconds, notes = continue_seconds(args, 1, name)
-        return Outcome(commands=[c.ContinueFile(self.allowed_path(_text(args[0])), seconds)], notes=notes)
+        path = self.allowed_path(_text(args[0]))
+        return Outcome(commands=[c.ContinueFile(path, seconds, tuple(str(d) for d in self.audio_dirs))], notes=notes)
 
 
 # WebSocket session.update keys, in the order they are applied

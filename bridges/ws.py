@@ -107,20 +107,36 @@ class WebSocketBridge:
                 return _response(HTTPStatus.OK, (WEB / name).read_bytes(), ctype)
             return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         origin = request.headers.get("Origin")
-        if origin is not None and not self._origin_ok(origin, request.headers.get("Host", "")):
+        if origin is not None and not self._origin_ok(origin):
             return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n", "text/plain")
         if not self.loopback or self.cfg.token:
             token = parse_qs(url.query).get("token", [""])[0]
             if token != self.cfg.token:
                 return _response(HTTPStatus.UNAUTHORIZED, b"token required\n", "text/plain")
+        if len(self.clients) >= self.cfg.max_clients:
+            return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"too many clients\n", "text/plain")
         return None
 
-    def _origin_ok(self, origin: str, host: str) -> bool:
+    def _origin_ok(self, origin: str) -> bool:
+        """A page may connect from this server's own origin, or one configured - never judged by the
+        request's Host header, which a DNS-rebinding page controls. Our own origin is a numeric
+        address (or localhost on loopback) with our port: a rebinding page has a name."""
         if origin in self.cfg.origins:
             return True
         parsed = urlparse(origin)
-        own = {host, f"{self.cfg.host}:{self.cfg.port}", f"localhost:{self.cfg.port}", f"127.0.0.1:{self.cfg.port}"}
-        return parsed.scheme in ("http", "https") and parsed.netloc in own
+        try:
+            port = parsed.port
+        except ValueError:
+            return False
+        if parsed.scheme not in ("http", "https") or port != self.cfg.port or not parsed.hostname:
+            return False
+        if parsed.hostname == "localhost":
+            return self.loopback
+        try:
+            ip = ipaddress.ip_address(parsed.hostname)
+        except ValueError:
+            return False  # a name: possibly rebound to us
+        return ip.is_loopback if self.loopback else True
 
     # -- one connection ------------------------------------------------------------------------
     async def handler(self, ws: ServerConnection) -> None:
@@ -275,6 +291,12 @@ class WebSocketBridge:
         if len(client.upload) + len(data) > limit:
             client.upload = None
             await self._error(client, f"upload longer than {self.cfg.max_upload_s:.0f} s: discarded")
+            return
+        held = sum(len(cl.upload) for cl in self.clients if cl.upload is not None)
+        if held + len(data) > self.cfg.max_uploads_mb * 1e6:
+            client.upload = None
+            await self._error(client, f"the server holds {self.cfg.max_uploads_mb:.0f} MB of uploads from all "
+                                      "clients at most: this upload was discarded, try again shortly")
             return
         client.upload.extend(data)
 

@@ -7,6 +7,9 @@ averaging, mono duplicated for stereo models).
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +17,68 @@ import torch
 
 from .errors import AudioInputError
 
+TAIL_MARGIN = 4096  # frames read before the asked-for tail (the resampler's filter needs some)
 
-def read_audio(path: str | Path, rate: int, channels: int) -> torch.Tensor:
+
+def read_audio(
+    path: str | Path, rate: int, channels: int, last_s: float | None = None, inside: Sequence[str | Path] = ()
+) -> torch.Tensor:
+    """The file's audio (or only its last `last_s` seconds: a long file is not read whole) as
+    (channels, samples) at `rate`.
+
+    `inside`: folders the file must lie in. The file is opened once and the opened file itself is
+    checked (its resolved path and identity), so a link swapped in after an earlier check of the
+    name cannot point the read elsewhere."""
     import soundfile as sf
 
     p = Path(path)
-    if not p.is_file():
-        raise AudioInputError(f"audio file '{path}' does not exist")
     try:
-        data, file_rate = sf.read(str(p), dtype="float32", always_2d=True)
-    except Exception as e:  # libsndfile reports every format problem as a RuntimeError subtype
-        raise AudioInputError(f"audio file '{path}' could not be read ({e})") from None
+        fd = os.open(p, os.O_RDONLY)
+    except FileNotFoundError:
+        raise AudioInputError(f"audio file '{path}' does not exist") from None
+    except OSError as e:
+        raise AudioInputError(f"audio file '{path}' could not be opened ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        if inside:
+            _check_inside(p, os.fstat(f.fileno()), inside)
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise AudioInputError(f"'{path}' is not a file")
+        try:
+            with sf.SoundFile(f) as snd:
+                data, file_rate = _read_tail(snd, last_s), snd.samplerate
+        except AudioInputError:
+            raise
+        except Exception as e:  # libsndfile reports every format problem as a RuntimeError subtype
+            raise AudioInputError(f"audio file '{path}' could not be read ({e})") from None
     if data.shape[0] == 0:
         raise AudioInputError(f"audio file '{path}' contains no samples")
     return prepare_audio(data, file_rate, rate, channels)
+
+
+def _check_inside(path: Path, opened: os.stat_result, folders: Sequence[str | Path]) -> None:
+    real = Path(os.path.realpath(path))
+    dirs = [Path(d).resolve() for d in folders]
+    try:
+        same = os.stat(real)
+    except OSError:
+        same = None
+    if not any(real == d or d in real.parents for d in dirs) or same is None or \
+            (same.st_dev, same.st_ino) != (opened.st_dev, opened.st_ino):
+        raise AudioInputError(f"'{path}' is outside the folders it may be read from")
+
+
+def _read_tail(snd: "sf.SoundFile", last_s: float | None) -> np.ndarray:
+    """All frames, or the last `last_s` seconds (plus a little for the resampler's filter)."""
+    total = snd.frames
+    want = total if last_s is None else min(total, int(last_s * snd.samplerate) + TAIL_MARGIN)
+    if want < total and snd.seekable():
+        snd.seek(total - want)
+    elif want < total:  # a stream that cannot seek: keep only the tail while reading through
+        tail = np.zeros((0, snd.channels), dtype=np.float32)
+        for block in snd.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+            tail = np.concatenate([tail, block])[-want:]
+        return tail
+    return snd.read(want, dtype="float32", always_2d=True)
 
 
 def prepare_audio(data: np.ndarray, file_rate: int, rate: int, channels: int) -> torch.Tensor:

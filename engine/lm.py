@@ -346,13 +346,8 @@ class LanguageModel:
             fast = None if exact else self.fast[i]
             # self-attention, each segment over its own static cache
             h = F.layer_norm(x, (D,), lw.sa_ln_w, lw.sa_ln_b, LN_EPS)
-            if exact:
-                qkv = [F.linear(h, m) for m in (lw.q, lw.k, lw.v)]
-                split = lambda o, n, T: [m[o : o + n * T].view(n, T, H, d).transpose(1, 2) for m in qkv]  # noqa: E731
-            else:
-                fused = fast.qkv(h, ind)
-                split = lambda o, n, T: fused[o : o + n * T].view(n, T, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # noqa: E731
-            a = self._self_attention(i, split, segments, layout, masks)
+            qkv = [F.linear(h, m) for m in (lw.q, lw.k, lw.v)] if exact else fast.qkv(h, ind)
+            a = self._self_attention(i, qkv, segments, layout, masks)
             x = x + (F.linear(a, lw.o) if exact else fast.o(a, ind))
             # cross-attention; unconditional (and padding) rows attend to nothing: exactly zero
             if lean_cross:  # no padding, no batch: only the conditional rows need computing
@@ -424,18 +419,21 @@ class LanguageModel:
         return pos
 
     def _self_attention(
-        self, layer: int, split, segments: list[Segment], layout: _Layout,  # noqa: ANN001
+        self, layer: int, qkv: torch.Tensor | list[torch.Tensor], segments: list[Segment], layout: _Layout,
         masks: list[torch.Tensor | None],
     ) -> torch.Tensor:
-        """Each segment's q/k/v (from `split(token tensor, offset, rows, columns)`) -> attention
+        """Q/K/V (flat: one fused (N, 3D) tensor, or three (N, D) ones in exact mode) -> attention
         output (N, D); writes each segment's k/v into its cache. `masks[i]`: segment i's attention
         mask (built once per forward), None where causal or unmasked."""
-        D = self.spec.hidden
+        H, d, D = self.spec.heads, self.spec.head_dim, self.spec.hidden
         single = len(segments) == 1 and segments[0].tokens == layout.total
         out = None
         for seg, o, mask in zip(segments, layout.offsets, masks):
             n, start, T = seg.rows, seg.start, seg.columns
-            qs, ks, vs = split(o, n, T)
+            if isinstance(qkv, torch.Tensor):
+                qs, ks, vs = qkv[o : o + n * T].view(n, T, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+            else:
+                qs, ks, vs = (m[o : o + n * T].view(n, T, H, d).transpose(1, 2) for m in qkv)
             end = start + T
             kc, vc = seg.cache.k[layer], seg.cache.v[layer]
             kc[:n, :, start:end] = ks

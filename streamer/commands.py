@@ -76,6 +76,7 @@ class ContinueInput:
 class ContinueFile:
     path: str
     seconds: float = 10.0  # the last `seconds` of the file
+    folders: tuple[str, ...] = ()  # where it must lie (checked again on the file as opened); () = anywhere
 
 
 @dataclass(frozen=True, eq=False)

@@ -95,7 +95,10 @@ class PacedOutput(RingOutput):
         next_t = time.perf_counter()
         while not self._stop.is_set():
             self.consume(self._block)
-            self.deliver(self._block)
+            try:
+                self.deliver(self._block)
+            except Exception as e:  # whatever happens to the recording, the clock (and the music) goes on
+                self.error = self.error or f"{self.describe()} failed ({type(e).__name__}: {e})"
             next_t += period
             delay = next_t - time.perf_counter()
             if delay > 0:
@@ -105,6 +108,10 @@ class PacedOutput(RingOutput):
 
     def deliver(self, block: np.ndarray) -> None:
         """What happens to each played block (nothing for null)."""
+
+    @property
+    def healthy(self) -> bool:
+        return True  # a clock with nowhere to fail: it always plays (a file that fails says so in `error`)
 
 
 class FileOutput(PacedOutput):
@@ -130,8 +137,17 @@ class FileOutput(PacedOutput):
         super().open()
 
     def deliver(self, block: np.ndarray) -> None:
-        if not self.paused:
+        if self.paused or self._file is None:
+            return
+        try:
             self._file.write(block)
+        except Exception as e:  # a full disk, a vanished drive: stop recording, keep playing, say so
+            self.error = f"cannot write '{self.path}' any more ({e}): the music goes on, no longer recorded"
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except Exception:
+                pass
 
     def close(self) -> None:
         super().close()

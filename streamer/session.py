@@ -22,13 +22,13 @@ must be quick and must not raise (an exception is swallowed and counted).
 from __future__ import annotations
 
 import collections
-import sys
-import time
 import queue
+import sys
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from .jobs import Job
 from .outputs import DeviceOutput, InputCapture, RingOutput
 from .probes import LatencyProbes
 from .sink import AudioSink
+
+if TYPE_CHECKING:
+    from .group import SessionGroup
 
 PLAYING, PAUSED, STOPPED = "playing", "paused", "stopped"
 SWITCH_INTERVAL_S = 0.0005
@@ -139,7 +142,8 @@ class Session:
         self.steps = 0  # steps delivered
         self._failed_steps = 0
         self._reopen_at = 0.0
-        self._group: Any = None  # the SessionGroup of one that `start` makes
+        self._reported_output_error: str | None = None
+        self._group: SessionGroup | None = None  # the group of one that `start` makes
 
     # -- public API (any thread) ---------------------------------------------------------------
     def start(self) -> None:
@@ -513,8 +517,8 @@ class Session:
                 raise ContextError("nothing has been captured from the input yet")
             return lambda: prepare_audio(data, rate, self.rate, self.model.audio_channels)
         if isinstance(cmd, c.ContinueFile):
-            path = cmd.path
-            return lambda: read_audio(path, self.rate, self.model.audio_channels)
+            path, folders = cmd.path, cmd.folders
+            return lambda: read_audio(path, self.rate, self.model.audio_channels, last_s=seconds, inside=folders)
         data = np.asarray(cmd.audio, dtype=np.float32)
         if data.ndim == 1:
             data = data[:, None]
@@ -572,6 +576,9 @@ class Session:
     # -- output supervision --------------------------------------------------------------------
     def _watch_output(self) -> None:
         out = self.output
+        if out.error and out.error != self._reported_output_error:  # every output failure reaches everyone once
+            self._reported_output_error = out.error
+            self._event("error", {"message": out.error})
         if out.healthy or not isinstance(out, DeviceOutput):
             return
         now = time.perf_counter()
@@ -579,9 +586,8 @@ class Session:
             self._reopen_at = now + 1.0
             if out.reopen():
                 out.set_playing(self.state == PLAYING)
+                self._reported_output_error = None
                 self._event("output", {"message": f"output reopened: {out.describe()}"})
-            else:
-                self._event("error", {"message": out.error or "output device unavailable"})
 
     def _event(self, kind: str, data: dict[str, Any]) -> None:
         if kind in ("error", "warning"):

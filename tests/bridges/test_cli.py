@@ -167,3 +167,24 @@ def test_serve_runs_and_obeys_stdin_control_lines(tmp_path):
     assert "Traceback" not in proc.stderr
     audio, rate = sf.read(str(wav))
     assert rate == 48000 and audio.ndim == 2
+
+
+def test_a_full_disk_stops_the_recording_not_the_music(tmp_path):
+    """serve recording to a file on a disk that fills up (a file-size limit, as a full disk answers:
+    EFBIG): every listener hears of it once, the music plays on to the end."""
+    import resource
+    import signal
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with an error instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    exe = shutil.which("musicgen-live") or f"{sys.prefix}/bin/musicgen-live"
+    wav = tmp_path / "recorded.wav"
+    proc = subprocess.run([exe, "serve", "--output", f"file:{wav}", "--seconds", "6", "--status-every", "0",
+                           "--osc-port", "0", "--ws-port", "0"], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120, preexec_fn=small_disk)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("no longer recorded") == 1 and "Traceback" not in proc.stderr
+    seconds = float(proc.stderr.split("stopped after ")[1].split(" s")[0])
+    assert seconds > 4.0  # the music went on after the disk filled (~0.5 s in)

@@ -115,7 +115,8 @@ def test_continuations_are_capped_with_a_note(vocab):
 
 def test_continue_file_reads_only_inside_its_folders(vocab, tmp_path):
     ok = vocab.handle("continue/file", ["a.wav", 4])
-    assert ok.commands == [c.ContinueFile(str((tmp_path / "loops" / "a.wav").resolve()), 4.0)]
+    loops = str((tmp_path / "loops").resolve())
+    assert ok.commands == [c.ContinueFile(str((tmp_path / "loops" / "a.wav").resolve()), 4.0, (loops,))]
     (tmp_path / "secret.wav").write_bytes(b"")
     for sneaky in ["../secret.wav", str(tmp_path / "secret.wav"), "/etc/passwd", "loops/../../secret.wav"]:
         with pytest.raises(ProtocolError, match="outside the folders"):
