@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--clients", type=_positive_int, default=8, help="WebSocket audio clients (default 8)")
     bb.add_argument("--seconds", type=_positive_float, default=20.0, help="how long the clients listen (default 20)")
 
+    bh = sub.add_parser("bench-hostile", help="floods of bad input against a serve stack: the music's pace; a soak")
+    _add_model(bh)
+    bh.add_argument("--buffer-ms", type=_positive_float, help="([stream] buffer_ms)")
+    bh.add_argument("--seconds", type=_positive_float, default=10.0, help="seconds each flood lasts (default 10)")
+    bh.add_argument("--soak-minutes", type=_nonneg_float, default=0.0,
+                    help="then play on this long with changes and continuations, sampling memory (default 0)")
+
     dv = sub.add_parser("devices", help="list audio devices")
     dv.add_argument("--json", action="store_true")
 
@@ -390,6 +397,18 @@ def cmd_bench_bridges(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_hostile(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from bridges.bench_hostile import format_hostile_bench, run_hostile_bench
+
+    stream = dataclasses.replace(args.sections["stream"], buffer_ms=args.buffer_ms)
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    model = _load(args)
+    print(format_hostile_bench(run_hostile_bench(model, stream, args.seconds, args.soak_minutes, say)))
+    return 0
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import socket
 
@@ -467,6 +486,7 @@ COMMANDS = {
     "bench-stream": cmd_bench_stream,
     "send": cmd_send,
     "bench-bridges": cmd_bench_bridges,
+    "bench-hostile": cmd_bench_hostile,
     "devices": cmd_devices,
 }
 

@@ -18,6 +18,7 @@ class OscConfig:
     tcp: bool = False  # also serve OSC over TCP (SLIP framing) on the same port number
     allow: list[str] = field(default_factory=list)  # peers beyond loopback allowed to send (addresses / networks)
     subscription_s: float = 600.0  # a subscription lapses unless renewed (/subscribe again, or any message)
+    max_rate: float = 500.0  # messages a second from one host; more are dropped unparsed
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class WebSocketConfig:
     max_upload_s: float = 30.0  # one client's upload for a continuation, seconds
     max_uploads_mb: float = 64.0  # uploads held for all clients together
     max_clients: int = 32  # WebSocket connections at once
+    max_rate: float = 200.0  # text messages a second from one client; more are dropped
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,13 @@ from streamer import commands as c
 from streamer.session import Session
 
 from .config import OscConfig
+from .limits import Budgets
 from .protocol import Outcome, ProtocolError, Vocabulary, state_replies
 
 Addr = tuple[str, int]
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 MAX_TCP_PACKET = 1 << 16
+MAX_PACKET = 8192  # bytes: a 2000-character prompt and its arguments fit; larger packets are not parsed
 MAX_SUBSCRIBERS = 64
 MAX_SUBSCRIBERS_PER_HOST = 8
 FLOAT32_MAX = 3.4028234663852886e38
@@ -172,6 +174,8 @@ class OscBridge(asyncio.DatagramProtocol):
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in cfg.allow]
         self.received = 0
         self.refused_peers = 0  # packets from peers beyond loopback that [osc] allow does not list
+        self.budgets = Budgets(cfg.max_rate)  # per host
+        self.over_budget = 0
         self.errors_sent = 0
         self._underruns = 0
         self.tcp_server: asyncio.AbstractServer | None = None
@@ -190,6 +194,16 @@ class OscBridge(asyncio.DatagramProtocol):
         self.received += 1
         if not self._peer_allowed(addr):
             self.refused_peers += 1  # dropped without an answer: no reflection to unknown peers
+            return
+        budget = self.budgets.get(addr if isinstance(addr, TcpPeer) else addr[0])
+        if not budget.allow():
+            self.over_budget += 1
+            if dropped := budget.complaint():
+                self._send(self._reply_to(addr), "error", ("", f"too many messages: {dropped} dropped (at most "
+                                                                f"{self.cfg.max_rate:.0f} a second)"))
+            return
+        if len(data) > MAX_PACKET:
+            self._send(self._reply_to(addr), "error", ("", f"OSC packet of {len(data)} bytes: at most {MAX_PACKET}"))
             return
         self.subscribers.renew(self._reply_to(addr))
         try:

@@ -47,6 +47,7 @@ from streamer.controls import DEFAULT_CONTINUE_S
 from streamer.session import Session
 
 from .config import WebSocketConfig
+from .limits import Budget
 from .protocol import Outcome, ProtocolError, Vocabulary, continue_seconds
 
 MAGIC = b"MGLA"
@@ -57,6 +58,7 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/client.js": ("clien
           "/worklet.js": ("worklet.js", "text/javascript")}
 ANSWER_TIMEOUT_S = 60.0  # a request not answered by then gets an error (a continuation on a slow CPU takes a while)
 _client_numbers = itertools.count(1)
+DEFAULT_RATE = 200.0  # text messages a second a client may send
 
 
 def audio_frame(first_sample: int, frames: np.ndarray, rate: int, codec: str) -> bytes:
@@ -80,6 +82,7 @@ class Client:
     upload: bytearray | None = None
     upload_fmt: dict[str, Any] = field(default_factory=dict)
     number: int = field(default_factory=lambda: next(_client_numbers))
+    budget: Budget = field(default_factory=lambda: Budget(DEFAULT_RATE))
     tasks: set[asyncio.Task] = field(default_factory=set)  # answers still being waited for
 
 
@@ -140,7 +143,7 @@ class WebSocketBridge:
 
     # -- one connection ------------------------------------------------------------------------
     async def handler(self, ws: ServerConnection) -> None:
-        client = Client(ws, asyncio.Queue(maxsize=max(2, self.cfg.client_queue)))
+        client = Client(ws, asyncio.Queue(maxsize=max(2, self.cfg.client_queue)), budget=Budget(self.cfg.max_rate))
         self.clients.add(client)
         sender = asyncio.create_task(self._sender(client))
         try:
@@ -176,6 +179,10 @@ class WebSocketBridge:
         await self._send(client, {"type": "error", "message": message, "event_id": event_id})
 
     async def _on_text(self, client: Client, text: str) -> None:
+        if not client.budget.allow():
+            if dropped := client.budget.complaint():
+                await self._error(client, f"too many messages: {dropped} dropped (at most {self.cfg.max_rate:.0f} a second)")
+            return
         try:
             msg = json.loads(text)
         except (ValueError, RecursionError):

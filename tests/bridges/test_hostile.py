@@ -66,8 +66,10 @@ def test_any_number_gets_an_answer_and_ctrl_nests_one_level(stack):
                   ("/musicgen/ctrl", "ctrl", "cfg", 3.0), ("/musicgen/ping", 1))
     assert time.perf_counter() - t0 < 1.0
     assert [m.address for m in answers] == ["/musicgen/error", "/musicgen/error", "/musicgen/pong"]
-    assert answers[0].params[1] == "'ctrl' takes at most 64 arguments, got 2002"
+    assert answers[0].params[1] == "OSC packet of 18028 bytes: at most 8192"
     assert answers[1].params[1] == "ctrl cannot carry another ctrl"
+    answers = udp(stack.osc_port, ("/musicgen/ctrl", *(["ctrl"] * 100), "cfg", 3.0))
+    assert answers[0].params[1] == "'ctrl' takes at most 64 arguments, got 102"
 
 
 def test_osc_beyond_loopback_needs_an_allow_list_and_drops_other_peers(stack):
@@ -159,3 +161,31 @@ def test_a_file_continuation_reads_only_its_tail_and_only_the_file_it_checked(st
     with pytest.raises(AudioInputError, match="outside the folders"):
         read_audio(loops / "swap.wav", 32000, 1, inside=[loops])
     assert stack.session.submit(c.Query()).wait(5)  # and the session answers on
+
+
+def test_a_flooding_sender_is_held_to_its_budget(tiny, tmp_path):
+    s = Stack(tiny, tmp_path, osc_cfg=OscConfig(max_rate=100))
+    try:
+        osc = s.running.osc
+        received = osc.received
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            t0 = time.perf_counter()
+            for _ in range(1000):  # ~2000 a second for half a second: 20x the budget
+                sock.sendto(encode("/musicgen/ping", (1,)), ("127.0.0.1", s.osc_port))
+                time.sleep(0.0005)
+            flood_s = time.perf_counter() - t0
+            time.sleep(1.2)
+            sock.sendto(encode("/musicgen/ping", (2,)), ("127.0.0.1", s.osc_port))  # the budget has refilled
+            sock.settimeout(2)
+            answers = []
+            while not answers or answers[-1].params != [2]:
+                answers.append(OscMessage(sock.recvfrom(65536)[0]))
+        pongs = [m for m in answers if m.address == "/musicgen/pong"]
+        complaints = [m.params[1] for m in answers if m.address == "/musicgen/error"]
+        assert len(pongs) <= 100 + 100 * flood_s + 2  # the burst, and what refilled while the flood lasted
+        assert osc.over_budget == osc.received - received - len(pongs)  # the rest: dropped unparsed
+        assert osc.over_budget > 500
+        assert len(complaints) == 1 and "too many messages" in complaints[0] and "at most 100 a second" in complaints[0]
+    finally:
+        s.close()

@@ -244,6 +244,7 @@ def test_fuzz_random_messages_never_stop_the_music(stack):
                         msg["action"] = "play"  # keep the music playing so the test can check it
                     await ws.send(json.dumps(msg, allow_nan=True))
             frame = stack.session.snapshot()["frame"]
+            await asyncio.sleep(1.1)  # the client's message budget refills
             await ws.send(json.dumps({"type": "playback.control", "action": "play"}))
             while True:
                 msg = await asyncio.wait_for(ws.recv(), 30)

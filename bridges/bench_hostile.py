@@ -1,0 +1,215 @@
+"""`musicgen-live bench-hostile`: what floods of bad input cost the music, and memory over a long soak.
+
+Runs a full `serve` stack in this process (null output) and, for `seconds` each, a quiet baseline
+and then floods from other threads: malformed OSC datagrams, OSC `/subscribe` from one peer, OSC
+`/ctrl` nested deep, bad WebSocket messages, and WebSocket uploads from several clients. For each
+it reports the music's pace (seconds of music per second of wall time: 1.0 is real time) and the
+underruns, against the baseline. `--soak-minutes` then plays on with a change every second and a
+continuation every 20 s, sampling the process' resident memory, and fits a straight line to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from engine.model import MusicGen, model_summary
+from streamer import commands as c
+from streamer.config import StreamConfig
+from streamer.outputs import make_output
+from streamer.session import Session
+
+from .config import BridgesConfig, OscConfig, WebSocketConfig
+from .osc import encode
+from .server import Running, serve_forever
+
+FLOODS = ["quiet", "osc malformed", "osc subscribe", "osc nested ctrl", "ws bad messages", "ws uploads"]
+
+
+@dataclass
+class Phase:
+    name: str
+    pace: float  # seconds of music per wall second
+    underruns: int
+    sent: int  # datagrams / messages sent
+
+
+@dataclass
+class HostileBench:
+    phases: list[Phase] = field(default_factory=list)
+    soak_minutes: float = 0.0
+    rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (minutes, MB)
+    rss_slope_mb_per_min: float | None = None
+
+
+def run_hostile_bench(model: MusicGen, stream: StreamConfig, seconds: float, soak_minutes: float,
+                      say: Callable[[str], None]) -> HostileBench:
+    osc_cfg = replace(OscConfig(), port=_port(socket.SOCK_DGRAM))
+    ws_cfg = replace(WebSocketConfig(), port=_port(socket.SOCK_STREAM))
+    session = Session(model, make_output("null", 2, stream.buffer_ms / 1000), stream)
+    ready, stop = threading.Event(), threading.Event()
+    running: list[Running] = []
+
+    def serve() -> None:
+        asyncio.run(serve_forever(session, osc_cfg, ws_cfg, BridgesConfig(), model_summary(model), None, 0,
+                                  lambda m: None, started=lambda r: (running.append(r), ready.set()), stop=stop))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(60)
+    result = HostileBench()
+    try:
+        time.sleep(2.0)  # past the start
+        for name in FLOODS:
+            result.phases.append(_phase(session, name, seconds, osc_cfg.port, ws_cfg.port))
+            say(f"{name}: pace {result.phases[-1].pace:.3f}, underruns {result.phases[-1].underruns}")
+        if soak_minutes > 0:
+            result.soak_minutes = soak_minutes
+            result.rss_mb = _soak(session, soak_minutes, say)
+            minutes, mb = zip(*result.rss_mb)
+            result.rss_slope_mb_per_min = float(np.polyfit(minutes, mb, 1)[0])
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    return result
+
+
+def _phase(session: Session, name: str, seconds: float, osc_port: int, ws_port: int) -> Phase:
+    before, u0, t0 = session.snapshot()["seconds"], session.output.underruns, time.perf_counter()
+    done = threading.Event()
+    sent = [0]
+    flood = _FLOODS[name]
+    worker = threading.Thread(target=flood, args=(osc_port, ws_port, done, sent), daemon=True)
+    worker.start()
+    time.sleep(seconds)
+    done.set()
+    worker.join(timeout=30)
+    snap = session.snapshot()
+    return Phase(name, (snap["seconds"] - before) / (time.perf_counter() - t0), session.output.underruns - u0, sent[0])
+
+
+def _quiet(_osc: int, _ws: int, done: threading.Event, _sent: list[int]) -> None:
+    done.wait()
+
+
+def _osc_malformed(osc: int, _ws: int, done: threading.Event, sent: list[int]) -> None:
+    rng = random.Random(1)
+    good = encode("/musicgen/cfg", (3.0,))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        while not done.is_set():
+            data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64))) if rng.random() < 0.5 else \
+                good[: rng.randint(0, len(good))]
+            sock.sendto(data, ("127.0.0.1", osc))
+            sent[0] += 1
+            if sent[0] % 200 == 0:
+                time.sleep(0.001)  # as fast as a script on this machine can send without losing the socket
+
+
+def _osc_subscribe(osc: int, _ws: int, done: threading.Event, sent: list[int]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        while not done.is_set():
+            sock.sendto(encode("/musicgen/subscribe", (20000 + sent[0] % 2000,)), ("127.0.0.1", osc))
+            sent[0] += 1
+            time.sleep(0.0005)
+
+
+def _osc_nested(osc: int, _ws: int, done: threading.Event, sent: list[int]) -> None:
+    deep = encode("/musicgen/ctrl", tuple(["ctrl"] * 2000 + ["cfg", 3.0]))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        while not done.is_set():
+            sock.sendto(deep, ("127.0.0.1", osc))
+            sent[0] += 1
+            time.sleep(0.001)
+
+
+def _ws_bad(_osc: int, ws: int, done: threading.Event, sent: list[int]) -> None:
+    from websockets.sync.client import connect
+
+    rng = random.Random(2)
+    bad = ["[" * 5000 + "]" * 5000, "not json", '{"type": "session.update", "cfg": ' + "9" * 400 + "}",
+           '{"type": "dance"}', '{"type": "session.update", "cfg": "loud"}', '{"type": ["x"]}']
+    with connect(f"ws://127.0.0.1:{ws}/", max_size=None) as conn:
+        while not done.is_set():
+            conn.send(rng.choice(bad))
+            sent[0] += 1
+            conn.recv(timeout=10)
+
+
+def _ws_uploads(_osc: int, ws: int, done: threading.Event, sent: list[int]) -> None:
+    from websockets.sync.client import connect
+
+    chunk = np.zeros(48000, "<f4").tobytes()  # 1 s of 48 kHz mono a frame
+
+    def client() -> None:
+        with connect(f"ws://127.0.0.1:{ws}/", max_size=None) as conn:
+            conn.recv(timeout=10)
+            while not done.is_set():
+                conn.send(json.dumps({"type": "input_audio.begin", "rate": 48000, "channels": 1}))
+                conn.recv(timeout=10)
+                for _ in range(40):  # past the 30 s a client may hold: the upload is discarded
+                    conn.send(chunk)
+                    sent[0] += 1
+                    if done.is_set():
+                        break
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+
+_FLOODS = {"quiet": _quiet, "osc malformed": _osc_malformed, "osc subscribe": _osc_subscribe,
+           "osc nested ctrl": _osc_nested, "ws bad messages": _ws_bad, "ws uploads": _ws_uploads}
+
+
+def _soak(session: Session, minutes: float, say: Callable[[str], None]) -> list[tuple[float, float]]:
+    samples, t0, n = [], time.perf_counter(), 0
+    while (elapsed := (time.perf_counter() - t0) / 60) < minutes:
+        n += 1
+        if n % 20 == 0:
+            session.submit(c.ContinueHistory(8.0))
+        elif n % 2:
+            session.submit(c.SetPrompt(f"soak prompt {n % 40}"))  # new prompts for a while, then cached ones
+        else:
+            session.submit(c.Set("cfg", 2.0 + (n % 7)))
+        if n % 10 == 0:
+            samples.append((elapsed, _rss_mb()))
+            if n % 300 == 0:
+                say(f"soak {elapsed:5.1f} min: rss {samples[-1][1]:.0f} MB, music {session.snapshot()['seconds']:.0f} s")
+        time.sleep(1.0)
+    return samples
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def format_hostile_bench(r: HostileBench) -> str:
+    quiet = r.phases[0].pace if r.phases else 1.0
+    lines = ["flood                pace (music s / wall s)   against quiet   underruns   sent"]
+    for p in r.phases:
+        lines.append(f"{p.name:20s} {p.pace:10.3f} {p.pace / quiet:20.3f} {p.underruns:11d} {p.sent:8d}")
+    if r.rss_mb:
+        first, last = r.rss_mb[0], r.rss_mb[-1]
+        lines.append(f"soak {r.soak_minutes:.0f} min: rss {first[1]:.0f} -> {last[1]:.0f} MB, straight-line fit "
+                     f"{r.rss_slope_mb_per_min:+.3f} MB/min over {len(r.rss_mb)} samples")
+    return "\n".join(lines)
