@@ -54,6 +54,7 @@ class Driven:
         self.answers: dict[int, int] = {}  # ticket id -> times answered
         self.audio_end = 0  # one past the last model sample the taps saw
         self.gaps = 0
+        self._problems: list[str] = []
         self.session.listeners.append(self._on_event)
         self.session.audio_taps.append(self._on_audio)
         self.group.add(self.session)
@@ -74,9 +75,16 @@ class Driven:
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
         self.events.append((kind, data))
         if kind in ("applied", "refused"):
-            self.answers[data["ticket"].id] = self.answers.get(data["ticket"].id, 0) + 1
+            ticket = data["ticket"]
+            self.answers[ticket.id] = self.answers.get(ticket.id, 0) + 1
+            if self.answers[ticket.id] > 1:
+                self._problems.append(f"ticket {ticket.id} answered {self.answers[ticket.id]} times")
+            if kind == "refused" and "internal error" in (ticket.error or ""):
+                self._problems.append(f"refused: {ticket.error}")
         elif kind == "changed":
             self.clients.hear(data["changes"])
+        elif kind in ("error", "warning"):
+            self._problems.append(f"{kind}: {data['message']}")
 
     def _on_audio(self, first: int, frames: np.ndarray) -> None:
         if first != self.audio_end:
@@ -107,10 +115,5 @@ class Driven:
         self.group.close()
 
     def problems(self) -> list[str]:
-        """Internal errors, self-repairs and refusals that were bugs, as sentences."""
-        out = [f"{kind}: {d['message']}" for kind, d in self.events if kind in ("error", "warning")]
-        out += [f"{self.stalls} steps did not advance the stream"] if self.stalls else []
-        out += [f"refused: {d['ticket'].error}" for kind, d in self.events
-                if kind == "refused" and "internal error" in (d["ticket"].error or "")]
-        out += [f"ticket {i} answered {n} times" for i, n in self.answers.items() if n > 1]
-        return out
+        """Internal errors, self-repairs, refusals that were bugs, answers given twice, stalls."""
+        return self._problems + ([f"{self.stalls} steps did not advance the stream"] if self.stalls else [])
