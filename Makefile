@@ -15,6 +15,9 @@ demo: setup
 	.venv/bin/musicgen-live render --model tiny --prompt "demo: random weights, this is noise" --seconds 10 --out out/tiny-demo.wav --codes-out out/tiny-demo.npy
 
 test: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	bash scripts/typecheck.sh
 	.venv/bin/python -m pytest -q
 
 # the long profile of the random command walk (tests/streamer/test_walk.py): 10 000 commands across

@@ -13,15 +13,16 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
-from engine.model import MusicGen, model_summary
-from engine.stats import percentile
-from streamer import commands as c
-from streamer.config import StreamConfig
-from streamer.outputs import make_output_or_null
-from streamer.session import Session
+from musicgen_live.engine.model import MusicGen, model_summary
+from musicgen_live.engine.stats import percentile
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.outputs import make_output_or_null
+from musicgen_live.streamer.session import Session
 
 from .config import BridgesConfig, OscConfig, WebSocketConfig
 from .osc import encode
@@ -45,20 +46,40 @@ def _port(kind: int) -> int:
         return s.getsockname()[1]
 
 
-def run_bridge_bench(model: MusicGen, output: str, stream: StreamConfig, commands: int, clients: int, seconds: float,
-                     say: Callable[[str], None]) -> BridgeBench:
+def run_bridge_bench(
+    model: MusicGen,
+    output: str,
+    stream: StreamConfig,
+    commands: int,
+    clients: int,
+    seconds: float,
+    say: Callable[[str], None],
+) -> BridgeBench:
     osc_cfg = replace(OscConfig(), port=_port(socket.SOCK_DGRAM))
     ws_cfg = replace(WebSocketConfig(), port=_port(socket.SOCK_STREAM), client_queue=256)
     out = make_output_or_null(output, 2, stream.buffer_ms / 1000, stream.blocksize, say)
     session = Session(model, out, stream)
     audible: dict[Any, float] = {}
-    session.listeners.append(lambda kind, d: audible.__setitem__(d["ticket"].command, d["ticket"].audible)
-                             if kind == "audible" else None)
+    session.listeners.append(
+        lambda kind, d: audible.__setitem__(d["ticket"].command, d["ticket"].audible) if kind == "audible" else None
+    )
     ready, stop = threading.Event(), threading.Event()
 
     def serve() -> None:
-        asyncio.run(serve_forever(session, osc_cfg, ws_cfg, BridgesConfig(), model_summary(model), None, 0,
-                                  lambda m: None, started=lambda r: ready.set(), stop=stop))
+        asyncio.run(
+            serve_forever(
+                session,
+                osc_cfg,
+                ws_cfg,
+                BridgesConfig(),
+                model_summary(model),
+                None,
+                0,
+                lambda m: None,
+                started=lambda r: ready.set(),
+                stop=stop,
+            )
+        )
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -128,7 +149,7 @@ async def _many_clients(port: int, n: int, seconds: float) -> list[int]:
             while time.perf_counter() < end:
                 try:
                     msg = await asyncio.wait_for(ws.recv(), 1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 got += isinstance(msg, bytes)
         return got
@@ -141,10 +162,15 @@ def format_bridge_bench(r: BridgeBench) -> str:
         p = percentile(sorted(v), q)
         return "-" if p is None else f"{p:.0f}"
 
-    return "\n".join([
-        f"output {r.output}",
-        f"  OSC -> audible:       p50 {pct(r.osc_ms, 0.5)} ms, p99 {pct(r.osc_ms, 0.99)} ms ({len(r.osc_ms)} commands)",
-        f"  WebSocket -> audible: p50 {pct(r.ws_ms, 0.5)} ms, p99 {pct(r.ws_ms, 0.99)} ms ({len(r.ws_ms)} commands)",
-        f"  {r.clients} WebSocket clients for {r.seconds:.0f} s: audio chunks each {r.client_chunks} "
-        f"(median {statistics.median(r.client_chunks) if r.client_chunks else 0:.0f}), device underruns {r.underruns}",
-    ])
+    return "\n".join(
+        [
+            f"output {r.output}",
+            f"  OSC -> audible:       p50 {pct(r.osc_ms, 0.5)} ms, p99 {pct(r.osc_ms, 0.99)} ms "
+            f"({len(r.osc_ms)} commands)",
+            f"  WebSocket -> audible: p50 {pct(r.ws_ms, 0.5)} ms, p99 {pct(r.ws_ms, 0.99)} ms "
+            f"({len(r.ws_ms)} commands)",
+            f"  {r.clients} WebSocket clients for {r.seconds:.0f} s: audio chunks each {r.client_chunks} "
+            f"(median {statistics.median(r.client_chunks) if r.client_chunks else 0:.0f}), "
+            f"device underruns {r.underruns}",
+        ]
+    )

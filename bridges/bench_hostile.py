@@ -16,16 +16,15 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
-
-from engine.model import MusicGen, model_summary
-from streamer import commands as c
-from streamer.config import StreamConfig
-from streamer.outputs import make_output
-from streamer.session import Session
+from musicgen_live.engine.model import MusicGen, model_summary
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.outputs import make_output
+from musicgen_live.streamer.session import Session
 
 from .config import BridgesConfig, OscConfig, WebSocketConfig
 from .osc import encode
@@ -50,17 +49,34 @@ class HostileBench:
     rss_slope_mb_per_min: float | None = None
 
 
-def run_hostile_bench(model: MusicGen, stream: StreamConfig, seconds: float, soak_minutes: float,
-                      say: Callable[[str], None]) -> HostileBench:
+def run_hostile_bench(
+    model: MusicGen, stream: StreamConfig, seconds: float, soak_minutes: float, say: Callable[[str], None]
+) -> HostileBench:
     osc_cfg = replace(OscConfig(), port=_port(socket.SOCK_DGRAM))
     ws_cfg = replace(WebSocketConfig(), port=_port(socket.SOCK_STREAM))
     session = Session(model, make_output("null", 2, stream.buffer_ms / 1000), stream)
     ready, stop = threading.Event(), threading.Event()
     running: list[Running] = []
 
+    def started(run: Running) -> None:
+        running.append(run)
+        ready.set()
+
     def serve() -> None:
-        asyncio.run(serve_forever(session, osc_cfg, ws_cfg, BridgesConfig(), model_summary(model), None, 0,
-                                  lambda m: None, started=lambda r: (running.append(r), ready.set()), stop=stop))
+        asyncio.run(
+            serve_forever(
+                session,
+                osc_cfg,
+                ws_cfg,
+                BridgesConfig(),
+                model_summary(model),
+                None,
+                0,
+                lambda m: None,
+                started=started,
+                stop=stop,
+            )
+        )
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -105,8 +121,11 @@ def _osc_malformed(osc: int, _ws: int, done: threading.Event, sent: list[int]) -
     good = encode("/musicgen/cfg", (3.0,))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         while not done.is_set():
-            data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64))) if rng.random() < 0.5 else \
-                good[: rng.randint(0, len(good))]
+            data = (
+                bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
+                if rng.random() < 0.5
+                else good[: rng.randint(0, len(good))]
+            )
             sock.sendto(data, ("127.0.0.1", osc))
             sent[0] += 1
             if sent[0] % 200 == 0:
@@ -134,8 +153,14 @@ def _ws_bad(_osc: int, ws: int, done: threading.Event, sent: list[int]) -> None:
     from websockets.sync.client import connect
 
     rng = random.Random(2)
-    bad = ["[" * 5000 + "]" * 5000, "not json", '{"type": "session.update", "cfg": ' + "9" * 400 + "}",
-           '{"type": "dance"}', '{"type": "session.update", "cfg": "loud"}', '{"type": ["x"]}']
+    bad = [
+        "[" * 5000 + "]" * 5000,
+        "not json",
+        '{"type": "session.update", "cfg": ' + "9" * 400 + "}",
+        '{"type": "dance"}',
+        '{"type": "session.update", "cfg": "loud"}',
+        '{"type": ["x"]}',
+    ]
     with connect(f"ws://127.0.0.1:{ws}/", max_size=None) as conn:
         while not done.is_set():
             conn.send(rng.choice(bad))
@@ -167,8 +192,14 @@ def _ws_uploads(_osc: int, ws: int, done: threading.Event, sent: list[int]) -> N
         t.join(timeout=30)
 
 
-_FLOODS = {"quiet": _quiet, "osc malformed": _osc_malformed, "osc subscribe": _osc_subscribe,
-           "osc nested ctrl": _osc_nested, "ws bad messages": _ws_bad, "ws uploads": _ws_uploads}
+_FLOODS = {
+    "quiet": _quiet,
+    "osc malformed": _osc_malformed,
+    "osc subscribe": _osc_subscribe,
+    "osc nested ctrl": _osc_nested,
+    "ws bad messages": _ws_bad,
+    "ws uploads": _ws_uploads,
+}
 
 
 def _soak(session: Session, minutes: float, say: Callable[[str], None]) -> list[tuple[float, float]]:
@@ -184,7 +215,9 @@ def _soak(session: Session, minutes: float, say: Callable[[str], None]) -> list[
         if n % 10 == 0:
             samples.append((elapsed, _rss_mb()))
             if n % 300 == 0:
-                say(f"soak {elapsed:5.1f} min: rss {samples[-1][1]:.0f} MB, music {session.snapshot()['seconds']:.0f} s")
+                say(
+                    f"soak {elapsed:5.1f} min: rss {samples[-1][1]:.0f} MB, music {session.snapshot()['seconds']:.0f} s"
+                )
         time.sleep(1.0)
     return samples
 
@@ -210,6 +243,8 @@ def format_hostile_bench(r: HostileBench) -> str:
         lines.append(f"{p.name:20s} {p.pace:10.3f} {p.pace / quiet:20.3f} {p.underruns:11d} {p.sent:8d}")
     if r.rss_mb:
         first, last = r.rss_mb[0], r.rss_mb[-1]
-        lines.append(f"soak {r.soak_minutes:.0f} min: rss {first[1]:.0f} -> {last[1]:.0f} MB, straight-line fit "
-                     f"{r.rss_slope_mb_per_min:+.3f} MB/min over {len(r.rss_mb)} samples")
+        lines.append(
+            f"soak {r.soak_minutes:.0f} min: rss {first[1]:.0f} -> {last[1]:.0f} MB, straight-line fit "
+            f"{r.rss_slope_mb_per_min:+.3f} MB/min over {len(r.rss_mb)} samples"
+        )
     return "\n".join(lines)

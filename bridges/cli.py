@@ -11,10 +11,37 @@ import json
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 EXIT_USAGE = 2
-MAX_SESSIONS = 8  # sessions one serve runs on one engine
+# command-line options (argparse dest) and the setting each stands for: an option left out takes the
+# setting (config.toml, else the built-in default); an option given overrides it, checked the same way
+OPTIONS: dict[str, tuple[str, str]] = {
+    "model": ("model", "name"),
+    "device": ("model", "device"),
+    "exact": ("model", "exact"),
+    "precision": ("model", "precision"),
+    "cfg": ("sampling", "cfg"),
+    "temperature": ("sampling", "temperature"),
+    "top_k": ("sampling", "top_k"),
+    "top_p": ("sampling", "top_p"),
+    "seed": ("sampling", "seed"),
+    "output": ("stream", "output"),
+    "input": ("stream", "input"),
+    "buffer_ms": ("stream", "buffer_ms"),
+    "window_s": ("stream", "window_s"),
+    "context_s": ("stream", "context_s"),
+    "autoplay": ("stream", "autoplay"),
+    "sessions": ("stream", "sessions"),
+    "extra_outputs": ("stream", "extra_outputs"),
+    "decode_frames": ("stream", "decode_frames"),
+    "slide_chunk": ("stream", "slide_chunk"),
+    "stream_prompt": ("stream", "prompt"),
+    "osc_host": ("osc", "host"),
+    "osc_port": ("osc", "port"),
+    "ws_port": ("websocket", "port"),
+}
 
 
 def _positive_int(text: str) -> int:
@@ -90,8 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt-audio", help="audio file to continue (any rate / channels / libsndfile format)")
     r.add_argument("--out", required=True, help="output audio: .wav (float), .flac or .npy")
     r.add_argument("--codes-out", help="also save the (codebooks, frames) int64 codes as .npy")
-    r.add_argument("--decode-chunk", type=_positive_int, default=25,
-                   help="frames per codec push (default 25; the audio is the same for any value)")
+    r.add_argument(
+        "--decode-chunk",
+        type=_positive_int,
+        default=25,
+        help="frames per codec push (default 25; the audio is the same for any value)",
+    )
 
     d = sub.add_parser("decode", help="decode a codes .npy to audio through the streaming decoder")
     _add_model(d)
@@ -105,57 +136,115 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--peer", action="store_true", help="also time transformers' generate on the same checkpoint")
     b.add_argument("--repeats", type=_positive_int, default=3, help="interleaved runs per side (default 3)")
     b.add_argument("--json", action="store_true", help="print the result as JSON as well")
-    b.add_argument("--decode-chunk", type=_positive_int, default=1,
-                   help="frames per codec push (default 1: audio released as soon as it is final, as live)")
-    b.add_argument("--streams", type=_positive_int, nargs="+", default=[1],
-                   help="streams generated together in one batch (transformers: one batched generate); "
-                   "several counts run one after the other on the same checkpoint, e.g. --streams 1 2 4 8")
-    b.add_argument("--quality", action="store_true",
-                   help="with a reduced --precision: compare its predictions with float32 (agreement, KL)")
+    b.add_argument(
+        "--decode-chunk",
+        type=_positive_int,
+        default=1,
+        help="frames per codec push (default 1: audio released as soon as it is final, as live)",
+    )
+    b.add_argument(
+        "--streams",
+        type=_positive_int,
+        nargs="+",
+        default=[1],
+        help="streams generated together in one batch (transformers: one batched generate); "
+        "several counts run one after the other on the same checkpoint, e.g. --streams 1 2 4 8",
+    )
+    b.add_argument(
+        "--quality",
+        action="store_true",
+        help="with a reduced --precision: compare its predictions with float32 (agreement, KL)",
+    )
 
     sv = sub.add_parser("serve", help="play endlessly; control it with lines on stdin (see README)")
     _add_model(sv)
     sv.add_argument("--output", help="default | null | file:PATH | a device name or index ([stream] output)")
     sv.add_argument("--input", help="capture device for continue-input ([stream] input)")
-    sv.add_argument("--buffer-ms", type=_positive_float, help="audio kept ready ahead of the output ([stream] buffer_ms)")
-    sv.add_argument("--prompt", help="the prompt to start with ([stream] prompt)")
-    sv.add_argument("--window", type=_positive_float, dest="window_s", help="context window in seconds ([stream] window_s)")
-    sv.add_argument("--context", type=_positive_float, dest="context_s", help="context kept when the window slides ([stream] context_s)")
+    sv.add_argument(
+        "--buffer-ms", type=_positive_float, help="audio kept ready ahead of the output ([stream] buffer_ms)"
+    )
+    sv.add_argument("--prompt", dest="stream_prompt", help="the prompt to start with ([stream] prompt)")
+    sv.add_argument(
+        "--window", type=_positive_float, dest="window_s", help="context window in seconds ([stream] window_s)"
+    )
+    sv.add_argument(
+        "--context",
+        type=_positive_float,
+        dest="context_s",
+        help="context kept when the window slides ([stream] context_s)",
+    )
     sv.add_argument("--no-autoplay", action="store_false", dest="autoplay", default=None, help="wait for 'play'")
     sv.add_argument("--seconds", type=_positive_float, help="stop after this long (default: run until 'quit')")
-    sv.add_argument("--status-every", type=_nonneg_float, default=5.0, help="status line period in seconds (0 = off)")
+    sv.add_argument(
+        "--status-every",
+        type=_nonneg_float,
+        default=0.0,
+        help="print a status line every this many seconds (default 0: only when something is wrong)",
+    )
     sv.add_argument("--osc-port", type=int, help="OSC UDP port, 0 = off ([osc] port, 57130)")
     sv.add_argument("--ws-port", type=int, help="WebSocket + browser port, 0 = off ([websocket] port, 8765)")
-    sv.add_argument("--audio-dir", action="append", help="a folder continue/file may read (repeatable; [bridges] audio_dirs)")
-    sv.add_argument("--sessions", type=_positive_int,
-                    help="independent streams on one engine, stepped in one batch; session i listens on the "
-                    "OSC and WebSocket ports + i ([stream] sessions, 1)")
-    sv.add_argument("--decode-frames", type=_positive_int,
-                    help="frames gathered per codec push: 2 adds 20 ms of latency and saves ~25 %% of "
-                    "musicgen-small's decode time ([stream] decode_frames, 1)")
-    sv.add_argument("--extra-output", action="append", dest="extra_outputs",
-                    help="output of session 2, 3, ... in order (repeatable; default null: hear them in the "
-                    "browser) ([stream] extra_outputs)")
+    sv.add_argument(
+        "--audio-dir", action="append", help="a folder continue/file may read (repeatable; [bridges] audio_dirs)"
+    )
+    sv.add_argument(
+        "--sessions",
+        type=_positive_int,
+        help="independent streams on one engine, stepped in one batch; session i listens on the "
+        "OSC and WebSocket ports + i ([stream] sessions, 1)",
+    )
+    sv.add_argument(
+        "--decode-frames",
+        type=_positive_int,
+        help="frames gathered per codec push: 2 adds 20 ms of latency and saves ~25 %% of "
+        "musicgen-small's decode time ([stream] decode_frames, 1)",
+    )
+    sv.add_argument(
+        "--extra-output",
+        action="append",
+        dest="extra_outputs",
+        help="output of session 2, 3, ... in order (repeatable; default null: hear them in the "
+        "browser) ([stream] extra_outputs)",
+    )
 
     bs = sub.add_parser("bench-stream", help="run a live session, send commands, report underruns and latencies")
     _add_model(bs)
     bs.add_argument("--output", help="default | null | file:PATH | a device ([stream] output)")
     bs.add_argument("--buffer-ms", type=_positive_float, help="([stream] buffer_ms)")
-    bs.add_argument("--window", type=_positive_float, dest="window_s", help="context window, seconds ([stream] window_s)")
+    bs.add_argument(
+        "--window", type=_positive_float, dest="window_s", help="context window, seconds ([stream] window_s)"
+    )
     bs.add_argument("--context", type=_positive_float, dest="context_s", help="([stream] context_s)")
     bs.add_argument("--seconds", type=_positive_float, default=60.0, help="how long to play (default 60)")
     bs.add_argument("--every", type=_positive_float, default=2.0, help="seconds between commands (default 2)")
-    bs.add_argument("--continue-seconds", type=_positive_float, default=12.0,
-                    help="length of the continuations it asks for, from the session's own output (default 12)")
-    bs.add_argument("--slide-chunk", type=int, help="columns a slide or continuation prefills per step, 0 = measured "
-                    "([stream] slide_chunk)")
+    bs.add_argument(
+        "--continue-seconds",
+        type=_positive_float,
+        default=12.0,
+        help="length of the continuations it asks for, from the session's own output (default 12)",
+    )
+    bs.add_argument(
+        "--slide-chunk",
+        type=int,
+        help="columns a slide or continuation prefills per step, 0 = measured ([stream] slide_chunk)",
+    )
+    bs.add_argument(
+        "--sessions",
+        type=_positive_int,
+        help="sessions sharing the engine, stepped together; the others play other prompts to null ([stream] sessions)",
+    )
 
     sd = sub.add_parser("send", help="send one OSC message to a running serve and print the replies")
     sd.add_argument("address", help="e.g. /musicgen/cfg, or just cfg (the [osc] prefix is added)")
     sd.add_argument("args", nargs="*", help="arguments: numbers are sent as int or float, the rest as strings")
-    sd.add_argument("--host", help="([osc] host)")
-    sd.add_argument("--port", type=int, help="([osc] port)")
-    sd.add_argument("--wait", type=_nonneg_float, default=0.5, help="seconds to wait for replies (default 0.5)")
+    sd.add_argument("--host", dest="osc_host", help="([osc] host)")
+    sd.add_argument("--port", type=int, dest="osc_port", help="([osc] port)")
+    sd.add_argument(
+        "--timeout",
+        type=_nonneg_float,
+        default=1.0,
+        help="seconds to wait for replies in all (default 1; `send subscribe --timeout 30` listens 30 s)",
+    )
+    sd.add_argument("--count", type=_positive_int, help="stop after this many replies")
 
     bb = sub.add_parser("bench-bridges", help="OSC / WebSocket command -> audible latency, many WebSocket clients")
     _add_model(bb)
@@ -169,8 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(bh)
     bh.add_argument("--buffer-ms", type=_positive_float, help="([stream] buffer_ms)")
     bh.add_argument("--seconds", type=_positive_float, default=10.0, help="seconds each flood lasts (default 10)")
-    bh.add_argument("--soak-minutes", type=_nonneg_float, default=0.0,
-                    help="then play on this long with changes and continuations, sampling memory (default 0)")
+    bh.add_argument(
+        "--soak-minutes",
+        type=_nonneg_float,
+        default=0.0,
+        help="then play on this long with changes and continuations, sampling memory (default 0)",
+    )
+
+    cf = sub.add_parser("config", help="print the settings that apply and where each comes from")
+    cf.add_argument("--show", action="store_true", help="(the default action)")
 
     dv = sub.add_parser("devices", help="list audio devices")
     dv.add_argument("--json", action="store_true")
@@ -184,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engine.errors import EngineError
+    from musicgen_live.engine.errors import EngineError
 
     try:
         _apply_config(args)
@@ -194,35 +290,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `musicgen-live config | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _schema() -> dict[str, type]:
-    from engine.config import ModelConfig, SamplingConfig
-    from bridges.config import BridgesConfig, OscConfig, WebSocketConfig
-    from streamer.config import StreamConfig
+    from musicgen_live.bridges.config import BridgesConfig, OscConfig, WebSocketConfig
+    from musicgen_live.engine.config import ModelConfig, SamplingConfig
+    from musicgen_live.streamer.config import StreamConfig
 
-    return {"model": ModelConfig, "sampling": SamplingConfig, "stream": StreamConfig, "osc": OscConfig,
-            "websocket": WebSocketConfig, "bridges": BridgesConfig}
+    return {
+        "model": ModelConfig,
+        "sampling": SamplingConfig,
+        "stream": StreamConfig,
+        "osc": OscConfig,
+        "websocket": WebSocketConfig,
+        "bridges": BridgesConfig,
+    }
 
 
 def _apply_config(args: argparse.Namespace) -> None:
-    """Fill every option the command line left out from config.toml (then from built-in defaults)."""
-    from engine.config import load_sections
+    """Options left out take their setting (`OPTIONS`); options given override the settings, checked
+    like the file. `args.sections` holds the settings that apply."""
+    from musicgen_live.engine.config import load_sections, override
 
     sections = load_sections(args.config, _schema())
-    args.sections = sections
-    for name, section in sections.items():
-        for key, value in vars(section).items():
-            dest = "model" if name == "model" and key == "name" else key
-            if hasattr(args, dest) and getattr(args, dest) is None:
-                setattr(args, dest, value)
+    changes: dict[str, dict[str, object]] = {name: {} for name in sections}
+    for dest, (name, key) in OPTIONS.items():
+        if not hasattr(args, dest):
+            continue
+        if getattr(args, dest) is None:
+            setattr(args, dest, getattr(sections[name], key))
+        else:
+            changes[name][key] = getattr(args, dest)
+    args.sections = {name: override(section, name, changes[name]) for name, section in sections.items()}
 
 
 def _load(args: argparse.Namespace):  # -> MusicGen
     import torch
-
-    from engine.errors import CheckpointError
-    from engine.model import MusicGen
+    from musicgen_live.engine.errors import CheckpointError
+    from musicgen_live.engine.model import MusicGen
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CheckpointError(f"device '{args.device}' was asked for but no CUDA GPU is available")
@@ -236,17 +344,16 @@ def _load(args: argparse.Namespace):  # -> MusicGen
 def _check_precision(args: argparse.Namespace) -> None:
     """Refuse an impossible precision before minutes of loading, in one sentence."""
     import torch
-
-    from engine.linear import check_precision
+    from musicgen_live.engine.linear import check_precision
 
     check_precision(args.precision, torch.device(args.device), args.exact)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from engine.audiofile import read_audio, write_audio
-    from engine.errors import ContextError
-    from engine.render import render
-    from engine.sampling import SamplingParams
+    from musicgen_live.engine.audiofile import read_audio, write_audio
+    from musicgen_live.engine.errors import ContextError
+    from musicgen_live.engine.render import render
+    from musicgen_live.engine.sampling import SamplingParams
 
     _check_output(args.out, (".wav", ".flac", ".npy"))
     if args.codes_out:
@@ -273,8 +380,16 @@ def cmd_render(args: argparse.Namespace) -> int:
             last[0] = now
             print(f"\rgenerating: {done}/{total} frames", end="", file=sys.stderr, flush=True)
 
-    out = render(model, args.prompt, frames, params, seed=args.seed, prompt_audio=audio, progress=progress,
-                 decode_chunk=args.decode_chunk)
+    out = render(
+        model,
+        args.prompt,
+        frames,
+        params,
+        seed=args.seed,
+        prompt_audio=audio,
+        progress=progress,
+        decode_chunk=args.decode_chunk,
+    )
     took = time.perf_counter() - t0
     print(file=sys.stderr)
     write_audio(args.out, out.audio, model.sample_rate)
@@ -288,8 +403,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from engine.audiofile import write_audio
-    from engine.render import decode_streamed, load_codes
+    from musicgen_live.engine.audiofile import write_audio
+    from musicgen_live.engine.render import decode_streamed, load_codes
 
     _check_output(args.out, (".wav", ".flac", ".npy"))
     model = _load(args)
@@ -301,12 +416,22 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from engine.bench import as_dict, format_result, run_bench
+    from musicgen_live.engine.bench import as_dict, format_result, run_bench
 
     _check_precision(args)
-    result = run_bench(args.model, args.frames, args.peer, exact=args.exact, repeats=args.repeats, device=args.device,
-                       decode_chunk=args.decode_chunk, precision=args.precision, streams=args.streams,
-                       quality=args.quality, say=lambda m: print(m, file=sys.stderr))
+    result = run_bench(
+        args.model,
+        args.frames,
+        args.peer,
+        exact=args.exact,
+        repeats=args.repeats,
+        device=args.device,
+        decode_chunk=args.decode_chunk,
+        precision=args.precision,
+        streams=args.streams,
+        quality=args.quality,
+        say=lambda m: print(m, file=sys.stderr),
+    )
     for r in result:
         print(format_result(r))
         if args.json:
@@ -315,7 +440,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_codec(args: argparse.Namespace) -> int:
-    from engine.codec_bench import format_codec_bench, run_codec_bench
+    from musicgen_live.engine.codec_bench import format_codec_bench, run_codec_bench
 
     model = _load(args)
     print(format_codec_bench(run_codec_bench(model.codec, args.seconds, args.chunk_frames)))
@@ -323,7 +448,7 @@ def cmd_bench_codec(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from streamer.devices import list_devices
+    from musicgen_live.streamer.devices import list_devices
 
     devices = list_devices()
     if args.json:
@@ -332,7 +457,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
     if not devices:
         print("no audio devices found (use --output null or file:PATH)")
     for d in devices:
-        print(f"{d['index']:3d}  {d['name']}  [{d['hostapi']}]  in {d['inputs']}  out {d['outputs']}  {d['default_rate']:.0f} Hz")
+        print(
+            f"{d['index']:3d}  {d['name']}  [{d['hostapi']}]  in {d['inputs']}  out {d['outputs']}  "
+            f"{d['default_rate']:.0f} Hz"
+        )
     return 0
 
 
@@ -340,29 +468,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import dataclasses
 
-    from bridges.server import serve_forever
-    from engine.errors import EngineError
-    from engine.model import model_summary
-    from streamer.group import SessionGroup
-    from streamer.outputs import InputCapture, make_output_or_null
-    from streamer.session import Session
+    from musicgen_live.bridges.server import serve_forever
+    from musicgen_live.engine.model import model_summary
+    from musicgen_live.streamer.group import SessionGroup
+    from musicgen_live.streamer.outputs import InputCapture, make_output_or_null
+    from musicgen_live.streamer.session import Session
 
-    stream = dataclasses.replace(
-        args.sections["stream"],
-        **{k: getattr(args, k) for k in ("output", "input", "buffer_ms", "prompt", "window_s", "context_s", "autoplay",
-                                         "sessions", "extra_outputs", "decode_frames")},
-    )
-    if not 1 <= stream.sessions <= MAX_SESSIONS:
-        raise EngineError(f"--sessions must be between 1 and {MAX_SESSIONS}, got {stream.sessions}")
-    if len(stream.extra_outputs) > stream.sessions - 1:
-        raise EngineError(f"{len(stream.extra_outputs)} extra outputs given for {stream.sessions - 1} extra session(s)")
+    stream = args.sections["stream"]
     osc = args.sections["osc"]
     ws = args.sections["websocket"]
     bridges = args.sections["bridges"]
-    if args.osc_port is not None:
-        osc = dataclasses.replace(osc, port=args.osc_port, enabled=args.osc_port > 0)
-    if args.ws_port is not None:
-        ws = dataclasses.replace(ws, port=args.ws_port, enabled=args.ws_port > 0)
+    osc = dataclasses.replace(osc, enabled=osc.enabled and osc.port > 0)  # port 0: off
+    ws = dataclasses.replace(ws, enabled=ws.enabled and ws.port > 0)
     if args.audio_dir:
         bridges = dataclasses.replace(bridges, audio_dirs=list(bridges.audio_dirs) + args.audio_dir)
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -371,25 +488,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sampling = args.sections["sampling"]
     sessions = []
     for i in range(stream.sessions):
-        spec = stream.output if i == 0 else (stream.extra_outputs[i - 1] if i - 1 < len(stream.extra_outputs) else "null")
+        spec = (
+            stream.output if i == 0 else (stream.extra_outputs[i - 1] if i - 1 < len(stream.extra_outputs) else "null")
+        )
         out = make_output_or_null(spec, channels, stream.buffer_ms / 1000, stream.blocksize, say)
         capture = InputCapture(stream.input) if stream.input and i == 0 else None
         seeded = dataclasses.replace(sampling, seed=sampling.seed + i)  # sessions differ from the start
         sessions.append(Session(model, out, stream, seeded, capture, log=say))
-        say(f"{f'session {i + 1}: ' if stream.sessions > 1 else ''}{args.model} -> {out.describe()}")
-    say("stdin takes the OSC vocabulary, one request a line: 'prompt dub techno', 'cfg 4', 'pause', 'help', 'quit'")
+        say(f"{f'session {i + 1}: ' if stream.sessions > 1 else ''}playing to {out.describe()}")
     group = SessionGroup(model, max_sessions=len(sessions)) if len(sessions) > 1 else None
-    asyncio.run(serve_forever(sessions if group else sessions[0], osc, ws, bridges, model_summary(model), args.seconds,
-                              args.status_every, say, stdin=sys.stdin, group=group))
+    asyncio.run(
+        serve_forever(
+            sessions if group else sessions[0],
+            osc,
+            ws,
+            bridges,
+            model_summary(model),
+            args.seconds,
+            args.status_every,
+            say,
+            stdin=sys.stdin,
+            group=group,
+        )
+    )
     return 0
 
 
 def cmd_bench_bridges(args: argparse.Namespace) -> int:
-    import dataclasses
 
-    from bridges.bench_bridges import format_bridge_bench, run_bridge_bench
+    from musicgen_live.bridges.bench_bridges import format_bridge_bench, run_bridge_bench
 
-    stream = dataclasses.replace(args.sections["stream"], buffer_ms=args.buffer_ms)
+    stream = args.sections["stream"]
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     model = _load(args)
     result = run_bridge_bench(model, args.output, stream, args.commands, args.clients, args.seconds, say)
@@ -398,27 +527,43 @@ def cmd_bench_bridges(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_hostile(args: argparse.Namespace) -> int:
-    import dataclasses
 
-    from bridges.bench_hostile import format_hostile_bench, run_hostile_bench
+    from musicgen_live.bridges.bench_hostile import format_hostile_bench, run_hostile_bench
 
-    stream = dataclasses.replace(args.sections["stream"], buffer_ms=args.buffer_ms)
+    stream = args.sections["stream"]
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     model = _load(args)
     print(format_hostile_bench(run_hostile_bench(model, stream, args.seconds, args.soak_minutes, say)))
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    import tomllib
+    from dataclasses import fields
+
+    from musicgen_live.engine.config import DEFAULT_PATH
+
+    path = Path(args.config) if args.config else DEFAULT_PATH
+    raw = tomllib.loads(path.read_text()) if path.is_file() else {}
+    print(f"# the settings that apply: from {path if raw else 'the built-in defaults (no config file)'}")
+    for name, section in args.sections.items():
+        print(f"\n[{name}]")
+        for f in fields(section):
+            value = getattr(section, f.name)
+            origin = "config file" if f.name in raw.get(name, {}) else "default"
+            print(f"{f.name} = {json.dumps(value)}".ljust(40) + f"  # {origin}")
+    return 0
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import socket
 
+    from musicgen_live.bridges.osc import encode
+    from musicgen_live.engine.errors import EngineError
     from pythonosc.osc_message import OscMessage
 
-    from bridges.osc import encode
-    from engine.errors import EngineError
-
     osc = args.sections["osc"]
-    host, port = args.host or osc.host, args.port or osc.port
+    host, port = osc.host, osc.port
     prefix = "/" + osc.prefix.strip("/")
     address = args.address if args.address.startswith("/") else f"{prefix}/{args.address}"
     values: list[object] = []
@@ -436,39 +581,50 @@ def cmd_send(args: argparse.Namespace) -> int:
             sock.sendto(encode(address, tuple(values)), (host, port))
         except OSError as e:
             raise EngineError(f"cannot send to {host}:{port} ({e.strerror or e})") from None
-        sock.settimeout(args.wait or 0.001)
-        errors = 0
-        try:
-            while True:
+        errors, replies, end = 0, 0, time.monotonic() + args.timeout
+        while (left := end - time.monotonic()) > 0 and (args.count is None or replies < args.count):
+            sock.settimeout(left)
+            try:
                 data, _ = sock.recvfrom(65536)
-                msg = OscMessage(data)
-                errors += msg.address.endswith("/error")
-                print(msg.address, *msg.params)
-        except (socket.timeout, ConnectionRefusedError):
-            pass
+            except (TimeoutError, ConnectionRefusedError):
+                break
+            msg = OscMessage(data)
+            replies += 1
+            errors += msg.address.endswith("/error")
+            print(msg.address, *msg.params, flush=True)
     return EXIT_USAGE if errors else 0
 
 
 def cmd_bench_stream(args: argparse.Namespace) -> int:
-    import dataclasses
 
-    from streamer.bench_stream import format_stream_bench, run_stream_bench
-    from streamer.outputs import make_output_or_null
+    from musicgen_live.streamer.bench_stream import format_stream_bench, run_stream_bench
+    from musicgen_live.streamer.outputs import make_output_or_null
 
-    stream = dataclasses.replace(
-        args.sections["stream"],
-        **{k: getattr(args, k) for k in ("output", "buffer_ms", "window_s", "context_s", "slide_chunk")},
-    )
+    stream = args.sections["stream"]
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     model = _load(args)
-    out = make_output_or_null(stream.output, max(2, model.audio_channels), stream.buffer_ms / 1000, stream.blocksize, say)
-    print(format_stream_bench(run_stream_bench(model, out, stream, args.seconds, args.every, say,
-                                               continue_s=args.continue_seconds)))
+    out = make_output_or_null(
+        stream.output, max(2, model.audio_channels), stream.buffer_ms / 1000, stream.blocksize, say
+    )
+    print(
+        format_stream_bench(
+            run_stream_bench(
+                model,
+                out,
+                stream,
+                args.seconds,
+                args.every,
+                say,
+                continue_s=args.continue_seconds,
+                companions=args.sessions - 1,
+            )
+        )
+    )
     return 0
 
 
 def _check_output(path: str, suffixes: tuple[str, ...]) -> None:
-    from engine.errors import AudioInputError
+    from musicgen_live.engine.errors import AudioInputError
 
     if not path.lower().endswith(suffixes):
         raise AudioInputError(f"'{path}': the output must end in {' or '.join(suffixes)}")
@@ -488,6 +644,7 @@ COMMANDS = {
     "bench-bridges": cmd_bench_bridges,
     "bench-hostile": cmd_bench_hostile,
     "devices": cmd_devices,
+    "config": cmd_config,
 }
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Iterable
 
-from streamer import commands as c
-from streamer.session import Session
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.session import Session
 
 from .protocol import ProtocolError, Vocabulary, answer_line
 

@@ -23,13 +23,14 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from musicgen_live.streamer import commands as c
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from streamer import commands as c
-from streamer.session import Session
+if TYPE_CHECKING:  # `send` imports this module to encode one message: it must not load torch
+    from musicgen_live.streamer.session import Session
 
 from .config import OscConfig
 from .limits import Budgets
@@ -46,7 +47,8 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 def slip_encode(packet: bytes) -> bytes:
     body = packet.replace(bytes([SLIP_ESC]), bytes([SLIP_ESC, SLIP_ESC_ESC])).replace(
-        bytes([SLIP_END]), bytes([SLIP_ESC, SLIP_ESC_END]))
+        bytes([SLIP_END]), bytes([SLIP_ESC, SLIP_ESC_END])
+    )
     return bytes([SLIP_END]) + body + bytes([SLIP_END])
 
 
@@ -66,7 +68,7 @@ def slip_decode(frame: bytes) -> bytes:
 class TcpPeer(asyncio.Protocol):
     """One OSC-over-TCP connection: SLIP frames in, SLIP frames out."""
 
-    def __init__(self, bridge: "OscBridge") -> None:
+    def __init__(self, bridge: OscBridge) -> None:
         self.bridge = bridge
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -199,8 +201,11 @@ class OscBridge(asyncio.DatagramProtocol):
         if not budget.allow():
             self.over_budget += 1
             if dropped := budget.complaint():
-                self._send(self._reply_to(addr), "error", ("", f"too many messages: {dropped} dropped (at most "
-                                                                f"{self.cfg.max_rate:.0f} a second)"))
+                self._send(
+                    self._reply_to(addr),
+                    "error",
+                    ("", f"too many messages: {dropped} dropped (at most {self.cfg.max_rate:.0f} a second)"),
+                )
             return
         if len(data) > MAX_PACKET:
             self._send(self._reply_to(addr), "error", ("", f"OSC packet of {len(data)} bytes: at most {MAX_PACKET}"))
@@ -216,16 +221,13 @@ class OscBridge(asyncio.DatagramProtocol):
         for timed in packet.messages:
             delay = timed.time - now - lead
             if delay > 0.002:
-                self.loop.call_later(min(delay, self.cfg.horizon_s), self._handle, addr, timed.message)
+                asyncio.get_running_loop().call_later(min(delay, self.cfg.horizon_s), self._handle, addr, timed.message)
             else:
                 self._handle(addr, timed.message)
 
     def _peer_allowed(self, addr: Any) -> bool:
         if isinstance(addr, TcpPeer):
-            peer = addr.transport.get_extra_info("peername") if addr.transport else None
-            if peer is None:
-                return False
-            addr = peer
+            addr = _peer_address(addr)
         try:
             ip = ipaddress.ip_address(addr[0])
         except ValueError:
@@ -270,7 +272,7 @@ class OscBridge(asyncio.DatagramProtocol):
             if isinstance(addr, TcpPeer) and not args:
                 who: Any = addr
             else:
-                peer = addr.transport.get_extra_info("peername")[:2] if isinstance(addr, TcpPeer) else addr
+                peer = _peer_address(addr) if isinstance(addr, TcpPeer) else addr
                 port = int(float(args[0])) if args else reply_to[1]
                 host = str(args[1]) if len(args) > 1 else peer[0]
                 if not 0 < port < 65536:
@@ -278,12 +280,17 @@ class OscBridge(asyncio.DatagramProtocol):
                 try:
                     ipaddress.ip_address(host)
                 except ValueError:
-                    raise ValueError("subscribe takes [port] [host]: a numeric host address, e.g. 192.168.1.20") from None
+                    raise ValueError(
+                        "subscribe takes [port] [host]: a numeric host address, e.g. 192.168.1.20"
+                    ) from None
                 who = (host, port)
             self.subscribers.add(who)
         except (ValueError, TypeError, OverflowError, AttributeError) as e:
-            msg = str(e) if isinstance(e, ValueError) and str(e).startswith(("subscribe", "too many")) else \
-                "subscribe takes [port] [host]"
+            msg = (
+                str(e)
+                if isinstance(e, ValueError) and str(e).startswith(("subscribe", "too many"))
+                else "subscribe takes [port] [host]"
+            )
             self._send(reply_to, "error", ("/subscribe", msg))
             return
         self._send(who, "subscribed", (0 if isinstance(who, TcpPeer) else who[1],))
@@ -368,17 +375,25 @@ class OscBridge(asyncio.DatagramProtocol):
 
 def _peer(addr: Any) -> str:
     if isinstance(addr, TcpPeer):
-        peer = addr.transport.get_extra_info("peername") if addr.transport else None
-        return f"tcp {peer[0]}:{peer[1]}" if peer else "tcp"
+        host, port = _peer_address(addr)
+        return f"tcp {host}:{port}"
     return f"{addr[0]}:{addr[1]}"
 
 
+def _peer_address(peer: TcpPeer) -> tuple[str, int]:
+    """A TCP peer's (host, port); ("", 0) once it has gone."""
+    name = peer.transport.get_extra_info("peername") if peer.transport is not None else None
+    return (str(name[0]), int(name[1])) if name else ("", 0)
+
+
 async def start_osc(session: Session, vocab: Vocabulary, cfg: OscConfig) -> tuple[OscBridge, asyncio.DatagramTransport]:
-    from engine.errors import EngineError
+    from musicgen_live.engine.errors import EngineError
 
     if not _is_loopback(cfg.host) and not cfg.allow:
-        raise EngineError(f"OSC would listen on {cfg.host}, beyond loopback, with no authentication: list the "
-                          "peers allowed to control it in [osc] allow (addresses or networks, e.g. \"192.168.1.0/24\")")
+        raise EngineError(
+            f"OSC would listen on {cfg.host}, beyond loopback, with no authentication: list the "
+            'peers allowed to control it in [osc] allow (addresses or networks, e.g. "192.168.1.0/24")'
+        )
     try:
         for net in cfg.allow:
             ipaddress.ip_network(net, strict=False)

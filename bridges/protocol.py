@@ -22,15 +22,28 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from streamer import commands as c
-from streamer.controls import CONTROLS, DEFAULT_CONTINUE_S, MAX_CONTINUE_S, MAX_PROMPT_CHARS, MAX_PROMPTS, TRIGGERS
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.controls import (
+    CONTROLS,
+    DEFAULT_CONTINUE_S,
+    MAX_CONTINUE_S,
+    MAX_PROMPT_CHARS,
+    MAX_PROMPTS,
+    TRIGGERS,
+)
 
-ALIASES = {"continue-input": "continue/input", "continue-file": "continue/file", "status": "get/state",
-           "top-k": "top_k", "top-p": "top_p"}
+ALIASES = {
+    "continue-input": "continue/input",
+    "continue-file": "continue/file",
+    "status": "get/state",
+    "top-k": "top_k",
+    "top-p": "top_p",
+}
 GETTABLE = ("state", "prompt", "transport", *CONTROLS, "position", "frame", "seconds", "buffer_ms", "underruns")
 MAX_ARGS = 64  # arguments one request may carry (prompt words, weighted pairs)
 
@@ -63,8 +76,12 @@ class Vocabulary:
         self.info = info
         self.audio_dirs = [Path(d).expanduser().resolve() for d in audio_dirs if d]
         self._table: dict[str, Callable[[str, Sequence[Any]], Outcome]] = {
-            "prompt": self._prompt, "prompt/fade": self._prompt_fade, "prompt/weighted": self._weighted,
-            "continue": self._continue, "continue/input": self._continue, "continue/file": self._continue_file,
+            "prompt": self._prompt,
+            "prompt/fade": self._prompt_fade,
+            "prompt/weighted": self._weighted,
+            "continue": self._continue,
+            "continue/input": self._continue,
+            "continue/file": self._continue_file,
             "ping": lambda _n, a: Outcome(replies=[Reply("pong", tuple(a[:1]))]),
             "info": lambda _n, _a: Outcome(replies=[Reply("info", (json.dumps(self.info),))]),
             "subscribe": lambda _n, a: Outcome(subscribe=tuple(a[:2])),
@@ -122,9 +139,9 @@ class Vocabulary:
                     raise ProtocolError(f"{key} must be a number")
                 part = self.handle(key, [value])
             if prompt_fade and key in ("prompt", "weighted_prompts"):
-                fade = self._set("fade", [changes["fade"]], normalised=False)
-                part.commands = [_with_fade(cmd, fade.commands[0]) for cmd in part.commands]
-                part.notes += fade.notes
+                fade, notes = _control_value("fade", changes["fade"], normalised=False)
+                part.commands = [_with_fade(cmd, fade) for cmd in part.commands]
+                part.notes += notes
             out.commands += part.commands
             out.notes += part.notes
         if not out.commands:
@@ -157,19 +174,15 @@ class Vocabulary:
 
     # -- requests --------------------------------------------------------------------------------
     def _set(self, name: str, args: Sequence[Any], normalised: bool) -> Outcome:
-        control = CONTROLS[name]
         if name == "fade" and len(args) > 1 and not normalised:
-            raise ProtocolError("fade takes one number (the default crossfade); to crossfade to a prompt over "
-                                "S seconds send prompt/fade S TEXT")
+            raise ProtocolError(
+                "fade takes one number (the default crossfade); to crossfade to a prompt over "
+                "S seconds send prompt/fade S TEXT"
+            )
         if len(args) != 1:
             raise ProtocolError(f"{name} takes one number, got {len(args)} arguments")
-        asked = _number(args[0], name)
-        value = control.lo + min(1.0, max(0.0, asked)) * (control.hi - control.lo) if normalised else asked
-        clamped = control.clamp(value)
-        notes = []
-        if not normalised and clamped != value and not (control.kind is int and abs(clamped - value) < 0.5):
-            notes.append(f"{name} {_fmt(asked)} is outside {_fmt(control.lo)}..{_fmt(control.hi)}: {_fmt(clamped)} will sound")
-        return Outcome(commands=[c.Set(name, clamped)], notes=notes)
+        value, notes = _control_value(name, args[0], normalised)
+        return Outcome(commands=[c.Set(name, value)], notes=notes)
 
     def _prompt(self, _name: str, args: Sequence[Any]) -> Outcome:
         return Outcome(commands=[c.SetPrompt(_prompt_text(args))])
@@ -177,9 +190,8 @@ class Vocabulary:
     def _prompt_fade(self, _name: str, args: Sequence[Any]) -> Outcome:
         if len(args) < 2:
             raise ProtocolError("prompt/fade takes a number of seconds and the prompt: prompt/fade 4 warm dub")
-        fade = self._set("fade", args[:1], normalised=False)
-        return Outcome(commands=[c.SetPrompt(_prompt_text(args[1:]), fade_s=fade.commands[0].value)],
-                       notes=fade.notes)
+        fade, notes = _control_value("fade", args[0], normalised=False)
+        return Outcome(commands=[c.SetPrompt(_prompt_text(args[1:]), fade_s=fade)], notes=notes)
 
     def _weighted(self, _name: str, args: Sequence[Any]) -> Outcome:
         if not args or len(args) % 2:
@@ -298,7 +310,9 @@ def continue_seconds(args: Sequence[Any], index: int, what: str) -> tuple[float,
     if not value > 0:
         raise ProtocolError(f"{what} needs a positive number of seconds, got {_fmt(value)}")
     if value > MAX_CONTINUE_S:
-        return MAX_CONTINUE_S, [f"{what} {_fmt(value)} s is more than {_fmt(MAX_CONTINUE_S)} s: asking for {_fmt(MAX_CONTINUE_S)} s"]
+        return MAX_CONTINUE_S, [
+            f"{what} {_fmt(value)} s is more than {_fmt(MAX_CONTINUE_S)} s: asking for {_fmt(MAX_CONTINUE_S)} s"
+        ]
     return value, []
 
 
@@ -315,10 +329,23 @@ def _check_prompt(text: str) -> None:
         raise ProtocolError(f"prompt is too long ({len(text)} characters, at most {MAX_PROMPT_CHARS})")
 
 
-def _with_fade(command: c.Command, fade: c.Command) -> c.Command:
-    assert isinstance(fade, c.Set)
+def _with_fade(command: c.Command, fade: float) -> c.Command:
     if isinstance(command, c.SetPrompt):
-        return c.SetPrompt(command.text, fade_s=fade.value)
+        return c.SetPrompt(command.text, fade_s=fade)
     if isinstance(command, c.SetWeightedPrompts):
-        return c.SetWeightedPrompts(command.prompts, fade_s=fade.value)
+        return c.SetWeightedPrompts(command.prompts, fade_s=fade)
     return command
+
+
+def _control_value(name: str, arg: Any, normalised: bool) -> tuple[float, list[str]]:
+    """One control's value from a loose argument, clamped to its range (with a note saying so)."""
+    control = CONTROLS[name]
+    asked = _number(arg, name)
+    value = control.lo + min(1.0, max(0.0, asked)) * (control.hi - control.lo) if normalised else asked
+    clamped = control.clamp(value)
+    notes = []
+    if not normalised and clamped != value and not (control.kind is int and abs(clamped - value) < 0.5):
+        notes.append(
+            f"{name} {_fmt(asked)} is outside {_fmt(control.lo)}..{_fmt(control.hi)}: {_fmt(clamped)} will sound"
+        )
+    return clamped, notes

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from streamer.group import SessionGroup
-from streamer.session import Session
+from musicgen_live.streamer.group import SessionGroup
+from musicgen_live.streamer.session import Session
 
 from .config import BridgesConfig, OscConfig, WebSocketConfig
 from .console import Console
@@ -31,7 +31,7 @@ class Running:
     vocab: Vocabulary | None = None
     osc: Any = None
     ws: Any = None
-    others: list["Running"] = field(default_factory=list)  # sessions 2.. when serving several
+    others: list[Running] = field(default_factory=list)  # sessions 2.. when serving several
 
 
 async def serve_forever(
@@ -65,11 +65,13 @@ async def serve_forever(
             group.add(s)
     else:
         sessions[0].start()
+    first_vocab: Vocabulary | None = None
     try:
         for i, (s, run) in enumerate(zip(sessions, runs)):
             label = f"session {i + 1}: " if len(sessions) > 1 else ""
             vocab = Vocabulary({**info, "session": i + 1} if len(sessions) > 1 else info, bridges_cfg.audio_dirs)
             run.vocab = vocab
+            first_vocab = first_vocab or vocab
             if osc_cfg.enabled:
                 cfg = replace(osc_cfg, port=osc_cfg.port + i)
                 run.osc, transport = await start_osc(s, vocab, cfg)
@@ -78,22 +80,26 @@ async def serve_forever(
                     servers.append(run.osc.tcp_server)
                 say(f"{label}OSC on udp{'+tcp' if cfg.tcp else ''}://{cfg.host}:{cfg.port}{cfg.prefix}/...")
             if ws_cfg.enabled:
-                cfg = replace(ws_cfg, port=ws_cfg.port + i)
-                run.ws, server = await start_ws(s, vocab, cfg)
+                wcfg = replace(ws_cfg, port=ws_cfg.port + i)
+                run.ws, server = await start_ws(s, vocab, wcfg)
                 servers.append(server)
-                say(f"{label}WebSocket on ws://{cfg.host}:{cfg.port}/ ; browser client at http://{cfg.host}:{cfg.port}/")
+                say(
+                    f"{label}WebSocket on ws://{wcfg.host}:{wcfg.port}/ ; browser client at http://{wcfg.host}:{wcfg.port}/"
+                )
         runs[0].others = runs[1:]
-        if stdin is not None:
-            console = Console(sessions[0], runs[0].vocab, say)
-            threading.Thread(target=_console_loop, args=(console, stdin, loop, quit_event), daemon=True,
-                             name="console").start()
+        if stdin is not None and first_vocab is not None:
+            say("stdin: one request a line, as over OSC - 'prompt dub techno', 'cfg 4', 'pause', 'help', 'quit'")
+            console = Console(sessions[0], first_vocab, say)
+            threading.Thread(
+                target=_console_loop, args=(console, stdin, loop, quit_event), daemon=True, name="console"
+            ).start()
         if started:
             started(runs[0])
         t0 = last = time.perf_counter()
         while not quit_event.is_set():
             try:
                 await asyncio.wait_for(quit_event.wait(), timeout=0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             now = time.perf_counter()
             if (seconds and now - t0 >= seconds) or (stop is not None and stop.is_set()):
@@ -103,8 +109,11 @@ async def serve_forever(
                 for i, s in enumerate(sessions):
                     snap = s.snapshot()
                     label = f"{i + 1}: " if len(sessions) > 1 else ""
-                    say(f"{label}[{snap['seconds']:7.1f} s] {snap['state']} buffer {snap['buffer_ms']:.0f} ms  "
-                        f"step p50 {snap['step_ms_p50'] or 0:.1f} ms  underruns {snap['underruns']}  slides {snap['slides']}")
+                    say(
+                        f"{label}[{snap['seconds']:7.1f} s] {snap['state']} buffer {snap['buffer_ms']:.0f} ms  "
+                        f"step p50 {snap['step_ms_p50'] or 0:.1f} ms  underruns {snap['underruns']}  "
+                        f"slides {snap['slides']}"
+                    )
     finally:
         snaps = [s.snapshot() for s in sessions]
         for srv in servers:
@@ -118,8 +127,9 @@ async def serve_forever(
             say(f"{label}stopped after {snap['seconds']:.1f} s of music, {snap['underruns']} underruns")
 
 
-def _console_loop(console: Console, lines: Iterable[str], loop: asyncio.AbstractEventLoop,
-                  quit_event: asyncio.Event) -> None:
+def _console_loop(
+    console: Console, lines: Iterable[str], loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event
+) -> None:
     if console.run(lines):
         loop.call_soon_threadsafe(quit_event.set)
     # else stdin closed (e.g. started in the background): keep serving

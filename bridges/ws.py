@@ -36,15 +36,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
+from musicgen_live.engine.errors import EngineError
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.controls import DEFAULT_CONTINUE_S
+from musicgen_live.streamer.session import Session
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-
-from engine.errors import EngineError
-from streamer import commands as c
-from streamer.controls import DEFAULT_CONTINUE_S
-from streamer.session import Session
 
 from .config import WebSocketConfig
 from .limits import Budget
@@ -54,8 +53,11 @@ MAGIC = b"MGLA"
 HEADER = struct.Struct("<4sBBBBIQI")
 CODECS = {"f32": 0, "s16": 1}
 WEB = Path(__file__).resolve().parent / "web"
-STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/client.js": ("client.js", "text/javascript"),
-          "/worklet.js": ("worklet.js", "text/javascript")}
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/client.js": ("client.js", "text/javascript"),
+    "/worklet.js": ("worklet.js", "text/javascript"),
+}
 ANSWER_TIMEOUT_S = 60.0  # a request not answered by then gets an error (a continuation on a slow CPU takes a while)
 _client_numbers = itertools.count(1)
 DEFAULT_RATE = 200.0  # text messages a second a client may send
@@ -147,8 +149,15 @@ class WebSocketBridge:
         self.clients.add(client)
         sender = asyncio.create_task(self._sender(client))
         try:
-            await self._send(client, {"type": "session.created", "session": self.vocab.info, "client": client.number,
-                                      "state": self.session.snapshot()})
+            await self._send(
+                client,
+                {
+                    "type": "session.created",
+                    "session": self.vocab.info,
+                    "client": client.number,
+                    "state": self.session.snapshot(),
+                },
+            )
             async for message in ws:
                 if isinstance(message, bytes):
                     await self._on_binary(client, message)
@@ -181,7 +190,9 @@ class WebSocketBridge:
     async def _on_text(self, client: Client, text: str) -> None:
         if not client.budget.allow():
             if dropped := client.budget.complaint():
-                await self._error(client, f"too many messages: {dropped} dropped (at most {self.cfg.max_rate:.0f} a second)")
+                await self._error(
+                    client, f"too many messages: {dropped} dropped (at most {self.cfg.max_rate:.0f} a second)"
+                )
             return
         try:
             msg = json.loads(text)
@@ -214,9 +225,17 @@ class WebSocketBridge:
                 if not isinstance(codec, str) or codec not in CODECS:
                     raise ProtocolError("codec must be f32 or s16")
                 client.audio, client.codec = bool(msg.get("enabled", True)), codec
-                await self._send(client, {"type": "audio.subscribed", "enabled": client.audio, "codec": codec,
-                                          "sample_rate": self.rate, "channels": self.session.model.audio_channels,
-                                          "event_id": event_id})
+                await self._send(
+                    client,
+                    {
+                        "type": "audio.subscribed",
+                        "enabled": client.audio,
+                        "codec": codec,
+                        "sample_rate": self.rate,
+                        "channels": self.session.model.audio_channels,
+                        "event_id": event_id,
+                    },
+                )
             elif kind == "input_audio.begin":
                 self._begin_upload(client, msg)
                 await self._send(client, {"type": "input_audio.ready", "event_id": event_id})
@@ -246,22 +265,34 @@ class WebSocketBridge:
         source = f"ws {client.number}"
         tickets = [self.session.submit(cmd, source=source) for cmd in outcome.commands]
         query = self.session.submit(c.Query(), source=source) if outcome.query else None
-        futures = {t.id: self.loop.create_future() for t in tickets + ([query] if query else [])}
+        loop = asyncio.get_running_loop()
+        futures = {t.id: loop.create_future() for t in tickets + ([query] if query else [])}
         self.pending.update(futures)
         task = asyncio.ensure_future(self._answer(client, tickets, query, futures, outcome.notes, event_id, applied))
         client.tasks.add(task)
         task.add_done_callback(client.tasks.discard)
 
-    async def _answer(self, client: Client, tickets: list[c.Ticket], query: c.Ticket | None,
-                      futures: dict[int, asyncio.Future], notes: list[str], event_id: Any, applied: list[str]) -> None:
+    async def _answer(
+        self,
+        client: Client,
+        tickets: list[c.Ticket],
+        query: c.Ticket | None,
+        futures: dict[int, asyncio.Future],
+        notes: list[str],
+        event_id: Any,
+        applied: list[str],
+    ) -> None:
         try:
             late = (await asyncio.wait(futures.values(), timeout=ANSWER_TIMEOUT_S))[1] if futures else set()
         finally:
             for key in futures:
                 self.pending.pop(key, None)
         if late:
-            await self._error(client, f"{', '.join(applied) or 'the request'} did not take effect within "
-                                      f"{ANSWER_TIMEOUT_S:.0f} s", event_id)
+            await self._error(
+                client,
+                f"{', '.join(applied) or 'the request'} did not take effect within {ANSWER_TIMEOUT_S:.0f} s",
+                event_id,
+            )
             return
         failed = next((t for t in tickets if t.error), None)
         if failed is not None:
@@ -273,9 +304,17 @@ class WebSocketBridge:
         frames = [t.frame for t in tickets if t.frame is not None]
         frame = max(frames, default=None)
         notes = notes + [t.note for t in tickets if t.note]
-        await self._send(client, {"type": "session.updated", "applied": applied, "frame": frame,
-                                  "seconds": None if frame is None else frame / self.session.model.spec.frame_rate,
-                                  "notes": notes, "event_id": event_id})
+        await self._send(
+            client,
+            {
+                "type": "session.updated",
+                "applied": applied,
+                "frame": frame,
+                "seconds": None if frame is None else frame / self.session.model.spec.frame_rate,
+                "notes": notes,
+                "event_id": event_id,
+            },
+        )
 
     # -- audio upload for continuation ---------------------------------------------------------
     def _begin_upload(self, client: Client, msg: dict[str, Any]) -> None:
@@ -302,8 +341,11 @@ class WebSocketBridge:
         held = sum(len(cl.upload) for cl in self.clients if cl.upload is not None)
         if held + len(data) > self.cfg.max_uploads_mb * 1e6:
             client.upload = None
-            await self._error(client, f"the server holds {self.cfg.max_uploads_mb:.0f} MB of uploads from all "
-                                      "clients at most: this upload was discarded, try again shortly")
+            await self._error(
+                client,
+                f"the server holds {self.cfg.max_uploads_mb:.0f} MB of uploads from all "
+                "clients at most: this upload was discarded, try again shortly",
+            )
             return
         client.upload.extend(data)
 
@@ -357,15 +399,20 @@ class WebSocketBridge:
             if not client.audio:
                 continue
             data = encoded.get(client.codec) or encoded.setdefault(
-                client.codec, audio_frame(first_sample, frames, self.rate, client.codec))
+                client.codec, audio_frame(first_sample, frames, self.rate, client.codec)
+            )
             if client.queue.full():
                 client.queue.get_nowait()  # the slow client loses its oldest audio
                 client.dropped += 1
                 now = time.monotonic()
                 if now - client.warned_at > 2.0:
                     client.warned_at = now
-                    asyncio.ensure_future(self._send(client, {
-                        "type": "warning", "message": f"client too slow: {client.dropped} audio chunks dropped"}))
+                    asyncio.ensure_future(
+                        self._send(
+                            client,
+                            {"type": "warning", "message": f"client too slow: {client.dropped} audio chunks dropped"},
+                        )
+                    )
             client.queue.put_nowait(data)
 
 
@@ -387,8 +434,16 @@ async def start_ws(session: Session, vocab: Vocabulary, cfg: WebSocketConfig) ->
     bridge = WebSocketBridge(session, vocab, cfg)
     bridge.loop = asyncio.get_running_loop()
     try:
-        server = await serve(bridge.handler, cfg.host, cfg.port, compression=None, max_size=cfg.max_message_bytes,
-                             process_request=bridge.process_request, ping_interval=20, ping_timeout=20)
+        server = await serve(
+            bridge.handler,
+            cfg.host,
+            cfg.port,
+            compression=None,
+            max_size=cfg.max_message_bytes,
+            process_request=bridge.process_request,
+            ping_interval=20,
+            ping_timeout=20,
+        )
     except OSError as e:
         raise EngineError(f"cannot listen for WebSocket on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
     return bridge, server

@@ -11,6 +11,7 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,12 +63,15 @@ def _check_inside(path: Path, opened: os.stat_result, folders: Sequence[str | Pa
         same = os.stat(real)
     except OSError:
         same = None
-    if not any(real == d or d in real.parents for d in dirs) or same is None or \
-            (same.st_dev, same.st_ino) != (opened.st_dev, opened.st_ino):
+    if (
+        not any(real == d or d in real.parents for d in dirs)
+        or same is None
+        or (same.st_dev, same.st_ino) != (opened.st_dev, opened.st_ino)
+    ):
         raise AudioInputError(f"'{path}' is outside the folders it may be read from")
 
 
-def _read_tail(snd: "sf.SoundFile", last_s: float | None) -> np.ndarray:
+def _read_tail(snd: Any, last_s: float | None) -> np.ndarray:  # snd: soundfile.SoundFile
     """All frames, or the last `last_s` seconds (plus a little for the resampler's filter)."""
     total = snd.frames
     want = total if last_s is None else min(total, int(last_s * snd.samplerate) + TAIL_MARGIN)

@@ -16,8 +16,9 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -123,7 +124,13 @@ def run_bench(
 
 
 def _run_side_by_side(
-    model: MusicGen, ckpt: Any, hf: Any, streams: int, frames: int, repeats: int, decode_chunk: int,
+    model: MusicGen,
+    ckpt: Any,
+    hf: Any,
+    streams: int,
+    frames: int,
+    repeats: int,
+    decode_chunk: int,
     say: Callable[[str], None],
 ) -> BenchResult:
     params = SamplingParams()
@@ -231,7 +238,9 @@ def _cpu_name() -> str:
 
 
 def format_result(r: BenchResult) -> str:
-    mode = ("exact (parity kernels)" if r.exact else f"fast, {r.precision} weights") + f", decode every {r.decode_chunk} frame(s)"
+    mode = (
+        "exact (parity kernels)" if r.exact else f"fast, {r.precision} weights"
+    ) + f", decode every {r.decode_chunk} frame(s)"
     each = f"{r.streams} streams x {r.frames} frames (aggregate frames/s)" if r.streams > 1 else f"{r.frames} frames"
     lines = [
         f"model {r.model}, {each}, {mode}, {r.device}, {r.threads} threads, {r.machine}",
@@ -239,9 +248,7 @@ def format_result(r: BenchResult) -> str:
         f"  step p50 {r.ours.step_ms_p50:.1f} ms  p99 {r.ours.step_ms_p99:.1f} ms",
     ]
     if r.peer:
-        lines.append(
-            f"  transformers: {r.peer.frames_per_s:8.1f} frames/s  ({r.peer.real_time_factor:.2f}x real time)"
-        )
+        lines.append(f"  transformers: {r.peer.frames_per_s:8.1f} frames/s  ({r.peer.real_time_factor:.2f}x real time)")
         lines.append(f"  ratio ours / transformers: {r.ratio:.2f}x")
     if r.ours_decode_ms is not None and r.peer_decode_ms is not None:
         lines.append(

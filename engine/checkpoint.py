@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from .errors import CheckpointError
-from .presets import DECODER_SIZES, arch_for, random_hf_model, random_tokenizer
+from .presets import DECODER_SIZES, arch_for, quiet_transformers, random_hf_model, random_tokenizer
 from .spec import ModelSpec, spec_from_hf_config
 
 Progress = Callable[[str], None]
@@ -83,10 +84,11 @@ def _load_directory(path: Path, source: str, say: Progress) -> Checkpoint:
         raise CheckpointError(f"'{config_file}' is not readable JSON ({e})") from None
     if raw.get("model_type") not in ("musicgen", "musicgen_melody"):
         raise CheckpointError(
-            f"'{source}' is not a MusicGen checkpoint (its config.json says model_type "
-            f"'{raw.get('model_type')}')"
+            f"'{source}' is not a MusicGen checkpoint (its config.json says model_type '{raw.get('model_type')}')"
         )
     from transformers import MusicgenConfig
+
+    quiet_transformers()
 
     if raw.get("model_type") == "musicgen_melody":
         raise CheckpointError(f"'{source}' is a MusicGen-Melody checkpoint, which is not supported yet")
@@ -186,7 +188,11 @@ def _download(repo_id: str, say: Progress) -> Path:
         local = snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS)
     except Exception as e:
         name = type(e).__name__
-        hint = " - is this machine offline? pass a local checkpoint directory instead" if "Connect" in name or "Offline" in name or "Timeout" in name else ""
+        hint = (
+            " - is this machine offline? pass a local checkpoint directory instead"
+            if "Connect" in name or "Offline" in name or "Timeout" in name
+            else ""
+        )
         raise CheckpointError(f"could not fetch '{repo_id}' from the hub ({name}){hint}") from None
     return Path(local)
 
@@ -202,7 +208,10 @@ def bake_weight_norm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        for g_suffix, v_suffix in ((".weight_g", ".weight_v"), (".parametrizations.weight.original0", ".parametrizations.weight.original1")):
+        for g_suffix, v_suffix in (
+            (".weight_g", ".weight_v"),
+            (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
+        ):
             if key.endswith(g_suffix):
                 stem = key[: -len(g_suffix)]
                 out[stem + ".weight"] = torch._weight_norm(sd[stem + v_suffix], value, 0)

@@ -32,7 +32,6 @@ from .errors import CodesError
 from .linear import linear_skinny
 from .spec import CodecSpec
 
-
 # -- layers ------------------------------------------------------------------------------------
 
 
@@ -181,12 +180,13 @@ class StreamLSTM:
             return x
         seq = x.permute(2, 0, 1)  # (T, B, C)
         T, B, C = seq.shape
-        if st.h is None:
+        if st.h is None or st.c is None:
             st.h = seq.new_zeros(len(self.w_ih), B, C)
             st.c = seq.new_zeros(len(self.w_ih), B, C)
+        hs, cs = st.h, st.c
         inp = seq
         for layer, (w_ih, w_hh, bias) in enumerate(zip(self.w_ih, self.w_hh, self.bias)):
-            h, c = st.h[layer], st.c[layer]
+            h, c = hs[layer], cs[layer]
             if T == 1:
                 pre = [linear_skinny(torch.cat([inp[0], h], dim=-1), self.w_cat[layer]) + bias]
             else:
@@ -198,7 +198,7 @@ class StreamLSTM:
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
                 outs.append(h)
-            st.h[layer], st.c[layer] = h, c
+            hs[layer], cs[layer] = h, c
             inp = torch.stack(outs)
         return (inp + seq).permute(1, 2, 0)
 
@@ -232,16 +232,20 @@ class StreamResBlock:
 
     def flush(self, st: ResState) -> torch.Tensor:
         skip = self.shortcut.flush(st.shortcut) if self.shortcut else None
-        return self._align(st, skip, flush_chain(zip(self.convs, st.block), F.elu))
+        tail = flush_chain(zip(self.convs, st.block), F.elu)
+        assert tail is not None  # a block's convs always hold a tail to flush
+        return self._align(st, skip, tail)
 
     @staticmethod
     def _align(st: ResState, skip: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        pending = st.pending
         if skip is not None:
-            st.pending = skip if st.pending is None else torch.cat([st.pending, skip], -1)
+            pending = skip if pending is None else torch.cat([pending, skip], -1)
+        if pending is None:
+            raise RuntimeError("the residual path has no samples to add")
         n = y.shape[-1]
-        out = st.pending[..., :n] + y
-        st.pending = st.pending[..., n:]
-        return out
+        st.pending = pending[..., n:]
+        return pending[..., :n] + y
 
 
 def flush_chain(chain: Any, before: Any = None) -> torch.Tensor | None:
@@ -377,7 +381,10 @@ class Codec:
     def _build_decoder(self, t: dict[str, torch.Tensor]) -> list[Any]:
         s = self.spec
         scale = 2 ** len(s.ratios)
-        layers: list[Any] = [self._conv(t, "decoder.layers.0"), self._lstm(t, "decoder.layers.1", scale * s.num_filters)]
+        layers: list[Any] = [
+            self._conv(t, "decoder.layers.0"),
+            self._lstm(t, "decoder.layers.1", scale * s.num_filters),
+        ]
         i = 2
         for ratio in s.ratios:
             layers.append(ELU())
@@ -588,11 +595,17 @@ class Codec:
                 x = _conv_whole(x, t[key + ".conv.weight"], t[key + ".conv.bias"], stride, dilation, self.spec)
             elif kind == "res":
                 key, dilation = arg
-                y = _conv_whole(F.elu(x), t[key + ".block.1.conv.weight"], t[key + ".block.1.conv.bias"], 1, dilation, self.spec)
-                y = _conv_whole(F.elu(y), t[key + ".block.3.conv.weight"], t[key + ".block.3.conv.bias"], 1, 1, self.spec)
+                y = _conv_whole(
+                    F.elu(x), t[key + ".block.1.conv.weight"], t[key + ".block.1.conv.bias"], 1, dilation, self.spec
+                )
+                y = _conv_whole(
+                    F.elu(y), t[key + ".block.3.conv.weight"], t[key + ".block.3.conv.bias"], 1, 1, self.spec
+                )
                 skip = x
                 if self.spec.use_conv_shortcut:
-                    skip = _conv_whole(x, t[key + ".shortcut.conv.weight"], t[key + ".shortcut.conv.bias"], 1, 1, self.spec)
+                    skip = _conv_whole(
+                        x, t[key + ".shortcut.conv.weight"], t[key + ".shortcut.conv.bias"], 1, 1, self.spec
+                    )
                 x = skip + y
             elif kind == "elu":
                 x = F.elu(x)
@@ -651,7 +664,9 @@ class Codec:
         return torch.stack(codes, dim=1)
 
 
-def _conv_whole(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, dilation: int, spec: CodecSpec) -> torch.Tensor:
+def _conv_whole(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, dilation: int, spec: CodecSpec
+) -> torch.Tensor:
     """One EnCodec Conv1d over a whole signal, padded exactly as the reference pads it."""
     k_eff = (w.shape[-1] - 1) * dilation + 1
     total = k_eff - stride
@@ -699,4 +714,3 @@ def _whole(layer: Any, x: torch.Tensor) -> torch.Tensor:
         seq = x.permute(2, 0, 1)
         return (layer.lstm(seq)[0] + seq).permute(1, 2, 0)
     return F.elu(x)
-

@@ -57,7 +57,7 @@ class TextConditioner:
         device = next(self.t5.parameters()).device
         ids = enc["input_ids"].to(device)
         mask = enc["attention_mask"].to(device)
-        stack = self.t5.encoder
+        stack: Any = self.t5.encoder  # transformers' T5Stack
         with torch.no_grad():
             x = stack.embed_tokens(ids)
             extended = create_bidirectional_mask(config=stack.config, inputs_embeds=x, attention_mask=mask)

@@ -28,6 +28,8 @@ are positions in the current window (column 0 = BOS).
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +41,6 @@ from .lm import CrossKV, KVCache, Segment
 from .model import MusicGen
 from .sampling import SamplingParams, sample
 
-MAX_PROMPTS = 4  # conditional rows a live stream may blend at once
 MIN_CHUNK = 2  # columns a preparation feeds per step at least (a slide must gain on the live window)
 
 
@@ -108,6 +109,13 @@ class Continuation:
     @property
     def remaining(self) -> int:
         return self.frames - self.fed
+
+    @property
+    def kv(self) -> KVCache:
+        """The cache it is prefilled in (it has one once it is being prepared)."""
+        if self.cache is None:
+            raise RuntimeError("this continuation is not being prepared yet")
+        return self.cache
 
 
 @dataclass
@@ -210,7 +218,7 @@ class Generator:
             context_frames=context,
             chunk=chunk,
         )
-        if P:
+        if prompt_codes is not None and P:
             st.frames[:, :P] = prompt_codes.to(torch.long).cpu()
             if not emit_prompt_audio:
                 st.skip_samples = P * m.spec.codec.hop
@@ -350,19 +358,23 @@ class Generator:
         return cont
 
     @torch.no_grad()
-    def complete_continuation(self) -> None:
-        """Prefill what is left of the pending continuation at once and let it take over now (for a
-        stream that is not playing: there is no music to spread the work around)."""
+    def prepare(self) -> None:
+        """For a stream that is not stepping (paused, stopped): prefill one chunk of the pending
+        continuation between turns, and let it take over once complete. A chunk at a time, so that
+        streams stepping in the same thread are not held up."""
         st = self._require()
         cont = self.continuation
         if cont is None:
             return
         if st.queued is cont:
             self._activate(cont)  # the slide it waited for is moot: the window restarts
-        if cont.remaining:
-            self.model.lm.forward(self._expand(cont.columns[:, cont.fed :]), cont.fed, cont.cache, self._crosses())
-            cont.fed = cont.frames
-        self._swap_in(cont)
+        n = min(st.chunk, cont.remaining)
+        if n:
+            columns = self._expand(cont.columns[:, cont.fed : cont.fed + n])
+            self.model.lm.forward(columns, cont.fed, cont.kv, self._crosses())
+            cont.fed += n
+        if cont.remaining == 0:
+            self._swap_in(cont)
 
     def cancel(self, cont: Continuation) -> None:
         """Drop `cont` if it has not taken over yet (the stream plays on as it was)."""
@@ -394,7 +406,7 @@ class Generator:
         st.prep = None  # a slide being prepared is moot: the window starts again
         if cont.frames:
             self._activate(cont)
-            self.model.lm.forward(self._expand(cont.columns), 0, cont.cache, self._crosses())
+            self.model.lm.forward(self._expand(cont.columns), 0, cont.kv, self._crosses())
             cont.fed = cont.frames
         else:
             cont.cache = st.window.cache  # nothing to prefill: start again in place
@@ -531,7 +543,7 @@ class Generator:
             first, cache = nxt.column, nxt.cache
         else:
             work = total = prep.remaining
-            first, cache = prep.fed, prep.cache
+            first, cache = prep.fed, prep.kv
         if work <= 0:
             return None
         count = work if steps_left <= 0 else min(work, max(st.chunk, -(-total // (steps_left + 1))))
@@ -549,7 +561,10 @@ class Generator:
         prep = st.prep
         fed, self._planned = self._planned, 0
         if prep is None:
-            if st.total_frames is None and st.window.column + _slide_margin(st.context_frames, st.chunk) >= st.window.cache.capacity:
+            if (
+                st.total_frames is None
+                and st.window.column + _slide_margin(st.context_frames, st.chunk) >= st.window.cache.capacity
+            ):
                 self._begin_slide()
             return
         if not fed:  # stepped in a batch (or nothing was due before the step): a forward of its own
@@ -612,7 +627,7 @@ class Generator:
         st.protected = start
         if cont.cache is not st.window.cache:
             st.spare = st.window.cache
-        st.window = Window(cache=cont.cache, origin=origin, column=cont.frames)
+        st.window = Window(cache=cont.kv, origin=origin, column=cont.frames)
         st.prep = None
         cont.frame = start
 
@@ -666,12 +681,12 @@ class Generator:
         if not st.guided:
             if n == 1 and st.rows[0].weight == 1.0:
                 return logits[0]
-            return sum(r.weight * logits[i] for i, r in enumerate(st.rows))
+            return functools.reduce(operator.add, (r.weight * logits[i] for i, r in enumerate(st.rows)))
         u = logits[n]
         if n == 1:
             d = logits[0] - u if st.rows[0].weight == 1.0 else (logits[0] - u) * st.rows[0].weight
         else:
-            d = sum(r.weight * (logits[i] - u) for i, r in enumerate(st.rows))
+            d = functools.reduce(operator.add, (r.weight * (logits[i] - u) for i, r in enumerate(st.rows)))
         return u + d * self.params.cfg
 
     def _record(self, logits: torch.Tensor, column: int) -> torch.Tensor:

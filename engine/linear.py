@@ -2,8 +2,8 @@
 
 A decoder step on CPU is a handful of rows times every weight matrix, so it is bound by how many
 bytes of weights it reads (~21 GB/s for an fp32 GEMV on the 2-core CPU, BENCHMARKS.md). Storing the
-matrices smaller is how a step gets past the fp32 floor. The parity path (`LanguageModel(exact=True)`) never comes here: it stays fp32 with the
-reference's matmul shapes.
+matrices smaller is how a step gets past the fp32 floor. The parity path (`LanguageModel(exact=True)`)
+never comes here: it stays fp32 with the reference's matmul shapes.
 
 Precisions (measured on the 2-core EPYC, GB/s of fp32-equivalent weights per second, see
 BENCHMARKS.md): float32 ~21 (MKL, `linear_skinny`); float16 / bfloat16 ~40-45 for one row but ~20

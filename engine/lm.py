@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -245,7 +246,7 @@ class LanguageModel:
         if self.exact:
             mats = [t for lw in self.w.layers for t in (lw.qkv, lw.o, lw.cq, lw.co, lw.fc1, lw.fc2)]
             return sum(t.numel() * t.element_size() for t in mats + [self.w.heads_cat])
-        return sum(m.nbytes for f in self.fast for m in vars(f).values()) + self.head.nbytes
+        return sum(m.nbytes for f in self.fast for m in vars(f).values()) + self._head.nbytes
 
     # -- state ---------------------------------------------------------------------------------
     def new_cache(self, batch: int, capacity: int) -> KVCache:
@@ -282,8 +283,9 @@ class LanguageModel:
 
     # -- compute -------------------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Tokens (N, K) -> (N, D): sum of codebook embeddings, then positions. Exact mode adds codebook by codebook in the
-        reference's order; the fast path does one lookup into the stacked tables and one sum."""
+        """Tokens (N, K) -> (N, D): sum of codebook embeddings, then positions. Exact mode adds
+        codebook by codebook in the reference's order; the fast path does one lookup into the
+        stacked tables and one sum."""
         if not self.exact:
             return F.embedding(tokens + self.embed_offsets, self.w.embed_cat).sum(dim=1) + positions
         x = F.embedding(tokens[:, 0], self.w.embed[0])
@@ -329,21 +331,22 @@ class LanguageModel:
         rows' values, at some cost; otherwise the unconditional rows' cross-attention is skipped.
         """
         s, w, exact = self.spec, self.w, self.exact
-        D, H, d = s.hidden, s.heads, s.head_dim
+        D = s.hidden
         uniform = isinstance(tokens, torch.Tensor)
         flat, layout = self._flatten(tokens, segments)
         x = self.embed(flat, self._positions(flat.shape[0], segments, uniform, tokens))
         # prefill chunks after the first attend causally within themselves and to the whole past
         masks = [
             torch.ones(seg.columns, seg.start + seg.columns, dtype=torch.bool, device=self.device).tril(seg.start)
-            if seg.columns > 1 and seg.start > 0 else None
+            if seg.columns > 1 and seg.start > 0
+            else None
             for seg in segments
         ]
         any_cond = any(seg.conds for seg in segments)
         ind = batched or layout.total > sum(seg.tokens for seg in segments)  # rows must not see each other
         lean_cross = not exact and not ind and any_cond
         for i, lw in enumerate(w.layers):
-            fast = None if exact else self.fast[i]
+            fast = cast(FastLayer, None if exact else self.fast[i])  # read on the fast path only
             # self-attention, each segment over its own static cache
             h = F.layer_norm(x, (D,), lw.sa_ln_w, lw.sa_ln_b, LN_EPS)
             qkv = [F.linear(h, m) for m in (lw.q, lw.k, lw.v)] if exact else fast.qkv(h, ind)
@@ -364,7 +367,7 @@ class LanguageModel:
             else:
                 x = x + fast.fc2(F.gelu(fast.fc1(h, ind)), ind)
         x = F.layer_norm(x, (D,), w.ln_w, w.ln_b, LN_EPS)
-        if uniform:
+        if isinstance(tokens, torch.Tensor):
             R, _, T = tokens.shape
             x = x.view(R, T, D)
             if exact:
@@ -372,15 +375,28 @@ class LanguageModel:
                     x = x[:, -1:]
                 logits = torch.stack([F.linear(x, head) for head in w.heads], dim=1)  # (R, K, T', V)
                 return logits[:, :, -1].float()
-            return self.head(x[:, -1], ind).view(R, s.num_codebooks, s.card).float()
+            return self._head(x[:, -1], ind).view(R, s.num_codebooks, s.card).float()
+        assert layout.last is not None  # segments of their own lengths: the logit rows are indexed
         last = x.index_select(0, layout.last)
         if exact:
             return torch.stack([F.linear(last, head) for head in w.heads], dim=1).float()
-        return self.head(last, ind).view(-1, s.num_codebooks, s.card).float()
+        return self._head(last, ind).view(-1, s.num_codebooks, s.card).float()
 
-    def _flatten(self, tokens: torch.Tensor | list[torch.Tensor], segments: list[Segment]) -> tuple[torch.Tensor, _Layout]:
+    @property
+    def _head(self) -> Linear:
+        """The fused heads of the fast path."""
+        if self.head is None:
+            raise RuntimeError("the exact kernels have no fused heads")
+        return self.head
+
+    def _flatten(
+        self, tokens: torch.Tensor | list[torch.Tensor], segments: list[Segment]
+    ) -> tuple[torch.Tensor, _Layout]:
         """Tokens as (N, K), one row per (row, column), and where each segment's tokens sit."""
-        offsets, o, cond, last = [], 0, [], []
+        offsets: list[int] = []
+        cond: list[tuple[int, int]] = []
+        last: list[int] = []
+        o = 0
         if isinstance(tokens, torch.Tensor):
             R, K, T = tokens.shape
             for seg in segments:
@@ -419,7 +435,11 @@ class LanguageModel:
         return pos
 
     def _self_attention(
-        self, layer: int, qkv: torch.Tensor | list[torch.Tensor], segments: list[Segment], layout: _Layout,
+        self,
+        layer: int,
+        qkv: torch.Tensor | list[torch.Tensor],
+        segments: list[Segment],
+        layout: _Layout,
         masks: list[torch.Tensor | None],
     ) -> torch.Tensor:
         """Q/K/V (flat: one fused (N, 3D) tensor, or three (N, D) ones in exact mode) -> attention
@@ -427,7 +447,7 @@ class LanguageModel:
         mask (built once per forward), None where causal or unmasked."""
         H, d, D = self.spec.heads, self.spec.head_dim, self.spec.hidden
         single = len(segments) == 1 and segments[0].tokens == layout.total
-        out = None
+        out = None if single else torch.zeros(layout.total, D, device=self.device, dtype=self.dtype)
         for seg, o, mask in zip(segments, layout.offsets, masks):
             n, start, T = seg.rows, seg.start, seg.columns
             if isinstance(qkv, torch.Tensor):
@@ -446,20 +466,23 @@ class LanguageModel:
                 qs, keys, values, attn_mask=mask, is_causal=(T > 1 and start == 0), scale=self.scale
             )
             a = a.transpose(1, 2).reshape(n * T, D)
-            if single:
-                return a
             if out is None:
-                out = torch.zeros(layout.total, D, device=a.device, dtype=a.dtype)
+                return a
             out[o : o + n * T] = a
+        assert out is not None
         return out
 
-    def _lean_cross(self, layer: int, x: torch.Tensor, fast: FastLayer, segments: list[Segment], layout: _Layout) -> torch.Tensor:
+    def _lean_cross(
+        self, layer: int, x: torch.Tensor, fast: FastLayer, segments: list[Segment], layout: _Layout
+    ) -> torch.Tensor:
         """Cross-attention for the conditional rows' tokens only (their flat ranges in `layout`)."""
         lw, D = self.w.layers[layer], self.spec.hidden
         if len(layout.cond) == 1:
             lo, hi = layout.cond[0]
             h = F.layer_norm(x[lo:hi], (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
-            out = fast.co(self._cross_attention(layer, fast.cq(h), segments, [0] * len(segments), hi - lo, cond_only=True))
+            out = fast.co(
+                self._cross_attention(layer, fast.cq(h), segments, [0] * len(segments), hi - lo, cond_only=True)
+            )
             if lo == 0 and hi == x.shape[0]:
                 return x + out
             return torch.cat([x[:lo], x[lo:hi] + out, x[hi:]])
@@ -473,7 +496,12 @@ class LanguageModel:
         return x.index_add(0, index, out)
 
     def _cross_attention(
-        self, layer: int, q: torch.Tensor, segments: list[Segment], offsets: list[int], total: int,
+        self,
+        layer: int,
+        q: torch.Tensor,
+        segments: list[Segment],
+        offsets: list[int],
+        total: int,
         cond_only: bool = False,
     ) -> torch.Tensor:
         """q (total, D) flat -> (total, D); conditional rows attend to their condition, the rest are 0.
@@ -481,7 +509,9 @@ class LanguageModel:
         H, d, D = self.spec.heads, self.spec.head_dim, self.spec.hidden
         if len(segments) == 1 and len(segments[0].conds) == 1 and total == segments[0].columns:
             c, T = segments[0].conds[0], segments[0].columns
-            a = F.scaled_dot_product_attention(q.view(1, T, H, d).transpose(1, 2), c.k[layer], c.v[layer], scale=self.scale)
+            a = F.scaled_dot_product_attention(
+                q.view(1, T, H, d).transpose(1, 2), c.k[layer], c.v[layer], scale=self.scale
+            )
             return a.transpose(1, 2).reshape(T, D)
         a = torch.zeros(total, D, device=q.device, dtype=q.dtype)
         for seg, o in zip(segments, offsets):

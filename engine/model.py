@@ -33,8 +33,14 @@ class MusicGen:
         self.spec: ModelSpec = ckpt.spec
         self.device = torch.device(device)
         self.dtype = dtype
-        tensors = {k: v.to(self.device, dtype if v.is_floating_point() else v.dtype) for k, v in ckpt.tensors.items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
-        self.lm = LanguageModel(self.spec.lm, lm_weights_from_state_dict(self.spec.lm, tensors), exact=exact, precision=precision)
+        tensors = {
+            k: v.to(self.device, dtype if v.is_floating_point() else v.dtype)
+            for k, v in ckpt.tensors.items()
+            if k.startswith(("decoder.", "enc_to_dec_proj."))
+        }
+        self.lm = LanguageModel(
+            self.spec.lm, lm_weights_from_state_dict(self.spec.lm, tensors), exact=exact, precision=precision
+        )
         self.codec = Codec(self.spec.codec, ckpt.tensors, self.device)
         self.tokenizer = ckpt.tokenizer
         self.conditioner = TextConditioner(ckpt.tokenizer, _build_t5(ckpt), self.lm)
@@ -49,7 +55,7 @@ class MusicGen:
         progress: Progress | None = stderr_progress,
         exact: bool = False,
         precision: str = "float32",
-    ) -> "MusicGen":
+    ) -> MusicGen:
         return cls(load_checkpoint(source, progress), device, dtype, exact, precision)
 
     @property

@@ -70,9 +70,9 @@ class DelayPattern:
                 col.append(int(held[k, f - base]) if known else self.special)
             return torch.tensor(col).view(-1, 1)
         t = np.arange(first, first + count)
-        f = origin + t[None, :] - 1 - self._delays_np[:, None]  # (K, count) absolute frames
-        known = f >= origin
+        fs = origin + t[None, :] - 1 - self._delays_np[:, None]  # (K, count) absolute frames
+        valid = fs >= origin
         if total_frames is not None:
-            known &= f < total_frames
-        idx = np.clip(f - base, 0, held.shape[-1] - 1)
-        return torch.from_numpy(np.where(known, np.take_along_axis(held, idx, axis=-1), self.special))
+            valid &= fs < total_frames
+        idx = np.clip(fs - base, 0, held.shape[-1] - 1)
+        return torch.from_numpy(np.where(valid, np.take_along_axis(held, idx, axis=-1), self.special))

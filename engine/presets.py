@@ -7,6 +7,7 @@ random, so everything they play is noise: real music needs a trained checkpoint.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +72,28 @@ def arch_for(name: str) -> Arch:
     return Arch(hidden, layers, heads, text=dict(T5_BASE))
 
 
+class _SpecialTokenWarning(logging.Filter):
+    """MusicGen's BOS / pad token is 2048, one past its 2048-entry codebooks - by design (the
+    embeddings have a row for it). transformers warns about it on every config it builds; the
+    warning means nothing to a user, so it is kept off the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "must be `None` or an integer within the vocabulary" not in record.getMessage()
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' warning about MusicGen's special token id off the console (once)."""
+    from transformers.utils import logging as hf_logging
+
+    for handler in hf_logging._get_library_root_logger().handlers:
+        if not any(isinstance(f, _SpecialTokenWarning) for f in handler.filters):
+            handler.addFilter(_SpecialTokenWarning())
+
+
 def hf_config(arch: Arch) -> Any:
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+
+    quiet_transformers()
 
     dec = MusicgenDecoderConfig(
         vocab_size=2048,
@@ -83,10 +104,13 @@ def hf_config(arch: Arch) -> Any:
         num_codebooks=arch.num_codebooks,
         audio_channels=arch.audio_channels,
         max_position_embeddings=arch.max_positions,
-        decoder_start_token_id=2048,
-        pad_token_id=2048,
-        bos_token_id=2048,
     )
+    for name in (
+        "decoder_start_token_id",
+        "pad_token_id",
+        "bos_token_id",
+    ):  # MusicGen's BOS / pad: one past the codebook
+        setattr(dec, name, 2048)
     return MusicgenConfig(
         text_encoder=T5Config(**arch.text).to_dict(),
         audio_encoder=EncodecConfig(**arch.codec).to_dict(),

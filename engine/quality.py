@@ -80,7 +80,7 @@ def compare_precision(reference: MusicGen, other: MusicGen, prompt: str, frames:
         cfg=cfg,
         top1_agreement=float(a.mean()),
         kl_mean=float(k.mean()),
-        kl_p99=float(percentile(k, 0.99)),
+        kl_p99=percentile(k.tolist(), 0.99) or 0.0,
         kl_max=float(k[-1]),
         first_divergence=first,
     )

@@ -7,8 +7,8 @@ greedy codes equal `transformers`' `generate` token for token in exact mode.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -67,8 +67,10 @@ def render_batch(
         raise ContextError(f"the number of frames must be positive, got {frames}")
     guided = params.cfg != 1.0
     gens = [Generator(model, params, seed + i, decode_chunk=decode_chunk) for i in range(len(prompts))]
-    chunks = [[g.start(model.conditioner.condition(p, guided=guided), total_frames=frames).audio]
-              for g, p in zip(gens, prompts)]
+    chunks = [
+        [g.start(model.conditioner.condition(p, guided=guided), total_frames=frames).audio]
+        for g, p in zip(gens, prompts)
+    ]
     batch = Batch(model, rows=len(prompts) * (2 if guided else 1))
     times = []
     while not gens[0].done:

@@ -24,7 +24,7 @@ class SamplingParams:
     top_p: float = 0.0  # 0 = off
     cfg: float = 3.0
 
-    def validated(self) -> "SamplingParams":
+    def validated(self) -> SamplingParams:
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0:

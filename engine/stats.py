@@ -3,7 +3,8 @@ p99 printed by `bench` and one in a session's status mean the same thing."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def percentile(ordered: Sequence[Any], q: float) -> Any | None:

@@ -5,22 +5,25 @@ heard before (T5 runs a block per step), a continuation from the last `continue_
 played (encoded a piece per step, prefilled a chunk per step) and a stop -> play cycle now and then -
 and reports underruns, step times, command -> audible latency, time to first audio after play, and
 what each kind of preparation costs: the worst step while it ran against the median plain step.
+With `companions`, that many more sessions (other prompts, null outputs) share its engine in one
+`SessionGroup`, stepped together, and their underruns are reported too.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from engine.config import SamplingConfig
-from engine.model import MusicGen
-from engine.stats import percentile
+from musicgen_live.engine.config import SamplingConfig
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.stats import percentile
 
 from . import commands as c
 from .config import StreamConfig
-from .outputs import RingOutput
+from .group import SessionGroup
+from .outputs import RingOutput, make_output
 from .session import Session
 
 PROMPTS = ["dark minimal techno", "bright disco strings", "ambient drone with bells", "broken beat jazz"]
@@ -41,6 +44,7 @@ class StreamBench:
     plain_step_ms: float = 0.0  # median of steps with nothing being prepared
     worst_ms: dict[str, list[float]] = field(default_factory=dict)  # kind -> worst step during each
     ready_ms: dict[str, list[float]] = field(default_factory=dict)  # kind -> request to take-over
+    companion_underruns: list[int] = field(default_factory=list)  # one per companion session
 
 
 def run_stream_bench(
@@ -51,9 +55,22 @@ def run_stream_bench(
     every: float = 2.0,
     say: Callable[[str], None] = print,
     continue_s: float = 12.0,
+    companions: int = 0,
 ) -> StreamBench:
     session = Session(model, output, stream, SamplingConfig(), log=say)
-    session.start()
+    group = SessionGroup(model, max_sessions=1 + companions, batched=companions > 0)
+    others = [
+        Session(
+            model,
+            make_output("null", output.channels, stream.buffer_ms / 1000, stream.blocksize),
+            StreamConfig(**{**vars(stream), "prompt": PROMPTS[i % len(PROMPTS)], "output": "null"}),
+            SamplingConfig(seed=i + 1),
+        )
+        for i in range(companions)
+    ]
+    group.start()
+    for s in [session, *others]:
+        group.add(s)
     latency, first_audio = [], []
     timed: list[tuple[str, c.Ticket]] = []  # (kind, ticket) of the preparations to cost
     t0 = time.perf_counter()
@@ -74,7 +91,9 @@ def run_stream_bench(
                 timed.append(("continuation", session.submit(c.ContinueHistory(continue_s))))
                 continue
             if n % 5 == 0:
-                timed.append(("new prompt", session.submit(c.SetPrompt(f"never heard before #{n}, slow dub", fade_s=0))))
+                timed.append(
+                    ("new prompt", session.submit(c.SetPrompt(f"never heard before #{n}, slow dub", fade_s=0)))
+                )
                 continue
             cmd = c.SetPrompt(PROMPTS[n % len(PROMPTS)], fade_s=0) if n % 2 else c.Set("cfg", 3.0 + n % 4)
             t = session.submit(cmd)
@@ -87,8 +106,9 @@ def run_stream_bench(
         for _, t in timed:
             t.wait(120)
         snap = session.snapshot()
+        companion_underruns = [s.snapshot()["underruns"] for s in others]
     finally:
-        session.close()
+        group.close()
     log = list(session.step_log)
     plain = sorted(ms for _, ms, phase, job in log if phase == "playing" and not job)
     worst: dict[str, list[float]] = {}
@@ -117,6 +137,7 @@ def run_stream_bench(
         plain_step_ms=plain[len(plain) // 2] if plain else 0.0,
         worst_ms=worst,
         ready_ms=ready,
+        companion_underruns=companion_underruns,
     )
 
 
@@ -127,17 +148,25 @@ def format_stream_bench(r: StreamBench) -> str:
 
     lines = [
         f"{r.seconds:.1f} s of music to {r.output}, buffer {r.buffer_ms:.0f} ms",
-        f"  underruns {r.underruns} (device underflow flags {r.device_underflows})",
+        f"  underruns {r.underruns} (device underflow flags {r.device_underflows})"
+        + (
+            f"; {len(r.companion_underruns)} companion sessions: underruns {r.companion_underruns}"
+            if r.companion_underruns
+            else ""
+        ),
         f"  step p50 {r.step_ms_p50:.1f} ms, p99 {r.step_ms_p99:.1f} ms; {r.slides} window slides",
         f"  command -> audible: p50 {pct(r.command_latency_ms, 0.5)} ms, p99 {pct(r.command_latency_ms, 0.99)} ms "
         f"({len(r.command_latency_ms)} commands)",
         f"  time to first audio after play: median "
-        f"{statistics.median(r.first_audio_ms) if r.first_audio_ms else 0:.0f} ms ({len(r.first_audio_ms)} stop/play cycles)",
+        f"{statistics.median(r.first_audio_ms) if r.first_audio_ms else 0:.0f} ms "
+        f"({len(r.first_audio_ms)} stop/play cycles)",
         f"  median plain step {r.plain_step_ms:.1f} ms; worst step while preparing, against it:",
     ]
     for kind, worst in r.worst_ms.items():
         ready = r.ready_ms.get(kind)
         took = f", ready {statistics.median(ready) / 1000:.1f} s after the request (median)" if ready else ""
-        lines.append(f"    {kind:13s} {max(worst):6.1f} ms = {max(worst) / max(r.plain_step_ms, 1e-9):.2f}x "
-                     f"(worst of {len(worst)}){took}")
+        lines.append(
+            f"    {kind:13s} {max(worst):6.1f} ms = {max(worst) / max(r.plain_step_ms, 1e-9):.2f}x "
+            f"(worst of {len(worst)}){took}"
+        )
     return "\n".join(lines)

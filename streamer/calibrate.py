@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable
 
 import torch
-
-from engine.generator import MIN_CHUNK
-from engine.lm import Segment
-from engine.model import MusicGen
+from musicgen_live.engine.generator import MIN_CHUNK
+from musicgen_live.engine.lm import Segment
+from musicgen_live.engine.model import MusicGen
 
 CANDIDATES = (16, 8, 6, 4, 3, 2)
 LIMIT = 1.4  # a preparing step may cost this much of a plain one
@@ -37,9 +36,11 @@ def prefill_chunk(model: MusicGen, limit: float = LIMIT, repeats: int = 5) -> in
     def plain() -> None:
         lm.forward_segments(one, [Segment(2, POSITION, live, [cross])])
 
-    def fused(chunk: int, chunk_tokens: torch.Tensor) -> Callable[[], None]:
-        segments = [Segment(2, POSITION, live, [cross]),
-                    Segment(2, POSITION // 2, prep, [cross], columns=chunk, logits=False)]
+    def fused(chunk: int, chunk_tokens: torch.Tensor) -> Callable[[], object]:
+        segments = [
+            Segment(2, POSITION, live, [cross]),
+            Segment(2, POSITION // 2, prep, [cross], columns=chunk, logits=False),
+        ]
         return lambda: lm.forward_segments([one, chunk_tokens], segments)
 
     codec = _codec_ms(model, repeats)
@@ -54,8 +55,13 @@ def _codec_ms(model: MusicGen, repeats: int) -> float:
     """One frame through the streaming decoder, past its warm-up."""
     codec = model.codec
     state = codec.new_stream(batch=model.audio_channels)
-    frames = torch.zeros(model.audio_channels, model.spec.lm.num_codebooks // model.audio_channels, 1,
-                         dtype=torch.long, device=model.device)
+    frames = torch.zeros(
+        model.audio_channels,
+        model.spec.lm.num_codebooks // model.audio_channels,
+        1,
+        dtype=torch.long,
+        device=model.device,
+    )
     for _ in range(6):
         codec.push(state, frames)
     return _median_ms(lambda: codec.push(state, frames), repeats)

@@ -12,9 +12,10 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # bridges import this to build commands; only `ContinueAudio` holds an array
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,17 @@ class Ticket:
 
 
 _NAMES: dict[type, str] = {
-    SetPrompt: "prompt", SetWeightedPrompts: "prompt/weighted", Play: "play", Pause: "pause", Stop: "stop",
-    Reset: "reset", ContinueHistory: "continue", ContinueInput: "continue/input", ContinueFile: "continue/file",
-    ContinueAudio: "continue/upload", Query: "get",
+    SetPrompt: "prompt",
+    SetWeightedPrompts: "prompt/weighted",
+    Play: "play",
+    Pause: "pause",
+    Stop: "stop",
+    Reset: "reset",
+    ContinueHistory: "continue",
+    ContinueInput: "continue/input",
+    ContinueFile: "continue/file",
+    ContinueAudio: "continue/upload",
+    Query: "get",
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.generator import MAX_PROMPTS as MAX_PROMPTS  # prompts that can sound at once (re-exported)
+from musicgen_live.engine.limits import MAX_PROMPTS as MAX_PROMPTS  # prompts that can sound at once (re-exported)
 
 
 @dataclass(frozen=True)

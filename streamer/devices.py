@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import EngineError
+from musicgen_live.engine.errors import EngineError
 
 
 class AudioDeviceError(EngineError):
@@ -65,5 +65,6 @@ def resolve_device(spec: str | int | None, kind: str) -> int | None:
     return matches[0]
 
 
-def device_rate(index: int) -> int:
+def device_rate(index: int | None) -> int:
+    """The default sample rate of device `index` (None: the default device)."""
     return int(sounddevice().query_devices(index)["default_samplerate"])

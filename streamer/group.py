@@ -18,9 +18,9 @@ import queue
 import threading
 import time
 
-from engine.batch import Batch
-from engine.generator import Phase, StepResult
-from engine.model import MusicGen
+from musicgen_live.engine.batch import Batch
+from musicgen_live.engine.generator import Phase, StepResult
+from musicgen_live.engine.model import MusicGen
 
 from .session import Session
 

@@ -164,8 +164,14 @@ class DeviceOutput(RingOutput):
 
     kind = "device"
 
-    def __init__(self, device: str | int | None, channels: int, buffer_frames_at: float, blocksize: int = 256,
-                 rate: int | None = None) -> None:
+    def __init__(
+        self,
+        device: str | int | None,
+        channels: int,
+        buffer_frames_at: float,
+        blocksize: int = 256,
+        rate: int | None = None,
+    ) -> None:
         self.device_spec = device
         self.index = resolve_device(device, "output")
         rate = rate or device_rate(self.index)
@@ -190,7 +196,9 @@ class DeviceOutput(RingOutput):
             self._stream.start()
         except Exception as e:  # sd.PortAudioError: busy device, refused rate or channel count
             self._stream = None
-            raise AudioDeviceError(f"output device '{self.name}' refused {self.rate} Hz x{self.channels} ({e})") from None
+            raise AudioDeviceError(
+                f"output device '{self.name}' refused {self.rate} Hz x{self.channels} ({e})"
+            ) from None
         self.error = None
 
     def _callback(self, outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
@@ -274,8 +282,13 @@ class InputCapture:
     def open(self) -> None:
         sd = sounddevice()
         try:
-            self._stream = sd.InputStream(device=self.index, samplerate=self.rate, channels=self.channels,
-                                          dtype="float32", callback=self._callback)
+            self._stream = sd.InputStream(
+                device=self.index,
+                samplerate=self.rate,
+                channels=self.channels,
+                dtype="float32",
+                callback=self._callback,
+            )
             self._stream.start()
         except Exception as e:
             raise AudioDeviceError(f"input device '{self.name}' could not be opened ({e})") from None

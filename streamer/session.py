@@ -32,17 +32,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-
-from engine.audiofile import prepare_audio, read_audio
-from engine.conditioning import Condition
-from engine.config import SamplingConfig
-from engine.errors import ContextError, EngineError
-from engine.generator import Continuation as Handle
-from engine.generator import Generator as StreamGenerator
-from engine.generator import Phase, StepResult
-from engine.model import MusicGen
-from engine.sampling import SamplingParams
-from engine.stats import percentile
+from musicgen_live.engine.audiofile import prepare_audio, read_audio
+from musicgen_live.engine.conditioning import Condition
+from musicgen_live.engine.config import SamplingConfig
+from musicgen_live.engine.errors import ContextError, EngineError
+from musicgen_live.engine.generator import Continuation as Handle
+from musicgen_live.engine.generator import Generator as StreamGenerator
+from musicgen_live.engine.generator import Phase, StepResult
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.sampling import SamplingParams
+from musicgen_live.engine.stats import percentile
 
 from . import commands as c
 from .calibrate import prefill_chunk
@@ -60,6 +59,7 @@ PLAYING, PAUSED, STOPPED = "playing", "paused", "stopped"
 SWITCH_INTERVAL_S = 0.0005
 JOB_SHARE = 0.35  # a job's piece may add this share of a median step to a step
 STEP_LOG = 20_000  # steps remembered for benchmarks (~7 minutes at 50 frames/s)
+PACE_STEPS = 10  # steps timed at start to say how fast this machine plays the model
 MAX_FAILED_STEPS = 3  # consecutive failed steps before the stream is reset to recover
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -111,8 +111,14 @@ class Session:
         s = sampling or SamplingConfig()
         self.params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg=s.cfg).validated()
         self.controls: dict[str, float | int] = {
-            "cfg": s.cfg, "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "seed": s.seed,
-            "gain": self.cfg.gain, "context": self.cfg.context_s, "fade": self.cfg.fade_s,
+            "cfg": s.cfg,
+            "temperature": s.temperature,
+            "top_k": s.top_k,
+            "top_p": s.top_p,
+            "seed": s.seed,
+            "gain": self.cfg.gain,
+            "context": self.cfg.context_s,
+            "fade": self.cfg.fade_s,
         }
         self.capture = capture
         self.log = log
@@ -141,9 +147,11 @@ class Session:
         self.codec_origin = (0, 0)  # (absolute frame, model sample) where the codec stream last began
         self.steps = 0  # steps delivered
         self._failed_steps = 0
+        self._idle_piece = False  # a job piece ran between the last two steps
         self._reopen_at = 0.0
         self._reported_output_error: str | None = None
         self._group: SessionGroup | None = None  # the group of one that `start` makes
+        self.pace = 0.0  # real-time factor measured at start
 
     # -- public API (any thread) ---------------------------------------------------------------
     def start(self) -> None:
@@ -160,6 +168,7 @@ class Session:
         # it can wait about a whole 256-frame period behind the generation thread and miss it.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._start_generator()
+        self.pace = self._measure_pace()
         self.output.open()
         if self.capture:
             self.capture.open()
@@ -252,7 +261,8 @@ class Session:
         if phase_before != Phase.PLAYING or self.gen.phase != Phase.PLAYING:
             self.prepare_step_ms.append(dt)
         self.sink.push(result.audio)
-        job = self._next_job()
+        job = None if self._idle_piece else self._next_job()  # a machine with time to spare ran it between steps
+        self._idle_piece = False
         if job is not None:
             median = sorted(self._recent_ms)[len(self._recent_ms) // 2]
             t0 = time.perf_counter()
@@ -263,10 +273,13 @@ class Session:
         self.resolve_probes()
 
     def idle(self, seconds: float) -> None:
-        """Nothing to step for about `seconds`: jobs may use that time (all of it when not playing)."""
+        """Nothing to step for about `seconds`: a pending job may use half of that time (all of it
+        when not playing). A machine faster than real time so prepares between steps, which then
+        stay plain; one without time to spare gives the job a share of each step instead."""
         job = self._next_job()
         if job is not None:
             job.advance(None if self.state != PLAYING else max(0.0, 0.5 * seconds))
+            self._idle_piece = True
         self.resolve_probes()
 
     def step_failed(self, e: Exception) -> None:
@@ -312,13 +325,41 @@ class Session:
         window = min(m.spec.seconds_to_frames(self.cfg.window_s), m.max_frames)
         context = min(m.spec.seconds_to_frames(self.cfg.context_s), window // 2)
         conds = [(m.conditioner.condition(t, guided=True), w) for t, w in self.prompts]
-        chunk = self.cfg.slide_chunk
-        if chunk == 0:
-            chunk = prefill_chunk(m)
-            self.log(f"window slides and continuations prefill {chunk} columns a step (measured on this machine)")
-        self.gen.start(conds, capacity_frames=window, context_frames=context, guided=True, max_prompts=MAX_PROMPTS,
-                       slide_chunk=chunk)
+        chunk = self.cfg.slide_chunk or prefill_chunk(m)
+        self.gen.start(
+            conds,
+            capacity_frames=window,
+            context_frames=context,
+            guided=True,
+            max_prompts=MAX_PROMPTS,
+            slide_chunk=chunk,
+        )
         self.controls["context"] = self.gen.context_frames / m.spec.frame_rate
+
+    def _measure_pace(self, steps: int = PACE_STEPS) -> float:
+        """This stream's real-time factor on this machine, from its first steps, said in one line with
+        what to do when it is below real time. With autoplay their audio is kept (it is what plays
+        first); otherwise the stream starts again, so nothing is in the history before a play."""
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            result = self.gen.step()
+            times.append(time.perf_counter() - t0)
+            if self.cfg.autoplay:
+                self.sink.push(result.audio)
+        if not self.cfg.autoplay:
+            self._restart(keep_audio=False)
+        typical = sorted(times[2:])[len(times[2:]) // 2]  # past the first calls' kernel choices
+        pace = 1 / (typical * self.model.spec.frame_rate)
+        lm = self.model.lm
+        line = (
+            f"{self.model.source} on {lm.device.type} ({'float32 exact' if lm.exact else lm.precision}) plays at "
+            f"{pace:.1f}x real time here"
+        )
+        if pace < 1.1:
+            line += ": expect gaps - try --precision int8, a shorter --window, fewer sessions, or a GPU"
+        self.log(line)
+        return pace
 
     # -- commands --------------------------------------------------------------------------------
     def _apply_commands(self) -> None:
@@ -349,7 +390,8 @@ class Session:
                 self.probes.add(ticket, heard.device_frame, self.errors + self.output.underruns)
             else:
                 f0, s0 = self.codec_origin
-                sample = s0 + max(0, (heard.frame if heard.frame is not None else ticket.frame) - f0) * self.hop
+                frame = heard.frame if heard.frame is not None else (ticket.frame or 0)
+                sample = s0 + max(0, frame - f0) * self.hop
                 self.probes.add(ticket, self.sink.device_position(sample), self.errors + self.output.underruns)
         self._event("applied", {"ticket": ticket})
         after = self.view()
@@ -374,7 +416,8 @@ class Session:
         value = control.check(cmd.value)
         answer: Answer = Heard()
         if cmd.name in SAMPLING:
-            params = replace(self.params, **{cmd.name: value}).validated()
+            change: dict[str, Any] = {cmd.name: value}
+            params = replace(self.params, **change).validated()
             self.gen.set_params(params)
             self.params = params
         elif cmd.name == "seed":
@@ -414,8 +457,8 @@ class Session:
             self._prompt.job.close()
             self._refuse(self._prompt.ticket, "superseded by a newer prompt before it was ready")
             self._prompt = None
-        known = [self.model.conditioner.lookup(t) for t, _ in prompts]
-        if all(k is not None for k in known):
+        known = [k for t, _ in prompts if (k := self.model.conditioner.lookup(t)) is not None]
+        if len(known) == len(prompts):
             self._set_prompts(prompts, fade, known)
             return Heard()
         job: Job[list[Condition]] = Job(_conditions(self.model, [t for t, _ in prompts]), "prompt")
@@ -535,22 +578,30 @@ class Session:
             if p.job.error is not None:
                 self._continuation = None
                 e = p.job.error
-                self._refuse(p.ticket, str(e) if isinstance(e, (EngineError, ValueError)) else
-                             f"could not continue ({type(e).__name__}: {e})")
+                self._refuse(
+                    p.ticket,
+                    str(e)
+                    if isinstance(e, (EngineError, ValueError))
+                    else f"could not continue ({type(e).__name__}: {e})",
+                )
                 return
             try:
-                p.handle = self.gen.continue_from(p.job.result)
+                codes = p.job.result
+                assert codes is not None  # a job that ended without an error has its result
+                p.handle = self.gen.continue_from(codes)
             except (EngineError, ValueError) as e:
                 self._continuation = None
                 self._refuse(p.ticket, str(e))
                 return
         if p.handle.frame is None and self.state != PLAYING:
-            self.gen.complete_continuation()  # no music to spread the prefill around: take over now
+            self.gen.prepare()  # no steps to ride along with: a chunk a turn
         if p.handle.frame is not None:
             self._continuation = None
             before = self.view()
-            self.log(f"continuing from {p.handle.frames / self.model.spec.frame_rate:.1f} s ({p.ticket.name}, "
-                     f"ready in {1000 * (time.perf_counter() - p.ticket.accepted):.0f} ms)")
+            self.log(
+                f"continuing from {p.handle.frames / self.model.spec.frame_rate:.1f} s ({p.ticket.name}, "
+                f"ready in {1000 * (time.perf_counter() - p.ticket.accepted):.0f} ms)"
+            )
             self._applied(p.ticket, Heard(frame=p.handle.frame), before)
         elif p.handle.superseded:
             self._continuation = None
@@ -640,7 +691,7 @@ def _continuation_codes(
     return model.codec_to_codes(codes)
 
 
-def _delegate(steps: Generator[None, int | None, Any], amount: int | None) -> Generator[None, int | None, Any]:
+def _delegate(steps: Generator[None, Any, Any], amount: int | None) -> Generator[None, int | None, Any]:
     """`yield from` an engine generator (whose first yield only primes it), passing it the amount
     the current piece was given, so every piece this job yields has done work."""
     try:

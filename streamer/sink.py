@@ -7,7 +7,7 @@ audio callback only ever reads the ring.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from engine.model import MusicGen
-from engine.presets import ENCODEC_32K, T5_TINY, Arch, save_random_checkpoint
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.presets import ENCODEC_32K, T5_TINY, Arch, save_random_checkpoint
 
 # A slim codec keeps the suite fast; the 32 kHz-sized codec is covered in test_codec.py.
 SLIM_CODEC = dict(ENCODEC_32K, num_filters=8, hidden_size=32, codebook_dim=32)
@@ -18,8 +17,9 @@ SLIM_CODEC = dict(ENCODEC_32K, num_filters=8, hidden_size=32, codebook_dim=32)
 # enc_to_dec_proj present or absent all vary.
 ARCHS: dict[str, Arch] = {
     "h64-l2-h4": Arch(hidden=64, layers=2, heads=4, codec=SLIM_CODEC),
-    "h96-l3-h6-ffn200": Arch(hidden=96, layers=3, heads=6, ffn=200, codec=SLIM_CODEC,
-                             text=dict(T5_TINY, d_model=48, d_kv=12, num_layers=3)),
+    "h96-l3-h6-ffn200": Arch(
+        hidden=96, layers=3, heads=6, ffn=200, codec=SLIM_CODEC, text=dict(T5_TINY, d_model=48, d_kv=12, num_layers=3)
+    ),
     "h32-l4-h2-noproj": Arch(hidden=32, layers=4, heads=2, codec=SLIM_CODEC, text=dict(T5_TINY, d_model=32)),
 }
 

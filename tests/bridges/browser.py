@@ -38,10 +38,23 @@ class Browser:
         self.port = _free_tcp_port()
         self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-             f"--user-data-dir={self._profile.name}", f"--remote-debugging-port={self.port}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--autoplay-policy=no-user-gesture-required",
+                f"--user-data-dir={self._profile.name}",
+                f"--remote-debugging-port={self.port}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self._ids = itertools.count(1)
         self._exit = contextlib.ExitStack()
         self.cdp = self._exit.enter_context(connect(self._page_socket(), max_size=None))

@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-
-from bridges.config import BridgesConfig, OscConfig, WebSocketConfig
-from bridges.server import serve_forever
-from engine.model import model_summary
-from streamer.config import StreamConfig
-from streamer.outputs import make_output
-from streamer.session import Session
+from musicgen_live.bridges.config import BridgesConfig, OscConfig, WebSocketConfig
+from musicgen_live.bridges.server import serve_forever
+from musicgen_live.engine.model import model_summary
+from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.outputs import make_output
+from musicgen_live.streamer.session import Session
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -60,10 +59,19 @@ class Stack:
     def _run(self):
         async def main():
             self.loop = asyncio.get_running_loop()
-            await serve_forever(self.session, self.osc_cfg, self.ws_cfg, BridgesConfig(audio_dirs=[str(self.audio_dir)]),
-                                model_summary(self.session.model), seconds=None, status_every=0,
-                                say=self.said.put, stdin=self.stdin, started=self._started,
-                                stop=self.stop_event)
+            await serve_forever(
+                self.session,
+                self.osc_cfg,
+                self.ws_cfg,
+                BridgesConfig(audio_dirs=[str(self.audio_dir)]),
+                model_summary(self.session.model),
+                seconds=None,
+                status_every=0,
+                say=self.said.put,
+                stdin=self.stdin,
+                started=self._started,
+                stop=self.stop_event,
+            )
 
         asyncio.run(main())
 

@@ -12,8 +12,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-
-from bridges.cli import main
+from musicgen_live.bridges.cli import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
@@ -27,7 +26,9 @@ def run(capsys, *argv: str) -> tuple[int, str]:
 
 def test_render_writes_audio_and_codes_and_decode_reproduces_it(tmp_path, capsys):
     wav, npy, again = tmp_path / "a.wav", tmp_path / "a.npy", tmp_path / "b.npy"
-    code, err = run(capsys, "render", "--prompt", "acid", "--frames", "30", "--greedy", "--out", str(wav), "--codes-out", str(npy))
+    code, err = run(
+        capsys, "render", "--prompt", "acid", "--frames", "30", "--greedy", "--out", str(wav), "--codes-out", str(npy)
+    )
     assert code == 0, err
     codes = np.load(npy)
     assert codes.shape == (4, 30) and codes.dtype == np.int64
@@ -42,7 +43,18 @@ def test_render_with_prompt_audio_of_another_rate_and_channel_count(tmp_path, ca
     clip = tmp_path / "clip.flac"
     sf.write(str(clip), 0.1 * np.random.default_rng(0).standard_normal((44100 // 2, 2)), 44100)
     npy = tmp_path / "c.npy"
-    code, err = run(capsys, "render", "--prompt-audio", str(clip), "--frames", "10", "--out", str(tmp_path / "c.wav"), "--codes-out", str(npy))
+    code, err = run(
+        capsys,
+        "render",
+        "--prompt-audio",
+        str(clip),
+        "--frames",
+        "10",
+        "--out",
+        str(tmp_path / "c.wav"),
+        "--codes-out",
+        str(npy),
+    )
     assert code == 0, err
     assert np.load(npy).shape == (4, 25 + 10)  # 0.5 s of prompt = 25 frames, then 10 new ones
 
@@ -50,8 +62,24 @@ def test_render_with_prompt_audio_of_another_rate_and_channel_count(tmp_path, ca
 def test_bench_reports_both_sides_and_the_decode_share(capsys):
     """`bench --peer` must time both engines on one checkpoint and, for one stream, what decoding
     to audio costs each side (the figure that bounds how far ahead any engine can get)."""
-    code = main(["bench", "--model", "tiny", "--frames", "12", "--peer", "--repeats", "1", "--json",
-                 "--decode-chunk", "4", "--streams", "1", "2"])
+    code = main(
+        [
+            "bench",
+            "--model",
+            "tiny",
+            "--frames",
+            "12",
+            "--peer",
+            "--repeats",
+            "1",
+            "--json",
+            "--decode-chunk",
+            "4",
+            "--streams",
+            "1",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     one, two = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -95,7 +123,10 @@ def bad_npy(tmp_path, name, array):
         (["render", "--model", "nope", "--frames", "5", "--out", "{tmp}/x.wav"], "unknown model"),
         (["render", "--model", "{empty}", "--frames", "5", "--out", "{tmp}/x.wav"], "no config.json"),
         (["render", "--model", "{trunc}", "--frames", "5", "--out", "{tmp}/x.wav"], "damaged or truncated"),
-        (["render", "--prompt-audio", "{tmp}/garbage.wav", "--frames", "5", "--out", "{tmp}/x.wav"], "could not be read"),
+        (
+            ["render", "--prompt-audio", "{tmp}/garbage.wav", "--frames", "5", "--out", "{tmp}/x.wav"],
+            "could not be read",
+        ),
         (["render", "--prompt-audio", "{tmp}/missing.wav", "--frames", "5", "--out", "{tmp}/x.wav"], "does not exist"),
         (["render", "--frames", "0", "--out", "{tmp}/x.wav"], "positive"),
         (["render", "--frames", "-3", "--out", "{tmp}/x.wav"], "positive"),
@@ -112,10 +143,30 @@ def bad_npy(tmp_path, name, array):
         (["decode", "--codes", "{flat}", "--out", "{tmp}/x.wav"], "2-D"),
         (["render", "--exact", "--precision", "int8", "--frames", "5", "--out", "{tmp}/x.wav"], "float32 only"),
         (["render", "--precision", "int8", "--device", "cuda", "--frames", "5", "--out", "{tmp}/x.wav"], "cuda"),
-        (["serve", "--sessions", "9", "--output", "null", "--seconds", "1"], "between 1 and 8"),
-        (["serve", "--sessions", "2", "--extra-output", "null", "--extra-output", "null", "--output", "null",
-          "--seconds", "1"], "2 extra outputs given for 1"),
-        (["serve", "--decode-frames", "51", "--output", "null", "--seconds", "1"], "decode_frames must be between 1 and 50"),
+        (
+            ["serve", "--sessions", "9", "--output", "null", "--seconds", "1"],
+            "the command line: [stream] sessions: expected a whole number <= 8, got 9",
+        ),
+        (
+            [
+                "serve",
+                "--sessions",
+                "2",
+                "--extra-output",
+                "null",
+                "--extra-output",
+                "null",
+                "--output",
+                "null",
+                "--seconds",
+                "1",
+            ],
+            "[stream] extra_outputs: 2 given for 1 extra session(s)",
+        ),
+        (
+            ["serve", "--decode-frames", "51", "--output", "null", "--seconds", "1"],
+            "[stream] decode_frames: expected a whole number <= 50, got 51",
+        ),
     ],
 )
 def test_bad_input_gets_one_clear_sentence(tmp_path, capsys, not_a_checkpoint, truncated, argv, expected):
@@ -139,15 +190,19 @@ def test_bad_input_gets_one_clear_sentence(tmp_path, capsys, not_a_checkpoint, t
 
 def test_console_script_reports_errors_without_traceback(tmp_path):
     exe = shutil.which("musicgen-live") or f"{sys.prefix}/bin/musicgen-live"
-    proc = subprocess.run([exe, "render", "--model", str(tmp_path), "--frames", "5", "--out", str(tmp_path / "x.wav")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [exe, "render", "--model", str(tmp_path), "--frames", "5", "--out", str(tmp_path / "x.wav")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "no config.json" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_shipped_config_parses_with_every_layers_sections_to_the_defaults():
-    from bridges.cli import _schema
-    from engine.config import load_sections
+    from musicgen_live.bridges.cli import _schema
+    from musicgen_live.engine.config import load_sections
 
     sections = load_sections(None, _schema())
     assert all(section == cls() for section, cls in zip(sections.values(), _schema().values()))
@@ -157,8 +212,13 @@ def test_serve_runs_and_obeys_stdin_control_lines(tmp_path):
     exe = shutil.which("musicgen-live") or f"{sys.prefix}/bin/musicgen-live"
     wav = tmp_path / "served.wav"
     lines = "prompt rainy synthwave\ncfg 9\ncfg lots\ncfg 99\ntop_k 20\nget/cfg\npause\nplay\nquit\n"
-    proc = subprocess.run([exe, "serve", "--output", f"file:{wav}", "--seconds", "20", "--status-every", "0"],
-                          input=lines, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [exe, "serve", "--output", f"file:{wav}", "--seconds", "20", "--osc-port", "0", "--ws-port", "0"],
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "ok: prompt at frame" in proc.stderr and "ok: cfg at frame" in proc.stderr
     assert "error: cfg needs a number, got 'lots'" in proc.stderr
@@ -181,9 +241,27 @@ def test_a_full_disk_stops_the_recording_not_the_music(tmp_path):
 
     exe = shutil.which("musicgen-live") or f"{sys.prefix}/bin/musicgen-live"
     wav = tmp_path / "recorded.wav"
-    proc = subprocess.run([exe, "serve", "--output", f"file:{wav}", "--seconds", "6", "--status-every", "0",
-                           "--osc-port", "0", "--ws-port", "0"], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=120, preexec_fn=small_disk)
+    proc = subprocess.run(
+        [
+            exe,
+            "serve",
+            "--output",
+            f"file:{wav}",
+            "--seconds",
+            "6",
+            "--status-every",
+            "0",
+            "--osc-port",
+            "0",
+            "--ws-port",
+            "0",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_disk,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("no longer recorded") == 1 and "Traceback" not in proc.stderr
     seconds = float(proc.stderr.split("stopped after ")[1].split(" s")[0])

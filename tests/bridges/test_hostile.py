@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import websockets
+from musicgen_live.bridges.config import OscConfig, WebSocketConfig
+from musicgen_live.bridges.osc import encode, start_osc
+from musicgen_live.bridges.protocol import Vocabulary
+from musicgen_live.engine.errors import EngineError
+from musicgen_live.streamer import commands as c
 from pythonosc.osc_message import OscMessage
 from websockets.sync.client import connect
-
-from bridges.config import OscConfig, WebSocketConfig
-from bridges.osc import encode, start_osc
-from bridges.protocol import Vocabulary
-from engine.errors import EngineError
-from streamer import commands as c
 
 from .conftest import Stack
 
@@ -38,7 +37,7 @@ def udp(port: int, *messages: tuple, wait: float = 0.5, source: str = "127.0.0.1
             sock.settimeout(max(0.01, end - time.time()))
             try:
                 out.append(OscMessage(sock.recvfrom(65536)[0]))
-            except socket.timeout:
+            except TimeoutError:
                 break
         return out
 
@@ -62,8 +61,12 @@ def test_any_number_gets_an_answer_and_ctrl_nests_one_level(stack):
     answers = udp(stack.osc_port, ("/musicgen/ping", 1e300), ("/musicgen/ping", -1e300), ("/musicgen/ping", 2**62))
     assert [m.params[0] for m in answers] == [1e300, -1e300, 2**62]
     t0 = time.perf_counter()
-    answers = udp(stack.osc_port, ("/musicgen/ctrl", *(["ctrl"] * 2000), "cfg", 3.0),
-                  ("/musicgen/ctrl", "ctrl", "cfg", 3.0), ("/musicgen/ping", 1))
+    answers = udp(
+        stack.osc_port,
+        ("/musicgen/ctrl", *(["ctrl"] * 2000), "cfg", 3.0),
+        ("/musicgen/ctrl", "ctrl", "cfg", 3.0),
+        ("/musicgen/ping", 1),
+    )
     assert time.perf_counter() - t0 < 1.0
     assert [m.address for m in answers] == ["/musicgen/error", "/musicgen/error", "/musicgen/pong"]
     assert answers[0].params[1] == "OSC packet of 18028 bytes: at most 8192"
@@ -90,9 +93,13 @@ def test_osc_beyond_loopback_needs_an_allow_list_and_drops_other_peers(stack):
 
 
 def test_a_dns_rebinding_page_is_refused(stack):
-    for origin, ok in [(f"http://127.0.0.1:{stack.ws_port}", True), (f"http://localhost:{stack.ws_port}", True),
-                       (f"http://evil.example:{stack.ws_port}", False), ("http://127.0.0.1:1", False),
-                       ("null", False)]:
+    for origin, ok in [
+        (f"http://127.0.0.1:{stack.ws_port}", True),
+        (f"http://localhost:{stack.ws_port}", True),
+        (f"http://evil.example:{stack.ws_port}", False),
+        ("http://127.0.0.1:1", False),
+        ("null", False),
+    ]:
         headers = {"Host": f"evil.example:{stack.ws_port}"}  # the rebinding page's Host
         if ok:
             with connect(f"ws://127.0.0.1:{stack.ws_port}/", origin=origin, additional_headers=headers) as ws:
@@ -107,12 +114,14 @@ def test_a_dns_rebinding_page_is_refused(stack):
 def test_deep_json_and_huge_numbers_are_answered_with_an_error(stack):
     with connect(f"ws://127.0.0.1:{stack.ws_port}/", max_size=None) as ws:
         ws.recv(timeout=10)
-        for message in ["[" * 5000 + "]" * 5000,
-                        '{"type": "session.update", "cfg": ' + "9" * 400 + "}",
-                        '{"type": "session.update", "seed": ' + "9" * 400 + "}",
-                        '{"type": "generate.continue", "seconds": ' + "9" * 400 + "}",
-                        '{"type": "input_audio.begin", "rate": 1e400, "channels": 1e400}',
-                        '{"type": ["not", "hashable"]}']:
+        for message in [
+            "[" * 5000 + "]" * 5000,
+            '{"type": "session.update", "cfg": ' + "9" * 400 + "}",
+            '{"type": "session.update", "seed": ' + "9" * 400 + "}",
+            '{"type": "generate.continue", "seconds": ' + "9" * 400 + "}",
+            '{"type": "input_audio.begin", "rate": 1e400, "channels": 1e400}',
+            '{"type": ["not", "hashable"]}',
+        ]:
             ws.send(message)
             answer = json.loads(ws.recv(timeout=10))
             assert answer["type"] == "error" and "internal" not in answer["message"], (message[:40], answer)
@@ -143,8 +152,8 @@ def test_connections_and_uploads_are_capped(tiny, tmp_path):
 
 
 def test_a_file_continuation_reads_only_its_tail_and_only_the_file_it_checked(stack, tmp_path):
-    from engine.audiofile import read_audio
-    from engine.errors import AudioInputError
+    from musicgen_live.engine.audiofile import read_audio
+    from musicgen_live.engine.errors import AudioInputError
 
     loops = stack.audio_dir
     sf.write(str(loops / "long.wav"), np.random.default_rng(0).uniform(-0.1, 0.1, (48000 * 60, 1)), 48000)

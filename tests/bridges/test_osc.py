@@ -42,7 +42,7 @@ class Peer:
         while time.time() < end:
             try:
                 data, _ = self.sock.recvfrom(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             msg = OscMessage(data)
             if msg.address == address:
@@ -93,7 +93,7 @@ def test_bad_input_is_answered_on_error(peer):
 
 
 def test_replies_go_to_the_configured_reply_port(tiny, tmp_path):
-    from bridges.config import OscConfig
+    from musicgen_live.bridges.config import OscConfig
 
     from .conftest import Stack
 
@@ -144,8 +144,19 @@ def test_debian_oscsend_and_oscdump(stack):
 
 def test_fuzz_malformed_packets_never_stop_the_music(stack, peer):
     rng = random.Random(1)
-    addresses = ["/musicgen/cfg", "/musicgen/prompt", "/musicgen/play", "/musicgen/prompt/weighted", "/musicgen/top_k",
-                 "/musicgen/get/state", "/musicgen/nope", "/x", "/musicgen/continue", "/musicgen/seed", "/musicgen/ctrl"]
+    addresses = [
+        "/musicgen/cfg",
+        "/musicgen/prompt",
+        "/musicgen/play",
+        "/musicgen/prompt/weighted",
+        "/musicgen/top_k",
+        "/musicgen/get/state",
+        "/musicgen/nope",
+        "/x",
+        "/musicgen/continue",
+        "/musicgen/seed",
+        "/musicgen/ctrl",
+    ]
     frame = stack.session.snapshot()["frame"]
     for i in range(3000):
         kind = rng.random()
@@ -154,8 +165,18 @@ def test_fuzz_malformed_packets_never_stop_the_music(stack, peer):
         else:
             b = OscMessageBuilder(address=rng.choice(addresses))
             for _ in range(rng.randint(0, 4)):
-                b.add_arg(rng.choice([rng.uniform(-1e9, 1e9), rng.randint(-2**31, 2**31 - 1), "x" * rng.randint(0, 50),
-                                      True, b"\x00\xff", float("inf")]))
+                b.add_arg(
+                    rng.choice(
+                        [
+                            rng.uniform(-1e9, 1e9),
+                            rng.randint(-(2**31), 2**31 - 1),
+                            "x" * rng.randint(0, 50),
+                            True,
+                            b"\x00\xff",
+                            float("inf"),
+                        ]
+                    )
+                )
             data = b.build().dgram
             if kind < 0.6:
                 data = data[: rng.randint(0, len(data))]  # truncated
@@ -167,7 +188,7 @@ def test_fuzz_malformed_packets_never_stop_the_music(stack, peer):
     try:
         while True:
             peer.sock.recvfrom(65536)  # drain the errors
-    except socket.timeout:
+    except TimeoutError:
         pass
     peer.sock.settimeout(5)
     peer.send("/musicgen/ping", 1)
@@ -178,7 +199,7 @@ def test_fuzz_malformed_packets_never_stop_the_music(stack, peer):
 
 
 def test_send_command_talks_to_a_running_server(stack, capsys):
-    from bridges.cli import main
+    from musicgen_live.bridges.cli import main
 
     assert main(["send", "--port", str(stack.osc_port), "ping", "9"]) == 0
     assert "/musicgen/pong 9" in capsys.readouterr().out
@@ -190,8 +211,8 @@ def test_send_command_talks_to_a_running_server(stack, capsys):
 
 
 def test_osc_over_tcp_with_slip_framing(tiny, tmp_path):
-    from bridges.config import OscConfig
-    from bridges.osc import SLIP_END, encode, slip_decode, slip_encode
+    from musicgen_live.bridges.config import OscConfig
+    from musicgen_live.bridges.osc import SLIP_END, encode, slip_decode, slip_encode
 
     from .conftest import Stack
 

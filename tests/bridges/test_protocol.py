@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from bridges.protocol import Outcome, ProtocolError, Reply, Vocabulary, answer_line, state_replies
-from streamer import commands as c
+from musicgen_live.bridges.protocol import Outcome, ProtocolError, Reply, Vocabulary, answer_line, state_replies
+from musicgen_live.streamer import commands as c
 
 STATE = {"cfg": 3.0, "top_k": 250, "prompts": [{"text": "dub", "weight": 1.0}], "seconds": 12.5, "state": "playing"}
 
@@ -24,8 +23,14 @@ def vocab(tmp_path):
 
 @pytest.mark.parametrize(
     "args, expected, clamped",
-    [([4.5], 4.5, False), ([4], 4.0, False), (["4.5"], 4.5, False), ([True], 1.0, False), ([99.0], 20.0, True),
-     ([-3], 0.0, True)],
+    [
+        ([4.5], 4.5, False),
+        ([4], 4.0, False),
+        (["4.5"], 4.5, False),
+        ([True], 1.0, False),
+        ([99.0], 20.0, True),
+        ([-3], 0.0, True),
+    ],
 )
 def test_numbers_are_accepted_loosely_and_clamped_with_a_note(vocab, args, expected, clamped):
     out = vocab.handle("cfg", args)

@@ -10,21 +10,19 @@ import threading
 import time
 from dataclasses import replace
 
+from musicgen_live.bridges.config import BridgesConfig, OscConfig, WebSocketConfig
+from musicgen_live.bridges.osc import encode
+from musicgen_live.bridges.server import serve_forever
+from musicgen_live.engine.config import SamplingConfig
+from musicgen_live.engine.model import model_summary
+from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.group import SessionGroup
+from musicgen_live.streamer.outputs import make_output
+from musicgen_live.streamer.session import PLAYING, Session
 from pythonosc.osc_message import OscMessage
 from websockets.sync.client import connect
 
-from bridges.config import BridgesConfig, OscConfig, WebSocketConfig
-from bridges.osc import encode
-from bridges.server import serve_forever
-from engine.config import SamplingConfig
-from engine.model import model_summary
-from streamer.config import StreamConfig
-from streamer.group import SessionGroup
-from streamer.outputs import make_output
-from streamer.session import PLAYING, Session
-
 from .conftest import free_port
-
 
 SOCKS: dict[int, socket.socket] = {}
 
@@ -60,9 +58,21 @@ def test_two_sessions_each_answer_on_their_own_ports(tiny):
     ready, stop = threading.Event(), threading.Event()
 
     def run():
-        asyncio.run(serve_forever(sessions, replace(OscConfig(), port=osc_port), replace(WebSocketConfig(), port=ws_port),
-                                  BridgesConfig(), model_summary(tiny), None, 0, lambda m: None,
-                                  started=lambda r: ready.set(), stop=stop, group=group))
+        asyncio.run(
+            serve_forever(
+                sessions,
+                replace(OscConfig(), port=osc_port),
+                replace(WebSocketConfig(), port=ws_port),
+                BridgesConfig(),
+                model_summary(tiny),
+                None,
+                0,
+                lambda m: None,
+                started=lambda r: ready.set(),
+                stop=stop,
+                group=group,
+            )
+        )
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -76,7 +86,7 @@ def test_two_sessions_each_answer_on_their_own_ports(tiny):
             created = json.loads(ws.recv(timeout=10))
             assert created["type"] == "session.created" and created["session"]["session"] == 1
             ws.send(json.dumps({"type": "session.update", "prompt": "only the first"}))
-            while (msg := json.loads(ws.recv(timeout=10)))["type"] != "session.updated":
+            while json.loads(ws.recv(timeout=10))["type"] != "session.updated":
                 pass
         assert sessions[0].prompts[0][0] == "only the first" and sessions[1].prompts[0][0] == ""
         assert sessions[1].params.cfg == 7.5 and sessions[0].params.cfg == 3.0

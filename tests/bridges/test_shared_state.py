@@ -14,12 +14,10 @@ import time
 from typing import Any
 
 import numpy as np
-
+from musicgen_live.bridges.osc import encode
+from musicgen_live.streamer import commands as c
 from pythonosc.osc_message import OscMessage
 from websockets.sync.client import connect
-
-from bridges.osc import encode
-from streamer import commands as c
 
 from .browser import Browser
 from .conftest import Stack
@@ -48,7 +46,7 @@ class OscSubscriber:
         while not self.stopped:
             try:
                 msg = OscMessage(self.sock.recvfrom(65536)[0])
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             name, args = msg.address[len("/musicgen/") :], msg.params
             if name == "prompt":
@@ -88,8 +86,9 @@ class WsClient:
         self.thread.join(timeout=2)
 
 
-def agree(stack: Stack, osc: OscSubscriber, ws: WsClient, page: Browser, timeout: float = 10,
-          **want: Any) -> dict[str, Any]:
+def agree(
+    stack: Stack, osc: OscSubscriber, ws: WsClient, page: Browser, timeout: float = 10, **want: Any
+) -> dict[str, Any]:
     """Wait until the session has `want` and all four clients show the session's state; return it."""
     deadline = time.time() + timeout
     while True:
@@ -102,13 +101,19 @@ def agree(stack: Stack, osc: OscSubscriber, ws: WsClient, page: Browser, timeout
         shown = {
             "osc": {k: osc.view.get(k) for k in KEYS},
             "ws": {k: ws.view.get(k) for k in KEYS},
-            "page": {k: v for k, v in (page.eval(f"({{...window.musicgenView}})") or {}).items() if k in KEYS},
+            "page": {k: v for k, v in (page.eval("({...window.musicgenView})") or {}).items() if k in KEYS},
         }
-        dom = page.eval('({prompt: document.getElementById("prompt").value, cfg: Number(document.getElementById("cfg").value)})')
-        as_sent = {k: float(np.float32(v)) if isinstance(v, float) else v for k, v in truth.items()}  # OSC's f is float32
-        if shown["ws"] == shown["page"] == truth and shown["osc"] == as_sent and dom == {
-            "prompt": " | ".join(p["text"] for p in truth["prompts"]), "cfg": truth["cfg"]
-        }:
+        dom = page.eval(
+            '({prompt: document.getElementById("prompt").value, cfg: Number(document.getElementById("cfg").value)})'
+        )
+        as_sent = {
+            k: float(np.float32(v)) if isinstance(v, float) else v for k, v in truth.items()
+        }  # OSC's f is float32
+        if (
+            shown["ws"] == shown["page"] == truth
+            and shown["osc"] == as_sent
+            and dom == {"prompt": " | ".join(p["text"] for p in truth["prompts"]), "cfg": truth["cfg"]}
+        ):
             return truth
         if time.time() > deadline:
             raise AssertionError(f"clients disagree with {truth}: {shown}, page controls {dom}")
@@ -134,9 +139,11 @@ def test_stdin_osc_websocket_and_the_page_all_see_the_same_state(tiny, tmp_path)
         ws.ws.send(json.dumps({"type": "session.update", "temperature": 0.7}))  # from WebSocket
         ws.ws.send(json.dumps({"type": "playback.control", "action": "pause"}))
         agree(stack, osc, ws, page, temperature=0.7, state="paused")
-        page.eval('(() => { const s = document.getElementById("cfg"); s.value = 7; s.dispatchEvent(new Event("change")); '
-                  'document.getElementById("prompt").value = "from the page"; '
-                  'document.getElementById("promptForm").requestSubmit(); })()')  # from the page
+        page.eval(
+            '(() => { const s = document.getElementById("cfg"); s.value = 7; s.dispatchEvent(new Event("change")); '
+            'document.getElementById("prompt").value = "from the page"; '
+            'document.getElementById("promptForm").requestSubmit(); })()'
+        )  # from the page
         agree(stack, osc, ws, page, cfg=7.0, prompts=[{"text": "from the page", "weight": 1.0}])
         page.eval('document.querySelector("[data-action=play]").click()')
         agree(stack, osc, ws, page, state="playing")

@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+from musicgen_live.bridges.osc import encode
+from musicgen_live.streamer import commands as c
 from pythonosc.osc_message import OscMessage
 from websockets.sync.client import connect
-
-from bridges.osc import encode
-from streamer import commands as c
 
 from .conftest import Stack
 
@@ -32,8 +31,11 @@ BAD: list[tuple[list[Any], str]] = [
     (["prompt/weighted", "a"], "prompt/weighted takes pairs: text weight [text weight ...]"),
     (["prompt/weighted", "a", -1], "prompt weights must be >= 0, got -1"),
     (["prompt/weighted", "a", 1, "b", 1, "c", 1, "d", 1, "e", 1], "at most 4 prompts can sound at once, got 5"),
-    (["fade", 4, "warm"], "fade takes one number (the default crossfade); to crossfade to a prompt over S "
-                          "seconds send prompt/fade S TEXT"),
+    (
+        ["fade", 4, "warm"],
+        "fade takes one number (the default crossfade); to crossfade to a prompt over S "
+        "seconds send prompt/fade S TEXT",
+    ),
     (["continue", -2], "continue needs a positive number of seconds, got -2"),
     (["continue/input", 2], "no input device is open (start serve with --input DEVICE)"),  # refused by the session
     (["continue/file", "../../etc/passwd"], "'../../etc/passwd' is outside the folders continue/file may read"),
@@ -84,7 +86,7 @@ class OscClient:
             self.sock.settimeout(max(0.01, end - time.time()))
             try:
                 out.append(OscMessage(self.sock.recvfrom(65536)[0]))
-            except socket.timeout:
+            except TimeoutError:
                 break
             if until and out[-1].address == until:
                 end = min(end, time.time() + 0.1)  # anything sent with it (a second answer would be a bug)

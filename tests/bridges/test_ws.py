@@ -13,9 +13,8 @@ import urllib.request
 import numpy as np
 import pytest
 import websockets
+from musicgen_live.bridges.ws import HEADER, MAGIC, Client
 from websockets.asyncio.client import connect
-
-from bridges.ws import HEADER, MAGIC, Client
 
 from .conftest import Stack
 
@@ -45,8 +44,11 @@ def test_session_update_is_applied_and_answered_with_its_frame(stack):
         async with connect(url(stack), compression=None) as ws:
             created = await recv_json(ws, "session.created")
             assert created["session"]["sample_rate"] == 32000
-            await ws.send(json.dumps({"type": "session.update", "cfg": 6, "prompt": "glass harmonica", "fade": 0,
-                                      "event_id": "e1"}))
+            await ws.send(
+                json.dumps(
+                    {"type": "session.update", "cfg": 6, "prompt": "glass harmonica", "fade": 0, "event_id": "e1"}
+                )
+            )
             up = await recv_json(ws, "session.updated")
             assert up["event_id"] == "e1" and up["frame"] is not None
             assert set(up["applied"]) == {"cfg", "prompt", "fade"}
@@ -67,7 +69,7 @@ def test_audio_frames_carry_the_header_and_follow_each_other(stack):
                 if isinstance(msg, bytes):
                     frames.append(msg)
             heads = [HEADER.unpack(f[: HEADER.size]) for f in frames]
-            for (magic, ver, codec, ch, _, rate, first, n), f in zip(heads, frames):
+            for (magic, ver, codec, ch, _, rate, _first, n), f in zip(heads, frames):
                 assert magic == MAGIC and ver == 1 and codec == 1 and ch == 1 and rate == 32000
                 assert len(f) == HEADER.size + 2 * n * ch
             for a, b in zip(heads, heads[1:]):
@@ -151,10 +153,11 @@ def test_origin_check_and_token(tiny, tmp_path, stack):
             await recv_json(ws, "session.created")
 
     run(go())
-    from bridges.config import WebSocketConfig
+    from musicgen_live.bridges.config import WebSocketConfig
 
     s = Stack(tiny, tmp_path / "t", ws_cfg=WebSocketConfig(token="s3cret"))
     try:
+
         async def tokened():
             with pytest.raises(websockets.InvalidStatus):
                 async with connect(url(s)):
@@ -168,10 +171,10 @@ def test_origin_check_and_token(tiny, tmp_path, stack):
 
 
 def test_binding_beyond_loopback_without_a_token_is_refused(stack):
-    from bridges.config import WebSocketConfig
-    from bridges.protocol import Vocabulary
-    from bridges.ws import WebSocketBridge
-    from engine.errors import EngineError
+    from musicgen_live.bridges.config import WebSocketConfig
+    from musicgen_live.bridges.protocol import Vocabulary
+    from musicgen_live.bridges.ws import WebSocketBridge
+    from musicgen_live.engine.errors import EngineError
 
     with pytest.raises(EngineError, match="token"):
         WebSocketBridge(stack.session, Vocabulary(dict, {}), WebSocketConfig(host="0.0.0.0"))
@@ -222,20 +225,42 @@ def test_a_slow_client_loses_its_oldest_audio_and_is_warned(stack):
 def test_fuzz_random_messages_never_stop_the_music(stack):
     rng = random.Random(3)
     values = [None, True, -1, 0, 3.5, 1e308, "x", "", [1, "a"], {"a": 1}, "play", float("nan")]
-    types = ["session.update", "playback.control", "generate.continue", "audio.subscribe", "input_audio.begin",
-             "input_audio.commit", "state.get", "bogus", None, 7]
-    keys = ["prompt", "cfg", "top_k", "top_p", "seed", "action", "source", "seconds", "rate", "codec", "weighted_prompts"]
+    types = [
+        "session.update",
+        "playback.control",
+        "generate.continue",
+        "audio.subscribe",
+        "input_audio.begin",
+        "input_audio.commit",
+        "state.get",
+        "bogus",
+        None,
+        7,
+    ]
+    keys = [
+        "prompt",
+        "cfg",
+        "top_k",
+        "top_p",
+        "seed",
+        "action",
+        "source",
+        "seconds",
+        "rate",
+        "codec",
+        "weighted_prompts",
+    ]
 
     async def go():
         async with connect(url(stack), compression=None) as ws:
             await recv_json(ws, "session.created")
             errors = 0
-            for i in range(1500):
+            for _ in range(1500):
                 r = rng.random()
                 if r < 0.2:
                     await ws.send(bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 40))))
                 elif r < 0.35:
-                    await ws.send("".join(rng.choice("{}[]\",:ab1") for _ in range(rng.randint(0, 30))))
+                    await ws.send("".join(rng.choice('{}[]",:ab1') for _ in range(rng.randint(0, 30))))
                 else:
                     msg = {"type": rng.choice(types)}
                     for k in rng.sample(keys, rng.randint(0, 3)):

@@ -2,17 +2,16 @@
 
 Protects: a stream's codes do not depend on who shares its batch - streams with other prompts,
 guidance, sampling, seeds and positions joining and leaving, a crossfade that overflows one forward,
-a continuation restarting another stream, window slides - for fp32 and int8 weights; int8 rows do not even depend on the batch's size; sampled
-streams stay reproducible from their seed inside a batch."""
+a continuation restarting another stream, window slides - for fp32 and int8 weights; int8 rows do not
+even depend on the batch's size; sampled streams stay reproducible from their seed inside a batch."""
 
 import pytest
 import torch
-
-from engine.batch import Batch
-from engine.errors import ContextError
-from engine.generator import Generator
-from engine.model import MusicGen
-from engine.sampling import SamplingParams
+from musicgen_live.engine.batch import Batch
+from musicgen_live.engine.errors import ContextError
+from musicgen_live.engine.generator import Generator
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.sampling import SamplingParams
 
 GREEDY = SamplingParams(greedy=True, cfg=3.0)
 
@@ -24,8 +23,14 @@ def model(request, checkpoint_dir):
 
 def live(model, text, params, seed=0, window=60, context=20):
     g = Generator(model, params, seed=seed)
-    g.start([(model.conditioner.condition(text, guided=params.cfg != 1.0), 1.0)], capacity_frames=window,
-            context_frames=context, guided=params.cfg != 1.0, max_prompts=2, slide_chunk=8)
+    g.start(
+        [(model.conditioner.condition(text, guided=params.cfg != 1.0), 1.0)],
+        capacity_frames=window,
+        context_frames=context,
+        guided=params.cfg != 1.0,
+        max_prompts=2,
+        slide_chunk=8,
+    )
     return g
 
 
@@ -52,15 +57,22 @@ def test_stream_is_identical_alone_and_with_others(model):
 
     def companions(i):
         if i == 30:  # B blends to two prompts over 20 frames: A+B+C+D need 7 rows for a while
-            b.set_prompts([(model.conditioner.condition("fast breakbeat drums"), 0.5),
-                           (model.conditioner.condition("dub bass"), 0.5)], fade_frames=20)
+            b.set_prompts(
+                [
+                    (model.conditioner.condition("fast breakbeat drums"), 0.5),
+                    (model.conditioner.condition("dub bass"), 0.5),
+                ],
+                fade_frames=20,
+            )
         group = []
         if 10 <= i < 120:
             group.append(b)  # joins at 10, leaves at 120
         if i < 60 or i >= 90:
             group.append(c)  # leaves at 60, back at 90
         if i == 70:  # D continues from given audio codes (a continuation): a prefill of its own
-            d.restart(torch.randint(0, 2048, (model.spec.lm.num_codebooks, 12), generator=torch.Generator().manual_seed(4)))
+            d.restart(
+                torch.randint(0, 2048, (model.spec.lm.num_codebooks, 12), generator=torch.Generator().manual_seed(4))
+            )
         if i >= 25:
             group.append(d)
         return group
@@ -92,4 +104,3 @@ def test_int8_rows_do_not_depend_on_the_batch_size(model):
 def test_stream_wider_than_the_batch_is_refused(model):
     with pytest.raises(ContextError, match="rows"):
         Batch(model, rows=1).step([live(model, "x", GREEDY)])
-

@@ -7,11 +7,10 @@ import shutil
 
 import pytest
 import torch
+from musicgen_live.engine.checkpoint import load_checkpoint
+from musicgen_live.engine.errors import CheckpointError
+from musicgen_live.engine.model import MusicGen
 from safetensors.torch import load_file, save_file
-
-from engine.checkpoint import load_checkpoint
-from engine.errors import CheckpointError
-from engine.model import MusicGen
 
 
 def test_legacy_weight_g_weight_v_layout_loads_identically(checkpoint_dir, tmp_path):
@@ -21,7 +20,9 @@ def test_legacy_weight_g_weight_v_layout_loads_identically(checkpoint_dir, tmp_p
     sd = load_file(str(dst / "model.safetensors"))
     legacy = {}
     for k, v in sd.items():
-        k = k.replace(".parametrizations.weight.original0", ".weight_g").replace(".parametrizations.weight.original1", ".weight_v")
+        k = k.replace(".parametrizations.weight.original0", ".weight_g").replace(
+            ".parametrizations.weight.original1", ".weight_v"
+        )
         legacy[k] = v
     assert any(k.endswith(".weight_g") for k in legacy)
     save_file(legacy, str(dst / "model.safetensors"))

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from engine.checkpoint import from_hf_model
-from engine.codec import Codec
-from engine.errors import CodesError
-from engine.presets import ENCODEC_32K, Arch, random_hf_model, random_tokenizer
+from musicgen_live.engine.checkpoint import from_hf_model
+from musicgen_live.engine.codec import Codec
+from musicgen_live.engine.errors import CodesError
+from musicgen_live.engine.presets import ENCODEC_32K, Arch, random_hf_model, random_tokenizer
 
 TOL = 1e-5
 

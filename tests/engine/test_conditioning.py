@@ -3,9 +3,8 @@ its steps) gives transformers' states bit for bit; the LRU answers a prompt hear
 
 import pytest
 import torch
-
-from engine.conditioning import run
-from engine.model import MusicGen
+from musicgen_live.engine.conditioning import run
+from musicgen_live.engine.model import MusicGen
 
 
 @pytest.fixture(scope="module")

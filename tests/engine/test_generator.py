@@ -4,11 +4,10 @@ finite stream refuses to run past its end."""
 
 import pytest
 import torch
-
-from engine.errors import ContextError
-from engine.generator import Generator
-from engine.model import MusicGen
-from engine.sampling import SamplingParams
+from musicgen_live.engine.errors import ContextError
+from musicgen_live.engine.generator import Generator
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.sampling import SamplingParams
 
 
 @pytest.fixture(scope="module")

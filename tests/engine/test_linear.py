@@ -6,9 +6,8 @@ one clear sentence."""
 
 import pytest
 import torch
-
-from engine.errors import EngineError
-from engine.linear import PRECISIONS, SKINNY_MIN_IN, check_precision, make_linear
+from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.linear import PRECISIONS, SKINNY_MIN_IN, check_precision, make_linear
 
 W = torch.randn(384, 256, generator=torch.Generator().manual_seed(0)) / 16
 X = torch.randn(6, 256, generator=torch.Generator().manual_seed(1))

@@ -6,12 +6,11 @@ boundaries and keep history; restarting from codes equals starting a new stream 
 
 import pytest
 import torch
-
-from engine.errors import ContextError
-from engine.generator import Generator, Phase
-from engine.lm import Segment
-from engine.model import MusicGen
-from engine.sampling import SamplingParams
+from musicgen_live.engine.errors import ContextError
+from musicgen_live.engine.generator import Generator, Phase
+from musicgen_live.engine.lm import Segment
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.sampling import SamplingParams
 
 GREEDY = SamplingParams(greedy=True, cfg=3.0)
 
@@ -36,8 +35,9 @@ def test_chunked_prefill_equals_one_shot_prefill(model):
 def test_endless_stream_slides_without_gaps(model):
     gen = Generator(model, SamplingParams(top_k=50), seed=1)
     cond = model.conditioner.condition("drum and bass")
-    released = gen.start([(cond, 1.0)], capacity_frames=120, context_frames=40, guided=True, slide_chunk=8,
-                         max_prompts=2).audio.shape[-1]
+    released = gen.start(
+        [(cond, 1.0)], capacity_frames=120, context_frames=40, guided=True, slide_chunk=8, max_prompts=2
+    ).audio.shape[-1]
     hop, hold = model.spec.codec.hop, model.codec.hold_back
     for i in range(600):
         before = gen.frames_done
@@ -139,8 +139,14 @@ WINDOW, CONTEXT, CHUNK = 60, 20, 4  # a slide every ~40 frames, ~8 steps long
 
 def sliding_stream(model):
     gen = Generator(model, SamplingParams(top_k=50), seed=7, decode_chunk=25)  # the codec is not under test here
-    gen.start([(model.conditioner.condition("harp"), 1.0)], capacity_frames=WINDOW, context_frames=CONTEXT,
-              guided=True, max_prompts=2, slide_chunk=CHUNK)
+    gen.start(
+        [(model.conditioner.condition("harp"), 1.0)],
+        capacity_frames=WINDOW,
+        context_frames=CONTEXT,
+        guided=True,
+        max_prompts=2,
+        slide_chunk=CHUNK,
+    )
     return gen
 
 
@@ -162,7 +168,9 @@ CHANGES = {
     "blend": lambda m, g: g.set_prompts([(m.conditioner.condition("harp"), 0.3), (m.conditioner.condition("x"), 0.7)]),
     "longer context": lambda m, g: g.set_context(10_000),
     "shorter context": lambda m, g: g.set_context(3),
-    "continuation": lambda m, g: g.continue_from(torch.randint(0, 2048, (4, 35), generator=torch.Generator().manual_seed(1))),
+    "continuation": lambda m, g: g.continue_from(
+        torch.randint(0, 2048, (4, 35), generator=torch.Generator().manual_seed(1))
+    ),
 }
 
 

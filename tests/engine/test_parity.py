@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from engine.model import MusicGen
-from engine.render import render
-from engine.sampling import SamplingParams
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.render import render
+from musicgen_live.engine.sampling import SamplingParams
 
 FRAMES = 200
 

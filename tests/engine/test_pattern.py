@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-
-from engine.pattern import DelayPattern
+from musicgen_live.engine.pattern import DelayPattern
 
 BOS = 2048
 

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-
-from engine.sampling import SamplingParams, guide, sample
+from musicgen_live.engine.sampling import SamplingParams, guide, sample
 
 
 def logits(seed=0):
@@ -32,11 +31,14 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert seen == {0, 1}
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=0.7, top_k=4),
-    SamplingParams(temperature=1.5, top_k=0, top_p=0.9),
-    SamplingParams(top_k=5, top_p=0.8),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.7, top_k=4),
+        SamplingParams(temperature=1.5, top_k=0, top_p=0.9),
+        SamplingParams(top_k=5, top_p=0.8),
+    ],
+)
 def test_draws_follow_the_filtered_softmax(params):
     """The exponential race must draw each kept token with its softmax probability (20k draws)."""
     x = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -1.0])
@@ -45,7 +47,7 @@ def test_draws_follow_the_filtered_softmax(params):
     scores = x / params.temperature
     keep = torch.ones(6, dtype=torch.bool)
     if params.top_k:
-        keep[params.top_k:] = False
+        keep[params.top_k :] = False
     if params.top_p:
         p = scores.masked_fill(~keep, float("-inf")).softmax(-1)
         before = torch.cumsum(p, 0) - p  # mass of the more likely tokens

@@ -9,7 +9,6 @@ import time
 import pytest
 
 
-
 def jack_running() -> bool:
     return subprocess.run(["jack_lsp"], capture_output=True).returncode == 0
 
@@ -21,8 +20,11 @@ def jack():
         pytest.fail("jackd is not installed: run scripts/setup.sh (it installs jackd2 and libportaudio2)")
     proc = None
     if not jack_running():
-        proc = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "256"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["jackd", "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "256"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(50):
             if jack_running():
                 break

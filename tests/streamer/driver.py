@@ -11,15 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from bridges.protocol import state_replies
-from engine.config import SamplingConfig
-from engine.model import MusicGen
-from streamer import commands as c
-from streamer.config import StreamConfig
-from streamer.group import SessionGroup
-from streamer.outputs import RingOutput
-from streamer.session import Session
+from musicgen_live.bridges.protocol import state_replies
+from musicgen_live.engine.config import SamplingConfig
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.group import SessionGroup
+from musicgen_live.streamer.outputs import RingOutput
+from musicgen_live.streamer.session import Session
 
 RATE = 48000
 

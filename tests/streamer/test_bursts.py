@@ -2,8 +2,8 @@
 costs one T5 run, not hundreds (the latest prompt wins; the others are answered as superseded), and
 the stream keeps stepping through it."""
 
-from streamer import commands as c
-from streamer.config import StreamConfig
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.config import StreamConfig
 
 from .driver import Driven
 

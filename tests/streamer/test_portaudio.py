@@ -7,11 +7,10 @@ import subprocess
 import time
 
 import numpy as np
-
-from streamer import commands as c
-from streamer.config import StreamConfig
-from streamer.outputs import InputCapture, make_output
-from streamer.session import Session
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.outputs import InputCapture, make_output
+from musicgen_live.streamer.session import Session
 
 
 def test_ten_seconds_through_portaudio_without_underruns(tiny, jack):
@@ -58,7 +57,7 @@ def test_continue_from_live_input_through_a_jack_loopback(tiny, jack):
 
 
 def test_devices_lists_the_jack_device(jack, capsys):
-    from bridges.cli import main
+    from musicgen_live.bridges.cli import main
 
     assert main(["devices"]) == 0
     out = capsys.readouterr().out
@@ -67,8 +66,7 @@ def test_devices_lists_the_jack_device(jack, capsys):
 
 def test_unknown_output_device_is_a_clear_error(jack):
     import pytest
-
-    from streamer.devices import AudioDeviceError
+    from musicgen_live.streamer.devices import AudioDeviceError
 
     with pytest.raises(AudioDeviceError, match="no output device matches 'no-such-card'"):
         make_output("no-such-card", 2, 0.2)
@@ -76,9 +74,8 @@ def test_unknown_output_device_is_a_clear_error(jack):
 
 def test_a_rate_the_device_refuses_is_a_clear_error(jack):
     import pytest
-
-    from streamer.devices import AudioDeviceError
-    from streamer.outputs import DeviceOutput
+    from musicgen_live.streamer.devices import AudioDeviceError
+    from musicgen_live.streamer.outputs import DeviceOutput
 
     out = DeviceOutput("default", 2, 0.2, rate=12345)  # JACK runs at 48 kHz only
     with pytest.raises(AudioDeviceError, match="refused 12345 Hz"):

@@ -3,8 +3,8 @@ heard when the output reads past its first sample; the estimate uses healthy com
 answered across an internal error or an underrun) and recovers within its window after a bad
 stretch."""
 
-from streamer import commands as c
-from streamer.probes import WINDOW, LatencyProbes
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.probes import WINDOW, LatencyProbes
 
 
 def heard_after(probes: LatencyProbes, ms: float, trouble_then: int, trouble_now: int) -> None:

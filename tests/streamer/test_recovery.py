@@ -2,9 +2,9 @@
 (error event), a few in a row reset the stream so the music comes back (warning event), and the
 commands around it are still answered."""
 
-from streamer import commands as c
-from streamer.config import StreamConfig
-from streamer.session import MAX_FAILED_STEPS
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.session import MAX_FAILED_STEPS
 
 from .driver import Driven
 

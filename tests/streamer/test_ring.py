@@ -1,8 +1,7 @@
 """The SPSC ring. Protects: order across wrap-around, zero fill on underflow, flush requests, history."""
 
 import numpy as np
-
-from streamer.ring import AudioRing, HistoryRing
+from musicgen_live.streamer.ring import AudioRing, HistoryRing
 
 
 def test_frames_come_out_in_order_across_wraparound():

@@ -9,11 +9,10 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-
-from streamer import commands as c
-from streamer.config import StreamConfig
-from streamer.outputs import make_output
-from streamer.session import PAUSED, PLAYING, STOPPED, Session
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.outputs import make_output
+from musicgen_live.streamer.session import PAUSED, PLAYING, STOPPED, Session
 
 
 @pytest.fixture

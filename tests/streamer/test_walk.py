@@ -26,10 +26,9 @@ import soundfile as sf
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
-from engine.model import MusicGen
-from streamer import commands as c
-from streamer.config import StreamConfig
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.config import StreamConfig
 
 from .driver import Driven
 
@@ -120,8 +119,13 @@ class Walk:
             assert not unanswered, f"never answered: {unanswered}"
             s = self.live.session
             kinds = [kind for kind, _ in self.live.events]
-            return {"commands": len(self.sent), "applied": kinds.count("applied"), "refused": kinds.count("refused"),
-                    "steps": s.steps, "slides": s.gen.slides}
+            return {
+                "commands": len(self.sent),
+                "applied": kinds.count("applied"),
+                "refused": kinds.count("refused"),
+                "steps": s.steps,
+                "slides": s.gen.slides,
+            }
         finally:
             self.live.close()
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -199,8 +203,14 @@ def test_hypothesis_walk_through_every_command(tiny):
     WalkMachine.model = tiny
     WalkMachine.runs = []
     run = WalkMachine.TestCase
-    run.settings = settings(max_examples=8, stateful_step_count=40, deadline=None, database=None,
-                            suppress_health_check=list(HealthCheck), derandomize=True)
+    run.settings = settings(
+        max_examples=8,
+        stateful_step_count=40,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+    )
     run().runTest()
     assert sum(r["commands"] for r in WalkMachine.runs) >= 100
 
@@ -219,6 +229,8 @@ def test_long_seeded_walk(tiny):
     t0 = time.perf_counter()
     r = seeded_walk(tiny, commands, seed)
     minutes = (time.perf_counter() - t0) / 60
-    print(f"\nwalk (seed {seed}): {r['commands']} commands ({r['applied']} applied, {r['refused']} refused), "
-          f"{r['steps']} steps, {r['slides']} slides, {minutes:.1f} min")
+    print(
+        f"\nwalk (seed {seed}): {r['commands']} commands ({r['applied']} applied, {r['refused']} refused), "
+        f"{r['steps']} steps, {r['slides']} slides, {minutes:.1f} min"
+    )
     assert r["commands"] >= commands and r["slides"] >= 50
