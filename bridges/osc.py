@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from musicgen_live.streamer import commands as c
+from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
@@ -98,7 +99,10 @@ class TcpPeer(asyncio.Protocol):
             self.transport.write(slip_encode(packet))
 
 
-def encode(address: str, args: tuple[Any, ...]) -> bytes:
+Peer = Addr | TcpPeer  # who sent a packet, or is subscribed: a UDP address or a TCP connection
+
+
+def encode(address: str, args: tuple[object, ...]) -> bytes:
     """An OSC message; any value can be sent (floats beyond float32 as doubles, integers beyond
     int64 and other objects as text), so no answer ever fails to encode."""
     b = OscMessageBuilder(address=address)
@@ -127,9 +131,9 @@ class Subscribers:
         self.ttl_s = ttl_s
         self.per_host = per_host
         self.total = total
-        self._until: dict[Any, float] = {}  # (host, port) or a TcpPeer -> when it lapses (monotonic)
+        self._until: dict[Peer, float] = {}  # (host, port) or a TcpPeer -> when it lapses (monotonic)
 
-    def add(self, who: Any) -> None:
+    def add(self, who: Peer) -> None:
         """Subscribe or renew; ValueError with the sentence to send back when there is no room."""
         now = time.monotonic()
         self.expire(now)
@@ -141,11 +145,11 @@ class Subscribers:
                 raise ValueError(f"too many subscribers (at most {self.total})")
         self._until[who] = now + self.ttl_s
 
-    def renew(self, who: Any) -> None:
+    def renew(self, who: Peer) -> None:
         if who in self._until:
             self._until[who] = time.monotonic() + self.ttl_s
 
-    def discard(self, who: Any) -> None:
+    def discard(self, who: Peer) -> None:
         self._until.pop(who, None)
 
     def expire(self, now: float | None = None) -> None:
@@ -153,7 +157,7 @@ class Subscribers:
         for who in [w for w, until in self._until.items() if until <= now]:
             del self._until[who]
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Peer]:
         return iter(list(self._until))
 
     def __len__(self) -> int:
@@ -172,7 +176,7 @@ class OscBridge(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.subscribers = Subscribers(cfg.subscription_s)
-        self.pending: dict[int, tuple[Any, str]] = {}  # ticket id -> (reply to, the address it came on)
+        self.pending: dict[int, tuple[Peer, str]] = {}  # ticket id -> (reply to, the address it came on)
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in cfg.allow]
         self.received = 0
         self.refused_peers = 0  # packets from peers beyond loopback that [osc] allow does not list
@@ -191,7 +195,7 @@ class OscBridge(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         self.packet_received(data, addr)
 
-    def packet_received(self, data: bytes, addr: Any) -> None:
+    def packet_received(self, data: bytes, addr: Peer) -> None:
         """One OSC packet from a UDP address or a `TcpPeer`."""
         self.received += 1
         if not self._peer_allowed(addr):
@@ -225,7 +229,7 @@ class OscBridge(asyncio.DatagramProtocol):
             else:
                 self._handle(addr, timed.message)
 
-    def _peer_allowed(self, addr: Any) -> bool:
+    def _peer_allowed(self, addr: Peer) -> bool:
         if isinstance(addr, TcpPeer):
             addr = _peer_address(addr)
         try:
@@ -239,7 +243,7 @@ class OscBridge(asyncio.DatagramProtocol):
         return min(self.session.expected_latency_s(), self.cfg.horizon_s)
 
     # -- requests ------------------------------------------------------------------------------
-    def _handle(self, addr: Any, message: Any) -> None:
+    def _handle(self, addr: Peer, message: OscMessage) -> None:
         address = message.address
         reply_to = self._reply_to(addr)
         if not address.startswith(self.prefix + "/"):
@@ -265,15 +269,15 @@ class OscBridge(asyncio.DatagramProtocol):
         if outcome.query is not None:
             self.pending[self.session.submit(c.Query(), source=source).id] = (reply_to, outcome.query)
 
-    def _subscribe(self, addr: Any, args: tuple[Any, ...]) -> None:
+    def _subscribe(self, addr: Peer, args: tuple[object, ...]) -> None:
         """`/subscribe [port] [host]`: the host must be a numeric address (no name lookups)."""
         reply_to = self._reply_to(addr)
         try:
             if isinstance(addr, TcpPeer) and not args:
-                who: Any = addr
+                who: Peer = addr
             else:
                 peer = _peer_address(addr) if isinstance(addr, TcpPeer) else addr
-                port = int(float(args[0])) if args else reply_to[1]
+                port = int(float(str(args[0]))) if args else (reply_to if isinstance(reply_to, tuple) else peer)[1]
                 host = str(args[1]) if len(args) > 1 else peer[0]
                 if not 0 < port < 65536:
                     raise ValueError("subscribe takes [port] [host]: a port of 1..65535")
@@ -295,7 +299,7 @@ class OscBridge(asyncio.DatagramProtocol):
             return
         self._send(who, "subscribed", (0 if isinstance(who, TcpPeer) else who[1],))
 
-    def _reply_to(self, addr: Any) -> Any:
+    def _reply_to(self, addr: Peer) -> Peer:
         if isinstance(addr, TcpPeer):
             return addr
         return (addr[0], self.cfg.reply_port) if self.cfg.reply_port else addr
@@ -354,11 +358,11 @@ class OscBridge(asyncio.DatagramProtocol):
                     (snap["state"], float(snap["seconds"]), float(snap["buffer_ms"]), int(snap["underruns"])),
                 )
 
-    def _broadcast(self, name: str, args: tuple[Any, ...]) -> None:
+    def _broadcast(self, name: str, args: tuple[object, ...]) -> None:
         for sub in self.subscribers:
             self._send(sub, name, args)
 
-    def _send(self, addr: Any, name: str, args: tuple[Any, ...]) -> None:
+    def _send(self, addr: Peer, name: str, args: tuple[object, ...]) -> None:
         if name == "error":
             self.errors_sent += 1
         packet = encode(f"{self.prefix}/{name}", args)
@@ -373,7 +377,7 @@ class OscBridge(asyncio.DatagramProtocol):
             pass  # an unreachable or invalid peer must not disturb anything else
 
 
-def _peer(addr: Any) -> str:
+def _peer(addr: Peer) -> str:
     if isinstance(addr, TcpPeer):
         host, port = _peer_address(addr)
         return f"tcp {host}:{port}"

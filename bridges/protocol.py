@@ -55,7 +55,7 @@ class ProtocolError(ValueError):
 @dataclass(frozen=True)
 class Reply:
     name: str  # e.g. "cfg", "pong", "state"; OSC sends it as /musicgen/<name>
-    args: tuple[Any, ...] = ()
+    args: tuple[object, ...] = ()
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Outcome:
     replies: list[Reply] = field(default_factory=list)  # to the sender, now
     notes: list[str] = field(default_factory=list)  # to the sender: done, but not quite as asked
     query: str | None = None  # a get: answered (`answer`) once the commands sent before it applied
-    subscribe: tuple[Any, ...] | None = None  # (port, host) arguments, for transports with subscribers
+    subscribe: tuple[object, ...] | None = None  # (port, host) arguments, for transports with subscribers
     unsubscribe: bool = False
 
 
@@ -75,7 +75,7 @@ class Vocabulary:
     def __init__(self, info: dict[str, Any], audio_dirs: Sequence[str] = ()) -> None:
         self.info = info
         self.audio_dirs = [Path(d).expanduser().resolve() for d in audio_dirs if d]
-        self._table: dict[str, Callable[[str, Sequence[Any]], Outcome]] = {
+        self._table: dict[str, Callable[[str, Sequence[object]], Outcome]] = {
             "prompt": self._prompt,
             "prompt/fade": self._prompt_fade,
             "prompt/weighted": self._weighted,
@@ -88,7 +88,7 @@ class Vocabulary:
             "unsubscribe": lambda _n, _a: Outcome(unsubscribe=True),
         }
 
-    def handle(self, name: str, args: Sequence[Any]) -> Outcome:
+    def handle(self, name: str, args: Sequence[object]) -> Outcome:
         """One request -> what to do about it, or a ProtocolError with the sentence to send back."""
         name = _name(name)
         if len(args) > MAX_ARGS:
@@ -114,7 +114,7 @@ class Vocabulary:
             raise ProtocolError(f"unknown command '{name}'")
         return handler(name, args)
 
-    def update(self, changes: dict[str, Any]) -> Outcome:
+    def update(self, changes: dict[str, object]) -> Outcome:
         """A WebSocket `session.update` ({key: value, ...}) as the requests it stands for, in a fixed
         order. A `fade` given with a prompt is that prompt's crossfade; alone, it sets the default."""
         unknown = sorted(set(changes) - set(UPDATE_KEYS))
@@ -173,7 +173,7 @@ class Vocabulary:
         raise ProtocolError(f"'{text}' is outside the folders continue/file may read")
 
     # -- requests --------------------------------------------------------------------------------
-    def _set(self, name: str, args: Sequence[Any], normalised: bool) -> Outcome:
+    def _set(self, name: str, args: Sequence[object], normalised: bool) -> Outcome:
         if name == "fade" and len(args) > 1 and not normalised:
             raise ProtocolError(
                 "fade takes one number (the default crossfade); to crossfade to a prompt over "
@@ -184,16 +184,16 @@ class Vocabulary:
         value, notes = _control_value(name, args[0], normalised)
         return Outcome(commands=[c.Set(name, value)], notes=notes)
 
-    def _prompt(self, _name: str, args: Sequence[Any]) -> Outcome:
+    def _prompt(self, _name: str, args: Sequence[object]) -> Outcome:
         return Outcome(commands=[c.SetPrompt(_prompt_text(args))])
 
-    def _prompt_fade(self, _name: str, args: Sequence[Any]) -> Outcome:
+    def _prompt_fade(self, _name: str, args: Sequence[object]) -> Outcome:
         if len(args) < 2:
             raise ProtocolError("prompt/fade takes a number of seconds and the prompt: prompt/fade 4 warm dub")
         fade, notes = _control_value("fade", args[0], normalised=False)
         return Outcome(commands=[c.SetPrompt(_prompt_text(args[1:]), fade_s=fade)], notes=notes)
 
-    def _weighted(self, _name: str, args: Sequence[Any]) -> Outcome:
+    def _weighted(self, _name: str, args: Sequence[object]) -> Outcome:
         if not args or len(args) % 2:
             raise ProtocolError("prompt/weighted takes pairs: text weight [text weight ...]")
         pairs = []
@@ -212,14 +212,14 @@ class Vocabulary:
             raise ProtocolError(f"at most {MAX_PROMPTS} prompts can sound at once, got {len(pairs)}")
         return Outcome(commands=[c.SetWeightedPrompts(tuple(pairs))])
 
-    def _continue(self, name: str, args: Sequence[Any]) -> Outcome:
+    def _continue(self, name: str, args: Sequence[object]) -> Outcome:
         if len(args) > 1:
             raise ProtocolError(f"{name} takes at most one number of seconds")
         seconds, notes = continue_seconds(args, 0, name)
         command = c.ContinueHistory(seconds) if name == "continue" else c.ContinueInput(seconds)
         return Outcome(commands=[command], notes=notes)
 
-    def _continue_file(self, name: str, args: Sequence[Any]) -> Outcome:
+    def _continue_file(self, name: str, args: Sequence[object]) -> Outcome:
         if not args or len(args) > 2:
             raise ProtocolError("continue/file takes a file name and, optionally, seconds")
         seconds, notes = continue_seconds(args, 1, name)
@@ -265,7 +265,7 @@ def _name(name: str) -> str:
     return ALIASES.get(name, name)
 
 
-def _number(x: Any, what: str) -> float:
+def _number(x: object, what: str) -> float:
     if isinstance(x, bool):
         return float(x)
     if isinstance(x, (int, float)):
@@ -285,7 +285,7 @@ def _number(x: Any, what: str) -> float:
     return value
 
 
-def _text(x: Any) -> str:
+def _text(x: object) -> str:
     if isinstance(x, bytes):
         return x.decode("utf-8", "replace")
     if isinstance(x, float) and x.is_integer():
@@ -297,13 +297,13 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
-def _fires(args: Sequence[Any], what: str) -> bool:
+def _fires(args: Sequence[object], what: str) -> bool:
     if not args:
         return True
     return _number(args[0], what) >= 0.5
 
 
-def continue_seconds(args: Sequence[Any], index: int, what: str) -> tuple[float, list[str]]:
+def continue_seconds(args: Sequence[object], index: int, what: str) -> tuple[float, list[str]]:
     if len(args) <= index:
         return DEFAULT_CONTINUE_S, []
     value = _number(args[index], what)
@@ -316,7 +316,7 @@ def continue_seconds(args: Sequence[Any], index: int, what: str) -> tuple[float,
     return value, []
 
 
-def _prompt_text(args: Sequence[Any]) -> str:
+def _prompt_text(args: Sequence[object]) -> str:
     text = " ".join(_text(a) for a in args).strip()
     if not text:
         raise ProtocolError("prompt needs some text")
@@ -337,7 +337,7 @@ def _with_fade(command: c.Command, fade: float) -> c.Command:
     return command
 
 
-def _control_value(name: str, arg: Any, normalised: bool) -> tuple[float, list[str]]:
+def _control_value(name: str, arg: object, normalised: bool) -> tuple[float, list[str]]:
     """One control's value from a loose argument, clamped to its range (with a note saying so)."""
     control = CONTROLS[name]
     asked = _number(arg, name)

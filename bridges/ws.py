@@ -73,6 +73,20 @@ def audio_frame(first_sample: int, frames: np.ndarray, rate: int, codec: str) ->
     return HEADER.pack(MAGIC, 1, CODECS[codec], ch, 0, rate, first_sample, n) + pcm
 
 
+@dataclass(frozen=True)
+class UploadFormat:
+    """What `input_audio.begin` announced for the binary frames that follow."""
+
+    rate: int  # Hz
+    channels: int
+    codec: str  # "f32" | "s16"
+
+    @property
+    def width(self) -> int:
+        """Bytes per sample."""
+        return 4 if self.codec == "f32" else 2
+
+
 @dataclass(eq=False)  # clients are kept in a set: identity, not value
 class Client:
     ws: ServerConnection
@@ -82,7 +96,7 @@ class Client:
     dropped: int = 0
     warned_at: float = 0.0
     upload: bytearray | None = None
-    upload_fmt: dict[str, Any] = field(default_factory=dict)
+    upload_fmt: UploadFormat | None = None
     number: int = field(default_factory=lambda: next(_client_numbers))
     budget: Budget = field(default_factory=lambda: Budget(DEFAULT_RATE))
     tasks: set[asyncio.Task] = field(default_factory=set)  # answers still being waited for
@@ -184,7 +198,7 @@ class WebSocketBridge:
         except ConnectionClosed:
             pass
 
-    async def _error(self, client: Client, message: str, event_id: Any = None) -> None:
+    async def _error(self, client: Client, message: str, event_id: object = None) -> None:
         await self._send(client, {"type": "error", "message": message, "event_id": event_id})
 
     async def _on_text(self, client: Client, text: str) -> None:
@@ -250,7 +264,7 @@ class WebSocketBridge:
         except Exception as e:  # a bug: this client hears of it, the connection and the music go on
             await self._error(client, f"internal error: {type(e).__name__}: {e}", event_id)
 
-    def _continue(self, msg: dict[str, Any]) -> Outcome:
+    def _continue(self, msg: dict[str, object]) -> Outcome:
         source = msg.get("source", "history")
         seconds = msg.get("seconds", DEFAULT_CONTINUE_S)
         names = {"history": "continue", "input": "continue/input", "file": "continue/file"}
@@ -259,7 +273,7 @@ class WebSocketBridge:
         args = [msg.get("path", ""), seconds] if source == "file" else [seconds]
         return self.vocab.handle(names[source], args)
 
-    def _answer_later(self, client: Client, outcome: Outcome, event_id: Any, applied: list[str]) -> None:
+    def _answer_later(self, client: Client, outcome: Outcome, event_id: object, applied: list[str]) -> None:
         """Submit the outcome's commands now (in order) and answer once they took effect, without
         holding up this client's next messages (a continuation can take a while)."""
         source = f"ws {client.number}"
@@ -279,7 +293,7 @@ class WebSocketBridge:
         query: c.Ticket | None,
         futures: dict[int, asyncio.Future],
         notes: list[str],
-        event_id: Any,
+        event_id: object,
         applied: list[str],
     ) -> None:
         try:
@@ -317,23 +331,23 @@ class WebSocketBridge:
         )
 
     # -- audio upload for continuation ---------------------------------------------------------
-    def _begin_upload(self, client: Client, msg: dict[str, Any]) -> None:
+    def _begin_upload(self, client: Client, msg: dict[str, object]) -> None:
         try:
-            rate, channels = int(msg.get("rate", 0)), int(msg.get("channels", 1))
+            rate, channels = _whole(msg.get("rate", 0)), _whole(msg.get("channels", 1))
         except (TypeError, ValueError, OverflowError):
             raise ProtocolError("input_audio.begin needs a numeric rate and channels") from None
         codec = msg.get("codec", "f32")
         if not 8000 <= rate <= 192000 or not 1 <= channels <= 2 or not isinstance(codec, str) or codec not in CODECS:
             raise ProtocolError("input_audio.begin needs rate 8000..192000, channels 1..2, codec f32|s16")
-        client.upload, client.upload_fmt = bytearray(), {"rate": rate, "channels": channels, "codec": codec}
+        client.upload, client.upload_fmt = bytearray(), UploadFormat(rate, channels, codec)
 
     async def _on_binary(self, client: Client, data: bytes) -> None:
         if client.upload is None:
             await self._error(client, "binary frames are audio uploads: send input_audio.begin first")
             return
         fmt = client.upload_fmt
-        width = 4 if fmt["codec"] == "f32" else 2
-        limit = int(self.cfg.max_upload_s * fmt["rate"]) * fmt["channels"] * width
+        assert fmt is not None  # set with the upload
+        limit = int(self.cfg.max_upload_s * fmt.rate) * fmt.channels * fmt.width
         if len(client.upload) + len(data) > limit:
             client.upload = None
             await self._error(client, f"upload longer than {self.cfg.max_upload_s:.0f} s: discarded")
@@ -349,22 +363,22 @@ class WebSocketBridge:
             return
         client.upload.extend(data)
 
-    def _commit_upload(self, client: Client, msg: dict[str, Any]) -> Outcome:
+    def _commit_upload(self, client: Client, msg: dict[str, object]) -> Outcome:
         if client.upload is None:
             raise ProtocolError("nothing uploaded: send input_audio.begin and audio first")
         data, fmt, client.upload = bytes(client.upload), client.upload_fmt, None
-        width = 4 if fmt["codec"] == "f32" else 2
-        usable = len(data) - len(data) % (width * fmt["channels"])
+        assert fmt is not None  # set with the upload
+        usable = len(data) - len(data) % (fmt.width * fmt.channels)
         if usable == 0:
             raise ProtocolError("the upload holds no complete audio frame")
-        dtype = "<f4" if fmt["codec"] == "f32" else "<i2"
-        audio = np.frombuffer(data[:usable], dtype=dtype).astype(np.float32).reshape(-1, fmt["channels"])
-        if fmt["codec"] == "s16":
+        dtype = "<f4" if fmt.codec == "f32" else "<i2"
+        audio = np.frombuffer(data[:usable], dtype=dtype).astype(np.float32).reshape(-1, fmt.channels)
+        if fmt.codec == "s16":
             audio /= 32768.0
         if not np.all(np.isfinite(audio)):
             raise ProtocolError("the upload contains NaN or infinite samples")
         seconds, notes = continue_seconds([msg.get("seconds", DEFAULT_CONTINUE_S)], 0, "input_audio.commit")
-        return Outcome(commands=[c.ContinueAudio(audio, fmt["rate"], seconds)], notes=notes)
+        return Outcome(commands=[c.ContinueAudio(audio, fmt.rate, seconds)], notes=notes)
 
     # -- from the session thread ---------------------------------------------------------------
     def _on_session_event(self, kind: str, data: dict[str, Any]) -> None:
@@ -447,3 +461,10 @@ async def start_ws(session: Session, vocab: Vocabulary, cfg: WebSocketConfig) ->
     except OSError as e:
         raise EngineError(f"cannot listen for WebSocket on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
     return bridge, server
+
+
+def _whole(x: object) -> int:
+    """A whole number from a JSON value (numbers and numeric strings); TypeError or ValueError otherwise."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, str)):
+        raise TypeError(f"expected a number, got {type(x).__name__}")
+    return int(x)
