@@ -24,7 +24,7 @@ import torch
 
 from .checkpoint import BUILTIN_SEED, from_hf_model, load_checkpoint
 from .model import MusicGen
-from .presets import DECODER_SIZES, arch_for, random_hf_model, random_tokenizer
+from .presets import BUILT_IN_MODELS, arch_for, random_hf_model, random_tokenizer
 from .quality import Quality, compare_precision, format_quality
 from .render import decode_streamed, render, render_batch
 from .sampling import SamplingParams
@@ -100,7 +100,7 @@ def run_bench(
 ) -> list[BenchResult]:
     """One result per stream count in `streams` (the checkpoint is built or loaded once)."""
     hf = None
-    if source in DECODER_SIZES:
+    if source in BUILT_IN_MODELS:
         say(f"building a random '{source}'-sized checkpoint in memory")
         hf = random_hf_model(arch_for(source), seed=BUILTIN_SEED)
         ckpt = from_hf_model(hf, random_tokenizer(), source)

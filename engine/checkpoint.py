@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .presets import DECODER_SIZES, arch_for, quiet_transformers, random_hf_model, random_tokenizer
+from .presets import BUILT_IN_MODELS, arch_for, quiet_transformers, random_hf_model, random_tokenizer
 from .spec import ModelSpec, spec_from_hf_config
 
 Progress = Callable[[str], None]
@@ -48,7 +48,7 @@ class Checkpoint:
 
 def load_checkpoint(source: str, progress: Progress | None = stderr_progress) -> Checkpoint:
     say = progress or (lambda _m: None)
-    if source in DECODER_SIZES:
+    if source in BUILT_IN_MODELS:
         say(f"building built-in model '{source}' (random weights, seed {BUILTIN_SEED})")
         model = random_hf_model(arch_for(source), seed=BUILTIN_SEED)
         return from_hf_model(model, random_tokenizer(), source=source)
@@ -60,7 +60,7 @@ def load_checkpoint(source: str, progress: Progress | None = stderr_progress) ->
     if _looks_like_hub_id(source):
         return _load_directory(_download(source, say), source, say)
     raise CheckpointError(
-        f"unknown model '{source}': not a built-in name ({', '.join(DECODER_SIZES)}), "
+        f"unknown model '{source}': not a built-in name ({', '.join(BUILT_IN_MODELS)}), "
         "not an existing directory, and not a hub id like 'facebook/musicgen-small'"
     )
 

@@ -90,7 +90,9 @@ class TextConditioner:
                 states = torch.cat([states, torch.zeros_like(states)], dim=0)
                 mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
             projected = self.lm.project_condition(states, mask)
-            cond = Condition(text=text, cross=self.lm.cross_kv(projected, n_cond=1), tokens=states.shape[1])
+        yield
+        cross = yield from self.lm.cross_kv_steps(projected, n_cond=1)
+        cond = Condition(text=text, cross=cross, tokens=states.shape[1])
         self._cache[key] = cond
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

@@ -13,6 +13,7 @@ this call, D = hidden, H = heads, d = head dim, S = text tokens, V = codebook si
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import cast
 
@@ -23,6 +24,7 @@ from .linear import Linear, check_precision, make_linear
 from .spec import LMSpec
 
 LN_EPS = 1e-5  # nn.LayerNorm's default, which MusicGen uses
+CROSS_LAYERS_PER_PIECE = 4  # decoder layers whose cross-attention K/V one piece of a new prompt computes
 
 
 @dataclass
@@ -271,14 +273,30 @@ class LanguageModel:
 
     def cross_kv(self, states: torch.Tensor, n_cond: int) -> CrossKV:
         """Per-layer cross-attention K/V for the first `n_cond` rows of `states` (rows, S, D)."""
+        steps = self.cross_kv_steps(states, n_cond)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    @torch.no_grad()
+    def cross_kv_steps(
+        self, states: torch.Tensor, n_cond: int, layers_per_piece: int = CROSS_LAYERS_PER_PIECE
+    ) -> Generator[None, None, CrossKV]:
+        """`cross_kv`, yielding after every `layers_per_piece` layers: a live stream spreads a new
+        prompt's projections over steps (all 24 layers of a small model at once cost ~2 steps' worth
+        of weight reads). The same ops in the same order: the same values."""
         s = self.spec
         rows, S, _ = states.shape
         ks, vs = [], []
-        for lw in self.w.layers:
+        for i, lw in enumerate(self.w.layers):
             k = F.linear(states, lw.ck).view(rows, S, s.heads, s.head_dim).transpose(1, 2)
             v = F.linear(states, lw.cv).view(rows, S, s.heads, s.head_dim).transpose(1, 2)
             ks.append(k[:n_cond])
             vs.append(v[:n_cond])
+            if (i + 1) % layers_per_piece == 0 and i + 1 < len(self.w.layers):
+                yield
         return CrossKV(k=torch.stack(ks), v=torch.stack(vs))
 
     # -- compute -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ random, so everything they play is noise: real music needs a trained checkpoint.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -64,12 +64,22 @@ class Arch:
     codec: dict[str, Any] = field(default_factory=lambda: dict(ENCODEC_32K))
 
 
+# The built-in models: each size, mono (4 codebooks) and stereo (8: L/R pairs, as musicgen-stereo-*)
+BUILT_IN_MODELS: tuple[str, ...] = (*DECODER_SIZES, *(f"{n}-stereo" for n in DECODER_SIZES))
+
+
 def arch_for(name: str) -> Arch:
-    """The architecture of a named size; `tiny` has a small T5 and a slim codec so it runs anywhere."""
-    hidden, layers, heads = DECODER_SIZES[name]
-    if name == "tiny":
-        return Arch(hidden, layers, heads, codec=dict(ENCODEC_32K, num_filters=16, hidden_size=64, codebook_dim=64))
-    return Arch(hidden, layers, heads, text=dict(T5_BASE))
+    """The architecture of a built-in name (`BUILT_IN_MODELS`); `tiny` has a small T5 and a slim codec
+    so it runs anywhere."""
+    size, _, variant = name.partition("-")
+    hidden, layers, heads = DECODER_SIZES[size]
+    if size == "tiny":
+        arch = Arch(hidden, layers, heads, codec=dict(ENCODEC_32K, num_filters=16, hidden_size=64, codebook_dim=64))
+    else:
+        arch = Arch(hidden, layers, heads, text=dict(T5_BASE))
+    if variant == "stereo":
+        arch = replace(arch, num_codebooks=8, audio_channels=2)
+    return arch
 
 
 class _SpecialTokenWarning(logging.Filter):

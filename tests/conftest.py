@@ -21,6 +21,11 @@ ARCHS: dict[str, Arch] = {
         hidden=96, layers=3, heads=6, ffn=200, codec=SLIM_CODEC, text=dict(T5_TINY, d_model=48, d_kv=12, num_layers=3)
     ),
     "h32-l4-h2-noproj": Arch(hidden=32, layers=4, heads=2, codec=SLIM_CODEC, text=dict(T5_TINY, d_model=32)),
+    # stereo: 8 codebooks, L/R interleaved, each channel through the same mono codec
+    "h64-l2-h4-stereo": Arch(hidden=64, layers=2, heads=4, num_codebooks=8, audio_channels=2, codec=SLIM_CODEC),
+    "h48-l3-h4-stereo": Arch(
+        hidden=48, layers=3, heads=4, ffn=160, num_codebooks=8, audio_channels=2, codec=SLIM_CODEC
+    ),
 }
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -2,8 +2,9 @@
 
 Protects: greedy codes token-exact with `MusicgenForConditionalGeneration.generate(do_sample=False,
 guidance_scale=C, max_new_tokens=N+3)` over 200+ frames, for several architectures, C = 1 and 3,
-with and without an audio prompt; prompt encoding exact; the streamed audio equal to
-`EncodecModel.decode` of the whole sequence. Our side loads the checkpoint from disk through our
+with and without an audio prompt, mono and stereo (8 interleaved codebooks); prompt encoding exact;
+the streamed audio (1 frame or 7 frames a push, stereo too) equal to `EncodecModel.decode` of the
+whole sequence. Our side loads the checkpoint from disk through our
 own loader; the reference loads it with `from_pretrained`.
 """
 
@@ -19,12 +20,13 @@ FRAMES = 200
 
 
 def reference(hf, tokenizer, prompt: str, cfg: float, frames: int, audio: torch.Tensor | None):
-    """Codes and audio from transformers' generate (codes captured where it hands them to the codec)."""
-    seen = {}
+    """Codes and audio from transformers' generate (codes captured where it hands them to the codec;
+    a stereo checkpoint hands over the left codebooks, then the right: re-interleaved here)."""
+    seen: list[torch.Tensor] = []
     decode = hf.audio_encoder.decode
 
     def spy(codes, *args, **kwargs):
-        seen["codes"] = codes.clone()
+        seen.append(codes.clone())
         return decode(codes, *args, **kwargs)
 
     hf.audio_encoder.decode = spy
@@ -35,7 +37,10 @@ def reference(hf, tokenizer, prompt: str, cfg: float, frames: int, audio: torch.
             wav = hf.generate(**inputs, **extra, do_sample=False, guidance_scale=cfg, max_new_tokens=frames + 3)
     finally:
         hf.audio_encoder.decode = decode
-    return seen["codes"][0, 0], wav[0]
+    if len(seen) == 1:
+        return seen[0][0, 0], wav[0]
+    left, right = seen[0][0, 0], seen[1][0, 0]  # (K / 2, frames) each
+    return torch.stack([left, right], dim=1).reshape(-1, left.shape[-1]), wav[0]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,9 @@ def loaded(checkpoint_dir):
     return get
 
 
-@pytest.mark.parametrize("arch", ["h64-l2-h4", "h96-l3-h6-ffn200", "h32-l4-h2-noproj"])
+@pytest.mark.parametrize(
+    "arch", ["h64-l2-h4", "h96-l3-h6-ffn200", "h32-l4-h2-noproj", "h64-l2-h4-stereo", "h48-l3-h4-stereo"]
+)
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 @pytest.mark.parametrize("with_audio", [False, True], ids=["text", "text+audio"])
 def test_greedy_codes_match_transformers(loaded, arch, cfg, with_audio):
@@ -63,7 +70,7 @@ def test_greedy_codes_match_transformers(loaded, arch, cfg, with_audio):
     prompt = "warm analog bass with a four on the floor kick"
     audio = None
     if with_audio:
-        audio = 0.1 * torch.randn(1, 640 * 25 + 77, generator=torch.Generator().manual_seed(5))
+        audio = 0.1 * torch.randn(ours.audio_channels, 640 * 25 + 77, generator=torch.Generator().manual_seed(5))
     ref_codes, ref_audio = reference(hf, tok, prompt, cfg, FRAMES, audio)
     out = render(ours, prompt, FRAMES, SamplingParams(greedy=True, cfg=cfg), prompt_audio=audio)
     assert out.codes.shape == ref_codes.shape
@@ -71,6 +78,19 @@ def test_greedy_codes_match_transformers(loaded, arch, cfg, with_audio):
     assert mismatches == 0, f"{mismatches} of {ref_codes.numel()} tokens differ from transformers"
     assert out.audio.shape == ref_audio.shape
     assert (out.audio - ref_audio).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("decode_chunk", [1, 7])
+def test_stereo_streamed_decode_equals_the_one_shot_decode(loaded, decode_chunk):
+    """Both channels decode frame by frame (or 7 frames a push) to what transformers' one-shot decode
+    of the whole sequence gives; the left and right channels really differ."""
+    hf, tok, ours = loaded("h64-l2-h4-stereo")
+    ref_codes, ref_audio = reference(hf, tok, "wide stereo pads", 3.0, 60, None)
+    out = render(ours, "wide stereo pads", 60, SamplingParams(greedy=True, cfg=3.0), decode_chunk=decode_chunk)
+    assert torch.equal(out.codes, ref_codes)
+    assert out.audio.shape == ref_audio.shape and out.audio.shape[0] == 2
+    assert (out.audio - ref_audio).abs().max() < 1e-5
+    assert (out.audio[0] - out.audio[1]).abs().max() > 1e-3, "left and right are the same signal"
 
 
 def test_prompt_encoding_matches_transformers(loaded):
