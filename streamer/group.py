@@ -96,9 +96,13 @@ class SessionGroup:
             self._step(wanting)
             return 0.0
         wait = min((s.idle_wait() for s in self.sessions), default=0.05)
+        # preparation between steps may use half the smallest headroom, shared by the sessions
+        share = 0.5 * min((s.headroom_s() for s in self.sessions), default=0.0) / max(1, len(self.sessions))
         for s in self.sessions:
             try:
-                s.idle(wait)
+                t0 = time.perf_counter()
+                s.idle(share)
+                share = max(0.0, share - (time.perf_counter() - t0))
             except Exception as e:
                 s.report_error(e)
         return wait

@@ -22,12 +22,14 @@ must be quick and must not raise (an exception is swallowed and counted).
 from __future__ import annotations
 
 import collections
+import math
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 PLAYING, PAUSED, STOPPED = "playing", "paused", "stopped"
 SWITCH_INTERVAL_S = 0.0005
 JOB_SHARE = 0.35  # a job's piece may add this share of a median step to a step
+MAX_IDLE_PIECE_S = 0.05  # the longest job piece run between steps (the buffer covers it)
 STEP_LOG = 20_000  # steps remembered for benchmarks (~7 minutes at 50 frames/s)
 PACE_STEPS = 10  # steps timed at start to say how fast this machine plays the model
 MAX_FAILED_STEPS = 3  # consecutive failed steps before the stream is reset to recover
@@ -261,7 +264,11 @@ class Session:
         if phase_before != Phase.PLAYING or self.gen.phase != Phase.PLAYING:
             self.prepare_step_ms.append(dt)
         self.sink.push(result.audio)
-        job = None if self._idle_piece else self._next_job()  # a machine with time to spare ran it between steps
+        # A machine with time to spare runs job pieces between steps (`idle`): it ran one since the
+        # last step, or the ring holds more than half its target (catching up after an idle piece).
+        # Only a machine that is really behind gives a piece a share of this step.
+        spare = self._idle_piece or self.headroom_s() > 0
+        job = None if spare else self._next_job()
         self._idle_piece = False
         if job is not None:
             median = sorted(self._recent_ms)[len(self._recent_ms) // 2]
@@ -272,14 +279,25 @@ class Session:
         self.step_log.append((time.perf_counter(), dt, phase_before.value, job.label if job else ""))
         self.resolve_probes()
 
+    def headroom_s(self) -> float:
+        """Seconds of buffered audio beyond half the target: how long this session's steps could
+        wait without an underrun, with a margin (0 when not playing: nothing to protect)."""
+        if self.state != PLAYING:
+            return math.inf
+        return max(0.0, (self.output.ring.fill - 0.5 * self.target_frames) / self.output.rate)
+
     def idle(self, seconds: float) -> None:
-        """Nothing to step for about `seconds`: a pending job may use half of that time (all of it
-        when not playing). A machine faster than real time so prepares between steps, which then
-        stay plain; one without time to spare gives the job a share of each step instead."""
+        """Nothing to step for now and up to `seconds` may go on preparing (a share of the group's
+        headroom): a pending job gets a piece of that size (everything when not playing), else a
+        continuation being prefilled gets a chunk. A machine faster than real time so prepares
+        between steps, which then stay plain; one without time to spare gives the job a share of
+        each step instead (and the prefill rides in the step's forward)."""
         job = self._next_job()
         if job is not None:
-            job.advance(None if self.state != PLAYING else max(0.0, 0.5 * seconds))
+            job.advance(None if self.state != PLAYING else max(0.0, min(seconds, MAX_IDLE_PIECE_S)))
             self._idle_piece = True
+        elif self.state == PLAYING and self.gen.phase == Phase.CONTINUING:
+            self.gen.prepare()
         self.resolve_probes()
 
     def step_failed(self, e: Exception) -> None:
@@ -540,6 +558,9 @@ class Session:
         if seconds < float(cmd.seconds):
             ticket.note = f"continuing from the last {seconds:.1f} s (the context keeps {context_s:.1f} s)"
         source = self._clip_source(cmd, seconds)  # refuses at once what cannot work
+        mixed = _channel_note(self._source_channels(cmd), self.model.audio_channels)
+        if mixed:
+            ticket.note = f"{ticket.note}; {mixed}" if ticket.note else mixed
         self._cancel_continuation("superseded by a newer continuation")
         job: Job[torch.Tensor] = Job(_continuation_codes(self.model, source, seconds), "continue")
         self._continuation = PendingContinuation(ticket, job)
@@ -569,6 +590,25 @@ class Session:
             raise ContextError("continuation audio must be a non-empty (samples, channels) array")
         rate = int(cmd.rate)
         return lambda: prepare_audio(data, rate, self.rate, self.model.audio_channels)
+
+    def _source_channels(self, cmd: c.Continuation) -> int | None:
+        """How many channels the audio to continue from has (None: not known before it is read)."""
+        if isinstance(cmd, c.ContinueHistory):
+            return self.model.audio_channels  # the session's own output, at the model's channels
+        if isinstance(cmd, c.ContinueInput):
+            return self.capture.channels if self.capture is not None else None
+        if isinstance(cmd, c.ContinueFile):
+            try:
+                import soundfile
+
+                path = Path(cmd.path).resolve()
+                if cmd.folders and not any(path.is_relative_to(Path(d).resolve()) for d in cmd.folders):
+                    return None  # not ours to look at: the job refuses it with the reason
+                return int(soundfile.info(str(path)).channels)
+            except Exception:  # unreadable: the job says so when it reads the file
+                return None
+        data = np.asarray(cmd.audio)
+        return 1 if data.ndim == 1 else int(data.shape[1])
 
     def _finish_continuation(self) -> None:
         p = self._continuation
@@ -689,6 +729,15 @@ def _continuation_codes(
     amount = yield
     codes = yield from _delegate(model.codec.encode_steps(clip.to(model.device).unsqueeze(1)), amount)
     return model.codec_to_codes(codes)
+
+
+def _channel_note(have: int | None, want: int) -> str | None:
+    """What a continuation's sender should know when its audio is mixed to the model's channels."""
+    if have is None or have == want:
+        return None
+    if want > have:
+        return f"{have}-channel audio up-mixed to {want} channels (each channel the same)"
+    return f"{have}-channel audio mixed down to {want} channel{'s' if want > 1 else ''}"
 
 
 def _delegate(steps: Generator[None, Any, Any], amount: int | None) -> Generator[None, int | None, Any]:
