@@ -1,7 +1,7 @@
 """`musicgen-live bench-hostile`: what floods of bad input cost the music, and memory over a long soak.
 
 Runs a full `serve` stack in this process (null output) and, for `seconds` each, a quiet baseline
-and then floods from other threads: malformed OSC datagrams, OSC `/subscribe` from one peer, OSC
+and then floods from another process: malformed OSC datagrams, OSC `/subscribe` from one peer, OSC
 `/ctrl` nested deep, bad WebSocket messages, and WebSocket uploads from several clients. For each
 it reports the music's pace (seconds of music per second of wall time: 1.0 is real time) and the
 underruns, against the baseline. `--soak-minutes` then plays on with a change every second and a
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import random
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
 
 import numpy as np
 from musicgen_live.engine.model import MusicGen, model_summary
@@ -99,17 +102,33 @@ def run_hostile_bench(
 
 
 def _phase(session: Session, name: str, seconds: float, osc_port: int, ws_port: int) -> Phase:
-    before, u0, t0 = session.snapshot()["seconds"], session.output.underruns, time.perf_counter()
-    done = threading.Event()
-    sent = [0]
-    flood = _FLOODS[name]
-    worker = threading.Thread(target=flood, args=(osc_port, ws_port, done, sent), daemon=True)
+    """One flood from another process (as an attacker on the network would be: it does not share
+    the server's interpreter lock), timed against the music."""
+    ctx = multiprocessing.get_context("spawn")
+    done, sent = ctx.Event(), ctx.Value("q", 0)
+    worker = ctx.Process(target=_flood_process, args=(name, osc_port, ws_port, done, sent), daemon=True)
     worker.start()
+    time.sleep(1.0)  # the process is up (it imports this module) before the clock starts
+    before, u0, t0 = session.snapshot()["seconds"], session.output.underruns, time.perf_counter()
     time.sleep(seconds)
+    snap = session.snapshot()
+    elapsed = time.perf_counter() - t0
     done.set()
     worker.join(timeout=30)
-    snap = session.snapshot()
-    return Phase(name, (snap["seconds"] - before) / (time.perf_counter() - t0), session.output.underruns - u0, sent[0])
+    if worker.is_alive():
+        worker.kill()
+    return Phase(name, (snap["seconds"] - before) / elapsed, snap["underruns"] - u0, int(sent.value))
+
+
+def _flood_process(name: str, osc_port: int, ws_port: int, done: Event, sent: Synchronized) -> None:
+    counter = [0]
+    stop = threading.Event()
+    worker = threading.Thread(target=_FLOODS[name], args=(osc_port, ws_port, stop, counter), daemon=True)
+    worker.start()
+    done.wait()
+    stop.set()
+    worker.join(timeout=10)
+    sent.value = counter[0]
 
 
 def _quiet(_osc: int, _ws: int, done: threading.Event, _sent: list[int]) -> None:
@@ -165,7 +184,10 @@ def _ws_bad(_osc: int, ws: int, done: threading.Event, sent: list[int]) -> None:
         while not done.is_set():
             conn.send(rng.choice(bad))
             sent[0] += 1
-            conn.recv(timeout=10)
+            try:
+                conn.recv(timeout=1)  # over its budget a client is answered once a second, not each time
+            except TimeoutError:
+                pass
 
 
 def _ws_uploads(_osc: int, ws: int, done: threading.Event, sent: list[int]) -> None:

@@ -81,8 +81,9 @@ def _nonneg_float(text: str) -> float:
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
-        help="built-in 'tiny' (random weights), a size name small|medium|large (random weights), "
-        "a local checkpoint directory, or a hub id such as facebook/musicgen-small ([model] name)",
+        help="built-in 'tiny' (random weights), a size name small|medium|large (random weights), each "
+        "also NAME-stereo (8 codebooks, 2 channels), a local checkpoint directory, or a hub id such as "
+        "facebook/musicgen-small ([model] name)",
     )
     p.add_argument("--device", help="torch device, e.g. cpu or cuda ([model] device)")
     p.add_argument(

@@ -27,6 +27,7 @@ class OscConfig:
     allow: list[str] = field(default_factory=list)  # peers beyond loopback allowed to send (addresses / networks)
     subscription_s: Seconds = 600.0  # a subscription lapses unless renewed (/subscribe again, or any message)
     max_rate: Rate = 500.0  # messages a second from one host; more are dropped unparsed
+    max_intake: Rate = 2000.0  # UDP datagrams a second from all hosts together; beyond it reading pauses
 
     def check(self) -> None:
         for net in self.allow:
@@ -49,6 +50,7 @@ class WebSocketConfig:
     )
     max_upload_s: Annotated[float, Meta(gt=0, le=600)] = 30.0  # one client's upload for a continuation, seconds
     max_uploads_mb: Annotated[float, Meta(gt=0)] = 64.0  # uploads held for all clients together
+    upload_mb_s: Annotated[float, Meta(gt=0)] = 4.0  # one client's binary frames read at most this fast (MB/s)
     max_clients: Annotated[int, Meta(ge=1)] = 32  # WebSocket connections at once
     max_rate: Rate = 200.0  # text messages a second from one client; more are dropped
 

@@ -21,6 +21,8 @@ import ipaddress
 import json
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -34,12 +36,14 @@ if TYPE_CHECKING:  # `send` imports this module to encode one message: it must n
     from musicgen_live.streamer.session import Session
 
 from .config import OscConfig
-from .limits import Budgets
+from .limits import Budget, Budgets
 from .protocol import Outcome, ProtocolError, Vocabulary, state_replies
 
 Addr = tuple[str, int]
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 MAX_TCP_PACKET = 1 << 16
+MAX_DRAIN = 20_000  # datagrams dropped at most when reading resumes (~20 ms of work)
+INTAKE_PAUSE_S = 0.02  # how long the UDP socket goes unread when all senders together exceed [osc] max_intake
 MAX_PACKET = 8192  # bytes: a 2000-character prompt and its arguments fit; larger packets are not parsed
 MAX_SUBSCRIBERS = 64
 MAX_SUBSCRIBERS_PER_HOST = 8
@@ -181,6 +185,10 @@ class OscBridge(asyncio.DatagramProtocol):
         self.received = 0
         self.refused_peers = 0  # packets from peers beyond loopback that [osc] allow does not list
         self.budgets = Budgets(cfg.max_rate)  # per host
+        self.intake = Budget(cfg.max_intake)  # all UDP datagrams together
+        self.intake_pauses = 0
+        self.intake_dropped = 0  # datagrams dropped unread after a pause
+        self._drain: socket.socket | None = None
         self.over_budget = 0
         self.errors_sent = 0
         self._underruns = 0
@@ -191,9 +199,48 @@ class OscBridge(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.loop = asyncio.get_running_loop()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a second handle on the same socket, to drop a flood's backlog cheaply
+            self._drain = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
+            self._drain.setblocking(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._drain is not None:
+            self._drain.close()
+            self._drain = None
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
+        if not self.intake.allow():  # a flood (spoofed senders too): stop reading for a moment
+            self._pause_intake()
+            return
         self.packet_received(data, addr)
+
+    def _pause_intake(self) -> None:
+        """Stop reading the UDP socket for `INTAKE_PAUSE_S`: what arrives meanwhile waits in (or is
+        dropped by) the kernel at no cost to us, so a datagram flood cannot take the interpreter
+        from the generation thread. Legitimate senders lose packets only while a flood lasts."""
+        self.intake_pauses += 1
+        transport = self.transport
+        if transport is None or self.loop is None or not transport.is_reading():  # type: ignore[attr-defined]
+            return
+        transport.pause_reading()  # type: ignore[attr-defined]
+        self.loop.call_later(INTAKE_PAUSE_S, self._resume_intake)
+
+    def _resume_intake(self) -> None:
+        """Drop what queued up while reading was paused (a plain recv loop: ~1 us a datagram, not
+        the ~10 of a parsed one), so requests sent after a flood are not stuck behind its backlog."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._drain is not None:
+            for _ in range(MAX_DRAIN):
+                try:
+                    self._drain.recv(1)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                self.intake_dropped += 1
+        self.transport.resume_reading()  # type: ignore[attr-defined]
 
     def packet_received(self, data: bytes, addr: Peer) -> None:
         """One OSC packet from a UDP address or a `TcpPeer`."""

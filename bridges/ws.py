@@ -61,6 +61,7 @@ STATIC = {
 ANSWER_TIMEOUT_S = 60.0  # a request not answered by then gets an error (a continuation on a slow CPU takes a while)
 _client_numbers = itertools.count(1)
 DEFAULT_RATE = 200.0  # text messages a second a client may send
+UPLOAD_BURST_S = 1.0  # a client may send this long of `upload_mb_s` at once before it is slowed down
 
 
 def audio_frame(first_sample: int, frames: np.ndarray, rate: int, codec: str) -> bytes:
@@ -97,6 +98,7 @@ class Client:
     warned_at: float = 0.0
     upload: bytearray | None = None
     upload_fmt: UploadFormat | None = None
+    upload_clock: float = 0.0  # monotonic time by which its binary frames so far may have been read
     number: int = field(default_factory=lambda: next(_client_numbers))
     budget: Budget = field(default_factory=lambda: Budget(DEFAULT_RATE))
     tasks: set[asyncio.Task] = field(default_factory=set)  # answers still being waited for
@@ -331,6 +333,14 @@ class WebSocketBridge:
         )
 
     # -- audio upload for continuation ---------------------------------------------------------
+    async def _pace_upload(self, client: Client, size: int) -> None:
+        """Read this client's binary frames at most `upload_mb_s` (after a 1 s burst): sleeping here
+        stops reading its connection, so TCP slows the sender instead of the music paying for it."""
+        now = time.monotonic()
+        client.upload_clock = max(client.upload_clock, now - UPLOAD_BURST_S) + size / (self.cfg.upload_mb_s * 1e6)
+        if client.upload_clock > now:
+            await asyncio.sleep(client.upload_clock - now)
+
     def _begin_upload(self, client: Client, msg: dict[str, object]) -> None:
         try:
             rate, channels = _whole(msg.get("rate", 0)), _whole(msg.get("channels", 1))
@@ -342,6 +352,7 @@ class WebSocketBridge:
         client.upload, client.upload_fmt = bytearray(), UploadFormat(rate, channels, codec)
 
     async def _on_binary(self, client: Client, data: bytes) -> None:
+        await self._pace_upload(client, len(data))
         if client.upload is None:
             await self._error(client, "binary frames are audio uploads: send input_audio.begin first")
             return

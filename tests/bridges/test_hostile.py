@@ -151,6 +151,27 @@ def test_connections_and_uploads_are_capped(tiny, tmp_path):
         s.close()
 
 
+def test_a_fast_uploader_is_read_no_faster_than_upload_mb_s(tiny, tmp_path):
+    """An upload flood is slowed at the socket (the server stops reading it), not paid for by the
+    music: 2 MB at 0.5 MB/s after a 1 s burst cannot all be in before ~3 s have passed (a lower
+    bound: a slow host only makes it later)."""
+    s = Stack(tiny, tmp_path, ws_cfg=WebSocketConfig(upload_mb_s=0.5, max_upload_s=60))
+    try:
+        with connect(f"ws://127.0.0.1:{s.ws_port}/", max_size=None) as ws:
+            ws.recv(timeout=10)
+            ws.send(json.dumps({"type": "input_audio.begin", "rate": 48000, "channels": 1, "codec": "f32"}))
+            ws.recv(timeout=10)
+            chunk = np.zeros(25_000, "<f4").tobytes()  # 0.1 MB
+            t0 = time.monotonic()
+            for _ in range(20):
+                ws.send(chunk)
+            ws.send(json.dumps({"type": "state.get"}))  # answered once every frame before it was read
+            assert json.loads(ws.recv(timeout=30))["type"] == "state"
+            assert time.monotonic() - t0 >= 2.5
+    finally:
+        s.close()
+
+
 def test_a_file_continuation_reads_only_its_tail_and_only_the_file_it_checked(stack, tmp_path):
     from musicgen_live.engine.audiofile import read_audio
     from musicgen_live.engine.errors import AudioInputError
@@ -196,5 +217,35 @@ def test_a_flooding_sender_is_held_to_its_budget(tiny, tmp_path):
         assert osc.over_budget == osc.received - received - len(pongs)  # the rest: dropped unparsed
         assert osc.over_budget > 500
         assert len(complaints) == 1 and "too many messages" in complaints[0] and "at most 100 a second" in complaints[0]
+    finally:
+        s.close()
+
+
+def test_a_datagram_flood_pauses_reading_and_the_server_answers_after(tiny, tmp_path):
+    """All senders together are held to [osc] max_intake: beyond it the socket goes unread for a
+    moment (the kernel drops the rest), so a flood - from spoofed addresses too - cannot take the
+    interpreter from the music; reading resumes and a later request is answered."""
+    s = Stack(tiny, tmp_path, osc_cfg=OscConfig(max_intake=200, max_rate=10_000))
+    try:
+        osc = s.running.osc
+        received = osc.received
+        junk = b"\x00garbage"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            t0 = time.perf_counter()
+            for _ in range(4000):  # as fast as this loop goes: far over 200 a second
+                sock.sendto(junk, ("127.0.0.1", s.osc_port))
+            flood_s = time.perf_counter() - t0
+            time.sleep(1.5)  # the flood's backlog is drained or dropped; the bucket refills
+            sock.sendto(encode("/musicgen/ping", (7,)), ("127.0.0.1", s.osc_port))
+            sock.settimeout(5)
+            while True:
+                m = OscMessage(sock.recvfrom(65536)[0])
+                if m.address == "/musicgen/pong":
+                    break
+        assert osc.intake_pauses > 0
+        # parsed at most the bucket, what refilled while the flood and the wait lasted, and the ping
+        assert osc.received - received <= 200 + 200 * (flood_s + 1.5) + 1
+        assert m.params == [7]
     finally:
         s.close()
