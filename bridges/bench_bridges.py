@@ -11,7 +11,6 @@ import asyncio
 import json
 import socket
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,9 +23,9 @@ from musicgen_live.streamer.config import StreamConfig
 from musicgen_live.streamer.outputs import make_output_or_null
 from musicgen_live.streamer.session import Session
 
-from .config import BridgesConfig, OscConfig, WebSocketConfig
+from .config import OscConfig, WebSocketConfig
 from .osc import encode
-from .server import serve_forever
+from .server import serve_in_thread
 
 
 @dataclass
@@ -63,27 +62,7 @@ def run_bridge_bench(
     session.listeners.append(
         lambda kind, d: audible.__setitem__(d["ticket"].command, d["ticket"].audible) if kind == "audible" else None
     )
-    ready, stop = threading.Event(), threading.Event()
-
-    def serve() -> None:
-        asyncio.run(
-            serve_forever(
-                session,
-                osc_cfg,
-                ws_cfg,
-                BridgesConfig(),
-                model_summary(model),
-                None,
-                0,
-                lambda m: None,
-                started=lambda r: ready.set(),
-                stop=stop,
-            )
-        )
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait(30)
+    server = serve_in_thread(session, osc_cfg, ws_cfg, model_summary(model), timeout_s=30)
     time.sleep(2.0)
     try:
         osc_ms = _osc_latencies(osc_cfg.port, commands, audible)
@@ -94,8 +73,7 @@ def run_bridge_bench(
         chunks = asyncio.run(_many_clients(ws_cfg.port, clients, seconds))
         underruns = session.output.underruns - u0
     finally:
-        stop.set()
-        thread.join(timeout=10)
+        server.close()
     return BridgeBench(out.describe(), osc_ms, ws_ms, clients, chunks, seconds, underruns)
 
 

@@ -10,7 +10,6 @@ continuation every 20 s, sampling the process' resident memory, and fits a strai
 
 from __future__ import annotations
 
-import asyncio
 import json
 import multiprocessing
 import random
@@ -29,9 +28,9 @@ from musicgen_live.streamer.config import StreamConfig
 from musicgen_live.streamer.outputs import make_output
 from musicgen_live.streamer.session import Session
 
-from .config import BridgesConfig, OscConfig, WebSocketConfig
+from .config import OscConfig, WebSocketConfig
 from .osc import encode
-from .server import Running, serve_forever
+from .server import serve_in_thread
 
 FLOODS = ["quiet", "osc malformed", "osc subscribe", "osc nested ctrl", "ws bad messages", "ws uploads"]
 
@@ -50,6 +49,7 @@ class HostileBench:
     soak_minutes: float = 0.0
     rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (minutes, MB)
     rss_slope_mb_per_min: float | None = None
+    rss_late_slope_mb_per_min: float | None = None  # over the second half only (past the warm-up)
 
 
 def run_hostile_bench(
@@ -58,32 +58,7 @@ def run_hostile_bench(
     osc_cfg = replace(OscConfig(), port=_port(socket.SOCK_DGRAM))
     ws_cfg = replace(WebSocketConfig(), port=_port(socket.SOCK_STREAM))
     session = Session(model, make_output("null", 2, stream.buffer_ms / 1000), stream)
-    ready, stop = threading.Event(), threading.Event()
-    running: list[Running] = []
-
-    def started(run: Running) -> None:
-        running.append(run)
-        ready.set()
-
-    def serve() -> None:
-        asyncio.run(
-            serve_forever(
-                session,
-                osc_cfg,
-                ws_cfg,
-                BridgesConfig(),
-                model_summary(model),
-                None,
-                0,
-                lambda m: None,
-                started=started,
-                stop=stop,
-            )
-        )
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait(60)
+    server = serve_in_thread(session, osc_cfg, ws_cfg, model_summary(model))
     result = HostileBench()
     try:
         time.sleep(2.0)  # past the start
@@ -95,9 +70,11 @@ def run_hostile_bench(
             result.rss_mb = _soak(session, soak_minutes, say)
             minutes, mb = zip(*result.rss_mb)
             result.rss_slope_mb_per_min = float(np.polyfit(minutes, mb, 1)[0])
+            late = [(m, r) for m, r in result.rss_mb if m >= soak_minutes / 2]
+            if len(late) >= 2:
+                result.rss_late_slope_mb_per_min = float(np.polyfit([m for m, _ in late], [r for _, r in late], 1)[0])
     finally:
-        stop.set()
-        thread.join(timeout=10)
+        server.close()
     return result
 
 
@@ -268,5 +245,12 @@ def format_hostile_bench(r: HostileBench) -> str:
         lines.append(
             f"soak {r.soak_minutes:.0f} min: rss {first[1]:.0f} -> {last[1]:.0f} MB, straight-line fit "
             f"{r.rss_slope_mb_per_min:+.3f} MB/min over {len(r.rss_mb)} samples"
+            + (
+                f"; second half alone {r.rss_late_slope_mb_per_min:+.3f} MB/min"
+                if r.rss_late_slope_mb_per_min is not None
+                else ""
+            )
         )
+        step = max(1, len(r.rss_mb) // 6)
+        lines.append("  rss: " + ", ".join(f"{m:.0f} min {mb:.0f} MB" for m, mb in r.rss_mb[::step]))
     return "\n".join(lines)

@@ -127,6 +127,46 @@ async def serve_forever(
             say(f"{label}stopped after {snap['seconds']:.1f} s of music, {snap['underruns']} underruns")
 
 
+@dataclass
+class InThread:
+    """A `serve_forever` stack on a thread of its own, for benchmarks that drive it from this
+    process; `close()` stops it."""
+
+    thread: threading.Thread
+    stop: threading.Event
+    running: Running
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def serve_in_thread(
+    session: Session, osc_cfg: OscConfig, ws_cfg: WebSocketConfig, info: dict[str, Any], timeout_s: float = 60.0
+) -> InThread:
+    """Start `serve_forever(session, ...)` quietly (no stdin, no status lines) and wait until it listens."""
+    ready, stop = threading.Event(), threading.Event()
+    running: list[Running] = []
+
+    def started(run: Running) -> None:
+        running.append(run)
+        ready.set()
+
+    def serve() -> None:
+        asyncio.run(
+            serve_forever(
+                session, osc_cfg, ws_cfg, BridgesConfig(), info, None, 0, lambda m: None, started=started, stop=stop
+            )
+        )
+
+    thread = threading.Thread(target=serve, name="serve", daemon=True)
+    thread.start()
+    if not ready.wait(timeout_s):
+        stop.set()
+        raise RuntimeError(f"the server did not start within {timeout_s:.0f} s")
+    return InThread(thread, stop, running[0])
+
+
 def _console_loop(
     console: Console, lines: Iterable[str], loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event
 ) -> None:

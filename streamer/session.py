@@ -370,13 +370,7 @@ class Session:
         typical = sorted(times[2:])[len(times[2:]) // 2]  # past the first calls' kernel choices
         pace = 1 / (typical * self.model.spec.frame_rate)
         lm = self.model.lm
-        line = (
-            f"{self.model.source} on {lm.device.type} ({'float32 exact' if lm.exact else lm.precision}) plays at "
-            f"{pace:.1f}x real time here"
-        )
-        if pace < 1.1:
-            line += ": expect gaps - try --precision int8, a shorter --window, fewer sessions, or a GPU"
-        self.log(line)
+        self.log(pace_line(self.model.source, lm.device.type, "float32 exact" if lm.exact else lm.precision, pace))
         return pace
 
     # -- commands --------------------------------------------------------------------------------
@@ -729,6 +723,18 @@ def _continuation_codes(
     amount = yield
     codes = yield from _delegate(model.codec.encode_steps(clip.to(model.device).unsqueeze(1)), amount)
     return model.codec_to_codes(codes)
+
+
+def pace_line(model: str, device: str, precision: str, pace: float) -> str:
+    """The start-up line: how fast this model plays here and, below real time, what to try (only
+    what is not in use already)."""
+    line = f"{model} on {device} ({precision}) plays at {pace:.1f}x real time here"
+    if pace >= 1.1:
+        return line
+    tips = ["a shorter --window", "fewer sessions"]
+    if device == "cpu":
+        tips = (["--precision int8"] if precision != "int8" else []) + tips + ["a GPU"]
+    return line + ": expect gaps - try " + ", ".join(tips[:-1]) + " or " + tips[-1]
 
 
 def _channel_note(have: int | None, want: int) -> str | None:

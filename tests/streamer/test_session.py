@@ -165,3 +165,20 @@ def test_continuation_with_no_history_yet_is_refused(tiny):
         assert "no output history" in t.error
     finally:
         s.close()
+
+
+@pytest.mark.parametrize(
+    "device, precision, pace, says, not_says",
+    [
+        ("cpu", "float32", 3.9, "plays at 3.9x real time here", "expect gaps"),
+        ("cpu", "float32", 0.5, "try --precision int8, a shorter --window, fewer sessions or a GPU", None),
+        ("cpu", "int8", 0.4, "try a shorter --window, fewer sessions or a GPU", "--precision int8"),
+        ("cuda", "float16", 0.8, "try a shorter --window or fewer sessions", "GPU"),
+    ],
+)
+def test_the_start_up_line_says_what_to_try_and_only_what_is_not_in_use(device, precision, pace, says, not_says):
+    from musicgen_live.streamer.session import pace_line
+
+    line = pace_line("small", device, precision, pace)
+    assert says in line
+    assert not_says is None or not_says not in line
