@@ -235,9 +235,7 @@ class OscBridge(asyncio.DatagramProtocol):
             for _ in range(MAX_DRAIN):
                 try:
                     self._drain.recv(1)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
+                except OSError:  # BlockingIOError: nothing left queued
                     break
                 self.intake_dropped += 1
         self.transport.resume_reading()  # type: ignore[attr-defined]

@@ -281,7 +281,7 @@ class Session:
 
     def headroom_s(self) -> float:
         """Seconds of buffered audio beyond half the target: how long this session's steps could
-        wait without an underrun, with a margin (0 when not playing: nothing to protect)."""
+        wait without an underrun, with a margin (unbounded when not playing: nothing to protect)."""
         if self.state != PLAYING:
             return math.inf
         return max(0.0, (self.output.ring.fill - 0.5 * self.target_frames) / self.output.rate)
