@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .errors import CodesError
 from .linear import linear_skinny
+from .pieces import run
 from .spec import CodecSpec
 
 # -- layers ------------------------------------------------------------------------------------
@@ -536,8 +537,6 @@ class Codec:
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
         """Audio (B, channels, samples) at the codec rate -> codes (B, K, frames), whole clip, exactly
         as the reference computes it."""
-        from .conditioning import run
-
         return run(self.encode_steps(audio))
 
     def encode_steps(self, audio: torch.Tensor) -> Generator[None, int | None, torch.Tensor]:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .lm import CrossKV, LanguageModel
+from .pieces import run
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,3 @@ class TextConditioner:
         if hit is not None:
             self._cache.move_to_end(key)
         return hit
-
-
-def run(steps: Generator[None, None, Any]) -> Any:
-    """Exhaust a piece-at-a-time computation and return its result."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .linear import Linear, check_precision, make_linear
+from .pieces import run
 from .spec import LMSpec
 
 LN_EPS = 1e-5  # nn.LayerNorm's default, which MusicGen uses
@@ -273,12 +274,7 @@ class LanguageModel:
 
     def cross_kv(self, states: torch.Tensor, n_cond: int) -> CrossKV:
         """Per-layer cross-attention K/V for the first `n_cond` rows of `states` (rows, S, D)."""
-        steps = self.cross_kv_steps(states, n_cond)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
+        return run(self.cross_kv_steps(states, n_cond))
 
     @torch.no_grad()
     def cross_kv_steps(

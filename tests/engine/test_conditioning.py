@@ -3,8 +3,8 @@ its steps) gives transformers' states bit for bit; the LRU answers a prompt hear
 
 import pytest
 import torch
-from musicgen_live.engine.conditioning import run
 from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.pieces import run
 
 
 @pytest.fixture(scope="module")
