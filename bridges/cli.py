@@ -82,7 +82,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         help="built-in 'tiny' (random weights), a size name small|medium|large (random weights), each "
-        "also NAME-stereo (8 codebooks, 2 channels), a local checkpoint directory, or a hub id such as "
+        "also NAME-stereo (8 codebooks, 2 channels) or NAME-melody (melody-conditioned), a local checkpoint "
+        "directory, or a hub id such as "
         "facebook/musicgen-small ([model] name)",
     )
     p.add_argument("--device", help="torch device, e.g. cpu or cuda ([model] device)")
@@ -116,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-p", type=float, help="0 disables top-p ([sampling] top_p, 0)")
     r.add_argument("--seed", type=int, help="([sampling] seed, 0)")
     r.add_argument("--prompt-audio", help="audio file to continue (any rate / channels / libsndfile format)")
+    r.add_argument(
+        "--melody",
+        help="audio file whose melody (chroma, its first 30 s) conditions a MusicGen-Melody checkpoint; "
+        "with no --prompt the melody alone conditions it",
+    )
     r.add_argument("--out", required=True, help="output audio: .wav (float), .flac or .npy")
     r.add_argument("--codes-out", help="also save the (codebooks, frames) int64 codes as .npy")
     r.add_argument(
@@ -328,7 +334,10 @@ def _apply_config(args: argparse.Namespace) -> None:
     args.sections = {name: override(section, name, changes[name]) for name, section in sections.items()}
 
 
-def _load(args: argparse.Namespace):  # -> MusicGen
+def _load(args: argparse.Namespace, streaming: bool = False):  # -> MusicGen
+    """The model `args` name. `streaming`: for a process whose generation thread must own torch's
+    CPU pool (`streamer.threads`): this (main) thread is confined to one core and the model is
+    loaded on a short-lived thread."""
     import torch
     from musicgen_live.engine.errors import CheckpointError
     from musicgen_live.engine.model import MusicGen
@@ -339,7 +348,13 @@ def _load(args: argparse.Namespace):  # -> MusicGen
     if args.exact and args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    return MusicGen.load(args.model, device=args.device, exact=args.exact, precision=args.precision)
+    load = lambda: MusicGen.load(args.model, device=args.device, exact=args.exact, precision=args.precision)  # noqa: E731
+    if not streaming:
+        return load()
+    from musicgen_live.streamer import threads
+
+    threads.confine()
+    return threads.on_pool_thread(load)
 
 
 def _check_precision(args: argparse.Namespace) -> None:
@@ -372,6 +387,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     audio = None
     if args.prompt_audio:
         audio = read_audio(args.prompt_audio, model.sample_rate, model.audio_channels)
+    condition = _melody_condition(model, args.prompt, args.melody, guided=params.cfg != 1.0)
     t0 = time.perf_counter()
     last = [0.0]
 
@@ -390,6 +406,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         prompt_audio=audio,
         progress=progress,
         decode_chunk=args.decode_chunk,
+        condition=condition,
     )
     took = time.perf_counter() - t0
     print(file=sys.stderr)
@@ -401,6 +418,19 @@ def cmd_render(args: argparse.Namespace) -> int:
     seconds = out.audio.shape[-1] / model.sample_rate
     print(f"wrote {args.out}: {seconds:.2f} s in {took:.1f} s ({frames / took:.1f} frames/s)", file=sys.stderr)
     return 0
+
+
+def _melody_condition(model, prompt: str, melody: str | None, guided: bool):  # noqa: ANN001, ANN202
+    """A melody checkpoint's condition for `render` (None: a text-only checkpoint's own path)."""
+    from musicgen_live.engine.audiofile import read_audio
+    from musicgen_live.engine.errors import ContextError
+
+    if melody is None:
+        return model.melody_condition(prompt, None, guided) if model.melody else None
+    if not model.melody:
+        raise ContextError(f"--melody needs a MusicGen-Melody checkpoint; '{model.source}' is conditioned on text only")
+    audio = read_audio(melody, model.chroma.settings.sample_rate, 1)
+    return model.melody_condition(prompt or None, audio, guided)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -484,7 +514,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.audio_dir:
         bridges = dataclasses.replace(bridges, audio_dirs=list(bridges.audio_dirs) + args.audio_dir)
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    model = _load(args)
+    model = _load(args, streaming=True)
     channels = max(2, model.audio_channels)
     sampling = args.sections["sampling"]
     sessions = []
@@ -533,7 +563,7 @@ def cmd_bench_hostile(args: argparse.Namespace) -> int:
 
     stream = args.sections["stream"]
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    model = _load(args)
+    model = _load(args, streaming=True)
     print(format_hostile_bench(run_hostile_bench(model, stream, args.seconds, args.soak_minutes, say)))
     return 0
 
@@ -603,7 +633,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
 
     stream = args.sections["stream"]
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    model = _load(args)
+    model = _load(args, streaming=True)
     out = make_output_or_null(
         stream.output, max(2, model.audio_channels), stream.buffer_ms / 1000, stream.blocksize, say
     )

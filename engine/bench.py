@@ -107,9 +107,11 @@ def run_bench(
     else:
         ckpt = load_checkpoint(source, say)
         if peer:
-            from transformers import MusicgenForConditionalGeneration
+            from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
-            hf = MusicgenForConditionalGeneration.from_pretrained(source).eval()
+            melody = ckpt.spec.lm.prefix_conditioned
+            cls = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
+            hf = cls.from_pretrained(source).eval()
     say(f"preparing our model ({'float32 exact' if exact else precision})")
     model = MusicGen(ckpt, device=device, exact=exact, precision=precision)
     if peer and hf is not None:

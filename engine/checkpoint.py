@@ -86,14 +86,12 @@ def _load_directory(path: Path, source: str, say: Progress) -> Checkpoint:
         raise CheckpointError(
             f"'{source}' is not a MusicGen checkpoint (its config.json says model_type '{raw.get('model_type')}')"
         )
-    from transformers import MusicgenConfig
+    from transformers import MusicgenConfig, MusicgenMelodyConfig
 
     quiet_transformers()
-
-    if raw.get("model_type") == "musicgen_melody":
-        raise CheckpointError(f"'{source}' is a MusicGen-Melody checkpoint, which is not supported yet")
+    config_class = MusicgenMelodyConfig if raw.get("model_type") == "musicgen_melody" else MusicgenConfig
     try:
-        hf_config = MusicgenConfig.from_dict(raw)
+        hf_config = config_class.from_dict(raw)
     except Exception as e:  # transformers raises many types for a malformed config
         raise CheckpointError(f"'{config_file}' is not a valid MusicGen config ({e})") from None
     spec = spec_from_hf_config(hf_config)

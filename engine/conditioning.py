@@ -26,11 +26,20 @@ from .pieces import run
 
 @dataclass(frozen=True)
 class Condition:
-    """One prompt, ready for the LM: cross-attention K/V of its conditional row."""
+    """One prompt, ready for the LM: cross-attention K/V of its conditional row - or, for a
+    prefix-conditioned (melody) checkpoint, the prefix states of its rows (`engine.melody`)."""
 
     text: str
-    cross: CrossKV
+    cross: CrossKV | None
     tokens: int  # text tokens (S), for diagnostics
+    prefix: torch.Tensor | None = None  # melody: (rows, L, D), conditional row then unconditional
+
+    @property
+    def kv(self) -> CrossKV:
+        """The cross-attention K/V (every condition of a cross-attention checkpoint has them)."""
+        if self.cross is None:
+            raise ValueError("a prefix (melody) condition has no cross-attention keys/values")
+        return self.cross
 
 
 class TextConditioner:

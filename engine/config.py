@@ -33,7 +33,7 @@ Port = Annotated[int, Meta(ge=0, le=65535)]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Text = "tiny"  # tiny | small | medium | large (+ -stereo) | a checkpoint directory | a hub id
+    name: Text = "tiny"  # tiny | small | medium | large (+ -stereo | -melody) | a checkpoint directory | a hub id
     device: Text = "cpu"
     exact: bool = False  # parity kernels (token-exact with transformers), slower
     precision: Literal["float32", "bfloat16", "float16", "int8"] = "float32"  # live-path weights (int8: CPU)

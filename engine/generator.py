@@ -37,7 +37,7 @@ import torch
 from .codec import DecoderState
 from .conditioning import Condition
 from .errors import ContextError
-from .lm import CrossKV, KVCache, Segment
+from .lm import CrossKV, KVCache, PrefixKV, Segment
 from .model import MusicGen
 from .sampling import SamplingParams, sample
 
@@ -132,7 +132,8 @@ class StreamState:
     generator: torch.Generator
     decoder: DecoderState
     context_frames: int  # frames kept when the window slides
-    chunk: int  # columns a preparation feeds per step
+    chunk: int  # columns a slide feeds per step (>= MIN_CHUNK: it must gain on the live window)
+    continue_chunk: int  # columns a continuation feeds per step, riding on it (>= 1)
     prep: Slide | Continuation | None = None  # what the spare cache is being filled with
     queued: Continuation | None = None  # a continuation waiting for a slide to finish first
     spare: KVCache | None = None  # the cache the next preparation fills (swapped with the live one)
@@ -141,6 +142,7 @@ class StreamState:
     codec_queue: torch.Tensor | None = None  # (K, n) frames handed over but not yet decoded
     skip_samples: int = 0  # decoded samples still to drop (prompt audio the listener already has)
     slides: int = 0
+    prefix: PrefixKV | None = None  # a melody checkpoint's conditioning, run with the first columns
 
 
 class Generator:
@@ -170,6 +172,7 @@ class Generator:
         guided: bool | None = None,
         context_frames: int | None = None,
         slide_chunk: int = 16,
+        continue_chunk: int | None = None,
     ) -> StepResult:
         """Prefill and sample the first column.
 
@@ -177,12 +180,15 @@ class Generator:
         None makes an endless stream whose window (`capacity_frames`, default the model's) slides,
         keeping `context_frames`. `guided` defaults to cfg != 1 (as the reference); live streams
         pass True so cfg can change at any time. `slide_chunk`: columns a slide or continuation
-        prefills per step (more: it finishes sooner; fewer: a cheaper step).
+        prefills per step (more: it finishes sooner; fewer: a cheaper step); `continue_chunk`:
+        the same for a continuation riding on the live steps (default `slide_chunk`; it may be 1,
+        as a continuation need not gain on the live window).
         """
         m, pat = self.model, self.model.pattern
         rows = [PromptRow(prompts, 1.0)] if isinstance(prompts, Condition) else [PromptRow(c, w) for c, w in prompts]
         if not 1 <= len(rows) <= max(max_prompts, 1):
             raise ContextError(f"between 1 and {max_prompts} prompts can play at once, got {len(rows)}")
+        prefix = self._prefix_for(rows, total_frames, capacity_frames, guided)
         P = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
         if total_frames is not None and total_frames <= P:
             raise ContextError(f"nothing to generate: {total_frames} frames requested with a {P}-frame prompt")
@@ -217,6 +223,8 @@ class Generator:
             decoder=m.codec.new_stream(batch=m.audio_channels),
             context_frames=context,
             chunk=chunk,
+            continue_chunk=max(1, continue_chunk or chunk),
+            prefix=prefix,
         )
         if prompt_codes is not None and P:
             st.frames[:, :P] = prompt_codes.to(torch.long).cpu()
@@ -230,7 +238,10 @@ class Generator:
         progress rides along in the same forward (one read of the weights for both)."""
         tokens, segment = self.step_input()
         prep = self._prep_input(after_step=False)
-        if prep is None:
+        st = self._require()
+        if st.prefix is not None:  # a melody run: finite, one window, nothing to prepare
+            logits = self.model.lm.forward_prefixed(tokens, segment.start, segment.cache, st.prefix)
+        elif prep is None:
             logits = self.model.lm.forward_segments(tokens, [segment])
         else:
             logits = self.model.lm.forward_segments([tokens, prep[0]], [segment, prep[1]])
@@ -248,7 +259,8 @@ class Generator:
         if win.column + 1 >= win.cache.capacity:  # cannot happen while preparations keep their deadlines
             raise ContextError("the stream reached the end of its context window")
         tokens = self._columns(win, win.column, 1)
-        return tokens, Segment(tokens.shape[0], win.column, win.cache, self._crosses())
+        conds = [] if st.prefix is not None else self._crosses()  # a melody prefix is no cross-attention
+        return tokens, Segment(tokens.shape[0], win.column, win.cache, conds)
 
     @torch.no_grad()
     def step_output(self, logits: torch.Tensor, defer_decode: bool = False) -> StepResult:
@@ -303,6 +315,8 @@ class Generator:
         A window being prepared gets the same rows, so a slide or continuation carries on.
         """
         st = self._require()
+        if st.prefix is not None:
+            raise ContextError("a melody checkpoint's piece keeps the condition it started with")
         if not prompts:
             raise ContextError("at least one prompt is needed")
         total = sum(w for _, w in prompts)
@@ -351,7 +365,7 @@ class Generator:
         cont = Continuation(codes=codes, columns=self.model.pattern.interleave(codes)[:, : codes.shape[-1]])
         self._supersede()
         steps_left = st.window.cache.capacity - 2 - st.window.column
-        if isinstance(st.prep, Slide) and -(-cont.frames // st.chunk) > steps_left:
+        if isinstance(st.prep, Slide) and -(-cont.frames // st.continue_chunk) > steps_left:
             st.queued = cont  # it could not be ready before the live window ends: the slide first
         else:
             self._activate(cont)
@@ -504,7 +518,32 @@ class Generator:
         return len(st.rows) + (1 if st.guided else 0)
 
     def _crosses(self) -> list[CrossKV]:
-        return [r.condition.cross for r in self._require().rows]
+        return [r.condition.kv for r in self._require().rows]
+
+    def _prefix_for(
+        self, rows: list[PromptRow], total_frames: int | None, capacity_frames: int | None, guided: bool | None
+    ) -> PrefixKV | None:
+        """A melody checkpoint's stream: its prefix, checked (None for a cross-attention one)."""
+        spec = self.model.spec.lm
+        if not spec.prefix_conditioned:
+            return None
+        if total_frames is None:
+            raise ContextError(
+                "melody checkpoints render finite pieces only for now; live streams are not supported yet"
+            )
+        prefix = rows[0].condition.prefix
+        if len(rows) != 1 or prefix is None:
+            raise ContextError("a melody checkpoint plays one melody condition (engine.melody) at a time")
+        guided = (self.params.cfg != 1.0) if guided is None else guided
+        if prefix.shape[0] != (2 if guided else 1):
+            raise ContextError("the melody condition was built for a different guidance setting")
+        columns = self.model.pattern.columns_for_frames(capacity_frames or total_frames)
+        if prefix.shape[1] + columns > spec.max_positions:
+            raise ContextError(
+                f"{total_frames} frames and a {prefix.shape[1]}-position melody prefix exceed the model's "
+                f"{spec.max_positions} positions"
+            )
+        return PrefixKV(states=prefix)
 
     def _can_slide(self, context: int, chunk: int, columns: int) -> bool:
         return context + self.model.pattern.max_delay + 1 + _slide_margin(context, chunk) < columns
@@ -521,7 +560,10 @@ class Generator:
         """Start the live window at frame 0: feed BOS + the prompt frames at once, sample the next."""
         st = self._require()
         tokens = self._columns(st.window, 0, prompt_frames + 1)
-        logits = self.model.lm.forward(tokens, 0, st.window.cache, self._crosses(), all_positions=True)
+        if st.prefix is not None:
+            logits = self.model.lm.forward_prefixed(tokens, 0, st.window.cache, st.prefix, all_positions=True)
+        else:
+            logits = self.model.lm.forward(tokens, 0, st.window.cache, self._crosses(), all_positions=True)
         codes = self._record(logits, prompt_frames + 1)
         if self.frames_done - st.decoded >= self.decode_chunk:
             self._queue_codec(self.frames_done)
@@ -546,7 +588,8 @@ class Generator:
             first, cache = prep.fed, prep.kv
         if work <= 0:
             return None
-        count = work if steps_left <= 0 else min(work, max(st.chunk, -(-total // (steps_left + 1))))
+        chunk = st.chunk if isinstance(prep, Slide) else st.continue_chunk
+        count = work if steps_left <= 0 else min(work, max(chunk, -(-total // (steps_left + 1))))
         if isinstance(prep, Slide):
             tokens = self._columns(prep.window, first, count)
         else:

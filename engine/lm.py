@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,12 +36,12 @@ class LayerWeights:
     k: torch.Tensor
     v: torch.Tensor
     o: torch.Tensor
-    ca_ln_w: torch.Tensor
-    ca_ln_b: torch.Tensor
-    cq: torch.Tensor
-    ck: torch.Tensor
-    cv: torch.Tensor
-    co: torch.Tensor
+    ca_ln_w: torch.Tensor | None  # cross-attention: None in a prefix-conditioned (melody) decoder
+    ca_ln_b: torch.Tensor | None
+    cq: torch.Tensor | None
+    ck: torch.Tensor | None
+    cv: torch.Tensor | None
+    co: torch.Tensor | None
     ff_ln_w: torch.Tensor
     ff_ln_b: torch.Tensor
     fc1: torch.Tensor
@@ -60,6 +60,18 @@ class LMWeights:
     heads_cat: torch.Tensor  # (K * V, D)
     proj_w: torch.Tensor | None  # enc_to_dec_proj (D, text_hidden), None when widths already match
     proj_b: torch.Tensor | None
+    audio_proj_w: torch.Tensor | None = None  # melody: audio_enc_to_dec_proj (D, num_chroma)
+    audio_proj_b: torch.Tensor | None = None
+
+
+W = TypeVar("W")
+
+
+def _cross(w: W | None) -> W:
+    """A cross-attention weight, which a prefix-conditioned (melody) decoder does not have."""
+    if w is None:
+        raise RuntimeError("this decoder is prefix-conditioned (melody): it has no cross-attention")
+    return w
 
 
 def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
@@ -83,6 +95,7 @@ def lm_weights_from_state_dict(spec: LMSpec, sd: dict[str, torch.Tensor]) -> LMW
     def layer(i: int) -> LayerWeights:
         q = f"{p}layers.{i}."
         qkv = torch.cat([sd[q + f"self_attn.{n}_proj.weight"] for n in "qkv"])
+        cross = (lambda key: None) if spec.prefix_conditioned else (lambda key: sd[q + key])  # noqa: E731
         return LayerWeights(
             sa_ln_w=sd[q + "self_attn_layer_norm.weight"],
             sa_ln_b=sd[q + "self_attn_layer_norm.bias"],
@@ -91,12 +104,12 @@ def lm_weights_from_state_dict(spec: LMSpec, sd: dict[str, torch.Tensor]) -> LMW
             v=qkv[2 * D :],
             qkv=qkv,
             o=sd[q + "self_attn.out_proj.weight"],
-            ca_ln_w=sd[q + "encoder_attn_layer_norm.weight"],
-            ca_ln_b=sd[q + "encoder_attn_layer_norm.bias"],
-            cq=sd[q + "encoder_attn.q_proj.weight"],
-            ck=sd[q + "encoder_attn.k_proj.weight"],
-            cv=sd[q + "encoder_attn.v_proj.weight"],
-            co=sd[q + "encoder_attn.out_proj.weight"],
+            ca_ln_w=cross("encoder_attn_layer_norm.weight"),
+            ca_ln_b=cross("encoder_attn_layer_norm.bias"),
+            cq=cross("encoder_attn.q_proj.weight"),
+            ck=cross("encoder_attn.k_proj.weight"),
+            cv=cross("encoder_attn.v_proj.weight"),
+            co=cross("encoder_attn.out_proj.weight"),
             ff_ln_w=sd[q + "final_layer_norm.weight"],
             ff_ln_b=sd[q + "final_layer_norm.bias"],
             fc1=sd[q + "fc1.weight"],
@@ -115,6 +128,8 @@ def lm_weights_from_state_dict(spec: LMSpec, sd: dict[str, torch.Tensor]) -> LMW
         heads_cat=heads_cat,
         proj_w=sd.get("enc_to_dec_proj.weight") if spec.has_enc_to_dec_proj else None,
         proj_b=sd.get("enc_to_dec_proj.bias") if spec.has_enc_to_dec_proj else None,
+        audio_proj_w=sd.get("audio_enc_to_dec_proj.weight") if spec.has_audio_proj else None,
+        audio_proj_b=sd.get("audio_enc_to_dec_proj.bias") if spec.has_audio_proj else None,
     )
 
 
@@ -164,13 +179,29 @@ class CrossKV:
 
 
 @dataclass
+class PrefixKV:
+    """A prefix-conditioned (MusicGen-Melody) stream's conditioning as its decoder sees it: the
+    projected prefix states (rows, L, D) - conditional rows first, then the unconditional one -
+    that precede the codes in the sequence, and every layer's keys/values over them once the first
+    forward has run them (`forward_prefixed`)."""
+
+    states: torch.Tensor
+    k: list[torch.Tensor] = field(default_factory=list)  # per layer (rows, H, L, d)
+    v: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return int(self.states.shape[1])
+
+
+@dataclass
 class FastLayer:
     """One layer's matrices as the live path multiplies them (`engine.linear`, any precision)."""
 
     qkv: Linear
     o: Linear
-    cq: Linear
-    co: Linear
+    cq: Linear | None  # None in a prefix-conditioned (melody) decoder
+    co: Linear | None
     fc1: Linear
     fc2: Linear
 
@@ -237,8 +268,11 @@ class LanguageModel:
         self.head: Linear | None = None
         if not exact:
             mk = lambda w: make_linear(w, precision)  # noqa: E731
+            mk_cross = lambda w: None if w is None else make_linear(w, precision)  # noqa: E731
             self.fast = [
-                FastLayer(qkv=mk(lw.qkv), o=mk(lw.o), cq=mk(lw.cq), co=mk(lw.co), fc1=mk(lw.fc1), fc2=mk(lw.fc2))
+                FastLayer(
+                    qkv=mk(lw.qkv), o=mk(lw.o), cq=mk_cross(lw.cq), co=mk_cross(lw.co), fc1=mk(lw.fc1), fc2=mk(lw.fc2)
+                )
                 for lw in weights.layers
             ]
             self.head = mk(weights.heads_cat)
@@ -247,9 +281,9 @@ class LanguageModel:
     def step_weight_bytes(self) -> int:
         """Bytes of weights one step reads (the matrices; embeddings are lookups)."""
         if self.exact:
-            mats = [t for lw in self.w.layers for t in (lw.qkv, lw.o, lw.cq, lw.co, lw.fc1, lw.fc2)]
+            mats = [t for lw in self.w.layers for t in (lw.qkv, lw.o, lw.cq, lw.co, lw.fc1, lw.fc2) if t is not None]
             return sum(t.numel() * t.element_size() for t in mats + [self.w.heads_cat])
-        return sum(m.nbytes for f in self.fast for m in vars(f).values()) + self._head.nbytes
+        return sum(m.nbytes for f in self.fast for m in vars(f).values() if m is not None) + self._head.nbytes
 
     # -- state ---------------------------------------------------------------------------------
     def new_cache(self, batch: int, capacity: int) -> KVCache:
@@ -287,8 +321,8 @@ class LanguageModel:
         rows, S, _ = states.shape
         ks, vs = [], []
         for i, lw in enumerate(self.w.layers):
-            k = F.linear(states, lw.ck).view(rows, S, s.heads, s.head_dim).transpose(1, 2)
-            v = F.linear(states, lw.cv).view(rows, S, s.heads, s.head_dim).transpose(1, 2)
+            k = F.linear(states, _cross(lw.ck)).view(rows, S, s.heads, s.head_dim).transpose(1, 2)
+            v = F.linear(states, _cross(lw.cv)).view(rows, S, s.heads, s.head_dim).transpose(1, 2)
             ks.append(k[:n_cond])
             vs.append(v[:n_cond])
             if (i + 1) % layers_per_piece == 0 and i + 1 < len(self.w.layers):
@@ -371,9 +405,9 @@ class LanguageModel:
                 x = self._lean_cross(i, x, fast, segments, layout)
             elif any_cond:
                 h = F.layer_norm(x, (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
-                q = F.linear(h, lw.cq) if exact else fast.cq(h, ind)
+                q = F.linear(h, _cross(lw.cq)) if exact else _cross(fast.cq)(h, ind)
                 a = self._cross_attention(i, q, segments, layout.offsets, layout.total)
-                x = x + (F.linear(a, lw.co) if exact else fast.co(a, ind))
+                x = x + (F.linear(a, _cross(lw.co)) if exact else _cross(fast.co)(a, ind))
             # feed-forward
             h = F.layer_norm(x, (D,), lw.ff_ln_w, lw.ff_ln_b, LN_EPS)
             if exact:
@@ -395,6 +429,79 @@ class LanguageModel:
         if exact:
             return torch.stack([F.linear(last, head) for head in w.heads], dim=1).float()
         return self._head(last, ind).view(-1, s.num_codebooks, s.card).float()
+
+    @torch.inference_mode()
+    def forward_prefixed(
+        self, tokens: torch.Tensor, start: int, cache: KVCache, prefix: PrefixKV, all_positions: bool = False
+    ) -> torch.Tensor:
+        """`forward` for a prefix-conditioned (melody) decoder: columns `tokens` (B, K, T) at window
+        columns start..start+T-1 sit at sequence positions L+start.. after the L prefix positions.
+
+        The first call (start 0, prefix not yet run) runs prefix and columns together, as the
+        reference's first forward does, and keeps the prefix's keys/values in `prefix`; later calls
+        attend to them and to the cached columns. Returns fp32 logits (B, K, V) of the last column.
+        """
+        s, w, exact = self.spec, self.w, self.exact
+        B, K, T = tokens.shape
+        L, D, H, d = prefix.length, s.hidden, s.heads, s.head_dim
+        first = not prefix.k
+        if first and start != 0:
+            raise ValueError("a prefix is run together with the first columns of a window")
+        flat = tokens[:, :, 0] if T == 1 else tokens.transpose(1, 2).reshape(B * T, K)
+        x = self.embed(flat, self.positions[L + start : L + start + T].repeat(B, 1))
+        if first:  # [prefix; columns] per row, as the reference concatenates them
+            p = prefix.states.to(self.device, self.dtype) + self.positions[:L]
+            x = torch.cat([p, x.view(B, T, D)], dim=1).reshape(B * (L + T), D)
+        n = (L + T) if first else T  # sequence positions per row in this call
+        mask = None
+        if not first and T > 1:
+            mask = torch.ones(T, L + start + T, dtype=torch.bool, device=self.device).tril(L + start)
+        for i, lw in enumerate(w.layers):
+            fast = self.fast[i] if not exact else None
+            h = F.layer_norm(x, (D,), lw.sa_ln_w, lw.sa_ln_b, LN_EPS)
+            if fast is None:
+                q, k, v = (F.linear(h, m).view(B, n, H, d).transpose(1, 2) for m in (lw.q, lw.k, lw.v))
+            else:
+                q, k, v = fast.qkv(h).view(B, n, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+            kc, vc = cache.k[i], cache.v[i]
+            if first:
+                prefix.k.append(k[:, :, :L].clone())
+                prefix.v.append(v[:, :, :L].clone())
+                kc[:B, :, :T], vc[:B, :, :T] = k[:, :, L:], v[:, :, L:]
+                keys, values = k, v  # the reference attends to the fresh tensors in its first forward
+            else:
+                kc[:B, :, start : start + T], vc[:B, :, start : start + T] = k, v
+                keys = torch.cat([prefix.k[i], kc[:B, :, : start + T]], dim=2)
+                values = torch.cat([prefix.v[i], vc[:B, :, : start + T]], dim=2)
+            a = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, is_causal=(first and n > 1), scale=self.scale
+            )
+            a = a.transpose(1, 2).reshape(B * n, D)
+            x = x + (F.linear(a, lw.o) if fast is None else fast.o(a))
+            h = F.layer_norm(x, (D,), lw.ff_ln_w, lw.ff_ln_b, LN_EPS)
+            if fast is None:
+                x = x + F.linear(F.gelu(F.linear(h, lw.fc1)), lw.fc2)
+            else:
+                x = x + fast.fc2(F.gelu(fast.fc1(h)))
+        x = F.layer_norm(x, (D,), w.ln_w, w.ln_b, LN_EPS).view(B, n, D)
+        if exact:
+            if not (first and all_positions):
+                x = x[:, -1:]
+            logits = torch.stack([F.linear(x, head) for head in w.heads], dim=1)  # (B, K, n', V)
+            return logits[:, :, -1].float()
+        return self._head(x[:, -1]).view(B, s.num_codebooks, s.card).float()
+
+    def project_prefix(self, chroma: torch.Tensor, text: torch.Tensor | None, chroma_length: int) -> torch.Tensor:
+        """Melody conditioning as the reference builds it: one-hot chroma (rows, frames, bins)
+        projected and repeated/cut to `chroma_length` frames, then the projected text states
+        (rows, S, D) if any -> prefix states (rows, chroma_length + S, D)."""
+        a = chroma.to(self.device, self.dtype)
+        if self.w.audio_proj_w is not None:
+            a = F.linear(a, self.w.audio_proj_w, self.w.audio_proj_b)
+        if a.shape[1] < chroma_length:
+            a = a.repeat(1, -(-chroma_length // a.shape[1]), 1)
+        a = a[:, :chroma_length]
+        return a if text is None else torch.cat([a, text.to(self.device, self.dtype)], dim=1)
 
     @property
     def _head(self) -> Linear:
@@ -491,12 +598,11 @@ class LanguageModel:
     ) -> torch.Tensor:
         """Cross-attention for the conditional rows' tokens only (their flat ranges in `layout`)."""
         lw, D = self.w.layers[layer], self.spec.hidden
+        cq, co = _cross(fast.cq), _cross(fast.co)
         if len(layout.cond) == 1:
             lo, hi = layout.cond[0]
             h = F.layer_norm(x[lo:hi], (D,), lw.ca_ln_w, lw.ca_ln_b, LN_EPS)
-            out = fast.co(
-                self._cross_attention(layer, fast.cq(h), segments, [0] * len(segments), hi - lo, cond_only=True)
-            )
+            out = co(self._cross_attention(layer, cq(h), segments, [0] * len(segments), hi - lo, cond_only=True))
             if lo == 0 and hi == x.shape[0]:
                 return x + out
             return torch.cat([x[:lo], x[lo:hi] + out, x[hi:]])
@@ -506,7 +612,7 @@ class LanguageModel:
         for seg in segments:
             offsets.append(o)
             o += len(seg.conds) * seg.columns
-        out = fast.co(self._cross_attention(layer, fast.cq(h), segments, offsets, o, cond_only=True))
+        out = co(self._cross_attention(layer, cq(h), segments, offsets, o, cond_only=True))
         return x.index_add(0, index, out)
 
     def _cross_attention(

@@ -5,15 +5,17 @@ This object is shared and immutable once built; every stream's state lives in it
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import Checkpoint, Progress, load_checkpoint, stderr_progress
 from .codec import Codec
-from .conditioning import TextConditioner
-from .errors import CheckpointError
+from .conditioning import Condition, TextConditioner
+from .errors import CheckpointError, ContextError
 from .lm import LanguageModel, lm_weights_from_state_dict
+from .melody import ChromaExtractor, ChromaSettings, prefix_states
 from .pattern import DelayPattern
 from .spec import ModelSpec
 
@@ -36,7 +38,7 @@ class MusicGen:
         tensors = {
             k: v.to(self.device, dtype if v.is_floating_point() else v.dtype)
             for k, v in ckpt.tensors.items()
-            if k.startswith(("decoder.", "enc_to_dec_proj."))
+            if k.startswith(("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj."))
         }
         self.lm = LanguageModel(
             self.spec.lm, lm_weights_from_state_dict(self.spec.lm, tensors), exact=exact, precision=precision
@@ -45,6 +47,10 @@ class MusicGen:
         self.tokenizer = ckpt.tokenizer
         self.conditioner = TextConditioner(ckpt.tokenizer, _build_t5(ckpt), self.lm)
         self.pattern = DelayPattern(self.spec.lm.delays, self.spec.lm.special_token)
+        self.chroma: ChromaExtractor | None = None  # melody checkpoints: audio -> one-hot chroma
+        if self.spec.lm.prefix_conditioned:
+            source = Path(ckpt.source).expanduser()
+            self.chroma = ChromaExtractor(ChromaSettings.from_directory(source) if source.is_dir() else None)
 
     @classmethod
     def load(
@@ -65,6 +71,29 @@ class MusicGen:
     @property
     def audio_channels(self) -> int:
         return self.spec.lm.audio_channels
+
+    @property
+    def melody(self) -> bool:
+        """Whether this checkpoint is conditioned on melody (chroma) as well as text."""
+        return self.chroma is not None
+
+    def melody_condition(
+        self, prompt: str | None, melody: torch.Tensor | None, guided: bool, chroma: torch.Tensor | None = None
+    ) -> Condition:
+        """A melody checkpoint's condition: text `prompt` (None: no text, as transformers runs it)
+        and/or `melody` audio (channels, samples) at `chroma.settings.sample_rate` - or its one-hot
+        `chroma` (frames, bins) computed already."""
+        if self.chroma is None:
+            raise ContextError(
+                f"'{self.source}' has no melody conditioning "
+                "(a MusicGen-Melody checkpoint has; this one takes text only)"
+            )
+        if prompt is None and melody is None and chroma is None:
+            raise ContextError("give a text prompt, a melody, or both")
+        if melody is not None:
+            chroma = self.chroma(melody)
+        states = prefix_states(self.lm, self.conditioner, prompt, chroma, guided)
+        return Condition(text=prompt or "", cross=None, tokens=states.shape[1], prefix=states)
 
     @property
     def max_columns(self) -> int:
@@ -128,5 +157,6 @@ def model_summary(model: MusicGen) -> dict[str, Any]:
         "sample_rate": s.codec.sample_rate,
         "frame_rate": s.codec.frame_rate,
         "max_frames": model.max_frames,
+        "melody": model.melody,
         "precision": "float32 (exact)" if model.lm.exact else model.lm.precision,
     }

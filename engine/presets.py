@@ -60,12 +60,19 @@ class Arch:
     num_codebooks: int = 4
     audio_channels: int = 1
     max_positions: int = 2048
+    melody: bool = False  # a MusicGen-Melody checkpoint (chroma + text as a prefix, no cross-attention)
+    chroma_length: int = 235  # melody: chroma frames in the prefix (MusicGen-Melody's 30 s)
     text: dict[str, Any] = field(default_factory=lambda: dict(T5_TINY))
     codec: dict[str, Any] = field(default_factory=lambda: dict(ENCODEC_32K))
 
 
-# The built-in models: each size, mono (4 codebooks) and stereo (8: L/R pairs, as musicgen-stereo-*)
-BUILT_IN_MODELS: tuple[str, ...] = (*DECODER_SIZES, *(f"{n}-stereo" for n in DECODER_SIZES))
+# The built-in models: each size, mono (4 codebooks), stereo (8: L/R pairs, as musicgen-stereo-*) and
+# melody (chroma + text as a prefix, as musicgen-melody)
+BUILT_IN_MODELS: tuple[str, ...] = (
+    *DECODER_SIZES,
+    *(f"{n}-stereo" for n in DECODER_SIZES),
+    *(f"{n}-melody" for n in DECODER_SIZES),
+)
 
 
 def arch_for(name: str) -> Arch:
@@ -79,6 +86,8 @@ def arch_for(name: str) -> Arch:
         arch = Arch(hidden, layers, heads, text=dict(T5_BASE))
     if variant == "stereo":
         arch = replace(arch, num_codebooks=8, audio_channels=2)
+    if variant == "melody":
+        arch = replace(arch, melody=True)
     return arch
 
 
@@ -101,11 +110,18 @@ def quiet_transformers() -> None:
 
 
 def hf_config(arch: Arch) -> Any:
-    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+        T5Config,
+    )
 
     quiet_transformers()
 
-    dec = MusicgenDecoderConfig(
+    dec = (MusicgenMelodyDecoderConfig if arch.melody else MusicgenDecoderConfig)(
         vocab_size=2048,
         hidden_size=arch.hidden,
         num_hidden_layers=arch.layers,
@@ -121,25 +137,30 @@ def hf_config(arch: Arch) -> Any:
         "bos_token_id",
     ):  # MusicGen's BOS / pad: one past the codebook
         setattr(dec, name, 2048)
-    return MusicgenConfig(
+    parts: dict[str, Any] = dict(
         text_encoder=T5Config(**arch.text).to_dict(),
         audio_encoder=EncodecConfig(**arch.codec).to_dict(),
         decoder=dec.to_dict(),
     )
+    if arch.melody:
+        return MusicgenMelodyConfig(**parts, chroma_length=arch.chroma_length)
+    return MusicgenConfig(**parts)
 
 
 @torch.no_grad()
 def random_hf_model(arch: Arch, seed: int = 0) -> Any:
-    """A `MusicgenForConditionalGeneration` with random weights, fixed by `seed`.
+    """A `MusicgenForConditionalGeneration` (or `MusicgenMelodyForConditionalGeneration`) with
+    random weights, fixed by `seed`.
 
     transformers initialises codec codebooks to zeros (they are learnt by k-means), which would make
     every code decode to the same sound and every encode return index 0; we draw them at random.
     """
-    from transformers import MusicgenForConditionalGeneration
+    from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
     gen = torch.Generator().manual_seed(seed)
+    cls = MusicgenMelodyForConditionalGeneration if arch.melody else MusicgenForConditionalGeneration
     with _seeded(seed):
-        model = MusicgenForConditionalGeneration(hf_config(arch)).eval()
+        model = cls(hf_config(arch)).eval()
     for layer in model.audio_encoder.quantizer.layers:
         embed = layer.codebook.embed
         embed.copy_(torch.randn(embed.shape, generator=gen))

@@ -57,7 +57,7 @@ def compare_precision(reference: MusicGen, other: MusicGen, prompt: str, frames:
     state = []
     for m in (reference, other):
         cond = m.conditioner.condition(prompt, guided=guided)
-        state.append((m, m.lm.new_cache(rows, C), cond.cross))
+        state.append((m, m.lm.new_cache(rows, C), cond.kv))
     agree, kls = [], []
     for c in range(C - 1):
         tokens = columns[:, c : c + 1].unsqueeze(0).expand(rows, -1, -1)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .batch import Batch
+from .conditioning import Condition
 from .errors import CodesError, ContextError
 from .generator import Generator
 from .model import MusicGen
@@ -36,15 +37,23 @@ def render(
     prompt_audio: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
     decode_chunk: int = 1,
+    condition: Condition | None = None,
 ) -> Rendered:
-    """Generate `frames` new frames after an optional prompt clip (channels, samples at model rate)."""
+    """Generate `frames` new frames after an optional prompt clip (channels, samples at model rate).
+    `condition` replaces the text prompt's (a melody checkpoint's `melody_condition`)."""
     if frames <= 0:
         raise ContextError(f"the number of frames must be positive, got {frames}")
     prompt_codes = model.encode_audio(prompt_audio) if prompt_audio is not None else None
     P = 0 if prompt_codes is None else prompt_codes.shape[-1]
     total = P + frames  # the generator refuses a run longer than the model's window
     gen = Generator(model, params, seed, decode_chunk=decode_chunk)
-    cond = model.conditioner.condition(prompt, guided=params.cfg != 1.0)
+    guided = params.cfg != 1.0
+    if condition is not None:
+        cond = condition
+    elif model.melody:  # text alone, as a melody checkpoint takes it
+        cond = model.melody_condition(prompt, None, guided)
+    else:
+        cond = model.conditioner.condition(prompt, guided=guided)
     chunks = [gen.start(cond, prompt_codes, total_frames=total).audio]
     times = []
     while not gen.done:
@@ -65,6 +74,8 @@ def render_batch(
     would give for it in a batch of this size (see `engine.batch`)."""
     if frames <= 0:
         raise ContextError(f"the number of frames must be positive, got {frames}")
+    if model.melody:
+        raise ContextError("several pieces in one batch are not supported for melody checkpoints yet")
     guided = params.cfg != 1.0
     gens = [Generator(model, params, seed + i, decode_chunk=decode_chunk) for i in range(len(prompts))]
     chunks = [

@@ -28,6 +28,16 @@ class LMSpec:
     activation: str
     text_hidden: int  # width of the text encoder's output, before `enc_to_dec_proj`
     has_enc_to_dec_proj: bool
+    # MusicGen-Melody: the conditioning (projected chroma, then projected text) is a prefix of the
+    # decoder's sequence instead of cross-attention; 0 chroma bins = a cross-attention model
+    num_chroma: int = 0
+    chroma_length: int = 0  # chroma frames in the prefix (a shorter melody repeats to fill it)
+    has_audio_proj: bool = False  # `audio_enc_to_dec_proj` (num_chroma -> hidden)
+
+    @property
+    def prefix_conditioned(self) -> bool:
+        """Whether conditioning is a prefix of the sequence (melody checkpoints)."""
+        return self.num_chroma > 0
 
     @property
     def head_dim(self) -> int:
@@ -98,12 +108,15 @@ class ModelSpec:
 
 
 def spec_from_hf_config(config: Any) -> ModelSpec:
-    """Build a ModelSpec from a `transformers.MusicgenConfig`; reject layouts we cannot run."""
+    """Build a ModelSpec from a `transformers.MusicgenConfig` or `MusicgenMelodyConfig`; reject
+    layouts we cannot run."""
     dec, enc, txt = config.decoder, config.audio_encoder, config.text_encoder
-    if getattr(config, "model_type", "musicgen") != "musicgen":
+    model_type = getattr(config, "model_type", "musicgen")
+    if model_type not in ("musicgen", "musicgen_melody"):
         raise CheckpointError(
-            f"checkpoint model type '{config.model_type}' is not supported (only 'musicgen'; melody is not yet)"
+            f"checkpoint model type '{model_type}' is not supported (only 'musicgen' and 'musicgen_melody')"
         )
+    melody = model_type == "musicgen_melody"
     if enc.norm_type != "weight_norm":
         raise CheckpointError(f"codec norm_type '{enc.norm_type}' is not supported (MusicGen codecs use weight_norm)")
     if getattr(enc, "normalize", False) or getattr(enc, "chunk_length_s", None):
@@ -126,7 +139,10 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         audio_channels=dec.audio_channels,
         activation=dec.activation_function,
         text_hidden=txt.hidden_size if hasattr(txt, "hidden_size") else txt.d_model,
-        has_enc_to_dec_proj=(txt.hidden_size != dec.hidden_size and cross is None),
+        has_enc_to_dec_proj=(txt.hidden_size != dec.hidden_size and (melody or cross is None)),
+        num_chroma=int(config.num_chroma) if melody else 0,
+        chroma_length=int(config.chroma_length) if melody else 0,
+        has_audio_proj=melody and config.num_chroma != dec.hidden_size,
     )
     if enc.codebook_size != lm.card:
         raise CheckpointError(f"codec codebook_size {enc.codebook_size} != decoder vocab_size {lm.card}")

@@ -34,5 +34,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   echo "installing Python packages into .venv (torch is large: the first time takes a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev]'
+  # The reference for the melody (chroma) parity tests: transformers' MusicgenMelodyFeatureExtractor
+  # builds its spectrogram with torchaudio, pure Python over torch.stft. torchaudio's wheels stop at
+  # 2.11 and pin that torch, so its Python package goes in without its dependencies; musicgen-live
+  # itself never imports it (engine/melody.py makes the same torch.stft call).
+  .venv/bin/python -m pip install -q --no-deps "torchaudio==2.11.1"
   touch "$stamp"
 fi

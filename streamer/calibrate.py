@@ -2,9 +2,12 @@
 
 A window being prepared rides in the live step's own forward (`engine.generator`), so it costs only
 the extra columns' compute, not another read of the weights - but that compute still grows with the
-chunk: on a 2-core CPU musicgen-small's step costs ~1.15x with 2 extra columns a row and ~1.5x with 4
-(BENCHMARKS.md), while tiny takes 16 almost for free. `[stream] slide_chunk = 0` asks for the most
-columns that keep a step within `limit` x a plain one, measured once at start on scratch caches.
+chunk, and more than the weight reads suggest: the extra segment has its own attention ops in every
+layer. On the 2-core Intel host a musicgen-small int8 LM forward costs 1.46x with 1 extra column
+a row, 1.59x with 2 and 1.80x with 4 (the codec's share of a step dilutes that), while tiny takes
+16 almost for free (BENCHMARKS.md). `[stream] slide_chunk = 0` asks for the most columns that keep
+a step within `limit` x a plain one, measured once per model on scratch caches: a slide takes at
+least 2 (it must gain on the live window), a continuation may take 1.
 """
 
 from __future__ import annotations
@@ -18,16 +21,24 @@ from musicgen_live.engine.generator import MIN_CHUNK
 from musicgen_live.engine.lm import Segment
 from musicgen_live.engine.model import MusicGen
 
-CANDIDATES = (16, 8, 6, 4, 3, 2)
+CANDIDATES = (16, 8, 6, 4, 3, 2, 1)
 LIMIT = 1.4  # a preparing step may cost this much of a plain one
 POSITION = 256  # where the timed columns sit: a context of a few seconds
 
 
+def prefill_chunk(model: MusicGen, minimum: int = MIN_CHUNK, limit: float = LIMIT) -> int:
+    """The largest candidate chunk (at least `minimum`) whose step costs at most `limit` x a plain
+    step; `minimum` when none does."""
+    costs = step_costs(model)
+    return next((c for c in CANDIDATES if c >= minimum and costs[c] <= limit), minimum)
+
+
 @functools.lru_cache(maxsize=4)  # once per loaded model (several sessions share one)
-def prefill_chunk(model: MusicGen, limit: float = LIMIT, repeats: int = 5) -> int:
-    """The largest candidate chunk whose step costs at most `limit` x a plain step (at least 2)."""
+def step_costs(model: MusicGen, repeats: int = 7) -> dict[int, float]:
+    """A step carrying each candidate chunk, against a plain step (codec included); each timing
+    the median of `repeats` calls, plain and chunked interleaved so that a slow spell hits both."""
     lm, K = model.lm, model.spec.lm.num_codebooks
-    cross = model.conditioner.condition("", guided=True).cross
+    cross = model.conditioner.condition("", guided=True).kv
     live, prep = lm.new_cache(2, POSITION + 1), lm.new_cache(2, POSITION + 1)
     gen = torch.Generator().manual_seed(0)
     tokens = lambda n: torch.randint(0, model.spec.lm.card, (2, K, n), generator=gen).to(model.device)  # noqa: E731
@@ -44,11 +55,10 @@ def prefill_chunk(model: MusicGen, limit: float = LIMIT, repeats: int = 5) -> in
         return lambda: lm.forward_segments([one, chunk_tokens], segments)
 
     codec = _codec_ms(model, repeats)
-    base = codec + _median_ms(plain, repeats)
-    for chunk in CANDIDATES:
-        if codec + _median_ms(fused(chunk, tokens(chunk)), repeats) <= limit * base:
-            return chunk
-    return MIN_CHUNK
+    calls: dict[int, Callable[[], object]] = {0: plain, **{c: fused(c, tokens(c)) for c in CANDIDATES}}
+    times = _interleaved_ms(calls, repeats)
+    base = codec + times[0]
+    return {c: (codec + times[c]) / base for c in CANDIDATES}
 
 
 def _codec_ms(model: MusicGen, repeats: int) -> float:
@@ -65,6 +75,19 @@ def _codec_ms(model: MusicGen, repeats: int) -> float:
     for _ in range(6):
         codec.push(state, frames)
     return _median_ms(lambda: codec.push(state, frames), repeats)
+
+
+def _interleaved_ms(calls: dict[int, Callable[[], object]], repeats: int) -> dict[int, float]:
+    """Median milliseconds of each call, timed in rounds of one call each."""
+    for fn in calls.values():
+        fn()  # warm-up: first calls pick kernels
+    times: dict[int, list[float]] = {k: [] for k in calls}
+    for _ in range(repeats):
+        for k, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(1000 * (time.perf_counter() - t0))
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import dataclass, field
 
 from musicgen_live.engine.batch import Batch
 from musicgen_live.engine.generator import Phase, StepResult
 from musicgen_live.engine.model import MusicGen
 
+from . import threads
 from .session import Session
 
 ROWS_PER_SESSION = 2  # one prompt and the unconditional row; a crossfade's extra row spills over
@@ -40,6 +42,7 @@ class SessionGroup:
         self.sessions: list[Session] = []
         self.step_ms: list[float] = []
         self._changes: queue.SimpleQueue[tuple[str, Session]] = queue.SimpleQueue()
+        self._opening: queue.SimpleQueue[Opening] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._quit = threading.Event()
         self._thread: threading.Thread | None = None
@@ -49,12 +52,27 @@ class SessionGroup:
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._thread.start()
 
-    def add(self, session: Session) -> None:
-        """Open `session` (prefill, output) and have it join at the next step boundary."""
-        if len(self.sessions) + self._changes.qsize() >= self.max_sessions:
+    def add(self, session: Session, timeout_s: float = 600.0) -> None:
+        """Open `session` (prefill, output) and have it join at the next step boundary. Once the
+        generation thread runs, the session's prefill and measurements run there (on the thread
+        that owns torch's pool, `threads`) while this waits; its audio is opened here. A failure
+        is raised here."""
+        if len(self.sessions) + self._changes.qsize() + self._opening.qsize() >= self.max_sessions:
             raise ValueError(f"this group is full ({self.max_sessions} sessions)")
         session.wake = self._wake
-        session.open()
+        if self._thread is None or not self._thread.is_alive():
+            session.open()
+            self._changes.put(("add", session))
+            self._wake.set()
+            return
+        opening = Opening(session)
+        self._opening.put(opening)
+        self._wake.set()
+        if not opening.done.wait(timeout_s):
+            raise RuntimeError(f"the generation thread did not open the session within {timeout_s:.0f} s")
+        if opening.error is not None:
+            raise opening.error
+        session.open_audio()
         self._changes.put(("add", session))
         self._wake.set()
 
@@ -68,6 +86,7 @@ class SessionGroup:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=5)
+        self._open_new(refuse="the group closed before the session could join")
         self._apply_changes()  # a session added just before close is open too: release it as well
         for s in self.sessions:
             s.release()
@@ -75,6 +94,7 @@ class SessionGroup:
 
     # -- the generation thread -------------------------------------------------------------------
     def _run(self) -> None:
+        threads.claim()
         while not self._quit.is_set():
             wait = self.turn()
             if wait:
@@ -142,6 +162,7 @@ class SessionGroup:
             s.report_error(e)
 
     def _apply_changes(self) -> None:
+        self._open_new()
         while True:
             try:
                 kind, s = self._changes.get_nowait()
@@ -152,3 +173,28 @@ class SessionGroup:
             elif kind == "remove" and s in self.sessions:
                 self.sessions.remove(s)
                 s.release()
+
+    def _open_new(self, refuse: str | None = None) -> None:
+        """Prepare the streams of the sessions `add` handed over, or say why one could not be
+        (`refuse`: the reason none of them can)."""
+        while True:
+            try:
+                opening = self._opening.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if refuse is not None:
+                    raise RuntimeError(refuse)
+                opening.session.prepare_stream()
+            except Exception as e:
+                opening.error = e
+            opening.done.set()
+
+
+@dataclass(eq=False)
+class Opening:
+    """A session whose stream `add` asked the generation thread to prepare, and how that went."""
+
+    session: Session
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Exception | None = None

@@ -107,6 +107,11 @@ class Session:
         self.model = model
         self.output = output
         self.cfg = stream or StreamConfig()
+        if model.melody:
+            raise EngineError(
+                f"'{model.source}' is a MusicGen-Melody checkpoint: live streams of melody checkpoints are not "
+                "supported yet (render --melody FILE makes finite pieces with it)"
+            )
         if not 1 <= self.cfg.decode_frames <= MAX_DECODE_FRAMES:
             raise EngineError(
                 f"[stream] decode_frames must be between 1 and {MAX_DECODE_FRAMES}, got {self.cfg.decode_frames}"
@@ -167,11 +172,21 @@ class Session:
 
     def open(self) -> None:
         """Prefill, open the output (and input), queue autoplay; a `SessionGroup` steps it after."""
+        self.prepare_stream()
+        self.open_audio()
+
+    def prepare_stream(self) -> None:
+        """The compute half of `open`: prefill and measure the pace (a running group does this on
+        its generation thread, which owns torch's pool)."""
+        self._start_generator()
+        self.pace = self._measure_pace()
+
+    def open_audio(self) -> None:
+        """The audio half of `open`: output, input and autoplay (on the caller's thread: PortAudio
+        streams are opened and aborted from the thread that manages the session)."""
         # The audio callback needs the GIL for its copy; with Python's default 5 ms switch interval
         # it can wait about a whole 256-frame period behind the generation thread and miss it.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
-        self._start_generator()
-        self.pace = self._measure_pace()
         self.output.open()
         if self.capture:
             self.capture.open()
@@ -344,6 +359,7 @@ class Session:
         context = min(m.spec.seconds_to_frames(self.cfg.context_s), window // 2)
         conds = [(m.conditioner.condition(t, guided=True), w) for t, w in self.prompts]
         chunk = self.cfg.slide_chunk or prefill_chunk(m)
+        continue_chunk = self.cfg.slide_chunk or prefill_chunk(m, minimum=1)
         self.gen.start(
             conds,
             capacity_frames=window,
@@ -351,6 +367,7 @@ class Session:
             guided=True,
             max_prompts=MAX_PROMPTS,
             slide_chunk=chunk,
+            continue_chunk=continue_chunk,
         )
         self.controls["context"] = self.gen.context_frames / m.spec.frame_rate
 

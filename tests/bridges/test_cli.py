@@ -266,3 +266,54 @@ def test_a_full_disk_stops_the_recording_not_the_music(tmp_path):
     assert proc.stderr.count("no longer recorded") == 1 and "Traceback" not in proc.stderr
     seconds = float(proc.stderr.split("stopped after ")[1].split(" s")[0])
     assert seconds > 4.0  # the music went on after the disk filled (~0.5 s in)
+
+
+def test_render_follows_a_melody_on_a_melody_checkpoint(tmp_path, capsys):
+    """`render --melody`: with and without text, the melody changes the piece."""
+    tune = tmp_path / "tune.wav"
+    t = np.arange(3 * 44100) / 44100
+    sf.write(str(tune), 0.4 * np.sin(2 * np.pi * 330 * t) * (t % 0.5 < 0.4), 44100)  # any rate: resampled
+    other = tmp_path / "other.wav"
+    sf.write(str(other), 0.4 * np.sin(2 * np.pi * 196 * t), 44100)
+    codes = {}
+    for name, extra in {
+        "tune": ["--melody", str(tune)],
+        "other": ["--melody", str(other)],
+        "tune-and-text": ["--melody", str(tune), "--prompt", "folk"],
+        "text-only": ["--prompt", "folk"],
+    }.items():
+        npy = tmp_path / f"{name}.npy"
+        code, err = run(
+            capsys, "render", "--model", "tiny-melody", "--frames", "25", "--greedy", *extra,
+            "--out", str(tmp_path / f"{name}.wav"), "--codes-out", str(npy),
+        )  # fmt: skip
+        assert code == 0, err
+        codes[name] = np.load(npy)
+    assert codes["tune"].shape == (4, 25)
+    assert not np.array_equal(codes["tune"], codes["other"])
+    assert not np.array_equal(codes["tune"], codes["tune-and-text"])
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--model", "tiny", "--melody", "MELODY"], "needs a MusicGen-Melody checkpoint"),
+        (["--model", "tiny-melody", "--melody", "MISSING"], "does not exist"),
+        (["--model", "tiny-melody", "--melody", "NOT_AUDIO"], "could not be read"),
+    ],
+)
+def test_bad_melody_input_is_one_sentence(tmp_path, capsys, argv, says):
+    t = np.arange(32000) / 32000
+    sf.write(str(tmp_path / "m.wav"), 0.3 * np.sin(2 * np.pi * 440 * t), 32000)
+    (tmp_path / "junk.wav").write_text("not audio")
+    paths = {"MELODY": tmp_path / "m.wav", "MISSING": tmp_path / "missing.wav", "NOT_AUDIO": tmp_path / "junk.wav"}
+    argv = [str(paths.get(a, a)) for a in argv]
+    code, err = run(capsys, "render", "--frames", "5", "--out", str(tmp_path / "o.wav"), *argv)
+    assert code == 2
+    assert says in err and "Traceback" not in err
+
+
+def test_serve_refuses_a_melody_checkpoint_in_one_sentence(capsys):
+    code, err = run(capsys, "serve", "--model", "tiny-melody", "--output", "null", "--seconds", "1")
+    assert code == 2
+    assert "live streams of melody checkpoints are not supported yet" in err and "Traceback" not in err

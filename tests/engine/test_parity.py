@@ -16,31 +16,15 @@ from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.render import render
 from musicgen_live.engine.sampling import SamplingParams
 
+from .reference import generate_codes
+
 FRAMES = 200
 
 
 def reference(hf, tokenizer, prompt: str, cfg: float, frames: int, audio: torch.Tensor | None):
-    """Codes and audio from transformers' generate (codes captured where it hands them to the codec;
-    a stereo checkpoint hands over the left codebooks, then the right: re-interleaved here)."""
-    seen: list[torch.Tensor] = []
-    decode = hf.audio_encoder.decode
-
-    def spy(codes, *args, **kwargs):
-        seen.append(codes.clone())
-        return decode(codes, *args, **kwargs)
-
-    hf.audio_encoder.decode = spy
-    try:
-        inputs = tokenizer([prompt], return_tensors="pt")
-        extra = {} if audio is None else {"input_values": audio[None]}
-        with torch.no_grad():
-            wav = hf.generate(**inputs, **extra, do_sample=False, guidance_scale=cfg, max_new_tokens=frames + 3)
-    finally:
-        hf.audio_encoder.decode = decode
-    if len(seen) == 1:
-        return seen[0][0, 0], wav[0]
-    left, right = seen[0][0, 0], seen[1][0, 0]  # (K / 2, frames) each
-    return torch.stack([left, right], dim=1).reshape(-1, left.shape[-1]), wav[0]
+    """Codes and audio from transformers' generate."""
+    extra = {} if audio is None else {"input_values": audio[None]}
+    return generate_codes(hf, cfg, frames, **tokenizer([prompt], return_tensors="pt"), **extra)
 
 
 @pytest.fixture(scope="module")
