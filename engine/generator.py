@@ -211,8 +211,9 @@ class Generator:
                 f"(needs {context + pat.max_delay + 2 + _slide_margin(context, chunk)} columns)"
             )
         buffer = cap if total_frames is not None else 2 * cap
+        slots = columns + (prefix.length if prefix is not None else 0)  # a melody prefix takes the first slots
         self.state = st = StreamState(
-            window=Window(cache=m.lm.new_cache(batch, columns), origin=0, column=0),
+            window=Window(cache=m.lm.new_cache(batch, slots), origin=0, column=0),
             rows=rows,
             frames=torch.full((K, buffer), m.spec.lm.special_token, dtype=torch.long),
             base=0,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar, cast
 
 import torch
@@ -182,12 +182,11 @@ class CrossKV:
 class PrefixKV:
     """A prefix-conditioned (MusicGen-Melody) stream's conditioning as its decoder sees it: the
     projected prefix states (rows, L, D) - conditional rows first, then the unconditional one -
-    that precede the codes in the sequence, and every layer's keys/values over them once the first
-    forward has run them (`forward_prefixed`)."""
+    that precede the codes in the sequence. Their keys/values occupy the first L slots of the
+    stream's KV cache once the first forward has run them (`forward_prefixed`)."""
 
     states: torch.Tensor
-    k: list[torch.Tensor] = field(default_factory=list)  # per layer (rows, H, L, d)
-    v: list[torch.Tensor] = field(default_factory=list)
+    ran: bool = False
 
     @property
     def length(self) -> int:
@@ -435,16 +434,17 @@ class LanguageModel:
         self, tokens: torch.Tensor, start: int, cache: KVCache, prefix: PrefixKV, all_positions: bool = False
     ) -> torch.Tensor:
         """`forward` for a prefix-conditioned (melody) decoder: columns `tokens` (B, K, T) at window
-        columns start..start+T-1 sit at sequence positions L+start.. after the L prefix positions.
+        columns start..start+T-1 sit at sequence positions (and cache slots) L+start.., after the
+        L prefix positions in slots 0..L-1 (`cache` holds L more slots than the window's columns).
 
-        The first call (start 0, prefix not yet run) runs prefix and columns together, as the
-        reference's first forward does, and keeps the prefix's keys/values in `prefix`; later calls
-        attend to them and to the cached columns. Returns fp32 logits (B, K, V) of the last column.
+        The first call (start 0) runs prefix and columns together, as the reference's first
+        forward does; later calls attend to the cached prefix and columns. Returns fp32 logits
+        (B, K, V) of the last column.
         """
         s, w, exact = self.spec, self.w, self.exact
         B, K, T = tokens.shape
         L, D, H, d = prefix.length, s.hidden, s.heads, s.head_dim
-        first = not prefix.k
+        first = not prefix.ran
         if first and start != 0:
             raise ValueError("a prefix is run together with the first columns of a window")
         flat = tokens[:, :, 0] if T == 1 else tokens.transpose(1, 2).reshape(B * T, K)
@@ -453,9 +453,10 @@ class LanguageModel:
             p = prefix.states.to(self.device, self.dtype) + self.positions[:L]
             x = torch.cat([p, x.view(B, T, D)], dim=1).reshape(B * (L + T), D)
         n = (L + T) if first else T  # sequence positions per row in this call
+        lo = 0 if first else L + start  # the cache slot of this call's first position
         mask = None
         if not first and T > 1:
-            mask = torch.ones(T, L + start + T, dtype=torch.bool, device=self.device).tril(L + start)
+            mask = torch.ones(T, lo + T, dtype=torch.bool, device=self.device).tril(lo)
         for i, lw in enumerate(w.layers):
             fast = self.fast[i] if not exact else None
             h = F.layer_norm(x, (D,), lw.sa_ln_w, lw.sa_ln_b, LN_EPS)
@@ -464,15 +465,11 @@ class LanguageModel:
             else:
                 q, k, v = fast.qkv(h).view(B, n, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
             kc, vc = cache.k[i], cache.v[i]
+            kc[:B, :, lo : lo + n], vc[:B, :, lo : lo + n] = k, v
             if first:
-                prefix.k.append(k[:, :, :L].clone())
-                prefix.v.append(v[:, :, :L].clone())
-                kc[:B, :, :T], vc[:B, :, :T] = k[:, :, L:], v[:, :, L:]
                 keys, values = k, v  # the reference attends to the fresh tensors in its first forward
             else:
-                kc[:B, :, start : start + T], vc[:B, :, start : start + T] = k, v
-                keys = torch.cat([prefix.k[i], kc[:B, :, : start + T]], dim=2)
-                values = torch.cat([prefix.v[i], vc[:B, :, : start + T]], dim=2)
+                keys, values = kc[:B, :, : lo + n], vc[:B, :, : lo + n]
             a = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, is_causal=(first and n > 1), scale=self.scale
             )
@@ -483,6 +480,7 @@ class LanguageModel:
                 x = x + F.linear(F.gelu(F.linear(h, lw.fc1)), lw.fc2)
             else:
                 x = x + fast.fc2(F.gelu(fast.fc1(h)))
+        prefix.ran = True
         x = F.layer_norm(x, (D,), w.ln_w, w.ln_b, LN_EPS).view(B, n, D)
         if exact:
             if not (first and all_positions):
