@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from musicgen_live.streamer.openmp import limit_spinning
+
+    limit_spinning()  # before anything loads torch
     args = build_parser().parse_args(argv)
     from musicgen_live.engine.errors import EngineError
 

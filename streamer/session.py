@@ -61,6 +61,10 @@ PLAYING, PAUSED, STOPPED = "playing", "paused", "stopped"
 SWITCH_INTERVAL_S = 0.0005
 JOB_SHARE = 0.35  # a job's piece may add this share of a median step to a step
 MAX_IDLE_PIECE_S = 0.05  # the longest job piece run between steps (the buffer covers it)
+# seconds an output stays stopped before it is reopened: whatever stopped it (PortAudio tearing a
+# vanished device's stream down, a thread aborting it) finishes first - closing a stream another
+# thread is still aborting crashed PortAudio (seen in tests/streamer/test_portaudio.py)
+REOPEN_GRACE_S = 0.25
 STEP_LOG = 20_000  # steps remembered for benchmarks (~7 minutes at 50 frames/s)
 PACE_STEPS = 10  # steps timed at start to say how fast this machine plays the model
 MAX_FAILED_STEPS = 3  # consecutive failed steps before the stream is reset to recover
@@ -157,6 +161,7 @@ class Session:
         self._failed_steps = 0
         self._idle_piece = False  # a job piece ran between the last two steps
         self._reopen_at = 0.0
+        self._stopped_since: float | None = None  # when the device output was first seen stopped
         self._reported_output_error: str | None = None
         self._group: SessionGroup | None = None  # the group of one that `start` makes
         self.pace = 0.0  # real-time factor measured at start
@@ -682,13 +687,17 @@ class Session:
             self._reported_output_error = out.error
             self._event("error", {"message": out.error})
         if out.healthy or not isinstance(out, DeviceOutput):
+            self._stopped_since = None
             return
         now = time.perf_counter()
-        if now >= self._reopen_at:
+        if self._stopped_since is None:
+            self._stopped_since = now
+        if now - self._stopped_since >= REOPEN_GRACE_S and now >= self._reopen_at:
             self._reopen_at = now + 1.0
             if out.reopen():
                 out.set_playing(self.state == PLAYING)
                 self._reported_output_error = None
+                self._stopped_since = None
                 self._event("output", {"message": f"output reopened: {out.describe()}"})
 
     def _event(self, kind: str, data: dict[str, Any]) -> None:
