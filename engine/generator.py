@@ -239,10 +239,7 @@ class Generator:
         progress rides along in the same forward (one read of the weights for both)."""
         tokens, segment = self.step_input()
         prep = self._prep_input(after_step=False)
-        st = self._require()
-        if st.prefix is not None:  # a melody run: finite, one window, nothing to prepare
-            logits = self.model.lm.forward_prefixed(tokens, segment.start, segment.cache, st.prefix)
-        elif prep is None:
+        if prep is None:
             logits = self.model.lm.forward_segments(tokens, [segment])
         else:
             logits = self.model.lm.forward_segments([tokens, prep[0]], [segment, prep[1]])
@@ -260,8 +257,9 @@ class Generator:
         if win.column + 1 >= win.cache.capacity:  # cannot happen while preparations keep their deadlines
             raise ContextError("the stream reached the end of its context window")
         tokens = self._columns(win, win.column, 1)
-        conds = [] if st.prefix is not None else self._crosses()  # a melody prefix is no cross-attention
-        return tokens, Segment(tokens.shape[0], win.column, win.cache, conds)
+        if st.prefix is not None:  # a melody stream: no cross-attention, columns after the prefix's slots
+            return tokens, Segment(tokens.shape[0], win.column, win.cache, [], offset=st.prefix.length)
+        return tokens, Segment(tokens.shape[0], win.column, win.cache, self._crosses())
 
     @torch.no_grad()
     def step_output(self, logits: torch.Tensor, defer_decode: bool = False) -> StepResult:
@@ -562,7 +560,7 @@ class Generator:
         st = self._require()
         tokens = self._columns(st.window, 0, prompt_frames + 1)
         if st.prefix is not None:
-            logits = self.model.lm.forward_prefixed(tokens, 0, st.window.cache, st.prefix, all_positions=True)
+            logits = self.model.lm.forward_prefixed(tokens, st.window.cache, st.prefix, all_positions=True)
         else:
             logits = self.model.lm.forward(tokens, 0, st.window.cache, self._crosses(), all_positions=True)
         codes = self._record(logits, prompt_frames + 1)

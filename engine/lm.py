@@ -182,11 +182,11 @@ class CrossKV:
 class PrefixKV:
     """A prefix-conditioned (MusicGen-Melody) stream's conditioning as its decoder sees it: the
     projected prefix states (rows, L, D) - conditional rows first, then the unconditional one -
-    that precede the codes in the sequence. Their keys/values occupy the first L slots of the
-    stream's KV cache once the first forward has run them (`forward_prefixed`)."""
+    that precede the codes in the sequence. The stream's first forward (`forward_prefixed`) puts
+    their keys/values in the first L slots of its KV cache; later columns sit after them
+    (`Segment.offset`)."""
 
     states: torch.Tensor
-    ran: bool = False
 
     @property
     def length(self) -> int:
@@ -219,10 +219,16 @@ class Segment:
     conds: list[CrossKV]
     columns: int = 1
     logits: bool = True
+    offset: int = 0  # cache slots (and positions) before column 0: a melody prefix's
 
     @property
     def tokens(self) -> int:
         return self.rows * self.columns
+
+    @property
+    def slot(self) -> int:
+        """The cache slot, and sequence position, of this segment's first column."""
+        return self.offset + self.start
 
 
 @dataclass
@@ -384,8 +390,8 @@ class LanguageModel:
         x = self.embed(flat, self._positions(flat.shape[0], segments, uniform, tokens))
         # prefill chunks after the first attend causally within themselves and to the whole past
         masks = [
-            torch.ones(seg.columns, seg.start + seg.columns, dtype=torch.bool, device=self.device).tril(seg.start)
-            if seg.columns > 1 and seg.start > 0
+            torch.ones(seg.columns, seg.slot + seg.columns, dtype=torch.bool, device=self.device).tril(seg.slot)
+            if seg.columns > 1 and seg.slot > 0
             else None
             for seg in segments
         ]
@@ -431,32 +437,22 @@ class LanguageModel:
 
     @torch.inference_mode()
     def forward_prefixed(
-        self, tokens: torch.Tensor, start: int, cache: KVCache, prefix: PrefixKV, all_positions: bool = False
+        self, tokens: torch.Tensor, cache: KVCache, prefix: PrefixKV, all_positions: bool = False
     ) -> torch.Tensor:
-        """`forward` for a prefix-conditioned (melody) decoder: columns `tokens` (B, K, T) at window
-        columns start..start+T-1 sit at sequence positions (and cache slots) L+start.., after the
-        L prefix positions in slots 0..L-1 (`cache` holds L more slots than the window's columns).
-
-        The first call (start 0) runs prefix and columns together, as the reference's first
-        forward does; later calls attend to the cached prefix and columns. Returns fp32 logits
+        """The first forward of a prefix-conditioned (melody) stream: the prefix (L positions) and
+        the window's first columns `tokens` (B, K, T) run together, as the reference's first forward
+        does, into cache slots 0..L+T-1 (`cache` holds L more slots than the window's columns).
+        Later columns go through `forward_segments` with `Segment.offset = L`. Returns fp32 logits
         (B, K, V) of the last column.
         """
         s, w, exact = self.spec, self.w, self.exact
         B, K, T = tokens.shape
         L, D, H, d = prefix.length, s.hidden, s.heads, s.head_dim
-        first = not prefix.ran
-        if first and start != 0:
-            raise ValueError("a prefix is run together with the first columns of a window")
+        n = L + T  # sequence positions per row
         flat = tokens[:, :, 0] if T == 1 else tokens.transpose(1, 2).reshape(B * T, K)
-        x = self.embed(flat, self.positions[L + start : L + start + T].repeat(B, 1))
-        if first:  # [prefix; columns] per row, as the reference concatenates them
-            p = prefix.states.to(self.device, self.dtype) + self.positions[:L]
-            x = torch.cat([p, x.view(B, T, D)], dim=1).reshape(B * (L + T), D)
-        n = (L + T) if first else T  # sequence positions per row in this call
-        lo = 0 if first else L + start  # the cache slot of this call's first position
-        mask = None
-        if not first and T > 1:
-            mask = torch.ones(T, lo + T, dtype=torch.bool, device=self.device).tril(lo)
+        x = self.embed(flat, self.positions[L : L + T].repeat(B, 1))
+        p = prefix.states.to(self.device, self.dtype) + self.positions[:L]
+        x = torch.cat([p, x.view(B, T, D)], dim=1).reshape(B * n, D)  # [prefix; columns] per row
         for i, lw in enumerate(w.layers):
             fast = self.fast[i] if not exact else None
             h = F.layer_norm(x, (D,), lw.sa_ln_w, lw.sa_ln_b, LN_EPS)
@@ -464,15 +460,9 @@ class LanguageModel:
                 q, k, v = (F.linear(h, m).view(B, n, H, d).transpose(1, 2) for m in (lw.q, lw.k, lw.v))
             else:
                 q, k, v = fast.qkv(h).view(B, n, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
-            kc, vc = cache.k[i], cache.v[i]
-            kc[:B, :, lo : lo + n], vc[:B, :, lo : lo + n] = k, v
-            if first:
-                keys, values = k, v  # the reference attends to the fresh tensors in its first forward
-            else:
-                keys, values = kc[:B, :, : lo + n], vc[:B, :, : lo + n]
-            a = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, is_causal=(first and n > 1), scale=self.scale
-            )
+            cache.k[i][:B, :, :n], cache.v[i][:B, :, :n] = k, v
+            # the reference's first forward attends to the fresh keys / values
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1, scale=self.scale)
             a = a.transpose(1, 2).reshape(B * n, D)
             x = x + (F.linear(a, lw.o) if fast is None else fast.o(a))
             h = F.layer_norm(x, (D,), lw.ff_ln_w, lw.ff_ln_b, LN_EPS)
@@ -480,10 +470,9 @@ class LanguageModel:
                 x = x + F.linear(F.gelu(F.linear(h, lw.fc1)), lw.fc2)
             else:
                 x = x + fast.fc2(F.gelu(fast.fc1(h)))
-        prefix.ran = True
         x = F.layer_norm(x, (D,), w.ln_w, w.ln_b, LN_EPS).view(B, n, D)
         if exact:
-            if not (first and all_positions):
+            if not all_positions:
                 x = x[:, -1:]
             logits = torch.stack([F.linear(x, head) for head in w.heads], dim=1)  # (B, K, n', V)
             return logits[:, :, -1].float()
@@ -544,12 +533,12 @@ class LanguageModel:
         table = self.positions
         if len(segments) == 1 and segments[0].tokens == n:
             seg = segments[0]
-            pos = table[seg.start : seg.start + seg.columns]
+            pos = table[seg.slot : seg.slot + seg.columns]
             return pos if seg.columns == 1 else pos.repeat(seg.rows, 1)
         pos = torch.zeros(n, self.spec.hidden, device=self.device, dtype=self.dtype)
         o = 0
         for seg in segments:
-            pos[o : o + seg.tokens] = table[seg.start : seg.start + seg.columns].repeat(seg.rows, 1)
+            pos[o : o + seg.tokens] = table[seg.slot : seg.slot + seg.columns].repeat(seg.rows, 1)
             o += seg.tokens
         return pos
 
@@ -568,7 +557,7 @@ class LanguageModel:
         single = len(segments) == 1 and segments[0].tokens == layout.total
         out = None if single else torch.zeros(layout.total, D, device=self.device, dtype=self.dtype)
         for seg, o, mask in zip(segments, layout.offsets, masks):
-            n, start, T = seg.rows, seg.start, seg.columns
+            n, start, T = seg.rows, seg.slot, seg.columns
             if isinstance(qkv, torch.Tensor):
                 qs, ks, vs = qkv[o : o + n * T].view(n, T, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
             else:
