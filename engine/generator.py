@@ -188,7 +188,6 @@ class Generator:
         rows = [PromptRow(prompts, 1.0)] if isinstance(prompts, Condition) else [PromptRow(c, w) for c, w in prompts]
         if not 1 <= len(rows) <= max(max_prompts, 1):
             raise ContextError(f"between 1 and {max_prompts} prompts can play at once, got {len(rows)}")
-        prefix = self._prefix_for(rows, total_frames, capacity_frames, guided)
         P = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
         if total_frames is not None and total_frames <= P:
             raise ContextError(f"nothing to generate: {total_frames} frames requested with a {P}-frame prompt")
@@ -204,6 +203,7 @@ class Generator:
         batch = max(max_prompts, len(rows)) + (1 if guided else 0)
         K = m.spec.lm.num_codebooks
         columns = pat.columns_for_frames(cap)
+        prefix = self._prefix_for(rows, total_frames, columns, guided)
         chunk = max(MIN_CHUNK, slide_chunk)
         if total_frames is None and not self._can_slide(context, chunk, columns):
             raise ContextError(
@@ -520,9 +520,10 @@ class Generator:
         return [r.condition.kv for r in self._require().rows]
 
     def _prefix_for(
-        self, rows: list[PromptRow], total_frames: int | None, capacity_frames: int | None, guided: bool | None
+        self, rows: list[PromptRow], total_frames: int | None, columns: int, guided: bool
     ) -> PrefixKV | None:
-        """A melody checkpoint's stream: its prefix, checked (None for a cross-attention one)."""
+        """A melody checkpoint's stream: its prefix, checked against the window's `columns` (None
+        for a cross-attention one)."""
         spec = self.model.spec.lm
         if not spec.prefix_conditioned:
             return None
@@ -533,10 +534,8 @@ class Generator:
         prefix = rows[0].condition.prefix
         if len(rows) != 1 or prefix is None:
             raise ContextError("a melody checkpoint plays one melody condition (engine.melody) at a time")
-        guided = (self.params.cfg != 1.0) if guided is None else guided
         if prefix.shape[0] != (2 if guided else 1):
             raise ContextError("the melody condition was built for a different guidance setting")
-        columns = self.model.pattern.columns_for_frames(capacity_frames or total_frames)
         if prefix.shape[1] + columns > spec.max_positions:
             raise ContextError(
                 f"{total_frames} frames and a {prefix.shape[1]}-position melody prefix exceed the model's "
