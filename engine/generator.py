@@ -42,6 +42,7 @@ from .model import MusicGen
 from .sampling import SamplingParams, sample
 
 MIN_CHUNK = 2  # columns a preparation feeds per step at least (a slide must gain on the live window)
+PREFIX_TEXT_ROOM = 64  # text positions a live melody stream keeps room for in its prefix (T5 tokens)
 
 
 class Phase(enum.Enum):
@@ -72,6 +73,13 @@ class Window:
     cache: KVCache
     origin: int  # absolute frame at the window's first column after BOS
     column: int
+    columns: int  # its length: the columns it can hold
+    prefix: PrefixKV | None = None  # a melody stream's conditioning, in the cache slots before column 0
+
+    @property
+    def offset(self) -> int:
+        """Cache slots (and positions) before column 0: its prefix's."""
+        return 0 if self.prefix is None else self.prefix.length
 
 
 @dataclass
@@ -88,6 +96,7 @@ class Slide:
     in once its column has caught up with the live column."""
 
     window: Window  # in the spare cache; its column counts the columns fed so far
+    prefix_fed: int = 0  # positions of its prefix fed so far (they come first)
 
 
 @dataclass(eq=False)
@@ -101,6 +110,9 @@ class Continuation:
     fed: int = 0
     frame: int | None = None  # the first frame generated from it
     superseded: bool = False
+    trimmed: int | None = None  # frames it was asked with, when only its last `frames` fit the window
+    prefix: PrefixKV | None = None  # a melody stream's prefix, fed before the codes
+    prefix_fed: int = 0
 
     @property
     def frames(self) -> int:
@@ -142,7 +154,8 @@ class StreamState:
     codec_queue: torch.Tensor | None = None  # (K, n) frames handed over but not yet decoded
     skip_samples: int = 0  # decoded samples still to drop (prompt audio the listener already has)
     slides: int = 0
-    prefix: PrefixKV | None = None  # a melody checkpoint's conditioning, run with the first columns
+    prefix: PrefixKV | None = None  # a melody stream's conditioning: what the next window is prefilled with
+    prefix_slots: int = 0  # cache slots before column 0 that a prefix may take
 
 
 class Generator:
@@ -157,7 +170,7 @@ class Generator:
         self.seed = seed
         self.decode_chunk = max(1, decode_chunk)
         self.state: StreamState | None = None
-        self._planned = 0  # columns of the preparation fed inside the current step's forward
+        self._planned: Segment | None = None  # the preparation's chunk fed inside the current step's forward
 
     # -- lifecycle -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -203,17 +216,22 @@ class Generator:
         batch = max(max_prompts, len(rows)) + (1 if guided else 0)
         K = m.spec.lm.num_codebooks
         columns = pat.columns_for_frames(cap)
-        prefix = self._prefix_for(rows, total_frames, columns, guided)
+        prefix = self._prefix_for(rows, columns, guided)
+        lead = 0 if prefix is None else prefix.length
         chunk = max(MIN_CHUNK, slide_chunk)
-        if total_frames is None and not self._can_slide(context, chunk, columns):
+        if total_frames is None and not self._can_slide(context, chunk, columns, lead):
             raise ContextError(
                 f"a {cap}-frame window cannot keep {context} frames of context and still slide "
-                f"(needs {context + pat.max_delay + 2 + _slide_margin(context, chunk)} columns)"
+                f"(needs {context + pat.max_delay + 2 + _slide_margin(context + lead, chunk)} columns)"
             )
         buffer = cap if total_frames is not None else 2 * cap
-        slots = columns + (prefix.length if prefix is not None else 0)  # a melody prefix takes the first slots
+        # A melody prefix takes the first slots; a live stream keeps room for a longer one (a new
+        # prompt's text) up to the model's positions.
+        room = lead if total_frames is not None else max(lead, m.spec.lm.chroma_length + PREFIX_TEXT_ROOM)
+        prefix_slots = 0 if prefix is None else min(room, m.spec.lm.max_positions - columns)
+        slots = columns + prefix_slots
         self.state = st = StreamState(
-            window=Window(cache=m.lm.new_cache(batch, slots), origin=0, column=0),
+            window=Window(cache=m.lm.new_cache(batch, slots), origin=0, column=0, columns=columns, prefix=prefix),
             rows=rows,
             frames=torch.full((K, buffer), m.spec.lm.special_token, dtype=torch.long),
             base=0,
@@ -226,6 +244,10 @@ class Generator:
             chunk=chunk,
             continue_chunk=max(1, continue_chunk or chunk),
             prefix=prefix,
+            prefix_slots=prefix_slots,
+            # an endless stream's second cache, allocated now: zeroing ~1 GB (small) at the first
+            # slide stalled that step for ~1.8 s
+            spare=m.lm.new_cache(batch, slots) if total_frames is None else None,
         )
         if prompt_codes is not None and P:
             st.frames[:, :P] = prompt_codes.to(torch.long).cpu()
@@ -243,23 +265,21 @@ class Generator:
             logits = self.model.lm.forward_segments(tokens, [segment])
         else:
             logits = self.model.lm.forward_segments([tokens, prep[0]], [segment, prep[1]])
-            self._planned = prep[1].columns
+            self._planned = prep[1]
         return self.step_output(logits)
 
     def step_input(self) -> tuple[torch.Tensor, Segment]:
         """What the next step feeds the LM: tokens (rows, K, 1) and where they go. A `Batch` gathers
         these from several streams into one forward; `step_output` takes this stream's logits back."""
         st = self._require()
-        self._planned = 0
+        self._planned = None
         if self.done:
             raise ContextError("this finite stream is complete")
         win = st.window
-        if win.column + 1 >= win.cache.capacity:  # cannot happen while preparations keep their deadlines
+        if win.column + 1 >= win.columns:  # cannot happen while preparations keep their deadlines
             raise ContextError("the stream reached the end of its context window")
         tokens = self._columns(win, win.column, 1)
-        if st.prefix is not None:  # a melody stream: no cross-attention, columns after the prefix's slots
-            return tokens, Segment(tokens.shape[0], win.column, win.cache, [], offset=st.prefix.length)
-        return tokens, Segment(tokens.shape[0], win.column, win.cache, self._crosses())
+        return tokens, Segment(tokens.shape[0], win.column, win.cache, self._crosses(), offset=win.offset)
 
     @torch.no_grad()
     def step_output(self, logits: torch.Tensor, defer_decode: bool = False) -> StepResult:
@@ -315,7 +335,9 @@ class Generator:
         """
         st = self._require()
         if st.prefix is not None:
-            raise ContextError("a melody checkpoint's piece keeps the condition it started with")
+            raise ContextError(
+                "a melody stream changes its prompt and melody together (set_condition), without a crossfade"
+            )
         if not prompts:
             raise ContextError("at least one prompt is needed")
         total = sum(w for _, w in prompts)
@@ -350,6 +372,37 @@ class Generator:
             st.fade = None
             self._drop_silent_rows()
 
+    @torch.no_grad()
+    def set_condition(self, condition: Condition) -> PrefixKV:
+        """A melody stream's new condition (melody and/or text, `engine.melody`). The window is
+        prefilled again under it - from now, a chunk per step like a slide, the prefix first - and
+        it is heard from the frame that window takes over: `condition_live(handle)` says when. A
+        continuation being prepared starts its prefill over under it; a slide too late to start
+        over finishes first and the next begins at once."""
+        st = self._require()
+        if st.prefix is None:
+            raise ContextError("only a melody checkpoint's stream takes a melody condition")
+        prefix = self._checked_prefix(condition, st.window.columns, st.guided, slots=st.window.cache.capacity)
+        st.prefix = prefix
+        st.rows = [PromptRow(condition, 1.0)]
+        st.fade = None
+        prep = st.prep
+        if isinstance(prep, Continuation):
+            st.prep = None
+            prep.fed = 0
+            if self._fits(prep.frames + prefix.length):
+                self._activate(prep)
+            else:
+                st.queued = prep
+                self._begin_slide()
+        elif prep is None or _slide_margin(st.context_frames + prefix.length, st.chunk) <= self._steps_left():
+            self._begin_slide()  # (a slide under the old condition is dropped)
+        return prefix
+
+    def condition_live(self, prefix: PrefixKV) -> bool:
+        """Whether the window now playing was prefilled under `prefix` (from `set_condition`)."""
+        return self._require().window.prefix is prefix
+
     def continue_from(self, codes: torch.Tensor) -> Continuation:
         """Continue the stream from `codes` (K, P): the last `context` frames of them become the
         new context, prefilled a chunk per step while the music goes on, and the stream carries on
@@ -361,11 +414,15 @@ class Generator:
         if codes.dim() != 2 or codes.shape[0] != self.model.spec.lm.num_codebooks or codes.shape[-1] < 1:
             raise ContextError(f"continuation codes must be ({self.model.spec.lm.num_codebooks}, frames)")
         codes = codes[:, -st.context_frames :].to(torch.long).cpu()
-        cont = Continuation(codes=codes, columns=self.model.pattern.interleave(codes)[:, : codes.shape[-1]])
+        cont = self._continuation(codes)
         self._supersede()
-        steps_left = st.window.cache.capacity - 2 - st.window.column
-        if isinstance(st.prep, Slide) and -(-cont.frames // st.continue_chunk) > steps_left:
-            st.queued = cont  # it could not be ready before the live window ends: the slide first
+        if not self._fits(cont.frames + self._lead()):
+            # Even at a slide's pace it could not be ready before the live window ends (catching
+            # up would take chunks dearer than a slide's): slide first - now -, then it has the
+            # fresh window's steps.
+            st.queued = cont
+            if st.prep is None:
+                self._begin_slide()
         else:
             self._activate(cont)
         return cont
@@ -380,13 +437,12 @@ class Generator:
         if cont is None:
             return
         if st.queued is cont:
-            self._activate(cont)  # the slide it waited for is moot: the window restarts
-        n = min(st.chunk, cont.remaining)
-        if n:
-            columns = self._expand(cont.columns[:, cont.fed : cont.fed + n])
-            self.model.lm.forward(columns, cont.fed, cont.kv, self._crosses())
-            cont.fed += n
-        if cont.remaining == 0:
+            self._activate(cont, deadline=False)  # the slide it waited for is moot: the window restarts
+        if _prefix_left(cont) or cont.remaining:
+            tokens, seg = self._prep_chunk(cont, st.chunk)
+            self.model.lm.forward_segments(tokens, [seg])
+            self._account(cont, seg)
+        if not _prefix_left(cont) and cont.remaining == 0:
             self._swap_in(cont)
 
     def cancel(self, cont: Continuation) -> None:
@@ -414,15 +470,16 @@ class Generator:
         K = self.model.spec.lm.num_codebooks
         codes = torch.zeros(K, 0, dtype=torch.long) if prompt_codes is None else prompt_codes
         codes = codes[:, codes.shape[-1] - min(codes.shape[-1], st.context_frames) :].to(torch.long).cpu()
-        cont = Continuation(codes=codes, columns=self.model.pattern.interleave(codes)[:, : codes.shape[-1]])
+        cont = self._continuation(codes)
         self._supersede()
         st.prep = None  # a slide being prepared is moot: the window starts again
         if cont.frames:
-            self._activate(cont)
-            self.model.lm.forward(self._expand(cont.columns), 0, cont.kv, self._crosses())
-            cont.fed = cont.frames
-        else:
-            cont.cache = st.window.cache  # nothing to prefill: start again in place
+            self._activate(cont, deadline=False)
+        else:  # no codes: start again in place (a melody stream's prefix stays if it is the current one)
+            cont.cache, cont.prefix = st.window.cache, st.prefix
+            in_place = st.prefix is not None and st.prefix is st.window.prefix
+            cont.prefix_fed = st.prefix.length if in_place and st.prefix is not None else 0
+        self._feed_all(cont)
         self._swap_in(cont)
         audio = self._decode_queue()
         if not keep_audio:
@@ -491,9 +548,9 @@ class Generator:
     def max_context(self) -> int:
         """The most frames of context this stream's window can keep and still slide."""
         st = self._require()
-        cap = st.window.cache.capacity
+        cap = st.window.columns
         frames = (cap - 1 - self.model.pattern.max_delay) // 2
-        while frames > 1 and not self._can_slide(frames, st.chunk, cap):
+        while frames > 1 and not self._can_slide(frames, st.chunk, cap, self._lead()):
             frames -= 1
         return frames
 
@@ -517,34 +574,45 @@ class Generator:
         return len(st.rows) + (1 if st.guided else 0)
 
     def _crosses(self) -> list[CrossKV]:
-        return [r.condition.kv for r in self._require().rows]
+        """The rows' cross-attention K/V (none for a melody stream: its prefix conditions it)."""
+        st = self._require()
+        return [] if st.prefix is not None else [r.condition.kv for r in st.rows]
 
-    def _prefix_for(
-        self, rows: list[PromptRow], total_frames: int | None, columns: int, guided: bool
-    ) -> PrefixKV | None:
+    def _prefix_for(self, rows: list[PromptRow], columns: int, guided: bool) -> PrefixKV | None:
         """A melody checkpoint's stream: its prefix, checked against the window's `columns` (None
         for a cross-attention one)."""
-        spec = self.model.spec.lm
-        if not spec.prefix_conditioned:
+        if not self.model.spec.lm.prefix_conditioned:
             return None
-        if total_frames is None:
-            raise ContextError(
-                "melody checkpoints render finite pieces only for now; live streams are not supported yet"
-            )
-        prefix = rows[0].condition.prefix
-        if len(rows) != 1 or prefix is None:
+        if len(rows) != 1:
             raise ContextError("a melody checkpoint plays one melody condition (engine.melody) at a time")
+        return self._checked_prefix(rows[0].condition, columns, guided)
+
+    def _checked_prefix(self, condition: Condition, columns: int, guided: bool, slots: int | None = None) -> PrefixKV:
+        """`condition`'s prefix, if it fits a window of `columns` (and `slots` cache slots)."""
+        spec = self.model.spec.lm
+        prefix = condition.prefix
+        if prefix is None:
+            raise ContextError("a melody checkpoint plays a melody condition (engine.melody), not a text one")
         if prefix.shape[0] != (2 if guided else 1):
             raise ContextError("the melody condition was built for a different guidance setting")
-        if prefix.shape[1] + columns > spec.max_positions:
+        limit = spec.max_positions if slots is None else min(slots, spec.max_positions)
+        if prefix.shape[1] + columns > limit:
             raise ContextError(
-                f"{total_frames} frames and a {prefix.shape[1]}-position melody prefix exceed the model's "
-                f"{spec.max_positions} positions"
+                f"a {prefix.shape[1]}-position melody prefix (chroma and text) and a {columns}-column window "
+                f"exceed the {limit} positions {'this stream keeps' if slots is not None else 'of the model'} "
+                "(a shorter prompt fits)"
             )
         return PrefixKV(states=prefix)
 
-    def _can_slide(self, context: int, chunk: int, columns: int) -> bool:
-        return context + self.model.pattern.max_delay + 1 + _slide_margin(context, chunk) < columns
+    def _can_slide(self, context: int, chunk: int, columns: int, lead: int = 0) -> bool:
+        """Whether a window of `columns` keeping `context` frames can slide in time at `chunk` columns
+        a step, feeding `lead` prefix positions first."""
+        return context + self.model.pattern.max_delay + 1 + _slide_margin(context + lead, chunk) < columns
+
+    def _lead(self) -> int:
+        """Prefix positions the next window is prefilled with before its columns."""
+        prefix = self._require().prefix
+        return 0 if prefix is None else prefix.length
 
     def _columns(self, win: Window, first: int, count: int) -> torch.Tensor:
         """Input columns first..first+count-1 of `win`, delay mask applied, one copy per row."""
@@ -568,83 +636,146 @@ class Generator:
         return StepResult(codes=codes, audio=self._decode_queue())
 
     def _prep_input(self, after_step: bool) -> tuple[torch.Tensor, Segment] | None:
-        """This step's share of the preparation: the columns to feed and where, or None."""
+        """This step's share of the preparation: what to feed and where, or None. A melody
+        stream's window takes its prefix first, then its columns."""
         st = self._require()
         prep = st.prep
         if prep is None:
             return None
         win = st.window
         live = win.column + (0 if after_step else 1)  # the live column once this step is done
-        steps_left = win.cache.capacity - 2 - live  # steps the live window can still take after it
+        steps_left = win.columns - 2 - live  # steps the live window can still take after it
+        lead = _prefix_left(prep)
         if isinstance(prep, Slide):
             nxt = prep.window
-            work = win.origin + live - nxt.origin - nxt.column  # columns behind the live one
+            work = lead + win.origin + live - nxt.origin - nxt.column  # positions behind the live column
             total = work + max(steps_left, 0)  # it keeps moving while the slide catches up
-            first, cache = nxt.column, nxt.cache
         else:
-            work = total = prep.remaining
-            first, cache = prep.fed, prep.kv
+            work = total = lead + prep.remaining
         if work <= 0:
             return None
         chunk = st.chunk if isinstance(prep, Slide) else st.continue_chunk
         count = work if steps_left <= 0 else min(work, max(chunk, -(-total // (steps_left + 1))))
+        return self._prep_chunk(prep, count)
+
+    def _prep_chunk(self, prep: Slide | Continuation, count: int) -> tuple[torch.Tensor, Segment]:
+        """The next `count` positions of `prep` (at most what is left of its prefix, or its columns)."""
+        prefix = prep.window.prefix if isinstance(prep, Slide) else prep.prefix
+        cache = prep.window.cache if isinstance(prep, Slide) else prep.kv
+        lead = _prefix_left(prep)
+        if prefix is not None and lead:
+            count = min(count, lead)
+            states = prefix.states[:, prep.prefix_fed : prep.prefix_fed + count]
+            rows = states.shape[0]
+            K = self.model.spec.lm.num_codebooks
+            tokens = torch.zeros(rows, K, count, dtype=torch.long, device=self.model.device)  # unread
+            seg = Segment(rows, prep.prefix_fed, cache, [], columns=count, logits=False, states=states)
+            return tokens, seg
+        offset = 0 if prefix is None else prefix.length
         if isinstance(prep, Slide):
+            first = prep.window.column
             tokens = self._columns(prep.window, first, count)
         else:
+            first = prep.fed
+            count = min(count, prep.remaining)
             tokens = self._expand(prep.columns[:, first : first + count])
-        seg = Segment(tokens.shape[0], first, cache, self._crosses(), columns=count, logits=False)
+        seg = Segment(tokens.shape[0], first, cache, self._crosses(), columns=count, logits=False, offset=offset)
         return tokens, seg
+
+    def _account(self, prep: Slide | Continuation, seg: Segment) -> None:
+        """`seg` (from `_prep_chunk`) has been fed: count it."""
+        if seg.states is not None:
+            prep.prefix_fed += seg.columns
+        elif isinstance(prep, Slide):
+            prep.window.column += seg.columns
+        else:
+            prep.fed += seg.columns
+
+    def _feed_all(self, prep: Slide | Continuation) -> None:
+        """Feed what is left of `prep` now (a restart, which does not wait)."""
+        while _prefix_left(prep) or (isinstance(prep, Continuation) and prep.remaining):
+            left = _prefix_left(prep) or (prep.remaining if isinstance(prep, Continuation) else 0)
+            tokens, seg = self._prep_chunk(prep, left)
+            self.model.lm.forward_segments(tokens, [seg])
+            self._account(prep, seg)
 
     def _advance_preparation(self) -> None:
         """After a step: account for (or run) this step's preparation chunk; swap a finished
         window in; begin a slide when the live window nears its end."""
         st = self._require()
         prep = st.prep
-        fed, self._planned = self._planned, 0
+        seg, self._planned = self._planned, None
         if prep is None:
-            if (
-                st.total_frames is None
-                and st.window.column + _slide_margin(st.context_frames, st.chunk) >= st.window.cache.capacity
-            ):
+            margin = _slide_margin(st.context_frames + self._lead(), st.chunk)
+            due = st.window.column + margin >= st.window.columns
+            if st.total_frames is None and (due or st.prefix is not st.window.prefix):  # or a new melody
                 self._begin_slide()
             return
-        if not fed:  # stepped in a batch (or nothing was due before the step): a forward of its own
+        if seg is None:  # stepped in a batch (or nothing was due before the step): a forward of its own
             chunk = self._prep_input(after_step=True)
             if chunk is not None:
-                tokens, segment = chunk
-                self.model.lm.forward_segments(tokens, [segment])
-                fed = segment.columns
+                tokens, seg = chunk
+                self.model.lm.forward_segments(tokens, [seg])
+        if seg is not None:
+            self._account(prep, seg)
         if isinstance(prep, Slide):
             nxt, win = prep.window, st.window
-            nxt.column += fed
-            if nxt.origin + nxt.column == win.origin + win.column:  # caught up: swap
-                st.spare, st.window = win.cache, Window(cache=nxt.cache, origin=nxt.origin, column=nxt.column)
+            if not _prefix_left(prep) and nxt.origin + nxt.column == win.origin + win.column:  # caught up: swap
+                st.spare, st.window = win.cache, nxt
                 st.prep = None
                 st.slides += 1
                 self._rebase(min(nxt.origin, st.decoded))
                 if st.queued is not None:
                     self._activate(st.queued)
-        else:
-            prep.fed += fed
-            if prep.remaining == 0:
-                self._swap_in(prep)
+                elif st.prefix is not nxt.prefix:  # the melody changed while it was prepared
+                    self._begin_slide()
+        elif not _prefix_left(prep) and prep.remaining == 0:
+            self._swap_in(prep)
 
     def _begin_slide(self) -> None:
+        """Start preparing the next window - from the last `context` complete frames, under the
+        stream's current prefix (a melody stream's) - in the spare cache."""
         st = self._require()
-        win = st.window
-        if st.spare is None:
-            st.spare = self.model.lm.new_cache(win.cache.batch, win.cache.capacity)
         complete = self.next_frame - self.model.pattern.max_delay
-        st.prep = Slide(Window(cache=st.spare, origin=complete - st.context_frames, column=0))
+        origin = max(st.window.origin, complete - st.context_frames)
+        cols = st.window.columns
+        st.prep = Slide(Window(cache=self._spare(), origin=origin, column=0, columns=cols, prefix=st.prefix))
 
-    def _activate(self, cont: Continuation) -> None:
-        """Make `cont` the preparation (replacing a slide: the continuation restarts the window)."""
+    def _activate(self, cont: Continuation, deadline: bool = True) -> None:
+        """Make `cont` the preparation (replacing a slide: the continuation restarts the window).
+        With a `deadline` (the stream steps on meanwhile), one that waited for a slide and still
+        cannot be ready in time at a slide's pace keeps only its last frames that can
+        (`Continuation.trimmed`)."""
         st = self._require()
         st.queued = None
-        if st.spare is None:
-            st.spare = self.model.lm.new_cache(st.window.cache.batch, st.window.cache.capacity)
-        cont.cache = st.spare
+        if deadline and not self._fits(cont.frames + self._lead()):
+            fits = max(1, (self._steps_left() - 1) * st.chunk - self._lead())
+            trimmed = self._continuation(cont.codes[:, -fits:])
+            cont.codes, cont.columns, cont.trimmed = trimmed.codes, trimmed.columns, cont.frames
+        cont.cache = self._spare()
+        cont.prefix, cont.prefix_fed = st.prefix, 0
         st.prep = cont
+
+    def _continuation(self, codes: torch.Tensor) -> Continuation:
+        """A restart from `codes` (K, P): they are fed as the columns BOS, then their frames."""
+        return Continuation(codes=codes, columns=self.model.pattern.interleave(codes)[:, : codes.shape[-1]])
+
+    def _fits(self, positions: int) -> bool:
+        """Whether a continuation of `positions` (its frames, and a melody prefix) can be prefilled
+        at a slide's pace (or less) before the live window ends."""
+        return positions <= (self._steps_left() - 1) * self._require().chunk
+
+    def _steps_left(self) -> int:
+        """Steps the live window can still take (each after its column was fed)."""
+        win = self._require().window
+        return win.columns - 2 - win.column
+
+    def _spare(self) -> KVCache:
+        """The cache a preparation fills (an endless stream allocates it at start, never later)."""
+        spare = self._require().spare
+        if spare is None:
+            raise RuntimeError("a finite run has no spare cache: it neither slides nor continues")
+        return spare
 
     def _supersede(self) -> None:
         """A new restart replaces a continuation that has not taken over yet."""
@@ -668,7 +799,8 @@ class Generator:
         st.protected = start
         if cont.cache is not st.window.cache:
             st.spare = st.window.cache
-        st.window = Window(cache=cont.kv, origin=origin, column=cont.frames)
+        cols = st.window.columns
+        st.window = Window(cache=cont.kv, origin=origin, column=cont.frames, columns=cols, prefix=cont.prefix)
         st.prep = None
         cont.frame = start
 
@@ -783,6 +915,12 @@ class Generator:
 
     def _empty_audio(self) -> torch.Tensor:
         return torch.zeros((self.model.audio_channels, 0))
+
+
+def _prefix_left(prep: Slide | Continuation) -> int:
+    """Positions of a preparation's prefix (a melody stream's) still to be fed."""
+    prefix = prep.window.prefix if isinstance(prep, Slide) else prep.prefix
+    return 0 if prefix is None else prefix.length - prep.prefix_fed
 
 
 def _slide_margin(context: int, chunk: int) -> int:

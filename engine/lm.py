@@ -155,11 +155,19 @@ class KVCache:
     def rearrange_rows(self, rows: list[int], filled: int) -> None:
         """Row r becomes old row rows[r], over the first `filled` columns (a prompt row added by
         copying another's history, rows dropped after a crossfade)."""
-        if rows == list(range(len(rows))):
-            return
-        idx = torch.tensor(rows, device=self.k.device)
+        moves = {dst: src for dst, src in enumerate(rows) if dst != src}  # rows in place are not touched
         for buf in (self.k, self.v):
-            buf[:, : len(rows), :, :filled] = buf[:, idx, :, :filled]
+            pending = dict(moves)
+            while pending:
+                # a row is overwritten only once no pending move still reads it: one copy each, no temporary
+                ready = [d for d in pending if d not in pending.values()]
+                if not ready:  # rows trading places: through a temporary of just those rows
+                    dst = list(pending)
+                    src = torch.tensor([pending[d] for d in dst], device=buf.device)
+                    buf[:, dst, :, :filled] = buf[:, src, :, :filled]
+                    break
+                for d in ready:
+                    buf[:, d, :, :filled].copy_(buf[:, pending.pop(d), :, :filled])
 
 
 @dataclass
@@ -220,6 +228,7 @@ class Segment:
     columns: int = 1
     logits: bool = True
     offset: int = 0  # cache slots (and positions) before column 0: a melody prefix's
+    states: torch.Tensor | None = None  # (rows, columns, D) inputs instead of token embeddings: a melody prefix
 
     @property
     def tokens(self) -> int:
@@ -388,6 +397,10 @@ class LanguageModel:
         uniform = isinstance(tokens, torch.Tensor)
         flat, layout = self._flatten(tokens, segments)
         x = self.embed(flat, self._positions(flat.shape[0], segments, uniform, tokens))
+        for seg, o in zip(segments, layout.offsets):
+            if seg.states is not None:  # a melody prefix being prefilled: its states are the inputs
+                pos = self.positions[seg.slot : seg.slot + seg.columns].repeat(seg.rows, 1)
+                x[o : o + seg.tokens] = seg.states.to(self.device, self.dtype).reshape(seg.tokens, D) + pos
         # prefill chunks after the first attend causally within themselves and to the whole past
         masks = [
             torch.ones(seg.columns, seg.slot + seg.columns, dtype=torch.bool, device=self.device).tril(seg.slot)

@@ -1,8 +1,9 @@
 """`musicgen-live bench-stream`: a real-time session measured the way a performer feels it.
 
 Plays for `seconds`, sending a command every `every` seconds - prompt and cfg changes, a prompt never
-heard before (T5 runs a block per step), a continuation from the last `continue_s` seconds of what
-played (encoded a piece per step, prefilled a chunk per step) and a stop -> play cycle now and then -
+heard before (T5 runs a block per step; every other one with a crossfade), a continuation from the
+last `continue_s` seconds of what played (encoded a piece per step, prefilled a chunk per step) and
+a stop -> play cycle now and then -
 and reports underruns, step times, command -> audible latency, time to first audio after play, and
 what each kind of preparation costs: the worst step while it ran against the median plain step of
 the few seconds before it was asked for. (A step's cost grows with the window's position - its
@@ -30,6 +31,7 @@ from .outputs import RingOutput, make_output
 from .session import Session
 
 LOCAL_S = 5.0  # plain steps this long before a request are its baseline
+FADE_S = 2.0  # the crossfade of every other never-heard prompt
 PROMPTS = ["dark minimal techno", "bright disco strings", "ambient drone with bells", "broken beat jazz"]
 
 
@@ -99,10 +101,10 @@ def run_stream_bench(
             if n % 7 == 0 and session.sink.history.seconds >= continue_s and not pending:
                 timed.append(("continuation", session.submit(c.ContinueHistory(continue_s))))
                 continue
-            if n % 5 == 0:
-                timed.append(
-                    ("new prompt", session.submit(c.SetPrompt(f"never heard before #{n}, slow dub", fade_s=0)))
-                )
+            if n % 5 == 0:  # every other one crossfades: the new prompt's row is copied in, the old one's out
+                fade = FADE_S if n % 10 == 5 else 0.0
+                kind = f"new prompt, {fade:.0f} s fade" if fade else "new prompt"
+                timed.append((kind, session.submit(c.SetPrompt(f"never heard before #{n}, slow dub", fade_s=fade))))
                 continue
             cmd = c.SetPrompt(PROMPTS[n % len(PROMPTS)], fade_s=0) if n % 2 else c.Set("cfg", 3.0 + n % 4)
             t = session.submit(cmd)
@@ -139,6 +141,10 @@ def run_stream_bench(
         if t.applied is None:
             continue
         during = [ms for end, ms, _, _ in log if t.accepted <= end <= t.applied + 0.001]
+        fade_frames = model.spec.seconds_to_frames(getattr(t.command, "fade_s", None) or 0.0)
+        if fade_frames:  # the crossfade's last step (the old row leaving the cache) counts too
+            after = [ms for end, ms, _, _ in log if end > t.applied + 0.001]
+            during += after[: fade_frames + 2]
         if during:
             cost(kind, during, t.accepted)
             ready.setdefault(kind, []).append(1000 * (t.applied - t.accepted))

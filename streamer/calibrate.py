@@ -22,7 +22,7 @@ from musicgen_live.engine.lm import Segment
 from musicgen_live.engine.model import MusicGen
 
 CANDIDATES = (16, 8, 6, 4, 3, 2, 1)
-LIMIT = 1.4  # a preparing step may cost this much of a plain one
+LIMIT = 1.5  # a preparing step may cost this much of a plain one (the live-safe bound)
 POSITION = 256  # where the timed columns sit: a context of a few seconds
 
 

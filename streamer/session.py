@@ -150,7 +150,8 @@ class Session:
         self.step_ms: collections.deque[float] = collections.deque(maxlen=2000)
         self.prepare_step_ms: collections.deque[float] = collections.deque(maxlen=500)  # slide / continuation
         self.job_step_ms: collections.deque[float] = collections.deque(maxlen=500)  # a job's piece included
-        # every step: (perf_counter at its end, ms including a job's piece, phase before it, the job's label)
+        # every step: (perf_counter at its end, ms including the commands applied just before it and a job's
+        # piece - all the generation thread spent on it -, phase before it, the job's label)
         self.step_log: collections.deque[tuple[float, float, str, str]] = collections.deque(maxlen=STEP_LOG)
         self._recent_ms: collections.deque[float] = collections.deque(maxlen=50)  # for the job budget
         self._queue: queue.SimpleQueue[c.Ticket] = queue.SimpleQueue()
@@ -160,6 +161,7 @@ class Session:
         self.steps = 0  # steps delivered
         self._failed_steps = 0
         self._idle_piece = False  # a job piece ran between the last two steps
+        self._service_s = 0.0  # the last `service()` call: commands applied right before a step
         self._reopen_at = 0.0
         self._stopped_since: float | None = None  # when the device output was first seen stopped
         self._reported_output_error: str | None = None
@@ -267,10 +269,12 @@ class Session:
     def service(self) -> bool:
         """Apply queued commands, finish what is ready, watch the output; True when the ring wants
         another frame."""
+        t0 = time.perf_counter()
         self._apply_commands()
         self._finish_prompt()
         self._finish_continuation()
         self._watch_output()
+        self._service_s = time.perf_counter() - t0
         return self.state == PLAYING and self.output.healthy and self.output.ring.fill < self.target_frames
 
     def deliver(self, result: StepResult, seconds: float, phase_before: Phase) -> None:
@@ -296,6 +300,8 @@ class Session:
             job.advance(JOB_SHARE * median / 1000)
             dt += 1000 * (time.perf_counter() - t0)
             self.job_step_ms.append(dt)
+        dt += 1000 * self._service_s  # a command applied right before the step held the music up as much
+        self._service_s = 0.0
         self.step_log.append((time.perf_counter(), dt, phase_before.value, job.label if job else ""))
         self.resolve_probes()
 
@@ -653,6 +659,13 @@ class Session:
             self.gen.prepare()  # no steps to ride along with: a chunk a turn
         if p.handle.frame is not None:
             self._continuation = None
+            if p.handle.trimmed is not None:
+                rate = self.model.spec.frame_rate
+                trim = (
+                    f"continued from the last {p.handle.frames / rate:.1f} s of the {p.handle.trimmed / rate:.1f} s "
+                    "asked for: the window had room to prepare no more in time"
+                )
+                p.ticket.note = f"{p.ticket.note}; {trim}" if p.ticket.note else trim
             before = self.view()
             self.log(
                 f"continuing from {p.handle.frames / self.model.spec.frame_rate:.1f} s ({p.ticket.name}, "

@@ -137,7 +137,7 @@ def test_live_controls_reject_bad_values(model):
 WINDOW, CONTEXT, CHUNK = 60, 20, 4  # a slide every ~40 frames, ~8 steps long
 
 
-def sliding_stream(model):
+def sliding_stream(model, continue_chunk=None):
     gen = Generator(model, SamplingParams(top_k=50), seed=7, decode_chunk=25)  # the codec is not under test here
     gen.start(
         [(model.conditioner.condition("harp"), 1.0)],
@@ -146,6 +146,7 @@ def sliding_stream(model):
         guided=True,
         max_prompts=2,
         slide_chunk=CHUNK,
+        continue_chunk=continue_chunk,
     )
     return gen
 
@@ -247,3 +248,39 @@ def test_a_newer_continuation_or_a_reset_supersedes_one_not_yet_heard(model):
     third = gen.continue_from(torch.ones(4, 20, dtype=torch.long))
     gen.cancel(third)
     assert third.superseded and gen.continuation is None
+
+
+def test_a_late_continuation_slides_first_rather_than_catch_up_in_dear_chunks(model, monkeypatch):
+    """A continuation asked for too late in a window to be prefilled at its own pace before the
+    window ends waits for a slide (begun at once) instead of catching up with chunks larger than a
+    slide's: no step carries more than a slide's chunk, wherever in the window it was asked for.
+    (A continuation rides one column a step here, as musicgen-small's does on a 2-core CPU.)"""
+    fed: list[int] = []
+    forward = model.lm.forward_segments
+
+    def spy(tokens, segments, *a, **k):
+        fed.append(sum(s.columns for s in segments if not s.logits))
+        return forward(tokens, segments, *a, **k)
+
+    monkeypatch.setattr(model.lm, "forward_segments", spy)
+    codes = torch.randint(0, 2048, (4, 50), generator=torch.Generator().manual_seed(5))
+    trimmed = []
+    for offset in range(0, 100, 4):
+        gen = Generator(model, SamplingParams(top_k=50), seed=7, decode_chunk=25)
+        cond = model.conditioner.condition("harp")
+        gen.start([(cond, 1.0)], capacity_frames=120, context_frames=50, guided=True, slide_chunk=2, continue_chunk=1)
+        for _ in range(offset):
+            gen.step()
+        fed.clear()
+        handle = gen.continue_from(codes)
+        for _ in range(400):
+            gen.step()
+            if handle.frame is not None:
+                break
+        assert handle.frame is not None, offset
+        assert max(fed) <= 2, (offset, max(fed))
+        if handle.trimmed is not None:  # only its last frames fitted the window after the slide
+            assert handle.trimmed == 50 and 0 < handle.frames < 50
+            assert torch.equal(handle.codes, codes[:, -handle.frames :])
+            trimmed.append(offset)
+    assert 0 < len(trimmed) < 25  # early requests keep every frame
