@@ -31,7 +31,9 @@ from musicgen_live.streamer import commands as c
 from musicgen_live.streamer.controls import (
     CONTROLS,
     DEFAULT_CONTINUE_S,
+    DEFAULT_MELODY_S,
     MAX_CONTINUE_S,
+    MAX_MELODY_S,
     MAX_PROMPT_CHARS,
     MAX_PROMPTS,
     TRIGGERS,
@@ -40,11 +42,26 @@ from musicgen_live.streamer.controls import (
 ALIASES = {
     "continue-input": "continue/input",
     "continue-file": "continue/file",
+    "melody-history": "melody/history",
+    "melody-input": "melody/input",
+    "melody-file": "melody/file",
+    "melody-off": "melody/off",
     "status": "get/state",
     "top-k": "top_k",
     "top-p": "top_p",
 }
-GETTABLE = ("state", "prompt", "transport", *CONTROLS, "position", "frame", "seconds", "buffer_ms", "underruns")
+GETTABLE = (
+    "state",
+    "prompt",
+    "transport",
+    "melody",
+    *CONTROLS,
+    "position",
+    "frame",
+    "seconds",
+    "buffer_ms",
+    "underruns",
+)
 MAX_ARGS = 64  # arguments one request may carry (prompt words, weighted pairs)
 
 
@@ -82,6 +99,10 @@ class Vocabulary:
             "continue": self._continue,
             "continue/input": self._continue,
             "continue/file": self._continue_file,
+            "melody/history": self._melody,
+            "melody/input": self._melody,
+            "melody/file": self._melody_file,
+            "melody/off": lambda n, a: Outcome(commands=[c.MelodyOff()] if _fires(a, n) else []),
             "ping": lambda _n, a: Outcome(replies=[Reply("pong", tuple(a[:1]))]),
             "info": lambda _n, _a: Outcome(replies=[Reply("info", (json.dumps(self.info),))]),
             "subscribe": lambda _n, a: Outcome(subscribe=tuple(a[:2])),
@@ -158,19 +179,19 @@ class Vocabulary:
             return Reply("transport", (state["state"],))
         return Reply(what, (state["seconds" if what == "position" else what],))
 
-    def allowed_path(self, text: str) -> str:
+    def allowed_path(self, text: str, what: str = "continue/file") -> str:
         """`text` resolved inside one of the configured audio folders, or a refusal."""
         if not self.audio_dirs:
-            raise ProtocolError("continue/file is disabled: list the folders it may read in [bridges] audio_dirs")
+            raise ProtocolError(f"{what} is disabled: list the folders it may read in [bridges] audio_dirs")
         if "\x00" in text or not text.strip():
-            raise ProtocolError("continue/file needs a file name")
+            raise ProtocolError(f"{what} needs a file name")
         candidate = Path(text).expanduser()
         tries = [candidate] if candidate.is_absolute() else [d / candidate for d in self.audio_dirs]
         for t in tries:
             real = Path(os.path.realpath(t))
             if any(real == d or d in real.parents for d in self.audio_dirs):
                 return str(real)
-        raise ProtocolError(f"'{text}' is outside the folders continue/file may read")
+        raise ProtocolError(f"'{text}' is outside the folders {what} may read")
 
     # -- requests --------------------------------------------------------------------------------
     def _set(self, name: str, args: Sequence[object], normalised: bool) -> Outcome:
@@ -225,6 +246,20 @@ class Vocabulary:
         seconds, notes = continue_seconds(args, 1, name)
         path = self.allowed_path(_text(args[0]))
         return Outcome(commands=[c.ContinueFile(path, seconds, tuple(str(d) for d in self.audio_dirs))], notes=notes)
+
+    def _melody(self, name: str, args: Sequence[object]) -> Outcome:
+        if len(args) > 1:
+            raise ProtocolError(f"{name} takes at most one number of seconds")
+        seconds, notes = melody_seconds(args, 0, name)
+        command = c.MelodyHistory(seconds) if name == "melody/history" else c.MelodyInput(seconds)
+        return Outcome(commands=[command], notes=notes)
+
+    def _melody_file(self, name: str, args: Sequence[object]) -> Outcome:
+        if not args or len(args) > 2:
+            raise ProtocolError("melody/file takes a file name and, optionally, seconds")
+        seconds, notes = melody_seconds(args, 1, name)
+        path = self.allowed_path(_text(args[0]), name)
+        return Outcome(commands=[c.MelodyFile(path, seconds, tuple(str(d) for d in self.audio_dirs))], notes=notes)
 
 
 # WebSocket session.update keys, in the order they are applied
@@ -304,15 +339,23 @@ def _fires(args: Sequence[object], what: str) -> bool:
 
 
 def continue_seconds(args: Sequence[object], index: int, what: str) -> tuple[float, list[str]]:
+    """A continuation's seconds (argument `index` of `args`, or the default), capped with a note."""
+    return _seconds(args, index, what, DEFAULT_CONTINUE_S, MAX_CONTINUE_S)
+
+
+def melody_seconds(args: Sequence[object], index: int, what: str) -> tuple[float, list[str]]:
+    """A melody loop's seconds, likewise."""
+    return _seconds(args, index, what, DEFAULT_MELODY_S, MAX_MELODY_S)
+
+
+def _seconds(args: Sequence[object], index: int, what: str, default: float, most: float) -> tuple[float, list[str]]:
     if len(args) <= index:
-        return DEFAULT_CONTINUE_S, []
+        return default, []
     value = _number(args[index], what)
     if not value > 0:
         raise ProtocolError(f"{what} needs a positive number of seconds, got {_fmt(value)}")
-    if value > MAX_CONTINUE_S:
-        return MAX_CONTINUE_S, [
-            f"{what} {_fmt(value)} s is more than {_fmt(MAX_CONTINUE_S)} s: asking for {_fmt(MAX_CONTINUE_S)} s"
-        ]
+    if value > most:
+        return most, [f"{what} {_fmt(value)} s is more than {_fmt(most)} s: asking for {_fmt(most)} s"]
     return value, []
 
 

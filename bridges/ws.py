@@ -6,9 +6,11 @@ Client -> server, JSON text messages with a `type` (and an optional `event_id`, 
   command           {name, args}: any request of the shared vocabulary (`bridges.protocol`)
   playback.control  {action: play|pause|stop|reset}
   generate.continue {source: history|input|file, seconds?, path?}
+  melody.set        {source: history|input|file|off, seconds?, path?}  (a melody checkpoint's melody)
   audio.subscribe   {enabled: bool, codec?: f32|s16}
   input_audio.begin {rate, channels?, codec?: f32|s16}, then binary frames of interleaved PCM,
-  input_audio.commit {seconds?}   -> continue from the uploaded audio
+  input_audio.commit {seconds?, use?: continue|melody}   -> continue from (or follow the melody of)
+                     the uploaded audio
   state.get
 Server -> client: session.created {session, client, state}; session.updated {applied, frame,
 seconds, notes} once a request took effect (or error {message}); state; state.changed {changes,
@@ -38,7 +40,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 from musicgen_live.engine.errors import EngineError
 from musicgen_live.streamer import commands as c
-from musicgen_live.streamer.controls import DEFAULT_CONTINUE_S
+from musicgen_live.streamer.controls import DEFAULT_CONTINUE_S, DEFAULT_MELODY_S
 from musicgen_live.streamer.session import Session
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
@@ -47,7 +49,7 @@ from websockets.http11 import Request, Response
 
 from .config import WebSocketConfig
 from .limits import Budget
-from .protocol import Outcome, ProtocolError, Vocabulary, continue_seconds
+from .protocol import Outcome, ProtocolError, Vocabulary, continue_seconds, melody_seconds
 
 MAGIC = b"MGLA"
 HEADER = struct.Struct("<4sBBBBIQI")
@@ -236,6 +238,8 @@ class WebSocketBridge:
                 self._answer_later(client, self.vocab.handle(action, []), event_id, [action])
             elif kind == "generate.continue":
                 self._answer_later(client, self._continue(msg), event_id, [msg.get("source", "history")])
+            elif kind == "melody.set":
+                self._answer_later(client, self._melody(msg), event_id, [f"melody/{msg.get('source', 'history')}"])
             elif kind == "audio.subscribe":
                 codec = msg.get("codec", "f32")
                 if not isinstance(codec, str) or codec not in CODECS:
@@ -274,6 +278,15 @@ class WebSocketBridge:
             raise ProtocolError("generate.continue source must be history, input or file (or upload with input_audio)")
         args = [msg.get("path", ""), seconds] if source == "file" else [seconds]
         return self.vocab.handle(names[source], args)
+
+    def _melody(self, msg: dict[str, object]) -> Outcome:
+        source = msg.get("source", "history")
+        if not isinstance(source, str) or source not in ("history", "input", "file", "off"):
+            raise ProtocolError("melody.set source must be history, input, file or off (or upload with input_audio)")
+        if source == "off":
+            return self.vocab.handle("melody/off", [])
+        args: list[object] = [] if "seconds" not in msg else [msg["seconds"]]
+        return self.vocab.handle(f"melody/{source}", [msg.get("path", ""), *args] if source == "file" else args)
 
     def _answer_later(self, client: Client, outcome: Outcome, event_id: object, applied: list[str]) -> None:
         """Submit the outcome's commands now (in order) and answer once they took effect, without
@@ -388,6 +401,12 @@ class WebSocketBridge:
             audio /= 32768.0
         if not np.all(np.isfinite(audio)):
             raise ProtocolError("the upload contains NaN or infinite samples")
+        use = msg.get("use", "continue")
+        if use == "melody":
+            seconds, notes = melody_seconds([msg.get("seconds", DEFAULT_MELODY_S)], 0, "input_audio.commit")
+            return Outcome(commands=[c.MelodyAudio(audio, fmt.rate, seconds)], notes=notes)
+        if use != "continue":
+            raise ProtocolError("input_audio.commit use must be continue or melody")
         seconds, notes = continue_seconds([msg.get("seconds", DEFAULT_CONTINUE_S)], 0, "input_audio.commit")
         return Outcome(commands=[c.ContinueAudio(audio, fmt.rate, seconds)], notes=notes)
 

@@ -53,9 +53,9 @@ class TextConditioner:
     @torch.no_grad()
     def encode_text(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """T5 last hidden state (1, S, text_hidden) in fp32 and the attention mask (1, S)."""
-        return run(self._encode_steps(text))
+        return run(self.encode_steps(text))
 
-    def _encode_steps(self, text: str) -> Generator[None, None, tuple[torch.Tensor, torch.Tensor]]:
+    def encode_steps(self, text: str) -> Generator[None, None, tuple[torch.Tensor, torch.Tensor]]:
         """`encode_text`, yielding before the first T5 block and after every block. The blocks are
         called exactly as transformers' T5Stack calls them (same arguments, same order), so the
         states are the same bit for bit."""
@@ -94,7 +94,7 @@ class TextConditioner:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        states, mask = yield from self._encode_steps(text)
+        states, mask = yield from self.encode_steps(text)
         with torch.no_grad():
             if guided:
                 states = torch.cat([states, torch.zeros_like(states)], dim=0)

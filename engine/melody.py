@@ -20,6 +20,7 @@ feeds T5 its start token, which is also its pad token, so it masks the result ou
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch
 from .conditioning import TextConditioner
 from .errors import AudioInputError, ContextError
 from .lm import LanguageModel
+from .pieces import run
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,17 @@ def prefix_states(
 ) -> torch.Tensor:
     """The prefix (rows, chroma_length + S, D) for `prompt` and/or one-hot `chroma` (frames, bins):
     the conditional row, then (when `guided`) the unconditional one, as transformers builds them."""
+    return run(prefix_states_steps(lm, text, prompt, chroma, guided))
+
+
+def prefix_states_steps(
+    lm: LanguageModel,
+    text: TextConditioner,
+    prompt: str | None,
+    chroma: torch.Tensor | None,
+    guided: bool,
+) -> Generator[None, None, torch.Tensor]:
+    """`prefix_states`, yielding after every T5 block (a live stream runs it a piece per step)."""
     spec = lm.spec
     if not spec.prefix_conditioned:
         raise ContextError("this checkpoint has no melody conditioning (load a MusicGen-Melody checkpoint)")
@@ -128,7 +141,7 @@ def prefix_states(
     if prompt is None:  # the masked-out start token: one position of zeros
         projected = torch.zeros(1, 1, spec.hidden, device=lm.device, dtype=lm.dtype)
     else:
-        states, mask = text.encode_text(prompt)
+        states, mask = yield from text.encode_steps(prompt)
         projected = lm.project_condition(states, mask)  # the conditional row alone, as the reference projects it
     null_chroma = torch.zeros(1, 1 if chroma is None else chroma.shape[0], spec.num_chroma)
     null_chroma[:, :, 0] = 1

@@ -5,6 +5,7 @@ This object is shared and immutable once built; every stream's state lives in it
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ from .codec import Codec
 from .conditioning import Condition, TextConditioner
 from .errors import CheckpointError, ContextError
 from .lm import LanguageModel, lm_weights_from_state_dict
-from .melody import ChromaExtractor, ChromaSettings, prefix_states
+from .melody import ChromaExtractor, ChromaSettings, prefix_states_steps
 from .pattern import DelayPattern
+from .pieces import run
 from .spec import ModelSpec
 
 
@@ -92,7 +94,19 @@ class MusicGen:
             raise ContextError("give a text prompt, a melody, or both")
         if melody is not None:
             chroma = self.chroma(melody)
-        states = prefix_states(self.lm, self.conditioner, prompt, chroma, guided)
+        return run(self.melody_condition_steps(prompt, chroma, guided))
+
+    def melody_condition_steps(
+        self, prompt: str | None, chroma: torch.Tensor | None, guided: bool
+    ) -> Generator[None, None, Condition]:
+        """`melody_condition` from one-hot `chroma` (or None), a T5 block per piece (a live stream
+        runs it between steps)."""
+        if self.chroma is None:
+            raise ContextError(
+                f"'{self.source}' has no melody conditioning "
+                "(a MusicGen-Melody checkpoint has; this one takes text only)"
+            )
+        states = yield from prefix_states_steps(self.lm, self.conditioner, prompt, chroma, guided)
         return Condition(text=prompt or "", cross=None, tokens=states.shape[1], prefix=states)
 
     @property

@@ -1,7 +1,8 @@
 """`musicgen-live bench-stream`: a real-time session measured the way a performer feels it.
 
 Plays for `seconds`, sending a command every `every` seconds - prompt and cfg changes, a prompt never
-heard before (T5 runs a block per step; every other one with a crossfade), a continuation from the
+heard before (T5 runs a block per step; every other one with a crossfade; a melody checkpoint follows
+the melody of what it just played instead, re-prefilling its window), a continuation from the
 last `continue_s` seconds of what played (encoded a piece per step, prefilled a chunk per step) and
 a stop -> play cycle now and then -
 and reports underruns, step times, command -> audible latency, time to first audio after play, and
@@ -32,6 +33,7 @@ from .session import Session
 
 LOCAL_S = 5.0  # plain steps this long before a request are its baseline
 FADE_S = 2.0  # the crossfade of every other never-heard prompt
+MELODY_S = 4.0  # a melody checkpoint follows the melody of this much of what it played
 PROMPTS = ["dark minimal techno", "bright disco strings", "ambient drone with bells", "broken beat jazz"]
 
 
@@ -100,6 +102,10 @@ def run_stream_bench(
                 continue
             if n % 7 == 0 and session.sink.history.seconds >= continue_s and not pending:
                 timed.append(("continuation", session.submit(c.ContinueHistory(continue_s))))
+                continue
+            if n % 5 == 0 and model.melody:  # a melody checkpoint: the melody of what just played, re-prefilled
+                if session.sink.history.seconds >= MELODY_S:
+                    timed.append(("melody change", session.submit(c.MelodyHistory(MELODY_S))))
                 continue
             if n % 5 == 0:  # every other one crossfades: the new prompt's row is copied in, the old one's out
                 fade = FADE_S if n % 10 == 5 else 0.0

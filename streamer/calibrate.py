@@ -38,19 +38,19 @@ def step_costs(model: MusicGen, repeats: int = 7) -> dict[int, float]:
     """A step carrying each candidate chunk, against a plain step (codec included); each timing
     the median of `repeats` calls, plain and chunked interleaved so that a slow spell hits both."""
     lm, K = model.lm, model.spec.lm.num_codebooks
-    cross = model.conditioner.condition("", guided=True).kv
+    conds = [] if model.melody else [model.conditioner.condition("", guided=True).kv]  # melody: no cross-attention
     live, prep = lm.new_cache(2, POSITION + 1), lm.new_cache(2, POSITION + 1)
     gen = torch.Generator().manual_seed(0)
     tokens = lambda n: torch.randint(0, model.spec.lm.card, (2, K, n), generator=gen).to(model.device)  # noqa: E731
     one = tokens(1)
 
     def plain() -> None:
-        lm.forward_segments(one, [Segment(2, POSITION, live, [cross])])
+        lm.forward_segments(one, [Segment(2, POSITION, live, conds)])
 
     def fused(chunk: int, chunk_tokens: torch.Tensor) -> Callable[[], object]:
         segments = [
-            Segment(2, POSITION, live, [cross]),
-            Segment(2, POSITION // 2, prep, [cross], columns=chunk, logits=False),
+            Segment(2, POSITION, live, conds),
+            Segment(2, POSITION // 2, prep, conds, columns=chunk, logits=False),
         ]
         return lambda: lm.forward_segments([one, chunk_tokens], segments)
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # bridges import this to build commands; only `ContinueAudio` holds an array
+if TYPE_CHECKING:  # bridges import this to build commands; only `ContinueAudio` / `MelodyAudio` hold an array
     import numpy as np
 
 
@@ -90,6 +90,42 @@ class ContinueAudio:
 
 
 @dataclass(frozen=True)
+class MelodyHistory:
+    """Follow the melody (chroma) of the last `seconds` of the session's own output (a melody
+    checkpoint): that loop conditions every window from the next re-prefill on."""
+
+    seconds: float = 8.0
+
+
+@dataclass(frozen=True)
+class MelodyInput:
+    """Follow the melody of the last `seconds` captured from the input device."""
+
+    seconds: float = 8.0
+
+
+@dataclass(frozen=True)
+class MelodyFile:
+    path: str
+    seconds: float = 8.0  # the first `seconds` of the file (a riff, a loop)
+    folders: tuple[str, ...] = ()  # where it must lie; () = anywhere
+
+
+@dataclass(frozen=True, eq=False)
+class MelodyAudio:
+    """Follow the melody of audio handed in by a bridge: (samples, channels) float32 at `rate`."""
+
+    audio: np.ndarray
+    rate: int
+    seconds: float = 8.0
+
+
+@dataclass(frozen=True)
+class MelodyOff:
+    """Text alone conditions the music again."""
+
+
+@dataclass(frozen=True)
 class Query:
     """Answer the session's state (`Ticket.result`) once every command before it has been applied:
     a `get` after a `set` answers the value that will sound."""
@@ -97,7 +133,10 @@ class Query:
 
 Continuation = ContinueHistory | ContinueInput | ContinueFile | ContinueAudio
 CONTINUATIONS = (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio)
-Command = SetPrompt | SetWeightedPrompts | Set | Play | Pause | Stop | Reset | Continuation | Query
+Melody = MelodyHistory | MelodyInput | MelodyFile | MelodyAudio | MelodyOff
+MELODIES = (MelodyHistory, MelodyInput, MelodyFile, MelodyAudio, MelodyOff)
+Clip = Continuation | MelodyHistory | MelodyInput | MelodyFile | MelodyAudio  # commands that read audio
+Command = SetPrompt | SetWeightedPrompts | Set | Play | Pause | Stop | Reset | Continuation | Melody | Query
 
 _ids = itertools.count(1)
 
@@ -143,6 +182,11 @@ _NAMES: dict[type, str] = {
     ContinueInput: "continue/input",
     ContinueFile: "continue/file",
     ContinueAudio: "continue/upload",
+    MelodyHistory: "melody/history",
+    MelodyInput: "melody/input",
+    MelodyFile: "melody/file",
+    MelodyAudio: "melody/upload",
+    MelodyOff: "melody/off",
     Query: "get",
 }
 

@@ -55,3 +55,5 @@ TRIGGERS = ("play", "pause", "stop", "reset")
 MAX_PROMPT_CHARS = 2000
 MAX_CONTINUE_S = 30.0  # the longest clip a continuation may ask for (the context keeps less)
 DEFAULT_CONTINUE_S = 10.0
+MAX_MELODY_S = 30.0  # the longest melody loop (a melody checkpoint's chroma covers 30 s)
+DEFAULT_MELODY_S = 8.0

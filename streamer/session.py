@@ -41,14 +41,16 @@ from musicgen_live.engine.errors import ContextError, EngineError
 from musicgen_live.engine.generator import Continuation as Handle
 from musicgen_live.engine.generator import Generator as StreamGenerator
 from musicgen_live.engine.generator import Phase, StepResult
+from musicgen_live.engine.lm import PrefixKV
 from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.pieces import run
 from musicgen_live.engine.sampling import SamplingParams
 from musicgen_live.engine.stats import percentile
 
 from . import commands as c
 from .calibrate import prefill_chunk
 from .config import MAX_DECODE_FRAMES, StreamConfig
-from .controls import CONTROLS, MAX_CONTINUE_S, MAX_PROMPT_CHARS, MAX_PROMPTS, SAMPLING
+from .controls import CONTROLS, MAX_CONTINUE_S, MAX_MELODY_S, MAX_PROMPT_CHARS, MAX_PROMPTS, SAMPLING
 from .jobs import Job
 from .outputs import DeviceOutput, InputCapture, RingOutput
 from .probes import LatencyProbes
@@ -92,6 +94,19 @@ class PendingPrompt:
 
 
 @dataclass
+class PendingCondition:
+    """A melody stream's new condition (a prompt or a melody): built a piece per step, then the
+    window is prefilled under it (`handle`) and it is answered once that window plays."""
+
+    ticket: c.Ticket
+    job: Job[tuple[Condition, torch.Tensor | None]]
+    prompts: list[tuple[str, float]]
+    melody: str  # how the state will describe the melody ("off", "history 8 s", ...)
+    chroma: torch.Tensor | None = None  # the melody's one-hot chroma, once built
+    handle: PrefixKV | None = None
+
+
+@dataclass
 class PendingContinuation:
     ticket: c.Ticket
     job: Job[torch.Tensor]
@@ -111,11 +126,6 @@ class Session:
         self.model = model
         self.output = output
         self.cfg = stream or StreamConfig()
-        if model.melody:
-            raise EngineError(
-                f"'{model.source}' is a MusicGen-Melody checkpoint: live streams of melody checkpoints are not "
-                "supported yet (render --melody FILE makes finite pieces with it)"
-            )
         if not 1 <= self.cfg.decode_frames <= MAX_DECODE_FRAMES:
             raise EngineError(
                 f"[stream] decode_frames must be between 1 and {MAX_DECODE_FRAMES}, got {self.cfg.decode_frames}"
@@ -157,6 +167,9 @@ class Session:
         self._queue: queue.SimpleQueue[c.Ticket] = queue.SimpleQueue()
         self._prompt: PendingPrompt | None = None
         self._continuation: PendingContinuation | None = None
+        self._condition: PendingCondition | None = None  # a melody stream's new prompt or melody
+        self.melody = "off"  # what the melody follows (melody checkpoints)
+        self._chroma: torch.Tensor | None = None  # its one-hot chroma (frames, bins)
         self.codec_origin = (0, 0)  # (absolute frame, model sample) where the codec stream last began
         self.steps = 0  # steps delivered
         self._failed_steps = 0
@@ -230,14 +243,19 @@ class Session:
 
     def view(self) -> dict[str, Any]:
         """What a performer set: transport, prompts and every control - the state all clients share."""
-        return {"state": self.state, "prompts": [{"text": t, "weight": w} for t, w in self.prompts], **self.controls}
+        return {
+            "state": self.state,
+            "prompts": [{"text": t, "weight": w} for t, w in self.prompts],
+            "melody": self.melody,
+            **self.controls,
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """`view` plus where the stream is and how it is doing."""
         steps = sorted(self.step_ms.copy())  # copy(): atomic, while the generation thread appends
         started = self.gen.started
         frame = self.gen.frames_done if started else 0
-        pending = [p.ticket.name for p in (self._prompt, self._continuation) if p is not None]
+        pending = [p.ticket.name for p in (self._prompt, self._continuation, self._condition) if p is not None]
         return {
             **self.view(),
             "phase": self.gen.phase.value if started else "starting",
@@ -272,6 +290,7 @@ class Session:
         t0 = time.perf_counter()
         self._apply_commands()
         self._finish_prompt()
+        self._finish_condition()
         self._finish_continuation()
         self._watch_output()
         self._service_s = time.perf_counter() - t0
@@ -368,7 +387,11 @@ class Session:
         m = self.model
         window = min(m.spec.seconds_to_frames(self.cfg.window_s), m.max_frames)
         context = min(m.spec.seconds_to_frames(self.cfg.context_s), window // 2)
-        conds = [(m.conditioner.condition(t, guided=True), w) for t, w in self.prompts]
+        if m.melody:  # one condition: the prompt's text and the melody's chroma, as the stream's prefix
+            text = self.prompts[0][0]
+            conds = [(run(m.melody_condition_steps(text or None, self._chroma, guided=True)), 1.0)]
+        else:
+            conds = [(m.conditioner.condition(t, guided=True), w) for t, w in self.prompts]
         chunk = self.cfg.slide_chunk or prefill_chunk(m)
         continue_chunk = self.cfg.slide_chunk or prefill_chunk(m, minimum=1)
         self.gen.start(
@@ -493,6 +516,8 @@ class Session:
         if not any(w > 0 for _, w in prompts):
             raise ValueError("at least one prompt weight must be above 0")
         fade = float(self.controls["fade"] if cmd.fade_s is None else CONTROLS["fade"].check(cmd.fade_s))
+        if self.model.melody:
+            return self._melody_prompt(ticket, prompts, fade)
         if self._prompt is not None:  # the latest prompt wins
             self._prompt.job.close()
             self._refuse(self._prompt.ticket, "superseded by a newer prompt before it was ready")
@@ -588,14 +613,16 @@ class Session:
         self._continuation = PendingContinuation(ticket, job)
         return DEFERRED
 
-    def _clip_source(self, cmd: c.Continuation, seconds: float) -> Callable[[], torch.Tensor]:
-        """What the job will encode: checked now, read later (files, resampling) piece by piece."""
-        if isinstance(cmd, c.ContinueHistory):
+    def _clip_source(self, cmd: c.Clip, seconds: float) -> Callable[[], torch.Tensor]:
+        """What a job will read: checked now, read later (files, resampling) in its first piece.
+        A continuation takes the last `seconds`; a melody file or upload its first (a riff), the
+        session's history or input its last (what was just played)."""
+        if isinstance(cmd, (c.ContinueHistory, c.MelodyHistory)):
             if self.sink.history.seconds < 1 / self.model.spec.frame_rate:
-                raise ContextError("there is no output history to continue from yet")
+                raise ContextError("there is no output history yet")
             clip = torch.from_numpy(np.ascontiguousarray(self.sink.history.last(seconds).T))
             return lambda: clip
-        if isinstance(cmd, c.ContinueInput):
+        if isinstance(cmd, (c.ContinueInput, c.MelodyInput)):
             if self.capture is None:
                 raise ContextError("no input device is open (start serve with --input DEVICE)")
             data, rate = self.capture.last(seconds)
@@ -605,12 +632,17 @@ class Session:
         if isinstance(cmd, c.ContinueFile):
             path, folders = cmd.path, cmd.folders
             return lambda: read_audio(path, self.rate, self.model.audio_channels, last_s=seconds, inside=folders)
+        if isinstance(cmd, c.MelodyFile):
+            path, folders, n = cmd.path, cmd.folders, int(seconds * self.rate)
+            return lambda: read_audio(path, self.rate, self.model.audio_channels, inside=folders)[:, :n]
         data = np.asarray(cmd.audio, dtype=np.float32)
         if data.ndim == 1:
             data = data[:, None]
         if data.ndim != 2 or len(data) == 0:
-            raise ContextError("continuation audio must be a non-empty (samples, channels) array")
+            raise ContextError("uploaded audio must be a non-empty (samples, channels) array")
         rate = int(cmd.rate)
+        if isinstance(cmd, c.MelodyAudio):
+            data = data[: int(seconds * rate)]
         return lambda: prepare_audio(data, rate, self.rate, self.model.audio_channels)
 
     def _source_channels(self, cmd: c.Continuation) -> int | None:
@@ -688,10 +720,79 @@ class Session:
 
     def _next_job(self) -> Job[Any] | None:
         """The job to give a piece of time to: a prompt first (it is quick and most often asked)."""
-        for p in (self._prompt, self._continuation):
+        for p in (self._prompt, self._condition, self._continuation):
             if p is not None and not p.job.done:
                 return p.job
         return None
+
+    # -- melody checkpoints: a new prompt or melody re-prefills the window under it -----------------
+    def _melody_prompt(self, ticket: c.Ticket, prompts: list[tuple[str, float]], fade: float) -> Answer:
+        if len(prompts) > 1:
+            raise ValueError("a melody checkpoint plays one prompt at a time (blends need a text-only checkpoint)")
+        if fade > 0:
+            ticket.note = "a melody checkpoint changes prompt at a re-prefill of its window, without a crossfade"
+        text = prompts[0][0]
+        job: Job[tuple[Condition, torch.Tensor | None]] = Job(
+            _melody_condition(self.model, text, self._chroma, None), "prompt"
+        )
+        self._begin_condition(PendingCondition(ticket, job, [(text, 1.0)], self.melody))
+        return DEFERRED
+
+    def _on_melody(self, ticket: c.Ticket) -> Answer:
+        cmd = ticket.command
+        assert isinstance(cmd, c.MELODIES)
+        if not self.model.melody:
+            raise ValueError(
+                f"'{self.model.source}' has no melody conditioning: melody commands need a MusicGen-Melody "
+                "checkpoint (--model tiny-melody, facebook/musicgen-melody)"
+            )
+        text = self.prompts[0][0]
+        if isinstance(cmd, c.MelodyOff):
+            job = Job(_melody_condition(self.model, text, None, None), "melody")
+            self._begin_condition(PendingCondition(ticket, job, self.prompts, "off"))
+            return DEFERRED
+        if not cmd.seconds > 0:
+            raise ContextError(f"a melody loop must be longer than 0 s, got {cmd.seconds}")
+        seconds = min(float(cmd.seconds), MAX_MELODY_S)
+        source = self._clip_source(cmd, seconds)  # refuses at once what cannot work
+        kind = c.command_name(cmd).split("/")[1]  # history, input, file, upload
+        name = f" {Path(cmd.path).name}" if isinstance(cmd, c.MelodyFile) else ""
+        label = f"{kind}{name} {seconds:g} s"
+        job = Job(_melody_condition(self.model, text, None, source), "melody")
+        self._begin_condition(PendingCondition(ticket, job, self.prompts, label))
+        return DEFERRED
+
+    def _begin_condition(self, pending: PendingCondition) -> None:
+        old = self._condition
+        if old is not None:  # the latest prompt or melody wins
+            old.job.close()
+            self._refuse(old.ticket, "superseded by a newer prompt or melody before it was heard")
+        self._condition = pending
+
+    def _finish_condition(self) -> None:
+        """Prefill the window under the new condition once it is built; answer once it plays."""
+        p = self._condition
+        if p is None or not p.job.done:
+            return
+        if p.handle is None:
+            try:
+                if p.job.error is not None:
+                    raise p.job.error
+                assert p.job.result is not None  # a job that ended without an error has its result
+                cond, p.chroma = p.job.result
+                p.handle = self.gen.set_condition(cond)
+            except Exception as e:
+                self._condition = None
+                known = isinstance(e, (EngineError, ValueError))
+                self._refuse(p.ticket, str(e) if known else f"could not build the melody ({type(e).__name__}: {e})")
+                return
+            if self.state == STOPPED:  # nothing steps: prefill it now (no codes, only the prefix)
+                self._restart(keep_audio=False)
+        if self.gen.condition_live(p.handle):
+            self._condition = None
+            before = self.view()
+            self.prompts, self.melody, self._chroma = p.prompts, p.melody, p.chroma
+            self._applied(p.ticket, Heard(frame=self.gen.next_frame), before)
 
     # -- output supervision --------------------------------------------------------------------
     def _watch_output(self) -> None:
@@ -735,6 +836,11 @@ HANDLERS: dict[type, Callable[[Session, c.Ticket], Answer]] = {
     c.ContinueInput: Session._on_continue,
     c.ContinueFile: Session._on_continue,
     c.ContinueAudio: Session._on_continue,
+    c.MelodyHistory: Session._on_melody,
+    c.MelodyInput: Session._on_melody,
+    c.MelodyFile: Session._on_melody,
+    c.MelodyAudio: Session._on_melody,
+    c.MelodyOff: Session._on_melody,
     c.Query: Session._on_query,
 }
 
@@ -747,6 +853,27 @@ def _conditions(model: MusicGen, texts: list[str]) -> Generator[None, int | None
         conds.append((yield from _delegate(model.conditioner.condition_steps(text, guided=True), amount)))
         amount = yield
     return conds
+
+
+def _melody_condition(
+    model: MusicGen, text: str, chroma: torch.Tensor | None, source: Callable[[], torch.Tensor] | None
+) -> Generator[None, int | None, tuple[Condition, torch.Tensor | None]]:
+    """A melody stream's condition: `text` and the chroma of `source`'s audio (read in the first
+    piece, its chroma in the next) or the given `chroma` (None: text alone); then T5 a block per
+    piece. Returns the condition and the chroma it used."""
+    amount = yield
+    if source is not None:
+        if model.chroma is None:
+            raise ContextError("this checkpoint has no melody conditioning")
+        clip = source()
+        rate = model.chroma.settings.sample_rate
+        if rate != model.sample_rate:
+            clip = prepare_audio(clip.T.numpy(), model.sample_rate, rate, 1)
+        amount = yield
+        chroma = model.chroma(clip)
+        amount = yield
+    cond = yield from _delegate(model.melody_condition_steps(text or None, chroma, guided=True), amount)
+    return cond, chroma
 
 
 def _continuation_codes(

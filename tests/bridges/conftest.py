@@ -39,13 +39,19 @@ class LineFeed:
 
 
 class Stack:
-    def __init__(self, model, tmp_path, osc_cfg=None, ws_cfg=None):
+    def __init__(self, model, tmp_path, osc_cfg=None, ws_cfg=None, output=None, capture=None):
+        """`output` (default: null) and `capture` (an input device) for tests of the real audio path."""
         self.osc_port = free_port()
         self.ws_port = free_port(socket.SOCK_STREAM)
         self.audio_dir = tmp_path
         self.osc_cfg = replace(osc_cfg or OscConfig(), port=self.osc_port)
         self.ws_cfg = replace(ws_cfg or WebSocketConfig(), port=self.ws_port)
-        self.session = Session(model, make_output("null", 2, 0.2), StreamConfig(buffer_ms=200, window_s=8, context_s=3))
+        self.session = Session(
+            model,
+            output or make_output("null", 2, 0.2),
+            StreamConfig(buffer_ms=200, window_s=8, context_s=3),
+            capture=capture,
+        )
         self.ready = threading.Event()
         self.running = None
         self.loop = None

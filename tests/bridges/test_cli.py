@@ -313,30 +313,22 @@ def test_bad_melody_input_is_one_sentence(tmp_path, capsys, argv, says):
     assert says in err and "Traceback" not in err
 
 
-def test_serve_refuses_a_melody_checkpoint_in_one_sentence():
+def test_serve_plays_a_melody_checkpoint_and_takes_melody_commands_from_stdin():
     # its own process: a streaming command confines the calling thread to one core (streamer.threads),
     # which the rest of the suite must not inherit
     exe = shutil.which("musicgen-live") or f"{sys.prefix}/bin/musicgen-live"
+    args = ["serve", "--model", "tiny-melody", "--output", "null", "--seconds", "4"]
+    args += ["--osc-port", "0", "--ws-port", "0"]
     proc = subprocess.run(
-        [
-            exe,
-            "serve",
-            "--model",
-            "tiny-melody",
-            "--output",
-            "null",
-            "--seconds",
-            "1",
-            "--osc-port",
-            "0",
-            "--ws-port",
-            "0",
-        ],
+        [exe, *args],
         capture_output=True,
         text=True,
         timeout=300,
-        stdin=subprocess.DEVNULL,
+        input="melody/off\nmelody/history 1 2\nprompt/weighted a 1 b 1\n",
     )
-    assert proc.returncode == 2
-    assert "live streams of melody checkpoints are not supported yet" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "ok: melody/off" in out
+    assert "melody/history takes at most one number of seconds" in out
+    assert "one prompt at a time" in out
+    assert "Traceback" not in out

@@ -40,6 +40,11 @@ BAD: list[tuple[list[Any], str]] = [
     (["continue/input", 2], "no input device is open (start serve with --input DEVICE)"),  # refused by the session
     (["continue/file", "../../etc/passwd"], "'../../etc/passwd' is outside the folders continue/file may read"),
     (["continue/file", "silence.txt"], "could not be read"),  # refused by the session's job
+    (["melody/history", -1], "melody/history needs a positive number of seconds, got -1"),
+    (["melody/input", 1, 2], "melody/input takes at most one number of seconds"),
+    (["melody/file"], "melody/file takes a file name and, optionally, seconds"),
+    (["melody/file", "../../etc/passwd"], "'../../etc/passwd' is outside the folders melody/file may read"),
+    (["melody/history", 2], "has no melody conditioning: melody commands need a MusicGen-Melody checkpoint"),
     (["get/nothing"], "cannot get 'nothing'"),
     (["launch/rockets"], "unknown command 'launch/rockets'"),
     (["ctrl", "ctrl", "cfg", 3], "ctrl cannot carry another ctrl"),

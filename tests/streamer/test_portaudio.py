@@ -101,3 +101,74 @@ def test_a_vanished_output_is_reported_and_reopened_with_the_music_state_kept(ti
         assert s.prompts == [("steady pulse", 1.0)]
     finally:
         s.close()
+
+
+def test_a_melody_session_follows_a_loop_from_the_jack_input_changed_over_osc_and_websocket(jack, tmp_path):
+    """tiny-melody playing to JACK with its own output looped back to its input: the melody follows
+    the input (OSC), then the history (WebSocket), then goes off (OSC); each change is answered
+    once, reaches subscribers as state, and the music never runs dry."""
+    import json
+    import socket
+
+    from musicgen_live.bridges.osc import encode
+    from musicgen_live.engine.model import MusicGen
+    from pythonosc.osc_message import OscMessage
+    from websockets.sync.client import connect
+
+    from tests.bridges.conftest import Stack
+
+    model = MusicGen.load("tiny-melody", progress=None)
+    stack = Stack(model, tmp_path, output=make_output("default", 2, 0.2), capture=InputCapture("default", seconds=10))
+    osc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    osc.bind(("127.0.0.1", 0))
+    osc.settimeout(0.2)
+
+    def send(address: str, *args: object) -> None:
+        osc.sendto(encode(f"/musicgen/{address}", args), ("127.0.0.1", stack.osc_port))
+
+    def received(seconds: float) -> list[tuple[str, list]]:
+        out, end = [], time.time() + seconds
+        while time.time() < end:
+            try:
+                msg = OscMessage(osc.recvfrom(65536)[0])
+            except TimeoutError:
+                continue
+            out.append((msg.address, msg.params))
+            if msg.address in ("/musicgen/done", "/musicgen/fail"):
+                end = min(end, time.time() + 0.3)  # and the state change sent with it
+        return out
+
+    def outcome(got: list[tuple[str, list]]) -> tuple[str, list]:
+        return next(m for m in got if m[0] in ("/musicgen/done", "/musicgen/fail"))
+
+    try:
+        ports = subprocess.run(["jack_lsp"], capture_output=True, text=True, check=True).stdout.split()
+        ours_out = next(p for p in ports if p.startswith("PortAudio") and ":out_" in p)
+        ours_in = next(p for p in ports if p.startswith("PortAudio") and ":in_" in p)
+        subprocess.run(["jack_disconnect", "system:capture_1", ours_in], capture_output=True)
+        subprocess.run(["jack_connect", ours_out, ours_in], check=True)
+        send("subscribe")
+        time.sleep(3.0)  # a loop's worth of our own music at the input
+        send("melody/input", 2)
+        got = received(15)
+        assert outcome(got)[0] == "/musicgen/done" and outcome(got)[1][0] == "melody/input", got
+        assert ("/musicgen/melody", ["input 2 s"]) in got
+        with connect(f"ws://127.0.0.1:{stack.ws_port}/") as ws:
+            assert json.loads(ws.recv(timeout=10))["state"]["melody"] == "input 2 s"
+            ws.send(json.dumps({"type": "melody.set", "source": "history", "seconds": 3, "event_id": "m"}))
+            answer = json.loads(ws.recv(timeout=15))
+            while answer.get("event_id") != "m":
+                answer = json.loads(ws.recv(timeout=15))
+            assert answer["type"] == "session.updated", answer
+        got = received(5)
+        assert ("/musicgen/melody", ["history 3 s"]) in got
+        send("melody/off")
+        got = received(15)
+        assert outcome(got)[0] == "/musicgen/done" and outcome(got)[1][0] == "melody/off", got
+        assert ("/musicgen/melody", ["off"]) in got
+        time.sleep(1.0)
+        snap = stack.session.snapshot()
+        assert snap["underruns"] == 0 and snap["errors"] == 0 and snap["state"] == "playing"
+    finally:
+        osc.close()
+        stack.close()
