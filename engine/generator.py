@@ -384,6 +384,8 @@ class Generator:
             raise ContextError("only a melody checkpoint's stream takes a melody condition")
         prefix = self._checked_prefix(condition, st.window.columns, st.guided, slots=st.window.cache.capacity)
         st.prefix = prefix
+        # a longer prefix (more text) takes longer to prefill: keep only the context that still slides
+        st.context_frames = min(st.context_frames, self._fit_context(st.window.columns, st.chunk, prefix.length))
         st.rows = [PromptRow(condition, 1.0)]
         st.fade = None
         prep = st.prep
@@ -548,9 +550,19 @@ class Generator:
     def max_context(self) -> int:
         """The most frames of context this stream's window can keep and still slide."""
         st = self._require()
-        cap = st.window.columns
-        frames = (cap - 1 - self.model.pattern.max_delay) // 2
-        while frames > 1 and not self._can_slide(frames, st.chunk, cap, self._lead()):
+        return self._fit_context(st.window.columns, st.chunk, self._lead())
+
+    def context_that_slides(self, capacity_frames: int, context_frames: int, slide_chunk: int, lead: int = 0) -> int:
+        """The most of `context_frames` an endless stream of `capacity_frames` can keep and still
+        slide at `slide_chunk` columns a step, feeding `lead` prefix positions first (a melody
+        prefix's): what to ask `start` for (it refuses a context that cannot slide)."""
+        columns = self.model.pattern.columns_for_frames(min(capacity_frames, self.model.max_frames))
+        chunk = max(MIN_CHUNK, slide_chunk)
+        return min(context_frames, self._fit_context(columns, chunk, lead))
+
+    def _fit_context(self, columns: int, chunk: int, lead: int) -> int:
+        frames = (columns - 1 - self.model.pattern.max_delay) // 2
+        while frames > 1 and not self._can_slide(frames, chunk, columns, lead):
             frames -= 1
         return frames
 

@@ -394,6 +394,14 @@ class Session:
             conds = [(m.conditioner.condition(t, guided=True), w) for t, w in self.prompts]
         chunk = self.cfg.slide_chunk or prefill_chunk(m)
         continue_chunk = self.cfg.slide_chunk or prefill_chunk(m, minimum=1)
+        prefix = conds[0][0].prefix
+        fitted = self.gen.context_that_slides(window, context, chunk, 0 if prefix is None else prefix.shape[1])
+        if fitted < context:  # a melody prefix is prefilled before the context at every slide
+            self.log(
+                f"context {context / m.spec.frame_rate:.1f} s -> {fitted / m.spec.frame_rate:.1f} s: the most a "
+                f"{window / m.spec.frame_rate:.1f} s window can keep and still slide"
+            )
+            context = fitted
         self.gen.start(
             conds,
             capacity_frames=window,
@@ -792,6 +800,9 @@ class Session:
             self._condition = None
             before = self.view()
             self.prompts, self.melody, self._chroma = p.prompts, p.melody, p.chroma
+            kept = self.gen.context_frames / self.model.spec.frame_rate  # less if a longer prefix needs it
+            if kept < self.controls["context"]:
+                self.controls["context"] = kept
             self._applied(p.ticket, Heard(frame=self.gen.next_frame), before)
 
     # -- output supervision --------------------------------------------------------------------

@@ -18,7 +18,7 @@ def test_t5_a_block_at_a_time_equals_transformers(model, text):
     enc = c.tokenizer([text], return_tensors="pt", padding=True)
     with torch.no_grad():
         want = c.t5(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-    steps = c._encode_steps(text)
+    steps = c.encode_steps(text)
     pieces = 0
     try:
         while True:

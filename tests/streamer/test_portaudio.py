@@ -27,8 +27,11 @@ def test_ten_seconds_through_portaudio_without_underruns(tiny, jack):
     # PortAudio's JACK backend raises the underflow flag for every xrun the server reports, and
     # `jackd --no-realtime` on 2 shared cores has a few of its own: measured with this session,
     # 1 flag in 8 quiet 6 s runs and 0-7 a run beside two busy processes, at any time, with our
-    # ring never short. A callback that was itself too slow would flag most of ~1 900 periods.
-    assert out.device_underflows <= 2
+    # ring never short; in noisy spells of the shared host 3-32 a run, with the same code passing
+    # with 0-2 an hour later (2026-11-30, interleaved A/B runs). A callback that was itself too slow
+    # would flag most of the ~1 900 periods: at most 5 % of them may be flagged.
+    periods = snap["seconds"] * 48000 / 256
+    assert out.device_underflows <= 0.05 * periods
 
 
 def test_continue_from_live_input_through_a_jack_loopback(tiny, jack):

@@ -40,6 +40,7 @@ KNOBS = ["cfg", "temperature", "top_k", "top_p", "seed", "gain", "context", "fad
 KNOB_VALUES = (-5.0, 40.0)  # out-of-range values must be refused in a sentence
 TRANSPORT = [c.Play, c.Pause, c.Stop, c.Reset, c.Play, c.Play]
 SOURCES = ["history", "input", "file", "missing file", "audio"]
+MELODIES = [*SOURCES, "off"]  # a text checkpoint refuses them all; a melody one re-prefills
 SECONDS = (0.05, 40.0)
 MAX_PLAY = 40  # steps between two commands at most
 
@@ -87,6 +88,19 @@ class Walk:
             self._send(c.ContinueAudio(audio, 22050, seconds))
         else:
             self._send(c.ContinueFile(self.clip if source == "file" else self.clip + ".nope", seconds))
+
+    def melody(self, source: str, seconds: float) -> None:
+        if source == "history":
+            self._send(c.MelodyHistory(seconds))
+        elif source == "input":
+            self._send(c.MelodyInput(seconds))  # no input device: refused
+        elif source == "audio":
+            audio = 0.2 * np.random.default_rng(self.fresh).standard_normal((22050, 1)).astype(np.float32)
+            self._send(c.MelodyAudio(audio, 22050, seconds))
+        elif source == "off":
+            self._send(c.MelodyOff())
+        else:
+            self._send(c.MelodyFile(self.clip if source == "file" else self.clip + ".nope", seconds))
 
     def ask(self) -> None:
         self._send(c.Query())
@@ -142,6 +156,7 @@ def seeded_walk(model: MusicGen, commands: int, seed: int) -> dict[str, int]:
         lambda: walk.knob(rng.choice(KNOBS), rng.uniform(*KNOB_VALUES)),
         lambda: walk.transport(rng.choice(TRANSPORT)),
         lambda: walk.continue_from(rng.choice(SOURCES), rng.uniform(*SECONDS)),
+        lambda: walk.melody(rng.choice(MELODIES), rng.uniform(*SECONDS)),
         walk.ask,
     ]
     for _ in range(commands):
@@ -188,6 +203,10 @@ class WalkMachine(RuleBasedStateMachine):
     def continue_from(self, source: str, seconds: float) -> None:
         self.walk.continue_from(source, seconds)
 
+    @rule(source=st.sampled_from(MELODIES), seconds=st.floats(*SECONDS))
+    def melody(self, source: str, seconds: float) -> None:
+        self.walk.melody(source, seconds)
+
     @rule()
     def ask(self) -> None:
         self.walk.ask()
@@ -221,16 +240,24 @@ def test_seeded_walk_across_slides(tiny):
     assert r["slides"] >= 10, r
 
 
+def test_seeded_walk_of_a_melody_checkpoint_across_slides():
+    """The same walk on `tiny-melody`: melody and prompt changes re-prefill its window, with every
+    other move in between (prompts, blends - refused -, continuations, transport)."""
+    r = seeded_walk(MusicGen.load("tiny-melody", progress=None), 80, seed=3)
+    assert r["slides"] >= 5, r
+
+
 @pytest.mark.skipif(not os.environ.get("MUSICGEN_LIVE_WALK"), reason="the long profile: make walk")
 @pytest.mark.timeout(6 * 3600)
 def test_long_seeded_walk(tiny):
     commands = int(os.environ["MUSICGEN_LIVE_WALK"])
     seed = int(os.environ.get("MUSICGEN_LIVE_WALK_SEED", "1"))
+    name = os.environ.get("MUSICGEN_LIVE_WALK_MODEL", "tiny")  # tiny-melody walks a melody checkpoint
     t0 = time.perf_counter()
-    r = seeded_walk(tiny, commands, seed)
+    r = seeded_walk(tiny if name == "tiny" else MusicGen.load(name, progress=None), commands, seed)
     minutes = (time.perf_counter() - t0) / 60
     print(
-        f"\nwalk (seed {seed}): {r['commands']} commands ({r['applied']} applied, {r['refused']} refused), "
+        f"\nwalk ({name}, seed {seed}): {r['commands']} commands ({r['applied']} applied, {r['refused']} refused), "
         f"{r['steps']} steps, {r['slides']} slides, {minutes:.1f} min"
     )
     assert r["commands"] >= commands and r["slides"] >= 50
