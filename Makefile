@@ -21,7 +21,8 @@ test: setup
 	.venv/bin/python -m pytest -q
 
 # the long profile of the random command walk (tests/streamer/test_walk.py): 10 000 commands across
-# hundreds of window slides, ~20 min on 2 cores; WALK=N and SEED=S to change it
+# hundreds of window slides, ~20 min on 2 cores; WALK=N, SEED=S and MODEL=tiny-melody to change it
 walk: setup
-	MUSICGEN_LIVE_WALK=$${WALK:-10000} MUSICGEN_LIVE_WALK_SEED=$${SEED:-1} .venv/bin/python -m pytest -q -s \
+	MUSICGEN_LIVE_WALK=$${WALK:-10000} MUSICGEN_LIVE_WALK_SEED=$${SEED:-1} MUSICGEN_LIVE_WALK_MODEL=$${MODEL:-tiny} \
+		.venv/bin/python -m pytest -q -s \
 		tests/streamer/test_walk.py -k long

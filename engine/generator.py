@@ -42,6 +42,7 @@ from .model import MusicGen
 from .sampling import SamplingParams, sample
 
 MIN_CHUNK = 2  # columns a preparation feeds per step at least (a slide must gain on the live window)
+MAX_SLIDE_CHUNK = 16  # start raises a slide's columns a step up to this before it refuses a context
 PREFIX_TEXT_ROOM = 64  # text positions a live melody stream keeps room for in its prefix (T5 tokens)
 
 
@@ -219,11 +220,15 @@ class Generator:
         prefix = self._prefix_for(rows, columns, guided)
         lead = 0 if prefix is None else prefix.length
         chunk = max(MIN_CHUNK, slide_chunk)
-        if total_frames is None and not self._can_slide(context, chunk, columns, lead):
-            raise ContextError(
-                f"a {cap}-frame window cannot keep {context} frames of context and still slide "
-                f"(needs {context + pat.max_delay + 2 + _slide_margin(context + lead, chunk)} columns)"
-            )
+        if total_frames is None:
+            sliding = self._slide_chunk(context, chunk, columns, lead)
+            if sliding is None:
+                need = context + pat.max_delay + 2 + 2 * _slide_margin(context + lead, max(chunk, MAX_SLIDE_CHUNK))
+                raise ContextError(
+                    f"a {cap}-frame window cannot keep {context} frames of context and still slide "
+                    f"(needs {need} columns)"
+                )
+            chunk = sliding
         buffer = cap if total_frames is not None else 2 * cap
         # A melody prefix takes the first slots; a live stream keeps room for a longer one (a new
         # prompt's text) up to the model's positions.
@@ -547,6 +552,12 @@ class Generator:
         return self._require().context_frames
 
     @property
+    def slide_chunk(self) -> int:
+        """Columns a slide feeds per step (what `start` was asked for, or more where fewer would
+        not keep the window sliding)."""
+        return self._require().chunk
+
+    @property
     def max_context(self) -> int:
         """The most frames of context this stream's window can keep and still slide."""
         st = self._require()
@@ -557,7 +568,7 @@ class Generator:
         slide at `slide_chunk` columns a step, feeding `lead` prefix positions first (a melody
         prefix's): what to ask `start` for (it refuses a context that cannot slide)."""
         columns = self.model.pattern.columns_for_frames(min(capacity_frames, self.model.max_frames))
-        chunk = max(MIN_CHUNK, slide_chunk)
+        chunk = max(MIN_CHUNK, slide_chunk, MAX_SLIDE_CHUNK)  # start takes a larger chunk before less context
         return min(context_frames, self._fit_context(columns, chunk, lead))
 
     def _fit_context(self, columns: int, chunk: int, lead: int) -> int:
@@ -617,9 +628,22 @@ class Generator:
         return PrefixKV(states=prefix)
 
     def _can_slide(self, context: int, chunk: int, columns: int, lead: int = 0) -> bool:
-        """Whether a window of `columns` keeping `context` frames can slide in time at `chunk` columns
-        a step, feeding `lead` prefix positions first."""
-        return context + self.model.pattern.max_delay + 1 + _slide_margin(context + lead, chunk) < columns
+        """Whether a window of `columns` keeping `context` frames can keep sliding at `chunk`
+        columns a step, feeding `lead` prefix positions first: a slide begins `margin` columns
+        before the window's end, and the window it makes (the context plus the columns played
+        while it was prefilled, about `margin` more) must start before the next slide is due.
+        Otherwise the stream slides without end, every slide late and catching up in larger
+        chunks (musicgen-small's 12 s in a 30 s window at 2 columns a step did)."""
+        margin = _slide_margin(context + lead, chunk)
+        return context + self.model.pattern.max_delay + 1 + 2 * margin < columns
+
+    def _slide_chunk(self, context: int, chunk: int, columns: int, lead: int) -> int | None:
+        """The fewest columns a step, from `chunk` on, at which the window keeps sliding (None:
+        not even at `MAX_SLIDE_CHUNK`)."""
+        for c in range(chunk, max(chunk, MAX_SLIDE_CHUNK) + 1):
+            if self._can_slide(context, c, columns, lead):
+                return c
+        return None
 
     def _lead(self) -> int:
         """Prefix positions the next window is prefilled with before its columns."""

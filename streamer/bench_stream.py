@@ -112,7 +112,9 @@ def run_stream_bench(
                 kind = f"new prompt, {fade:.0f} s fade" if fade else "new prompt"
                 timed.append((kind, session.submit(c.SetPrompt(f"never heard before #{n}, slow dub", fade_s=fade))))
                 continue
-            cmd = c.SetPrompt(PROMPTS[n % len(PROMPTS)], fade_s=0) if n % 2 else c.Set("cfg", 3.0 + n % 4)
+            # (a melody checkpoint's prompt change re-prefills like a melody change and would supersede it)
+            prompt = n % 2 and not model.melody
+            cmd = c.SetPrompt(PROMPTS[n % len(PROMPTS)], fade_s=0) if prompt else c.Set("cfg", 3.0 + n % 4)
             t = session.submit(cmd)
             time.sleep(min(1.0, every * 0.9))
             if t.latency_ms is not None:

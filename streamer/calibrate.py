@@ -3,8 +3,9 @@
 A window being prepared rides in the live step's own forward (`engine.generator`), so it costs only
 the extra columns' compute, not another read of the weights - but that compute still grows with the
 chunk, and more than the weight reads suggest: the extra segment has its own attention ops in every
-layer. On the 2-core Intel host a musicgen-small int8 LM forward costs 1.46x with 1 extra column
-a row, 1.59x with 2 and 1.80x with 4 (the codec's share of a step dilutes that), while tiny takes
+layer. On the 2-core Intel host a musicgen-small int8 step at column 1 024 costs 1.35x with 1
+extra column a row, 1.44x with 2 and 1.63x with 4 (the codec's share of a step dilutes the LM's
+1.5-1.8x), while tiny takes
 16 almost for free (BENCHMARKS.md). `[stream] slide_chunk = 0` asks for the most columns that keep
 a step within `limit` x a plain one, measured once per model on scratch caches: a slide takes at
 least 2 (it must gain on the live window), a continuation may take 1.
@@ -23,7 +24,9 @@ from musicgen_live.engine.model import MusicGen
 
 CANDIDATES = (16, 8, 6, 4, 3, 2, 1)
 LIMIT = 1.5  # a preparing step may cost this much of a plain one (the live-safe bound)
-POSITION = 256  # where the timed columns sit: a context of a few seconds
+# where the live column sits: late in a 30 s window, where preparations run (a step's attention
+# reads every cached column: small int8 at chunk 3 costs 1.49x at column 256, 1.55x at 1 024)
+POSITION = 1024
 
 
 def prefill_chunk(model: MusicGen, minimum: int = MIN_CHUNK, limit: float = LIMIT) -> int:
@@ -39,18 +42,19 @@ def step_costs(model: MusicGen, repeats: int = 7) -> dict[int, float]:
     the median of `repeats` calls, plain and chunked interleaved so that a slow spell hits both."""
     lm, K = model.lm, model.spec.lm.num_codebooks
     conds = [] if model.melody else [model.conditioner.condition("", guided=True).kv]  # melody: no cross-attention
-    live, prep = lm.new_cache(2, POSITION + 1), lm.new_cache(2, POSITION + 1)
+    pos = min(POSITION, model.spec.lm.max_positions - 2)
+    live, prep = lm.new_cache(2, pos + 1), lm.new_cache(2, pos + 1)
     gen = torch.Generator().manual_seed(0)
     tokens = lambda n: torch.randint(0, model.spec.lm.card, (2, K, n), generator=gen).to(model.device)  # noqa: E731
     one = tokens(1)
 
     def plain() -> None:
-        lm.forward_segments(one, [Segment(2, POSITION, live, conds)])
+        lm.forward_segments(one, [Segment(2, pos, live, conds)])
 
     def fused(chunk: int, chunk_tokens: torch.Tensor) -> Callable[[], object]:
         segments = [
-            Segment(2, POSITION, live, conds),
-            Segment(2, POSITION // 2, prep, conds, columns=chunk, logits=False),
+            Segment(2, pos, live, conds),
+            Segment(2, pos // 2, prep, conds, columns=chunk, logits=False),
         ]
         return lambda: lm.forward_segments([one, chunk_tokens], segments)
 

@@ -39,10 +39,10 @@ class Job(Generic[T]):
             return
         if budget_s is None:
             amount = None
-        elif len(self._unit_costs) < 2:
+        elif self.unit_s is None:
             amount = 1  # the first pieces measure what a unit costs (the very first may do no real work)
         else:
-            amount = max(1, int(budget_s / max(self._unit_costs)))  # the dearest recent unit: stay in budget
+            amount = max(1, int(budget_s / self.unit_s))  # the dearest recent unit: stay in budget
         t0 = time.perf_counter()
         try:
             if not self._started:
@@ -63,6 +63,11 @@ class Job(Generic[T]):
         self.seconds += dt
         if amount:
             self._unit_costs = [*self._unit_costs[-2:], dt / amount]
+
+    @property
+    def unit_s(self) -> float | None:
+        """What one unit of its work costs (the dearest of the last pieces), once measured."""
+        return max(self._unit_costs) if len(self._unit_costs) >= 2 else None
 
     def finish(self) -> None:
         self.advance(None)

@@ -48,6 +48,7 @@ from musicgen_live.engine.sampling import SamplingParams
 from musicgen_live.engine.stats import percentile
 
 from . import commands as c
+from .calibrate import LIMIT as STEP_LIMIT
 from .calibrate import prefill_chunk
 from .config import MAX_DECODE_FRAMES, StreamConfig
 from .controls import CONTROLS, MAX_CONTINUE_S, MAX_MELODY_S, MAX_PROMPT_CHARS, MAX_PROMPTS, SAMPLING
@@ -61,7 +62,10 @@ if TYPE_CHECKING:
 
 PLAYING, PAUSED, STOPPED = "playing", "paused", "stopped"
 SWITCH_INTERVAL_S = 0.0005
-JOB_SHARE = 0.35  # a job's piece may add this share of a median step to a step
+JOB_SHARE = 0.35  # a job's piece may add this share of a median plain step to a step ...
+# ... as long as the step stays within calibrate.LIMIT x a plain one (a step carrying a slide's chunk
+# leaves a piece little room); a job waits at most this many steps for room, then takes one piece
+MAX_JOB_WAIT_STEPS = 4
 MAX_IDLE_PIECE_S = 0.05  # the longest job piece run between steps (the buffer covers it)
 # seconds an output stays stopped before it is reopened: whatever stopped it (PortAudio tearing a
 # vanished device's stream down, a thread aborting it) finishes first - closing a stream another
@@ -163,7 +167,9 @@ class Session:
         # every step: (perf_counter at its end, ms including the commands applied just before it and a job's
         # piece - all the generation thread spent on it -, phase before it, the job's label)
         self.step_log: collections.deque[tuple[float, float, str, str]] = collections.deque(maxlen=STEP_LOG)
-        self._recent_ms: collections.deque[float] = collections.deque(maxlen=50)  # for the job budget
+        self._recent_ms: collections.deque[float] = collections.deque(maxlen=50)  # every step, the latest
+        self._plain_ms: collections.deque[float] = collections.deque(maxlen=50)  # steps preparing nothing
+        self._job_waited = 0  # steps a pending job has waited for room in a step
         self._queue: queue.SimpleQueue[c.Ticket] = queue.SimpleQueue()
         self._prompt: PendingPrompt | None = None
         self._continuation: PendingContinuation | None = None
@@ -306,6 +312,8 @@ class Session:
         self._recent_ms.append(dt)
         if phase_before != Phase.PLAYING or self.gen.phase != Phase.PLAYING:
             self.prepare_step_ms.append(dt)
+        else:
+            self._plain_ms.append(dt)
         self.sink.push(result.audio)
         # A machine with time to spare runs job pieces between steps (`idle`): it ran one since the
         # last step, or the ring holds more than half its target (catching up after an idle piece).
@@ -314,11 +322,18 @@ class Session:
         job = None if spare else self._next_job()
         self._idle_piece = False
         if job is not None:
-            median = sorted(self._recent_ms)[len(self._recent_ms) // 2]
-            t0 = time.perf_counter()
-            job.advance(JOB_SHARE * median / 1000)
-            dt += 1000 * (time.perf_counter() - t0)
-            self.job_step_ms.append(dt)
+            recent = self._plain_ms or self._recent_ms
+            plain = sorted(recent)[len(recent) // 2]
+            room = min(JOB_SHARE * plain, STEP_LIMIT * plain - dt)  # ms this step may still take
+            if room >= 1000 * (job.unit_s or 0.0) or self._job_waited >= MAX_JOB_WAIT_STEPS:
+                self._job_waited = 0
+                t0 = time.perf_counter()
+                job.advance(max(room, 0.0) / 1000)
+                dt += 1000 * (time.perf_counter() - t0)
+                self.job_step_ms.append(dt)
+            else:  # this step is dear already (a slide's chunk rode in it): the job waits for the next
+                self._job_waited += 1
+                job = None
         dt += 1000 * self._service_s  # a command applied right before the step held the music up as much
         self._service_s = 0.0
         self.step_log.append((time.perf_counter(), dt, phase_before.value, job.label if job else ""))
