@@ -96,12 +96,12 @@ class Vocabulary:
             "prompt": self._prompt,
             "prompt/fade": self._prompt_fade,
             "prompt/weighted": self._weighted,
-            "continue": self._continue,
-            "continue/input": self._continue,
-            "continue/file": self._continue_file,
-            "melody/history": self._melody,
-            "melody/input": self._melody,
-            "melody/file": self._melody_file,
+            "continue": self._clip,
+            "continue/input": self._clip,
+            "continue/file": self._clip_file,
+            "melody/history": self._clip,
+            "melody/input": self._clip,
+            "melody/file": self._clip_file,
             "melody/off": lambda n, a: Outcome(commands=[c.MelodyOff()] if _fires(a, n) else []),
             "ping": lambda _n, a: Outcome(replies=[Reply("pong", tuple(a[:1]))]),
             "info": lambda _n, _a: Outcome(replies=[Reply("info", (json.dumps(self.info),))]),
@@ -233,38 +233,40 @@ class Vocabulary:
             raise ProtocolError(f"at most {MAX_PROMPTS} prompts can sound at once, got {len(pairs)}")
         return Outcome(commands=[c.SetWeightedPrompts(tuple(pairs))])
 
-    def _continue(self, name: str, args: Sequence[object]) -> Outcome:
+    def _clip(self, name: str, args: Sequence[object]) -> Outcome:
+        """continue, continue/input, melody/history, melody/input: `[secs]`."""
         if len(args) > 1:
             raise ProtocolError(f"{name} takes at most one number of seconds")
-        seconds, notes = continue_seconds(args, 0, name)
-        command = c.ContinueHistory(seconds) if name == "continue" else c.ContinueInput(seconds)
-        return Outcome(commands=[command], notes=notes)
+        command, seconds_of = _CLIPS[name]
+        seconds, notes = seconds_of(args, 0, name)
+        return Outcome(commands=[command(seconds)], notes=notes)
 
-    def _continue_file(self, name: str, args: Sequence[object]) -> Outcome:
+    def _clip_file(self, name: str, args: Sequence[object]) -> Outcome:
+        """continue/file, melody/file: `path [secs]`, inside the audio folders."""
         if not args or len(args) > 2:
-            raise ProtocolError("continue/file takes a file name and, optionally, seconds")
-        seconds, notes = continue_seconds(args, 1, name)
-        path = self.allowed_path(_text(args[0]))
-        return Outcome(commands=[c.ContinueFile(path, seconds, tuple(str(d) for d in self.audio_dirs))], notes=notes)
-
-    def _melody(self, name: str, args: Sequence[object]) -> Outcome:
-        if len(args) > 1:
-            raise ProtocolError(f"{name} takes at most one number of seconds")
-        seconds, notes = melody_seconds(args, 0, name)
-        command = c.MelodyHistory(seconds) if name == "melody/history" else c.MelodyInput(seconds)
-        return Outcome(commands=[command], notes=notes)
-
-    def _melody_file(self, name: str, args: Sequence[object]) -> Outcome:
-        if not args or len(args) > 2:
-            raise ProtocolError("melody/file takes a file name and, optionally, seconds")
-        seconds, notes = melody_seconds(args, 1, name)
+            raise ProtocolError(f"{name} takes a file name and, optionally, seconds")
+        command, seconds_of = _CLIP_FILES[name]
+        seconds, notes = seconds_of(args, 1, name)
         path = self.allowed_path(_text(args[0]), name)
-        return Outcome(commands=[c.MelodyFile(path, seconds, tuple(str(d) for d in self.audio_dirs))], notes=notes)
+        return Outcome(commands=[command(path, seconds, tuple(str(d) for d in self.audio_dirs))], notes=notes)
 
 
 # WebSocket session.update keys, in the order they are applied
 UPDATE_KEYS = ["context", "fade", *[k for k in CONTROLS if k not in ("context", "fade")], "weighted_prompts", "prompt"]
 _TRIGGER: dict[str, Callable[[], c.Command]] = {"play": c.Play, "pause": c.Pause, "stop": c.Stop, "reset": c.Reset}
+_Seconds = Callable[[Sequence[object], int, str], tuple[float, list[str]]]
+# requests that read audio: the command they make and how their seconds are read (default, cap;
+# lambdas: the readers are defined further down)
+_CLIPS: dict[str, tuple[Callable[[float], c.Command], _Seconds]] = {
+    "continue": (c.ContinueHistory, lambda a, i, w: continue_seconds(a, i, w)),
+    "continue/input": (c.ContinueInput, lambda a, i, w: continue_seconds(a, i, w)),
+    "melody/history": (c.MelodyHistory, lambda a, i, w: melody_seconds(a, i, w)),
+    "melody/input": (c.MelodyInput, lambda a, i, w: melody_seconds(a, i, w)),
+}
+_CLIP_FILES: dict[str, tuple[Callable[[str, float, tuple[str, ...]], c.Command], _Seconds]] = {
+    "continue/file": (c.ContinueFile, lambda a, i, w: continue_seconds(a, i, w)),
+    "melody/file": (c.MelodyFile, lambda a, i, w: melody_seconds(a, i, w)),
+}
 
 
 def state_replies(changes: dict[str, Any]) -> list[Reply]:
