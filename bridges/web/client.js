@@ -26,6 +26,7 @@ function applyState(changes) {
   if (changes.prompts !== undefined && document.activeElement !== $("prompt")) {
     $("prompt").value = view.prompts.map((p) => p.text).join(" | ");
   }
+  if (changes.melody !== undefined) $("melody").textContent = changes.melody;
   for (const id of Object.keys(DIGITS)) {
     if (changes[id] !== undefined && !dragging.has(id)) { $(id).value = changes[id]; label(id); }
   }
@@ -80,6 +81,8 @@ for (const id of ["cfg", "temperature", "top_k", "fade"]) {
 }
 document.querySelectorAll("[data-action]").forEach((b) => { b.onclick = () => send({ type: "playback.control", action: b.dataset.action }); });
 $("continue").onclick = () => send({ type: "generate.continue", source: "history", seconds: 8 });
+$("melodyHistory").onclick = () => send({ type: "melody.set", source: "history", seconds: 8 });
+$("melodyOff").onclick = () => send({ type: "melody.set", source: "off" });
 connect(); show();
 
 // ?selftest=1: for automated browser tests - play, send a prompt, report what arrived in the title.

@@ -153,3 +153,27 @@ def test_stdin_osc_websocket_and_the_page_all_see_the_same_state(tiny, tmp_path)
                 client.close()
         page.close()
         stack.close()
+
+
+def test_the_page_follows_a_melody_and_changes_it(tmp_path):
+    """tiny-melody served: the page's melody button makes the session follow its history, the
+    page shows the melody the server reports, and a change from OSC shows there too."""
+    from musicgen_live.engine.model import MusicGen
+
+    stack = Stack(MusicGen.load("tiny-melody", progress=None), tmp_path)
+    page = Browser()
+    try:
+        page.open(f"http://127.0.0.1:{stack.ws_port}/")
+        page.wait_for("window.musicgenView && window.musicgenView.melody === 'off'")
+        time.sleep(8.5)  # 8 s of history to follow
+        page.eval("document.getElementById('melodyHistory').click()")
+        page.wait_for("document.getElementById('melody').textContent === 'history 8 s'", timeout=60)
+        assert stack.session.view()["melody"] == "history 8 s"
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.sendto(encode("/musicgen/melody/off", ()), ("127.0.0.1", stack.osc_port))
+        sock.close()
+        page.wait_for("document.getElementById('melody').textContent === 'off'", timeout=60)
+        assert stack.session.snapshot()["errors"] == 0
+    finally:
+        page.close()
+        stack.close()
