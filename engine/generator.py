@@ -423,10 +423,9 @@ class Generator:
         codes = codes[:, -st.context_frames :].to(torch.long).cpu()
         cont = self._continuation(codes)
         self._supersede()
-        if not self._fits(cont.frames + self._lead()):
-            # Even at a slide's pace it could not be ready before the live window ends (catching
-            # up would take chunks dearer than a slide's): slide first - now -, then it has the
-            # fresh window's steps.
+        if not self._fits(cont.frames + self._lead(), st.continue_chunk):
+            # At its own pace it could not be ready before the live window ends (catching up
+            # would take dearer chunks): slide first - now -, then it has the fresh window's steps.
             st.queued = cont
             if st.prep is None:
                 self._begin_slide()
@@ -796,10 +795,10 @@ class Generator:
         """A restart from `codes` (K, P): they are fed as the columns BOS, then their frames."""
         return Continuation(codes=codes, columns=self.model.pattern.interleave(codes)[:, : codes.shape[-1]])
 
-    def _fits(self, positions: int) -> bool:
+    def _fits(self, positions: int, pace: int | None = None) -> bool:
         """Whether a continuation of `positions` (its frames, and a melody prefix) can be prefilled
-        at a slide's pace (or less) before the live window ends."""
-        return positions <= (self._steps_left() - 1) * self._require().chunk
+        at `pace` columns a step (default: a slide's) before the live window ends."""
+        return positions <= (self._steps_left() - 1) * (pace or self._require().chunk)
 
     def _steps_left(self) -> int:
         """Steps the live window can still take (each after its column was fed)."""
