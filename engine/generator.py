@@ -21,6 +21,11 @@ a preparation re-arranges the rows of both caches alike, a context change applie
 slide, and a preparation that was delayed catches up in larger chunks rather than miss the end of
 the live window. A crossfade (`fading`) runs alongside any phase.
 
+A melody checkpoint's stream is conditioned by a prefix (chroma and text states) in the first cache
+slots of each window, not by cross-attention: every window a slide or continuation prepares is fed
+its prefix first, and `set_condition` (a new melody or prompt) prepares a window under the new one
+at once, like a slide.
+
 Units: *frames* are absolute codec frames since the stream began (prompt included); *columns*
 are positions in the current window (column 0 = BOS).
 """
