@@ -13,6 +13,16 @@ from musicgen_live.streamer.outputs import InputCapture, make_output
 from musicgen_live.streamer.session import Session
 
 
+def loop_back_our_output() -> None:
+    """Connect this process's JACK output to its own input (instead of the dummy capture)."""
+    ports = subprocess.run(["jack_lsp"], capture_output=True, text=True, check=True).stdout.split()
+    # PortAudio numbers its JACK ports on from earlier streams of the same process
+    ours_out = next(p for p in ports if p.startswith("PortAudio") and ":out_" in p)
+    ours_in = next(p for p in ports if p.startswith("PortAudio") and ":in_" in p)
+    subprocess.run(["jack_disconnect", "system:capture_1", ours_in], capture_output=True)
+    subprocess.run(["jack_connect", ours_out, ours_in], check=True)
+
+
 def test_ten_seconds_through_portaudio_without_underruns(tiny, jack):
     out = make_output("default", 2, 0.2)
     s = Session(tiny, out, StreamConfig(buffer_ms=200))
@@ -40,12 +50,7 @@ def test_continue_from_live_input_through_a_jack_loopback(tiny, jack):
     s = Session(tiny, out, StreamConfig(buffer_ms=200), capture=capture)
     s.start()
     try:
-        ports = subprocess.run(["jack_lsp"], capture_output=True, text=True, check=True).stdout.split()
-        # PortAudio numbers its JACK ports on from earlier streams of the same process
-        ours_out = next(p for p in ports if p.startswith("PortAudio") and ":out_" in p)
-        ours_in = next(p for p in ports if p.startswith("PortAudio") and ":in_" in p)
-        subprocess.run(["jack_disconnect", "system:capture_1", ours_in], capture_output=True)
-        subprocess.run(["jack_connect", ours_out, ours_in], check=True)
+        loop_back_our_output()
         time.sleep(2.5)
         looped, _rate = capture.last(1.0)
         assert np.sqrt(np.mean(looped**2)) > 1e-3  # our own output arrived at the input
@@ -145,11 +150,7 @@ def test_a_melody_session_follows_a_loop_from_the_jack_input_changed_over_osc_an
         return next(m for m in got if m[0] in ("/musicgen/done", "/musicgen/fail"))
 
     try:
-        ports = subprocess.run(["jack_lsp"], capture_output=True, text=True, check=True).stdout.split()
-        ours_out = next(p for p in ports if p.startswith("PortAudio") and ":out_" in p)
-        ours_in = next(p for p in ports if p.startswith("PortAudio") and ":in_" in p)
-        subprocess.run(["jack_disconnect", "system:capture_1", ours_in], capture_output=True)
-        subprocess.run(["jack_connect", ours_out, ours_in], check=True)
+        loop_back_our_output()
         send("subscribe")
         time.sleep(3.0)  # a loop's worth of our own music at the input
         send("melody/input", 2)
