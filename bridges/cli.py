@@ -22,6 +22,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "device": ("model", "device"),
     "exact": ("model", "exact"),
     "precision": ("model", "precision"),
+    "guidance": ("model", "guidance"),
     "cfg": ("sampling", "cfg"),
     "temperature": ("sampling", "temperature"),
     "top_k": ("sampling", "top_k"),
@@ -96,6 +97,12 @@ def _add_model(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["float32", "bfloat16", "float16", "int8"],
         help="how the live path stores the decoder's weights ([model] precision, float32); int8 is CPU only",
+    )
+    p.add_argument(
+        "--guidance",
+        choices=["auto", "batched", "two-step"],
+        help="guidance's conditional and unconditional rows in one forward (batched) or two (two-step, as "
+        "audiocraft's two_step_cfg); auto: as the checkpoint was trained ([model] guidance)",
     )
 
 
@@ -351,7 +358,9 @@ def _load(args: argparse.Namespace, streaming: bool = False):  # -> MusicGen
     if args.exact and args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    load = lambda: MusicGen.load(args.model, device=args.device, exact=args.exact, precision=args.precision)  # noqa: E731
+    load = lambda: MusicGen.load(  # noqa: E731
+        args.model, device=args.device, exact=args.exact, precision=args.precision, guidance=args.guidance
+    )
     if not streaming:
         return load()
     from musicgen_live.streamer import threads
@@ -462,6 +471,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         decode_chunk=args.decode_chunk,
         precision=args.precision,
+        guidance=args.guidance,
         streams=args.streams,
         quality=args.quality,
         say=lambda m: print(m, file=sys.stderr),

@@ -71,6 +71,7 @@ class BenchResult:
     step_weights_mb: float
     machine: str
     quality: Quality | None = None
+    guidance: str = "batched"  # CFG's rows in one forward or two (`engine.model.GUIDANCE`)
     # decoding the same codes to audio, ms per frame: ours streamed `decode_chunk` frames a push,
     # transformers' `EncodecModel.decode` once over the whole clip (one stream, with the peer)
     ours_decode_ms: float | None = None
@@ -94,6 +95,7 @@ def run_bench(
     device: str = "cpu",
     decode_chunk: int = 1,
     precision: str = "float32",
+    guidance: str = "auto",
     streams: int | list[int] = 1,
     quality: bool = False,
     say: Callable[[str], None] = print,
@@ -113,7 +115,7 @@ def run_bench(
             cls = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
             hf = cls.from_pretrained(source).eval()
     say(f"preparing our model ({'float32 exact' if exact else precision})")
-    model = MusicGen(ckpt, device=device, exact=exact, precision=precision)
+    model = MusicGen(ckpt, device=device, exact=exact, precision=precision, guidance=guidance)
     if peer and hf is not None:
         hf.to(device)
     results = []
@@ -198,6 +200,7 @@ def _run_side_by_side(
         weights_mb=sum(v.numel() * v.element_size() for v in ckpt.tensors.values()) / 1e6,
         kv_cache_mb=(cache.k.numel() + cache.v.numel()) * cache.k.element_size() / 1e6,
         step_weights_mb=model.lm.step_weight_bytes / 1e6,
+        guidance=model.guidance,
         machine=f"{platform.machine()} {platform.processor() or ''} {_cpu_name()}".strip(),
         ours_decode_ms=ours_decode,
         peer_decode_ms=peer_decode,
@@ -242,7 +245,7 @@ def _cpu_name() -> str:
 def format_result(r: BenchResult) -> str:
     mode = (
         "exact (parity kernels)" if r.exact else f"fast, {r.precision} weights"
-    ) + f", decode every {r.decode_chunk} frame(s)"
+    ) + f", {r.guidance} guidance, decode every {r.decode_chunk} frame(s)"
     each = f"{r.streams} streams x {r.frames} frames (aggregate frames/s)" if r.streams > 1 else f"{r.frames} frames"
     lines = [
         f"model {r.model}, {each}, {mode}, {r.device}, {r.threads} threads, {r.machine}",

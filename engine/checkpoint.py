@@ -5,7 +5,9 @@ Sources, in the order they are tried:
   the published shapes, for benchmarks) - built in memory from a fixed seed, no files, no network;
 - a local directory as `save_pretrained` writes it (config.json, model.safetensors or
   pytorch_model.bin, possibly sharded with an index, tokenizer files);
-- a hub id such as `facebook/musicgen-small`, downloaded when the machine is online.
+- a local directory in audiocraft's format (state_dict.bin + compression_state_dict.bin:
+  `audiocraft_format`), translated into the transformers layout on load;
+- a hub id such as `facebook/musicgen-small`, downloaded when the machine is online (either layout).
 
 Weight norm comes either as `weight_g/weight_v` or as `parametrizations.weight.original0/1`; both
 are baked into a plain `weight` once, here, so no later code sees the difference.
@@ -16,15 +18,17 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .audiocraft_format import CODEC_FILE, LM_FILE, is_audiocraft_directory, load_audiocraft_directory
 from .errors import CheckpointError
 from .presets import BUILT_IN_MODELS, arch_for, quiet_transformers, random_hf_model, random_tokenizer
 from .spec import ModelSpec, spec_from_hf_config
+from .weightfiles import read_weights
 
 Progress = Callable[[str], None]
 
@@ -44,6 +48,7 @@ class Checkpoint:
     hf_config: Any
     tensors: dict[str, torch.Tensor]  # full state dict, weight norm already baked
     tokenizer: Any
+    two_step_cfg: bool = False  # trained to run guidance as two forwards (an audiocraft setting)
 
 
 def load_checkpoint(source: str, progress: Progress | None = stderr_progress) -> Checkpoint:
@@ -75,9 +80,20 @@ def from_hf_model(model: Any, tokenizer: Any, source: str) -> Checkpoint:
 
 
 def _load_directory(path: Path, source: str, say: Progress) -> Checkpoint:
+    if is_audiocraft_directory(path):
+        hf_config, raw_tensors, tokenizer, two_step = load_audiocraft_directory(path, source, say)
+        spec = spec_from_hf_config(hf_config)
+        # audiocraft always projects the text (transformers drops the projection when widths match)
+        spec = replace(spec, lm=replace(spec.lm, has_enc_to_dec_proj=True))
+        tensors = bake_weight_norm(raw_tensors)
+        _check_tensors(tensors, spec, source)
+        return Checkpoint(source, spec, hf_config, tensors, tokenizer, two_step_cfg=two_step)
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise CheckpointError(f"'{source}' is not a MusicGen checkpoint: it has no config.json")
+        raise CheckpointError(
+            f"'{source}' is not a MusicGen checkpoint: it has neither config.json (transformers) "
+            f"nor {LM_FILE} (audiocraft)"
+        )
     try:
         raw = json.loads(config_file.read_text())
     except (OSError, ValueError) as e:
@@ -95,50 +111,9 @@ def _load_directory(path: Path, source: str, say: Progress) -> Checkpoint:
     except Exception as e:  # transformers raises many types for a malformed config
         raise CheckpointError(f"'{config_file}' is not a valid MusicGen config ({e})") from None
     spec = spec_from_hf_config(hf_config)
-    tensors = bake_weight_norm(_read_weights(path, source, say))
+    tensors = bake_weight_norm(read_weights(path, source, say))
     _check_tensors(tensors, spec, source)
     return Checkpoint(source, spec, hf_config, tensors, _load_tokenizer(path, source))
-
-
-def _read_weights(path: Path, source: str, say: Progress) -> dict[str, torch.Tensor]:
-    files = _weight_files(path, source)
-    total = sum(f.stat().st_size for f in files)
-    say(f"loading {source}: {len(files)} weight file(s), {total / 1e6:.1f} MB")
-    tensors: dict[str, torch.Tensor] = {}
-    done = 0
-    for i, f in enumerate(files, 1):
-        try:
-            if f.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                tensors.update(load_file(str(f)))
-            else:
-                tensors.update(torch.load(str(f), map_location="cpu", weights_only=True))
-        except Exception as e:  # safetensors / pickle errors for truncated or corrupt files
-            raise CheckpointError(f"weights file '{f}' is damaged or truncated ({type(e).__name__}: {e})") from None
-        done += f.stat().st_size
-        say(f"  [{i}/{len(files)}] {f.name}  {100 * done / max(total, 1):.0f}%")
-    return tensors
-
-
-def _weight_files(path: Path, source: str) -> list[Path]:
-    for index_name, single in (
-        ("model.safetensors.index.json", "model.safetensors"),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ):
-        index = path / index_name
-        if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (OSError, ValueError, KeyError) as e:
-                raise CheckpointError(f"weights index '{index}' is not readable ({e})") from None
-            missing = [s for s in shards if not (path / s).is_file()]
-            if missing:
-                raise CheckpointError(f"checkpoint '{source}' is missing weight shard(s): {', '.join(missing)}")
-            return [path / s for s in shards]
-        if (path / single).is_file():
-            return [path / single]
-    raise CheckpointError(f"'{source}' has no weights (model.safetensors or pytorch_model.bin)")
 
 
 def _load_tokenizer(path: Path, source: str) -> Any:
@@ -184,6 +159,8 @@ def _download(repo_id: str, say: Progress) -> Path:
         from huggingface_hub import snapshot_download
 
         local = snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS)
+        if not (Path(local) / "config.json").is_file():  # an audiocraft-format repo
+            local = snapshot_download(repo_id, allow_patterns=["*.json", LM_FILE, CODEC_FILE])
     except Exception as e:
         name = type(e).__name__
         hint = (

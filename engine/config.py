@@ -37,6 +37,7 @@ class ModelConfig:
     device: Text = "cpu"
     exact: bool = False  # parity kernels (token-exact with transformers), slower
     precision: Literal["float32", "bfloat16", "float16", "int8"] = "float32"  # live-path weights (int8: CPU)
+    guidance: Literal["auto", "batched", "two-step"] = "auto"  # CFG rows in one forward or two (auto: as trained)
 
 
 @dataclass(frozen=True)

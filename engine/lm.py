@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar, cast
 
 import torch
@@ -152,6 +152,10 @@ class KVCache:
     def batch(self) -> int:
         return self.k.shape[1]
 
+    def rows(self, first: int, end: int) -> KVCache:
+        """A view of rows first..end-1 (writes land in this cache): one pass of two-step guidance."""
+        return KVCache(k=self.k[:, first:end], v=self.v[:, first:end])
+
     def rearrange_rows(self, rows: list[int], filled: int) -> None:
         """Row r becomes old row rows[r], over the first `filled` columns (a prompt row added by
         copying another's history, rows dropped after a crossfade)."""
@@ -266,10 +270,21 @@ class LanguageModel:
     whoever else is in it.
     """
 
-    def __init__(self, spec: LMSpec, weights: LMWeights, exact: bool = False, precision: str = "float32") -> None:
+    def __init__(
+        self,
+        spec: LMSpec,
+        weights: LMWeights,
+        exact: bool = False,
+        precision: str = "float32",
+        two_step: bool = False,
+    ) -> None:
+        """`two_step`: guidance as two forwards, conditional rows then unconditional ones
+        (audiocraft's `two_step_cfg`), instead of one forward over both; same maths, the rounding of
+        a one-row batch, twice the weight reads."""
         self.spec = spec
         self.w = weights
         self.exact = exact
+        self.two_step = two_step
         ref = weights.ln_w
         self.device, self.dtype = ref.device, ref.dtype
         check_precision(precision, self.device, exact)
@@ -293,11 +308,14 @@ class LanguageModel:
 
     @property
     def step_weight_bytes(self) -> int:
-        """Bytes of weights one step reads (the matrices; embeddings are lookups)."""
+        """Bytes of weights one guided step reads (the matrices; embeddings are lookups): twice
+        the matrices with two-step guidance."""
         if self.exact:
             mats = [t for lw in self.w.layers for t in (lw.qkv, lw.o, lw.cq, lw.co, lw.fc1, lw.fc2) if t is not None]
-            return sum(t.numel() * t.element_size() for t in mats + [self.w.heads_cat])
-        return sum(m.nbytes for f in self.fast for m in vars(f).values() if m is not None) + self._head.nbytes
+            once = sum(t.numel() * t.element_size() for t in mats + [self.w.heads_cat])
+        else:
+            once = sum(m.nbytes for f in self.fast for m in vars(f).values() if m is not None) + self._head.nbytes
+        return 2 * once if self.two_step else once
 
     # -- state ---------------------------------------------------------------------------------
     def new_cache(self, batch: int, capacity: int) -> KVCache:
@@ -392,6 +410,18 @@ class LanguageModel:
         order. `batched` (implied by padding) makes every row's result independent of the other
         rows' values, at some cost; otherwise the unconditional rows' cross-attention is skipped.
         """
+        if self.two_step and any(0 < len(seg.conds) < seg.rows for seg in segments):
+            return self._two_step(tokens, segments, all_positions, batched)
+        return self._forward(tokens, segments, all_positions, batched)
+
+    def _forward(
+        self,
+        tokens: torch.Tensor | list[torch.Tensor],
+        segments: list[Segment],
+        all_positions: bool,
+        batched: bool,
+    ) -> torch.Tensor:
+        """One forward over all rows of `segments` (`forward_segments`)."""
         s, w, exact = self.spec, self.w, self.exact
         D = s.hidden
         uniform = isinstance(tokens, torch.Tensor)
@@ -447,6 +477,62 @@ class LanguageModel:
         if exact:
             return torch.stack([F.linear(last, head) for head in w.heads], dim=1).float()
         return self._head(last, ind).view(-1, s.num_codebooks, s.card).float()
+
+    def _two_step(
+        self,
+        tokens: torch.Tensor | list[torch.Tensor],
+        segments: list[Segment],
+        all_positions: bool,
+        batched: bool,
+    ) -> torch.Tensor:
+        """`forward_segments` as two forwards: every segment's conditional rows, then its
+        unconditional rows, each over its own rows of the segment's cache. Logits come back in the
+        order one forward gives them (padding rows of a uniform call: zeros). A uniform call's
+        passes keep its row count (`engine.batch`: fixed shapes keep a stream's bits whoever shares
+        its batch)."""
+        uniform = isinstance(tokens, torch.Tensor)
+        per_segment: list[torch.Tensor]
+        if isinstance(tokens, torch.Tensor):  # a uniform forward answers every row: all want logits
+            starts = [sum(seg.rows for seg in segments[:i]) for i in range(len(segments))]
+            per_segment = [tokens[a : a + seg.rows] for a, seg in zip(starts, segments)]
+            segments = [replace(seg, logits=True) for seg in segments]
+        else:
+            per_segment = list(tokens)
+        passes: tuple[list[tuple[torch.Tensor, Segment]], ...] = ([], [])
+        for t, seg in zip(per_segment, segments):
+            n = len(seg.conds)
+            for which, (first, end) in enumerate(((0, n), (n, seg.rows))):
+                if end > first:
+                    states = None if seg.states is None else seg.states[first:end]
+                    part = replace(seg, rows=end - first, cache=seg.cache.rows(first, end), states=states)
+                    passes[which].append((t[first:end], part if which == 0 else replace(part, conds=[])))
+        results: list[torch.Tensor | None] = []
+        for p in passes:
+            parts, segs = [t for t, _ in p], [seg for _, seg in p]
+            if not p:
+                results.append(None)
+            elif uniform:  # each pass padded to the call's row count: a batch's rows keep their bits
+                n = sum(t.shape[0] for t in parts)
+                pad = parts[0].new_full((len(tokens) - n, *parts[0].shape[1:]), self.spec.special_token)
+                results.append(self._forward(torch.cat([*parts, pad]), segs, all_positions, batched)[:n])
+            else:
+                results.append(self._forward(parts, segs, all_positions, batched))
+        picked: list[torch.Tensor] = []
+        taken = [0, 0]
+        for seg in segments:
+            n = len(seg.conds)
+            for which, rows in enumerate((n, seg.rows - n)):
+                result = results[which]
+                if seg.logits and rows and result is not None:
+                    picked.append(result[taken[which] : taken[which] + rows])
+                    taken[which] += rows
+        if not picked:  # prefill only: no segment wants logits
+            return next(r for r in results if r is not None)[:0]
+        logits = torch.cat(picked)
+        padding = len(tokens) - logits.shape[0] if uniform else 0  # rows past the last segment
+        if padding:
+            logits = torch.cat([logits, logits.new_zeros((padding, *logits.shape[1:]))])
+        return logits
 
     @torch.inference_mode()
     def forward_prefixed(

@@ -21,6 +21,10 @@ from .pattern import DelayPattern
 from .pieces import run
 from .spec import ModelSpec
 
+# how guidance runs the conditional and unconditional rows: `batched` in one forward (transformers'
+# way, the fastest), `two-step` in two (audiocraft's `two_step_cfg`), `auto` as the checkpoint says
+GUIDANCE: tuple[str, ...] = ("auto", "batched", "two-step")
+
 
 class MusicGen:
     def __init__(
@@ -30,9 +34,13 @@ class MusicGen:
         dtype: torch.dtype = torch.float32,
         exact: bool = False,
         precision: str = "float32",
+        guidance: str = "auto",
     ) -> None:
         """`precision`: how the live path stores the decoder's matrices (`engine.linear.PRECISIONS`);
-        activations, caches and the codec stay in `dtype`."""
+        activations, caches and the codec stay in `dtype`. `guidance`: `GUIDANCE` - how the
+        conditional and unconditional rows run (auto: as the checkpoint was trained)."""
+        if guidance not in GUIDANCE:
+            raise CheckpointError(f"guidance '{guidance}' is not one of {', '.join(GUIDANCE)}")
         self.source = ckpt.source
         self.spec: ModelSpec = ckpt.spec
         self.device = torch.device(device)
@@ -42,8 +50,16 @@ class MusicGen:
             for k, v in ckpt.tensors.items()
             if k.startswith(("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj."))
         }
+        two_step = guidance == "two-step" or (guidance == "auto" and ckpt.two_step_cfg)
+        if two_step and self.spec.lm.prefix_conditioned:
+            raise CheckpointError("two-step guidance runs on text (cross-attention) checkpoints, not melody ones")
+        self.guidance = "two-step" if two_step else "batched"
         self.lm = LanguageModel(
-            self.spec.lm, lm_weights_from_state_dict(self.spec.lm, tensors), exact=exact, precision=precision
+            self.spec.lm,
+            lm_weights_from_state_dict(self.spec.lm, tensors),
+            exact=exact,
+            precision=precision,
+            two_step=two_step,
         )
         self.codec = Codec(self.spec.codec, ckpt.tensors, self.device)
         self.tokenizer = ckpt.tokenizer
@@ -63,8 +79,9 @@ class MusicGen:
         progress: Progress | None = stderr_progress,
         exact: bool = False,
         precision: str = "float32",
+        guidance: str = "auto",
     ) -> MusicGen:
-        return cls(load_checkpoint(source, progress), device, dtype, exact, precision)
+        return cls(load_checkpoint(source, progress), device, dtype, exact, precision, guidance)
 
     @property
     def sample_rate(self) -> int:
@@ -173,4 +190,5 @@ def model_summary(model: MusicGen) -> dict[str, Any]:
         "max_frames": model.max_frames,
         "melody": model.melody,
         "precision": "float32 (exact)" if model.lm.exact else model.lm.precision,
+        "guidance": model.guidance,
     }

@@ -39,5 +39,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   # 2.11 and pin that torch, so its Python package goes in without its dependencies; musicgen-live
   # itself never imports it (engine/melody.py makes the same torch.stft call).
   .venv/bin/python -m pip install -q --no-deps "torchaudio==2.11.1"
+  # The reference for the audiocraft-format parity tests (tests/engine/test_audiocraft.py): audiocraft
+  # itself. It pins torch 2.1 and xformers, so it goes in without its dependencies; the modules it
+  # imports are in the dev extra, and the tests stand in for xformers (tests/engine/audiocraft_reference.py).
+  .venv/bin/python -m pip install -q --no-deps "audiocraft==1.3.0"
   touch "$stamp"
 fi

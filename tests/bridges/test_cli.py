@@ -121,7 +121,7 @@ def bad_npy(tmp_path, name, array):
     "argv, expected",
     [
         (["render", "--model", "nope", "--frames", "5", "--out", "{tmp}/x.wav"], "unknown model"),
-        (["render", "--model", "{empty}", "--frames", "5", "--out", "{tmp}/x.wav"], "no config.json"),
+        (["render", "--model", "{empty}", "--frames", "5", "--out", "{tmp}/x.wav"], "neither config.json"),
         (["render", "--model", "{trunc}", "--frames", "5", "--out", "{tmp}/x.wav"], "damaged or truncated"),
         (
             ["render", "--prompt-audio", "{tmp}/garbage.wav", "--frames", "5", "--out", "{tmp}/x.wav"],
@@ -197,7 +197,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2
-    assert "no config.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert "neither config.json" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_shipped_config_parses_with_every_layers_sections_to_the_defaults():

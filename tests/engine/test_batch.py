@@ -2,7 +2,8 @@
 
 Protects: a stream's codes do not depend on who shares its batch - streams with other prompts,
 guidance, sampling, seeds and positions joining and leaving, a crossfade that overflows one forward,
-a continuation restarting another stream, window slides - for fp32 and int8 weights; int8 rows do not
+a continuation restarting another stream, window slides - for fp32 and int8 weights, guidance in one
+forward and in two; int8 rows do not
 even depend on the batch's size; sampled streams stay reproducible from their seed inside a batch."""
 
 import pytest
@@ -16,9 +17,11 @@ from musicgen_live.engine.sampling import SamplingParams
 GREEDY = SamplingParams(greedy=True, cfg=3.0)
 
 
-@pytest.fixture(scope="module", params=["float32", "int8"])
+@pytest.fixture(scope="module", params=["float32", "int8", "float32-two-step"])
 def model(request, checkpoint_dir):
-    return MusicGen.load(str(checkpoint_dir("h96-l3-h6-ffn200")), progress=None, precision=request.param)
+    precision, _, two_step = request.param.partition("-")
+    guidance = "two-step" if two_step else "batched"
+    return MusicGen.load(str(checkpoint_dir("h96-l3-h6-ffn200")), progress=None, precision=precision, guidance=guidance)
 
 
 def live(model, text, params, seed=0, window=60, context=20):

@@ -65,7 +65,7 @@ def test_unknown_model_name(tmp_path):
 
 
 def test_directory_without_config(tmp_path):
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match="neither config.json"):
         load_checkpoint(str(tmp_path), None)
 
 

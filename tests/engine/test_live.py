@@ -20,6 +20,12 @@ def model(checkpoint_dir):
     return MusicGen.load(str(checkpoint_dir("h64-l2-h4")), progress=None)
 
 
+@pytest.fixture(scope="module", params=["batched", "two-step"])
+def each_guidance(request, checkpoint_dir):
+    """The model with guidance in one forward, then in two (audiocraft's two_step_cfg)."""
+    return MusicGen.load(str(checkpoint_dir("h64-l2-h4")), guidance=request.param, progress=None)
+
+
 def test_chunked_prefill_equals_one_shot_prefill(model):
     cond = model.conditioner.condition("ambient pads")
     tokens = torch.randint(0, 2048, (2, 4, 50), generator=torch.Generator().manual_seed(0))
@@ -32,7 +38,8 @@ def test_chunked_prefill_equals_one_shot_prefill(model):
     assert (chunked.k[..., :50, :] - one.k[..., :50, :]).abs().max() < 1e-4
 
 
-def test_endless_stream_slides_without_gaps(model):
+def test_endless_stream_slides_without_gaps(each_guidance):
+    model = each_guidance
     gen = Generator(model, SamplingParams(top_k=50), seed=1)
     cond = model.conditioner.condition("drum and bass")
     released = gen.start(
@@ -204,9 +211,10 @@ def test_a_prompt_change_during_a_slide_does_not_restart_it(model, first_slide):
         assert plain.slides == changed.slides  # the swap comes at the same step
 
 
-def test_a_continuation_prefilled_a_chunk_per_step_equals_one_prefilled_at_once(model):
+def test_a_continuation_prefilled_a_chunk_per_step_equals_one_prefilled_at_once(each_guidance):
     """`continue_from` spreads the prefill over steps (riding in the live steps' forwards); the
     stream it hands over to must equal a restart that prefilled the same codes in one go."""
+    model = each_guidance
     codes = torch.randint(0, 2048, (4, 30), generator=torch.Generator().manual_seed(3))
     cond = model.conditioner.condition("lofi")
 
