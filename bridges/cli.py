@@ -188,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="context kept when the window slides ([stream] context_s)",
     )
     sv.add_argument("--no-autoplay", action="store_false", dest="autoplay", default=None, help="wait for 'play'")
+    sv.add_argument("--midi", metavar="PORT", help="MIDI input port, its name or a part of it ([midi] port)")
+    sv.add_argument("--midi-api", choices=["alsa", "jack"], help="MIDI system ([midi] api, alsa)")
+    sv.add_argument(
+        "--midi-learn", action="store_true", help="print every MIDI message with the [midi] lines that would map it"
+    )
+    sv.add_argument(
+        "--link",
+        action="store_true",
+        help="join the Ableton Link session on the local network; changes land on the next bar "
+        "([link] enabled, tempo, quantum; 'quantize N' changes it live)",
+    )
     sv.add_argument("--seconds", type=_positive_float, help="stop after this long (default: run until 'quit')")
     sv.add_argument(
         "--status-every",
@@ -219,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="output of session 2, 3, ... in order (repeatable; default null: hear them in the "
         "browser) ([stream] extra_outputs)",
     )
+
+    bm = sub.add_parser("bench-midi", help="a MIDI knob -> the change heard, through JACK MIDI (needs a JACK server)")
+    _add_model(bm)
+    bm.add_argument("--changes", type=int, default=100, help="CC changes to send (100)")
+
+    bq = sub.add_parser("bench-quantize", help="how close to the bar quantized changes are heard (file output clock)")
+    _add_model(bq)
+    bq.add_argument("--bars", type=int, default=12, help="changes to send, one a bar (12)")
+    bq.add_argument("--tempo", type=_positive_float, default=120.0, help="bpm of the steady beat clock (120)")
+    bq.add_argument("--quantum", type=_positive_float, default=4.0, help="beats a bar (4)")
 
     bs = sub.add_parser("bench-stream", help="run a live session, send commands, report underruns and latencies")
     _add_model(bs)
@@ -313,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _schema() -> dict[str, type]:
-    from musicgen_live.bridges.config import BridgesConfig, OscConfig, WebSocketConfig
+    from musicgen_live.bridges.config import BridgesConfig, LinkConfig, MidiConfig, OscConfig, WebSocketConfig
     from musicgen_live.engine.config import ModelConfig, SamplingConfig
     from musicgen_live.streamer.config import StreamConfig
 
@@ -324,6 +345,8 @@ def _schema() -> dict[str, type]:
         "osc": OscConfig,
         "websocket": WebSocketConfig,
         "bridges": BridgesConfig,
+        "link": LinkConfig,
+        "midi": MidiConfig,
     }
 
 
@@ -522,6 +545,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     osc = args.sections["osc"]
     ws = args.sections["websocket"]
     bridges = args.sections["bridges"]
+    link = args.sections["link"]
+    if args.link:
+        link = dataclasses.replace(link, enabled=True)
+    midi = args.sections["midi"]
+    if args.midi is not None:
+        midi = dataclasses.replace(midi, port=args.midi)
+    if args.midi_api is not None:
+        midi = dataclasses.replace(midi, api=args.midi_api)
     osc = dataclasses.replace(osc, enabled=osc.enabled and osc.port > 0)  # port 0: off
     ws = dataclasses.replace(ws, enabled=ws.enabled and ws.port > 0)
     if args.audio_dir:
@@ -553,6 +584,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             say,
             stdin=sys.stdin,
             group=group,
+            link=link,
+            midi=midi,
+            midi_learn=args.midi_learn,
         )
     )
     return 0
@@ -639,6 +673,22 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_USAGE if errors else 0
 
 
+def cmd_bench_midi(args: argparse.Namespace) -> int:
+    from musicgen_live.bridges.bench_midi import format_midi_bench, run_midi_bench
+
+    model = _load(args, streaming=True)
+    print(format_midi_bench(run_midi_bench(model, args.changes)))
+    return 0
+
+
+def cmd_bench_quantize(args: argparse.Namespace) -> int:
+    from musicgen_live.streamer.bench_quantize import format_quantize_bench, run_quantize_bench
+
+    model = _load(args, streaming=True)
+    print(format_quantize_bench(run_quantize_bench(model, args.bars, args.tempo, args.quantum)))
+    return 0
+
+
 def cmd_bench_stream(args: argparse.Namespace) -> int:
 
     from musicgen_live.streamer.bench_stream import format_stream_bench, run_stream_bench
@@ -684,6 +734,8 @@ COMMANDS = {
     "bench-codec": cmd_bench_codec,
     "serve": cmd_serve,
     "bench-stream": cmd_bench_stream,
+    "bench-quantize": cmd_bench_quantize,
+    "bench-midi": cmd_bench_midi,
     "send": cmd_send,
     "bench-bridges": cmd_bench_bridges,
     "bench-hostile": cmd_bench_hostile,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta
 from musicgen_live.engine.config import Port, Seconds, Text
@@ -53,6 +53,45 @@ class WebSocketConfig:
     upload_mb_s: Annotated[float, Meta(gt=0)] = 4.0  # one client's binary frames read at most this fast (MB/s)
     max_clients: Annotated[int, Meta(ge=1)] = 32  # WebSocket connections at once
     max_rate: Rate = 200.0  # text messages a second from one client; more are dropped
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    enabled: bool = False  # join the Ableton Link session on the local network (serve --link)
+    tempo: Annotated[float, Meta(ge=20, le=999)] = 120.0  # bpm until a peer's session takes over
+    quantum: Annotated[float, Meta(ge=0, le=64)] = 4.0  # beats a bar; changes land on the next bar (0 = at once)
+
+
+@dataclass(frozen=True)
+class MidiCC:
+    """A knob or fader: CC number `cc` (on `channel` 1..16, 0 = any) onto a control, 0..127 -> lo..hi."""
+
+    cc: Annotated[int, Meta(ge=0, le=127)]
+    control: str  # a control's name: cfg, temperature, top_k, top_p, seed, gain, context, fade, quantize
+    lo: float | None = None  # None: the control's own range
+    hi: float | None = None
+    curve: Literal["linear", "exp"] = "linear"  # exp: equal turns multiply (temperature, cfg)
+    channel: Annotated[int, Meta(ge=0, le=16)] = 0
+
+
+@dataclass(frozen=True)
+class MidiScene:
+    """A prompt a pad (note) or a program change calls up."""
+
+    prompt: str
+    note: Annotated[int, Meta(ge=-1, le=127)] = -1
+    program: Annotated[int, Meta(ge=-1, le=127)] = -1
+    fade: Annotated[float, Meta(ge=0, le=60)] | None = None  # None: the session's default crossfade
+    channel: Annotated[int, Meta(ge=0, le=16)] = 0
+
+
+@dataclass(frozen=True)
+class MidiConfig:
+    port: str = ""  # the input port (its name or a part of it); "" = no MIDI (serve --midi PORT)
+    api: Literal["alsa", "jack"] = "alsa"
+    virtual: bool = False  # create an input port named `port` (or musicgen-live) for others to connect to
+    cc: list[MidiCC] = field(default_factory=list)
+    scenes: list[MidiScene] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ port than they send from. With `tcp = true` the same vocabulary is also served o
 framing (OSC 1.1), replies and subscriptions going back over the connection. Subscribers
 (`/subscribe [port] [host]`) get every applied change, whoever made it (OSC, WebSocket, the
 browser, stdin): `/cfg 4.5`, `/prompt "..."`, `/transport playing` ...; and the notifications
-`/status`, `/position`, `/underrun`, `/done`, `/fail`, `/error`, `/warning`.
+`/status`, `/position`, `/underrun`, `/done`, `/fail`, `/error`, `/warning`, and with `serve --link`
+`/link tempo beat phase quantum peers` beside each `/status`.
 """
 
 from __future__ import annotations
@@ -402,6 +403,9 @@ class OscBridge(asyncio.DatagramProtocol):
                     "status",
                     (snap["state"], float(snap["seconds"]), float(snap["buffer_ms"]), int(snap["underruns"])),
                 )
+                if snap["link"]:  # serve --link: /link tempo beat phase quantum peers
+                    beat = snap["link"]
+                    self._broadcast("link", tuple(beat[k] for k in ("tempo", "beat", "phase", "quantum", "peers")))
 
     def _broadcast(self, name: str, args: tuple[object, ...]) -> None:
         for sub in self.subscribers:

@@ -20,8 +20,10 @@ from typing import Any
 from musicgen_live.streamer.group import SessionGroup
 from musicgen_live.streamer.session import Session
 
-from .config import BridgesConfig, OscConfig, WebSocketConfig
+from .config import BridgesConfig, LinkConfig, MidiConfig, OscConfig, WebSocketConfig
 from .console import Console
+from .link import LinkClock, LinkUnavailable
+from .midi import MidiBridge
 from .protocol import Vocabulary
 
 
@@ -47,8 +49,13 @@ async def serve_forever(
     started: Callable[[Running], None] | None = None,
     stop: threading.Event | None = None,
     group: SessionGroup | None = None,
+    link: LinkConfig | None = None,
+    midi: MidiConfig | None = None,
+    midi_learn: bool = False,
 ) -> None:
-    """Serve `session`, or a list of sessions stepped together by `group` (required for several)."""
+    """Serve `session`, or a list of sessions stepped together by `group` (required for several);
+    with `link` enabled, every session lands its changes on the Ableton Link beat; `midi` (a port
+    set, or `midi_learn`) maps a controller onto the first session."""
     from .osc import start_osc
     from .ws import start_ws
 
@@ -58,7 +65,15 @@ async def serve_forever(
     runs = [Running(s) for s in sessions]
     quit_event = asyncio.Event()
     loop = asyncio.get_running_loop()
+    clock = _join_link(link, say) if link is not None and link.enabled else None
+    if clock is not None:
+        for s in sessions:
+            s.attach_clock(clock, link.quantum if link else 0.0)
     servers = []
+    midi_bridge: MidiBridge | None = None
+    if midi is not None and (midi.port or midi.virtual or midi_learn):  # its MIDI client before the music
+        midi_bridge = MidiBridge(sessions[0], Vocabulary(info), midi, say, learn=midi_learn)
+        midi_bridge.start()
     if group is not None:
         group.start()
         for s in sessions:
@@ -109,10 +124,17 @@ async def serve_forever(
                 for i, s in enumerate(sessions):
                     snap = s.snapshot()
                     label = f"{i + 1}: " if len(sessions) > 1 else ""
+                    beat = snap["link"]
                     say(
                         f"{label}[{snap['seconds']:7.1f} s] {snap['state']} buffer {snap['buffer_ms']:.0f} ms  "
                         f"step p50 {snap['step_ms_p50'] or 0:.1f} ms  underruns {snap['underruns']}  "
                         f"slides {snap['slides']}"
+                        + (
+                            f"  link {beat['tempo']:.1f} bpm, beat {beat['phase'] + 1:.1f}/{beat['quantum']:g}, "
+                            f"{beat['peers']} peer(s)"
+                            if beat
+                            else ""
+                        )
                     )
     finally:
         snaps = [s.snapshot() for s in sessions]
@@ -122,9 +144,24 @@ async def serve_forever(
             group.close()
         else:
             sessions[0].close()
+        if clock is not None:
+            clock.close()
+        if midi_bridge is not None:
+            midi_bridge.close()
         for i, snap in enumerate(snaps):
             label = f"session {i + 1} " if len(sessions) > 1 else ""
             say(f"{label}stopped after {snap['seconds']:.1f} s of music, {snap['underruns']} underruns")
+
+
+def _join_link(cfg: LinkConfig, say: Callable[[str], None]) -> LinkClock | None:
+    """The Link clock, or None with a warning: without Link the music plays on, unquantized."""
+    try:
+        clock = LinkClock.join(cfg)
+    except LinkUnavailable as e:
+        say(f"warning: {e}; playing without Link (changes are not quantized)")
+        return None
+    say(f"Ableton Link on: {cfg.tempo:g} bpm until a peer leads, changes land every {cfg.quantum:g} beat(s)")
+    return clock
 
 
 @dataclass

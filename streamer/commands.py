@@ -155,6 +155,7 @@ class Ticket:
     note: str | None = None  # applied, but not quite as asked (e.g. clamped to the context)
     result: dict[str, Any] | None = None  # a Query's answer: the session's state
     audible: float | None = None  # when the first sample generated under it reached the output
+    beat: float | None = None  # the beat it is held for (a quantized change), on the session's beat clock
     done: threading.Event = field(default_factory=threading.Event)
 
     def wait(self, timeout: float | None = None) -> bool:

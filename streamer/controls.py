@@ -48,8 +48,11 @@ CONTROLS: dict[str, Control] = {
         Control("gain", float, 0.0, 4.0, "output gain (linear)"),
         Control("context", float, 1.0, 30.0, "seconds of music kept when the window slides"),
         Control("fade", float, 0.0, 60.0, "default crossfade for prompt changes, seconds"),
+        Control("quantize", float, 0.0, 64.0, "beats: changes land on the next multiple on the Link beat (0 = now)"),
     )
 }
+# the controls whose changes a `quantize` holds for the beat (prompt changes are held too)
+QUANTIZED_CONTROLS = ("cfg", "temperature", "top_k", "top_p", "seed", "gain")
 SAMPLING = ("cfg", "temperature", "top_k", "top_p")  # the controls that are sampling parameters
 TRIGGERS = ("play", "pause", "stop", "reset")
 MAX_PROMPT_CHARS = 2000

@@ -23,6 +23,7 @@ class RingOutput:
     """The consumer half shared by every output. `rate` and `channels` describe the device side."""
 
     kind = "base"
+    scheduled = False  # plays its blocks on a schedule of its own (`sample_clock` set from it)
 
     def __init__(self, rate: int, channels: int, buffer_frames: int, blocksize: int = 256) -> None:
         self.rate = rate
@@ -38,6 +39,9 @@ class RingOutput:
         self.underruns = 0
         self.device_underflows = 0  # the device's own underflow flags
         self.clock = (0.0, 0)  # (perf_counter, ring.read) at the last block
+        # (perf_counter, ring position) of a sample and when it plays: the output's sample clock,
+        # for landing changes on a beat; outputs that schedule their blocks know it better than `clock`
+        self.sample_clock = (0.0, 0)
         self.error: str | None = None
 
     def consume(self, out: np.ndarray) -> None:
@@ -50,6 +54,8 @@ class RingOutput:
             if got < len(out) and self.primed:
                 self.underruns += 1
         self.clock = (time.perf_counter(), self.ring.read)
+        if not self.scheduled:  # a device's callback: the best reading there is
+            self.sample_clock = self.clock
 
     def set_playing(self, playing: bool) -> None:
         if playing and self.paused:
@@ -73,12 +79,14 @@ class PacedOutput(RingOutput):
     """Consumes a block every block period from a thread, like a sound card with no sound card."""
 
     kind = "null"
+    scheduled = True
 
     def __init__(self, rate: int, channels: int, buffer_frames: int, blocksize: int = 256) -> None:
         super().__init__(rate, channels, buffer_frames, blocksize)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._block = np.zeros((blocksize, channels), dtype=np.float32)
+        self.started_at: float | None = None
 
     def open(self) -> None:
         self._stop.clear()
@@ -93,7 +101,10 @@ class PacedOutput(RingOutput):
     def _run(self) -> None:
         period = self.blocksize / self.rate
         next_t = time.perf_counter()
+        self.started_at = next_t  # the first block: output sample n plays at about started_at + n / rate
         while not self._stop.is_set():
+            # this block's first sample plays at the block's scheduled time
+            self.sample_clock = (next_t, max(self.ring.read, self.ring.flush_to))
             self.consume(self._block)
             try:
                 self.deliver(self._block)

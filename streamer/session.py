@@ -51,10 +51,19 @@ from . import commands as c
 from .calibrate import LIMIT as STEP_LIMIT
 from .calibrate import prefill_chunk
 from .config import MAX_DECODE_FRAMES, StreamConfig
-from .controls import CONTROLS, MAX_CONTINUE_S, MAX_MELODY_S, MAX_PROMPT_CHARS, MAX_PROMPTS, SAMPLING
+from .controls import (
+    CONTROLS,
+    MAX_CONTINUE_S,
+    MAX_MELODY_S,
+    MAX_PROMPT_CHARS,
+    MAX_PROMPTS,
+    QUANTIZED_CONTROLS,
+    SAMPLING,
+)
 from .jobs import Job
 from .outputs import DeviceOutput, InputCapture, RingOutput
 from .probes import LatencyProbes
+from .quantize import BeatClock, next_boundary, ring_position
 from .sink import AudioSink
 
 if TYPE_CHECKING:
@@ -145,7 +154,10 @@ class Session:
             "gain": self.cfg.gain,
             "context": self.cfg.context_s,
             "fade": self.cfg.fade_s,
+            "quantize": 0.0,  # beats; > 0 only with a beat clock (`attach_clock`)
         }
+        self.clock: BeatClock | None = None  # a shared beat timeline (Ableton Link) to land changes on
+        self._held: list[c.Ticket] = []  # quantized changes waiting for their beat (`Ticket.beat`)
         self.capture = capture
         self.log = log
         self.state = STOPPED
@@ -225,6 +237,12 @@ class Session:
         self.wake.set()
         return ticket
 
+    def attach_clock(self, clock: BeatClock, quantize: float) -> None:
+        """Land changes on `clock`'s beats: `quantize` beats apart (0: at once) until a `quantize`
+        command changes it. Call before `start`/`open`."""
+        self.clock = clock
+        self.controls["quantize"] = CONTROLS["quantize"].check(quantize)
+
     def close(self) -> None:
         if self._group is not None:
             self._group.close()
@@ -261,7 +279,11 @@ class Session:
         steps = sorted(self.step_ms.copy())  # copy(): atomic, while the generation thread appends
         started = self.gen.started
         frame = self.gen.frames_done if started else 0
-        pending = [p.ticket.name for p in (self._prompt, self._continuation, self._condition) if p is not None]
+        pending = [
+            p.ticket.name if p.ticket.beat is None else f"{p.ticket.name} at beat {p.ticket.beat:g}"
+            for p in (self._prompt, self._continuation, self._condition)
+            if p is not None
+        ] + [f"{t.name} at beat {t.beat:g}" for t in list(self._held)]
         return {
             **self.view(),
             "phase": self.gen.phase.value if started else "starting",
@@ -281,6 +303,7 @@ class Session:
             "latency_ms_p50": self.probes.estimate_ms(),
             "output": self.output.describe(),
             "output_error": self.output.error,
+            "link": None if self.clock is None else self.clock.describe(),
         }
 
     def expected_latency_s(self) -> float:
@@ -449,23 +472,74 @@ class Session:
 
     # -- commands --------------------------------------------------------------------------------
     def _apply_commands(self) -> None:
+        self._release_held()
         while True:
             try:
                 ticket = self._queue.get_nowait()
             except queue.Empty:
                 return
-            before = self.view()
-            try:
-                answer = HANDLERS[type(ticket.command)](self, ticket)
-            except (EngineError, ValueError) as e:
-                self._refuse(ticket, str(e))
+            if self._hold(ticket):
                 continue
-            except Exception as e:  # a bug: the sender hears of it, the music goes on
-                self._refuse(ticket, f"internal error: {type(e).__name__}: {e}")
-                self.report_error(e)
-                continue
-            if answer != DEFERRED:
-                self._applied(ticket, answer, before)
+            self._apply(ticket)
+
+    def _apply(self, ticket: c.Ticket) -> None:
+        before = self.view()
+        try:
+            answer = HANDLERS[type(ticket.command)](self, ticket)
+        except (EngineError, ValueError) as e:
+            self._refuse(ticket, str(e))
+            return
+        except Exception as e:  # a bug: the sender hears of it, the music goes on
+            self._refuse(ticket, f"internal error: {type(e).__name__}: {e}")
+            self.report_error(e)
+            return
+        if answer != DEFERRED:
+            self._applied(ticket, answer, before)
+
+    # -- quantized changes: held until the step whose audio starts nearest their beat ------------
+    def _hold(self, ticket: c.Ticket) -> bool:
+        """Hold a musical change for the next `quantize` boundary (True), or let it apply now."""
+        q = float(self.controls["quantize"])
+        cmd = ticket.command
+        musical = isinstance(cmd, (c.SetPrompt, c.SetWeightedPrompts)) or (
+            isinstance(cmd, c.Set) and cmd.name in QUANTIZED_CONTROLS
+        )
+        if not (musical and q > 0 and self.clock is not None and self.state == PLAYING and self.gen.started):
+            return False
+        t_read, read = self.output.sample_clock
+        landing = self._landing(ticket)
+        half_frame_s = 0.5 * self.hop / self.rate
+        ticket.beat = next_boundary(self.clock, t_read + (landing - read) / self.output.rate - half_frame_s, q)
+        if isinstance(cmd, c.Set):
+            self._held.append(ticket)
+            return True
+        return False  # a prompt prepares now (`_on_prompt`) and lands on its beat (`_finish_prompt`)
+
+    def _landing(self, ticket: c.Ticket) -> int:
+        """The output ring position where `ticket` would first be heard if applied now."""
+        cmd = ticket.command
+        if isinstance(cmd, c.Set) and cmd.name == "gain":
+            return self.output.ring.written + 1  # gain scales audio not yet buffered
+        f0, s0 = self.codec_origin
+        return self.sink.device_position(s0 + max(0, self.gen.next_frame - f0) * self.hop)
+
+    def _due(self, ticket: c.Ticket) -> bool:
+        """Whether `ticket`'s beat is within half a frame of where it would land now (or passed)."""
+        if ticket.beat is None or self.clock is None or self.state != PLAYING:
+            return True  # nothing to be on the beat with: at once
+        target = ring_position(self.clock, ticket.beat, self.output.sample_clock, self.output.rate)
+        landing = self._landing(ticket)
+        half_frame = 0.5 * self.sink.device_position(self.hop)
+        if landing < target - half_frame:
+            return False
+        late_ms = 1000 * (landing - target) / self.output.rate
+        if late_ms > 1000 * self.hop / self.rate:
+            ticket.note = f"late for beat {ticket.beat:g} by {late_ms:.0f} ms"
+        return True
+
+    def _release_held(self) -> None:
+        while self._held and self._due(self._held[0]):
+            self._apply(self._held.pop(0))
 
     def _applied(self, ticket: c.Ticket, heard: Answer, before: dict[str, Any]) -> None:
         ticket.applied = time.perf_counter()
@@ -511,6 +585,10 @@ class Session:
         elif cmd.name == "gain":
             self.sink.gain = float(value)
             answer = Heard(device_frame=self.output.ring.written + 1)  # applies to audio not yet buffered
+        elif cmd.name == "quantize":
+            if value > 0 and self.clock is None:
+                raise ValueError("quantize needs a shared beat clock: start serve with --link")
+            answer = None
         elif cmd.name == "context":
             frames = self.gen.set_context(self.model.spec.seconds_to_frames(value))
             kept = frames / self.model.spec.frame_rate
@@ -546,7 +624,7 @@ class Session:
             self._refuse(self._prompt.ticket, "superseded by a newer prompt before it was ready")
             self._prompt = None
         known = [k for t, _ in prompts if (k := self.model.conditioner.lookup(t)) is not None]
-        if len(known) == len(prompts):
+        if len(known) == len(prompts) and ticket.beat is None:
             self._set_prompts(prompts, fade, known)
             return Heard()
         job: Job[list[Condition]] = Job(_conditions(self.model, [t for t, _ in prompts]), "prompt")
@@ -561,7 +639,7 @@ class Session:
     def _finish_prompt(self) -> None:
         """Apply the pending prompt once its conditions are ready."""
         p = self._prompt
-        if p is None or not p.job.done:
+        if p is None or not p.job.done or (p.job.error is None and not self._due(p.ticket)):
             return
         self._prompt = None
         before = self.view()

@@ -1,0 +1,182 @@
+"""Changes that land on the beat (`quantize`), heard on the output's own sample clock.
+
+Protects: with a beat clock attached, a gain change quantized to a bar is heard - in the file the
+output wrote - within one frame (20 ms) of the bar's sample; a cfg change and a prompt change are
+heard (by the output's read clock) within a frame of their beat; held changes show as pending and
+a later one queues behind them for the same bar; without a clock `quantize` is refused in one
+sentence and the music goes on; a real Ableton Link peer on this machine leads the tempo and the
+beat that changes land on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.outputs import make_output
+from musicgen_live.streamer.quantize import SteadyClock, next_boundary, ring_position
+from musicgen_live.streamer.session import Session
+
+FRAME_S = 0.02  # one MusicGen frame: the tolerance the issue sets
+
+
+def test_boundaries_and_positions_on_a_steady_clock():
+    clock = SteadyClock(tempo=120.0, quantum=4.0, origin=100.0)  # a beat every 0.5 s from t = 100
+    assert next_boundary(clock, 100.0, 4) == 0.0
+    assert next_boundary(clock, 100.01, 4) == 4.0
+    assert next_boundary(clock, 101.99, 4) == 4.0 and next_boundary(clock, 102.0, 4) == 4.0
+    assert next_boundary(clock, 102.3, 1) == 5.0
+    # the output read ring position 48 000 at t = 101: beat 4 (t = 102) sounds one second later
+    assert ring_position(clock, 4.0, (101.0, 48_000), 48_000) == 96_000
+    with pytest.raises(ValueError, match="tempo"):
+        SteadyClock(tempo=5.0)
+
+
+def _session(tiny, output: str, quantize: float, tempo: float = 240.0) -> tuple[Session, SteadyClock]:
+    s = Session(tiny, make_output(output, 2, 0.2), StreamConfig(buffer_ms=200, window_s=8.0, context_s=2.0))
+    clock = SteadyClock(tempo=tempo, quantum=4.0)
+    s.attach_clock(clock, quantize)
+    s.start()
+    return s, clock
+
+
+def _wait_playing(s: Session, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while s.output.ring.read < s.output.rate // 2:  # half a second heard
+        assert time.monotonic() < deadline, "the session did not start playing"
+        time.sleep(0.05)
+
+
+def test_a_gain_change_quantized_to_a_bar_is_heard_within_a_frame_of_it(tiny, tmp_path):
+    """The file output is the sample clock: sample n plays at `started_at + n / rate`."""
+    wav = tmp_path / "bar.wav"
+    s, clock = _session(tiny, f"file:{wav}", quantize=4.0)  # a bar of 4 beats at 240 bpm: 1 s
+    try:
+        _wait_playing(s)
+        ticket = s.submit(c.Set("gain", 0.0))
+        assert ticket.wait(5)
+        assert ticket.error is None and ticket.beat is not None and ticket.beat % 4 == 0
+        time.sleep(0.6)  # the silence reaches the file
+    finally:
+        s.close()
+    audio, rate = sf.read(str(wav), dtype="float32")
+    assert s.output.started_at is not None
+    bar_sample = (clock.time_at(ticket.beat) - s.output.started_at) * rate
+    loud = np.abs(audio).max(axis=1) > 0
+    heard = np.flatnonzero(loud)
+    last_loud = heard[heard < bar_sample + rate * 0.5][-1]  # the music's last sample before the silence
+    assert abs(last_loud + 1 - bar_sample) <= FRAME_S * rate, (last_loud, bar_sample)
+    assert not loud[int(bar_sample + FRAME_S * rate) :].any()  # silent from the bar on
+
+
+@pytest.mark.parametrize("command", [c.Set("cfg", 6.0), c.SetPrompt("a prompt never heard before, quantized")])
+def test_a_change_is_heard_within_a_frame_of_its_beat(tiny, command):
+    s, clock = _session(tiny, "null", quantize=1.0, tempo=97.0)
+    try:
+        _wait_playing(s)
+        ticket = s.submit(command)
+        assert ticket.wait(10) and ticket.error is None, ticket.error
+        deadline = time.monotonic() + 5
+        while ticket.audible is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        s.close()
+    assert ticket.beat is not None and ticket.audible is not None
+    block_s = s.output.blocksize / s.output.rate  # the read clock ticks once a block
+    assert abs(ticket.audible - clock.time_at(ticket.beat)) <= FRAME_S + block_s
+
+
+def test_held_changes_are_pending_and_later_ones_join_them_on_the_bar(tiny):
+    s, _ = _session(tiny, "null", quantize=8.0, tempo=60.0)  # a bar of 8 s: changes wait
+    try:
+        _wait_playing(s)
+        first, second = s.submit(c.Set("cfg", 5.0)), s.submit(c.Set("temperature", 0.5))
+        state = s.submit(c.Query())
+        assert state.wait(5)
+        assert state.result["cfg"] != 5.0  # not applied yet: it sounds on the bar
+        pending = state.result["pending"]
+        assert any(p.startswith("cfg at beat") for p in pending) and any(p.startswith("temperature") for p in pending)
+        assert first.beat == second.beat and not first.done.is_set()
+        assert state.result["link"]["tempo"] == 60.0 and state.result["quantize"] == 8.0
+        off = s.submit(c.Set("quantize", 0.0))  # not quantized itself; later changes land at once
+        assert off.wait(5) and off.error is None
+        now = s.submit(c.Set("top_k", 10))
+        assert now.wait(5) and now.beat is None
+    finally:
+        s.close()
+
+
+def test_quantize_without_a_beat_clock_is_refused_and_the_music_goes_on(tiny):
+    s = Session(tiny, make_output("null", 2, 0.2), StreamConfig(buffer_ms=200))
+    s.start()
+    try:
+        _wait_playing(s)
+        ticket = s.submit(c.Set("quantize", 4.0))
+        assert ticket.wait(5) and "--link" in (ticket.error or "")
+        read = s.output.ring.read
+        cfg = s.submit(c.Set("cfg", 4.0))
+        assert cfg.wait(5) and cfg.error is None and cfg.beat is None
+        time.sleep(0.3)
+        assert s.output.ring.read > read and s.output.underruns == 0
+    finally:
+        s.close()
+
+
+def test_a_link_peer_on_this_machine_leads_the_tempo_and_the_beat(tiny):
+    """Two Ableton Link peers in this process: ours (120 bpm) joins a peer at 97 bpm; a change
+    quantized to a bar is heard at a bar of the peer's timeline."""
+    from aalink import Link
+    from musicgen_live.bridges.config import LinkConfig
+    from musicgen_live.bridges.link import LinkClock
+
+    async def run() -> tuple[float, float, dict, float]:
+        peer = Link(97.0)
+        peer.quantum = 4
+        peer.enabled = True
+        await asyncio.sleep(1.0)  # Link keeps the older session when two meet: the peer's, at 97 bpm
+        clock = LinkClock.join(LinkConfig(enabled=True, tempo=120.0, quantum=4.0))
+        for _ in range(100):
+            if clock.describe()["peers"] >= 1 and abs(clock.describe()["tempo"] - 97.0) < 0.01:
+                break
+            await asyncio.sleep(0.05)
+        seen = clock.describe()
+        s = Session(tiny, make_output("null", 2, 0.2), StreamConfig(buffer_ms=200))
+        s.attach_clock(clock, 4.0)
+        s.start()
+        try:
+            while s.output.ring.read < s.output.rate // 2:
+                await asyncio.sleep(0.05)
+            ticket = s.submit(c.Set("cfg", 7.0))
+            while ticket.audible is None:
+                await asyncio.sleep(0.01)
+            # the peer's beat when it was heard, against its bar
+            peer_beat = float(peer.beat) + (ticket.audible - time.perf_counter()) * float(peer.tempo) / 60
+        finally:
+            s.close()
+            clock.close()
+            peer.enabled = False
+        return peer_beat, float(peer.tempo), seen, float(ticket.beat or math.nan)
+
+    peer_beat, tempo, seen, beat = asyncio.run(asyncio.wait_for(run(), 60))
+    assert seen["peers"] >= 1 and seen["tempo"] == pytest.approx(97.0, abs=0.01)
+    off_bar = (peer_beat + 2) % 4 - 2  # beats from the nearest bar line of the peer's timeline
+    block_beats = (256 / 48000) * tempo / 60
+    assert abs(off_bar) <= FRAME_S * tempo / 60 + block_beats, (peer_beat, beat)
+
+
+def test_link_unavailable_is_one_sentence_and_the_music_plays_unquantized(monkeypatch):
+    import sys
+
+    from musicgen_live.bridges.config import LinkConfig
+    from musicgen_live.bridges.server import _join_link
+
+    monkeypatch.setitem(sys.modules, "aalink", None)  # as if the package were not installed
+    said: list[str] = []
+    assert _join_link(LinkConfig(enabled=True), said.append) is None
+    assert len(said) == 1 and "aalink" in said[0] and "without Link" in said[0]
