@@ -477,10 +477,11 @@ class Session:
             try:
                 ticket = self._queue.get_nowait()
             except queue.Empty:
-                return
+                break
             if self._hold(ticket):
                 continue
             self._apply(ticket)
+        self._release_held()  # one held just now may be due before this step already
 
     def _apply(self, ticket: c.Ticket) -> None:
         before = self.view()
