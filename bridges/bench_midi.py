@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from musicgen_live.engine.errors import EngineError
 from musicgen_live.engine.model import MusicGen
@@ -44,16 +45,13 @@ def run_midi_bench(model: MusicGen, changes: int, seed: int = 0) -> MidiBench:
     session = Session(model, make_output("null", 2, 0.2), StreamConfig(buffer_ms=200))
     bridge = MidiBridge(session, Vocabulary({}), MidiConfig(port="bench-knob", api="jack",
                         cc=[MidiCC(cc=74, control="cfg", lo=1.0, hi=8.0)]), lambda _m: None)  # fmt: skip
-    tickets: list[c.Ticket] = []
-    submit = session.submit
+    tickets: list[c.Ticket] = []  # the knob's commands as applied (their `audible` is filled in later)
 
-    def recorded(cmd: c.Command, source: str = "api") -> c.Ticket:
-        ticket = submit(cmd, source)
-        if source.startswith("midi"):
-            tickets.append(ticket)
-        return ticket
+    def applied(kind: str, data: dict[str, Any]) -> None:
+        if kind == "applied" and data["ticket"].source.startswith("midi"):
+            tickets.append(data["ticket"])
 
-    session.submit = recorded  # type: ignore[method-assign]
+    session.listeners.append(applied)
     bridge.start()
     session.start()
     rng = random.Random(seed)
