@@ -11,6 +11,7 @@ Any of them may stop the server (`quit`, --seconds, Ctrl-C).
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -124,17 +125,10 @@ async def serve_forever(
                 for i, s in enumerate(sessions):
                     snap = s.snapshot()
                     label = f"{i + 1}: " if len(sessions) > 1 else ""
-                    beat = snap["link"]
                     say(
                         f"{label}[{snap['seconds']:7.1f} s] {snap['state']} buffer {snap['buffer_ms']:.0f} ms  "
                         f"step p50 {snap['step_ms_p50'] or 0:.1f} ms  underruns {snap['underruns']}  "
-                        f"slides {snap['slides']}"
-                        + (
-                            f"  link {beat['tempo']:.1f} bpm, beat {beat['phase'] + 1:.1f}/{beat['quantum']:g}, "
-                            f"{beat['peers']} peer(s)"
-                            if beat
-                            else ""
-                        )
+                        f"slides {snap['slides']}{_link_line(snap['link'])}"
                     )
     finally:
         snaps = [s.snapshot() for s in sessions]
@@ -151,6 +145,14 @@ async def serve_forever(
         for i, snap in enumerate(snaps):
             label = f"session {i + 1} " if len(sessions) > 1 else ""
             say(f"{label}stopped after {snap['seconds']:.1f} s of music, {snap['underruns']} underruns")
+
+
+def _link_line(beat: dict[str, Any] | None) -> str:
+    """The status line's Link part: tempo, the beat of the bar as a musician counts it (1.0 ..), peers."""
+    if not beat:
+        return ""
+    counted = math.floor(beat["phase"] * 10) / 10 + 1  # 3.99 beats into the bar is "4.9", never "5.0"
+    return f"  link {beat['tempo']:.1f} bpm, beat {counted:.1f}/{beat['quantum']:g}, {beat['peers']} peer(s)"
 
 
 def _join_link(cfg: LinkConfig, say: Callable[[str], None]) -> LinkClock | None:

@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 from musicgen_live.engine.errors import EngineError
 from musicgen_live.streamer import commands as c
-from musicgen_live.streamer.controls import DEFAULT_CONTINUE_S, DEFAULT_MELODY_S
+from musicgen_live.streamer.controls import CONTROLS, DEFAULT_CONTINUE_S, DEFAULT_MELODY_S
 from musicgen_live.streamer.session import Session
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
@@ -59,6 +59,11 @@ STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/client.js": ("client.js", "text/javascript"),
     "/worklet.js": ("worklet.js", "text/javascript"),
+}
+# the controls as the browser page builds its faders: the one table of names and ranges
+CONTROL_TABLE = {
+    name: {"lo": ctl.lo, "hi": ctl.hi, "integer": ctl.kind is int, "meaning": ctl.meaning}
+    for name, ctl in CONTROLS.items()
 }
 ANSWER_TIMEOUT_S = 60.0  # a request not answered by then gets an error (a continuation on a slow CPU takes a while)
 _client_numbers = itertools.count(1)
@@ -174,6 +179,7 @@ class WebSocketBridge:
                     "session": self.vocab.info,
                     "client": client.number,
                     "state": self.session.snapshot(),
+                    "controls": CONTROL_TABLE,
                 },
             )
             async for message in ws:

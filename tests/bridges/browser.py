@@ -97,6 +97,16 @@ class Browser:
             time.sleep(0.1)
         raise AssertionError(f"the page never got {expression!r}")
 
+    def screenshot(self, path: str, width: int = 1100, height: int = 1000) -> bytes:
+        """A PNG of the page as laid out at width x height CSS pixels, written to `path`."""
+        import base64
+
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        with open(path, "wb") as f:
+            f.write(png)
+        return png
+
     def close(self) -> None:
         try:
             self._exit.close()

@@ -265,7 +265,9 @@ def test_a_full_disk_stops_the_recording_not_the_music(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("no longer recorded") == 1 and "Traceback" not in proc.stderr
     seconds = float(proc.stderr.split("stopped after ")[1].split(" s")[0])
-    assert seconds > 4.0  # the music went on after the disk filled (~0.5 s in)
+    # the disk filled ~0.5 s in (200 KB of 48 kHz stereo float); the music went on long after it (the 6 s
+    # count from serve's start: a loaded machine spends seconds of them measuring and prefilling)
+    assert seconds > 2.0
 
 
 def test_render_follows_a_melody_on_a_melody_checkpoint(tmp_path, capsys):
