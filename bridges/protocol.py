@@ -23,7 +23,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from musicgen_live.streamer.controls import (
     MAX_MELODY_S,
     MAX_PROMPT_CHARS,
     MAX_PROMPTS,
+    QUANTIZED_CONTROLS,
     TRIGGERS,
 )
 
@@ -137,14 +138,20 @@ class Vocabulary:
 
     def update(self, changes: dict[str, object]) -> Outcome:
         """A WebSocket `session.update` ({key: value, ...}) as the requests it stands for, in a fixed
-        order. A `fade` given with a prompt is that prompt's crossfade; alone, it sets the default."""
+        order. A `fade` given with a prompt is that prompt's crossfade; alone, it sets the default.
+        A `quantize` given with musical changes (prompts, cfg, sampling, seed, gain) is theirs alone."""
         unknown = sorted(set(changes) - set(UPDATE_KEYS))
         if unknown:
             raise ProtocolError(f"session.update does not know {unknown[0]!r} (keys: {', '.join(UPDATE_KEYS)})")
         prompt_fade = "fade" in changes and ("prompt" in changes or "weighted_prompts" in changes)
+        # likewise a quantize given with musical changes is theirs alone; alone, it sets the session's
+        own_quantize = "quantize" in changes and any(k in changes for k in QUANTIZED_KEYS)
         out = Outcome()
+        if own_quantize:
+            beats, notes = _control_value("quantize", changes["quantize"], normalised=False)
+            out.notes += notes
         for key in UPDATE_KEYS:
-            if key not in changes or (key == "fade" and prompt_fade):
+            if key not in changes or (key == "fade" and prompt_fade) or (key == "quantize" and own_quantize):
                 continue
             value = changes[key]
             if key == "weighted_prompts":
@@ -163,6 +170,8 @@ class Vocabulary:
                 fade, notes = _control_value("fade", changes["fade"], normalised=False)
                 part.commands = [_with_fade(cmd, fade) for cmd in part.commands]
                 part.notes += notes
+            if own_quantize and key in QUANTIZED_KEYS:
+                part.commands = [_with_quantize(cmd, beats) for cmd in part.commands]
             out.commands += part.commands
             out.notes += part.notes
         if not out.commands:
@@ -252,6 +261,7 @@ class Vocabulary:
 
 
 # WebSocket session.update keys, in the order they are applied
+QUANTIZED_KEYS = (*QUANTIZED_CONTROLS, "prompt", "weighted_prompts")  # session.update keys a quantize holds
 UPDATE_KEYS = ["context", "fade", *[k for k in CONTROLS if k not in ("context", "fade")], "weighted_prompts", "prompt"]
 _TRIGGER: dict[str, Callable[[], c.Command]] = {"play": c.Play, "pause": c.Pause, "stop": c.Stop, "reset": c.Reset}
 _Seconds = Callable[[Sequence[object], int, str], tuple[float, list[str]]]
@@ -374,11 +384,15 @@ def _check_prompt(text: str) -> None:
         raise ProtocolError(f"prompt is too long ({len(text)} characters, at most {MAX_PROMPT_CHARS})")
 
 
+def _with_quantize(command: c.Command, beats: float) -> c.Command:
+    if isinstance(command, (c.Set, c.SetPrompt, c.SetWeightedPrompts)):
+        return replace(command, quantize=beats)
+    return command
+
+
 def _with_fade(command: c.Command, fade: float) -> c.Command:
-    if isinstance(command, c.SetPrompt):
-        return c.SetPrompt(command.text, fade_s=fade)
-    if isinstance(command, c.SetWeightedPrompts):
-        return c.SetWeightedPrompts(command.prompts, fade_s=fade)
+    if isinstance(command, (c.SetPrompt, c.SetWeightedPrompts)):
+        return replace(command, fade_s=fade)
     return command
 
 

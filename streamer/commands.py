@@ -22,12 +22,14 @@ if TYPE_CHECKING:  # bridges import this to build commands; only `ContinueAudio`
 class SetPrompt:
     text: str
     fade_s: float | None = None  # None = the session's default fade
+    quantize: float | None = None  # beats this change alone lands on (0 = at once); None = the session's
 
 
 @dataclass(frozen=True)
 class SetWeightedPrompts:
     prompts: tuple[tuple[str, float], ...]
     fade_s: float | None = None
+    quantize: float | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Set:
 
     name: str
     value: float
+    quantize: float | None = None  # beats this change alone lands on (0 = at once); None = the session's
 
 
 @dataclass(frozen=True)

@@ -499,12 +499,17 @@ class Session:
 
     # -- quantized changes: held until the step whose audio starts nearest their beat ------------
     def _hold(self, ticket: c.Ticket) -> bool:
-        """Hold a musical change for the next `quantize` boundary (True), or let it apply now."""
-        q = float(self.controls["quantize"])
+        """Hold a musical change for the next `quantize` boundary (True: held, or refused), or let
+        it apply now."""
         cmd = ticket.command
         musical = isinstance(cmd, (c.SetPrompt, c.SetWeightedPrompts)) or (
             isinstance(cmd, c.Set) and cmd.name in QUANTIZED_CONTROLS
         )
+        own = getattr(cmd, "quantize", None)  # this change's own quantize, over the session's
+        q = float(self.controls["quantize"] if own is None else own)
+        if musical and own and self.clock is None:
+            self._refuse(ticket, "quantize needs a shared beat clock: start serve with --link")
+            return True
         if not (musical and q > 0 and self.clock is not None and self.state == PLAYING and self.gen.started):
             return False
         t_read, read = self.output.sample_clock

@@ -180,3 +180,35 @@ def test_link_unavailable_is_one_sentence_and_the_music_plays_unquantized(monkey
     said: list[str] = []
     assert _join_link(LinkConfig(enabled=True), said.append) is None
     assert len(said) == 1 and "aalink" in said[0] and "without Link" in said[0]
+
+
+def test_a_quantize_sent_with_a_change_is_that_change_s_alone():
+    """As with `fade`: in one WebSocket session.update, a quantize beside musical changes is
+    theirs; alone, it sets the session's."""
+    from musicgen_live.bridges.protocol import Vocabulary
+
+    vocab = Vocabulary({})
+    out = vocab.update({"cfg": 5, "prompt": "x", "context": 4, "quantize": 1})
+    assert out.commands == [c.Set("context", 4.0), c.Set("cfg", 5.0, quantize=1.0), c.SetPrompt("x", quantize=1.0)]
+    assert vocab.update({"quantize": 2}).commands == [c.Set("quantize", 2.0)]
+    assert vocab.update({"prompt": "y", "fade": 3, "quantize": 0}).commands == [c.SetPrompt("y", 3.0, quantize=0.0)]
+
+
+def test_a_change_s_own_quantize_overrides_the_session_s(tiny):
+    s, _ = _session(tiny, "null", quantize=8.0, tempo=60.0)  # the session waits for 8-beat bars
+    try:
+        _wait_playing(s)
+        now = s.submit(c.Set("cfg", 5.0, quantize=0.0))
+        assert now.wait(5) and now.beat is None and now.error is None
+        soon = s.submit(c.Set("temperature", 0.8, quantize=1.0))
+        assert soon.wait(5) and soon.error is None and soon.beat is not None  # the next beat, not the bar
+    finally:
+        s.close()
+    plain = Session(tiny, make_output("null", 2, 0.2), StreamConfig(buffer_ms=200))
+    plain.start()
+    try:
+        _wait_playing(plain)
+        refused = plain.submit(c.Set("cfg", 5.0, quantize=4.0))
+        assert refused.wait(5) and "--link" in (refused.error or "")
+    finally:
+        plain.close()
