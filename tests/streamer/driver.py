@@ -18,6 +18,7 @@ from musicgen_live.streamer import commands as c
 from musicgen_live.streamer.config import StreamConfig
 from musicgen_live.streamer.group import SessionGroup
 from musicgen_live.streamer.outputs import RingOutput
+from musicgen_live.streamer.quantize import BeatClock
 from musicgen_live.streamer.session import Session
 
 RATE = 48000
@@ -45,9 +46,21 @@ class Clients:
 
 
 class Driven:
-    def __init__(self, model: MusicGen, stream: StreamConfig, sampling: SamplingConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: MusicGen,
+        stream: StreamConfig,
+        sampling: SamplingConfig | None = None,
+        clock: BeatClock | None = None,
+        quantize: float = 0.0,
+    ) -> None:
+        """`clock`: a beat clock to land changes on (`quantize` beats apart); the output's clock then
+        runs on virtual time - the samples it has played / 48 kHz - so a walk replays exactly."""
         self.output = RingOutput(RATE, 2, int(stream.buffer_ms / 1000 * RATE))
         self.session = Session(model, self.output, stream, sampling or SamplingConfig())
+        self.virtual_time = clock is not None
+        if clock is not None:
+            self.session.attach_clock(clock, quantize)
         self.group = SessionGroup(model, max_sessions=1, batched=False)
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.answers: dict[int, int] = {}  # ticket id -> times answered
@@ -101,7 +114,9 @@ class Driven:
             read = ring.read
             self.output.consume(self._block)
             if ring.read == read:
-                return
+                break
+        if self.virtual_time:  # the output's sample clock: played samples as seconds
+            self.output.clock = self.output.sample_clock = (ring.read / RATE, ring.read)
 
     def turn(self) -> bool:
         """One turn of the loop; True when it took a step."""

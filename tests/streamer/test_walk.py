@@ -1,7 +1,8 @@
 """A random walk through everything a performer can do, at random frame offsets, across many window
 slides, on a session the test steps itself (`driver.Driven`: deterministic, no threads).
 
-Protects, after every step and every command: no internal error and no self-repair; every command
+Protects, after every step and every command (also with changes held for a beat clock's beats):
+no internal error and no self-repair; every command
 answered exactly once; the stream never stuck (each step samples the next frame, or a continuation
 or restart has just taken over); audio without gap or repeat, exactly as many samples as the frames
 decoded release; and the state an OSC subscriber and a WebSocket client were sent equals the
@@ -29,6 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.streamer import commands as c
 from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.quantize import SteadyClock
 
 from .driver import Driven
 
@@ -42,15 +44,20 @@ TRANSPORT = [c.Play, c.Pause, c.Stop, c.Reset, c.Play, c.Play]
 SOURCES = ["history", "input", "file", "missing file", "audio"]
 MELODIES = [*SOURCES, "off"]  # a text checkpoint refuses them all; a melody one re-prefills
 SECONDS = (0.05, 40.0)
+BEATS = [0.0, 0.25, 1.0, 4.0, -1.0]  # quantize settings (-1 is refused); 4 beats = 1 s at the walk's 240 bpm
+OWN_BEATS = [None, None, 0.0, 1.0]  # a change's own quantize
 MAX_PLAY = 40  # steps between two commands at most
 
 
 class Walk:
     """The session under test, the moves a performer makes, and the checks after each."""
 
-    def __init__(self, model: MusicGen) -> None:
+    def __init__(self, model: MusicGen, on_the_beat: bool = False) -> None:
+        """`on_the_beat`: a steady beat clock (240 bpm, on the output's sample clock) and changes
+        quantized to the beat from the start, so that holds interleave with everything else."""
         self.model = model
-        self.live = Driven(model, STREAM)
+        clock = SteadyClock(tempo=240.0, quantum=4.0, origin=0.0) if on_the_beat else None
+        self.live = Driven(model, STREAM, clock=clock, quantize=1.0 if on_the_beat else 0.0)
         self.dir = tempfile.mkdtemp(prefix="walk-")
         self.clip = os.path.join(self.dir, "clip.wav")
         sf.write(self.clip, 0.1 * np.random.default_rng(0).standard_normal((44100, 2)), 44100)
@@ -72,8 +79,11 @@ class Walk:
     def blend(self, weights: list[float], fade: float | None) -> None:
         self._send(c.SetWeightedPrompts(tuple((TEXTS[i % len(TEXTS)], w) for i, w in enumerate(weights)), fade))
 
-    def knob(self, name: str, value: float) -> None:
-        self._send(c.Set(name, value))
+    def knob(self, name: str, value: float, quantize: float | None = None) -> None:
+        self._send(c.Set(name, value, quantize=quantize))
+
+    def quantize(self, beats: float) -> None:
+        self._send(c.Set("quantize", beats))  # without a beat clock, > 0 is refused
 
     def transport(self, action: type) -> None:
         self._send(action())
@@ -145,11 +155,13 @@ class Walk:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def seeded_walk(model: MusicGen, commands: int, seed: int) -> dict[str, int]:
+def seeded_walk(model: MusicGen, commands: int, seed: int, on_the_beat: bool = False) -> dict[str, int]:
     """The long profile: `commands` random moves with random stretches of music between them."""
     rng = random.Random(seed)
-    walk = Walk(model)
+    walk = Walk(model, on_the_beat)
     moves = [
+        lambda: walk.quantize(rng.choice(BEATS)),
+        lambda: walk.knob(rng.choice(KNOBS), rng.uniform(*KNOB_VALUES), rng.choice(OWN_BEATS)),
         lambda: walk.prompt(rng.choice(TEXTS), rng.random() < 0.3, rng.choice(FADES)),
         lambda: walk.blend([rng.uniform(0, 2) for _ in range(rng.randint(1, 5))], rng.choice(FADES[:3])),
         lambda: walk.knob(rng.choice(KNOBS), rng.uniform(*KNOB_VALUES)),
@@ -162,7 +174,8 @@ def seeded_walk(model: MusicGen, commands: int, seed: int) -> dict[str, int]:
     for _ in range(commands):
         rng.choice(moves)()
         walk.play_on(rng.randint(0, MAX_PLAY))
-    return walk.finish()
+    held = sum(t.beat is not None for t in walk.sent)
+    return {**walk.finish(), "held": held}
 
 
 class WalkMachine(RuleBasedStateMachine):
@@ -191,9 +204,13 @@ class WalkMachine(RuleBasedStateMachine):
     def blend(self, weights: list[float], fade: float | None) -> None:
         self.walk.blend(weights, fade)
 
-    @rule(name=st.sampled_from(KNOBS), value=st.floats(*KNOB_VALUES))
-    def knob(self, name: str, value: float) -> None:
-        self.walk.knob(name, value)
+    @rule(name=st.sampled_from(KNOBS), value=st.floats(*KNOB_VALUES), own=st.sampled_from(OWN_BEATS))
+    def knob(self, name: str, value: float, own: float | None) -> None:
+        self.walk.knob(name, value, own)
+
+    @rule(beats=st.sampled_from(BEATS))
+    def quantize(self, beats: float) -> None:
+        self.walk.quantize(beats)
 
     @rule(action=st.sampled_from(TRANSPORT))
     def transport(self, action: type) -> None:
@@ -238,6 +255,13 @@ def test_seeded_walk_across_slides(tiny):
     """Long stretches of music between the moves: the walk crosses many window slides."""
     r = seeded_walk(tiny, 120, seed=7)
     assert r["slides"] >= 10, r
+
+
+def test_seeded_walk_on_the_beat_across_slides(tiny):
+    """The same walk with a beat clock: changes held for their beat (the session's quantize, and
+    changes' own) interleave with slides, prompts, continuations and transport."""
+    r = seeded_walk(tiny, 120, seed=11, on_the_beat=True)
+    assert r["slides"] >= 10 and r["held"] >= 20, r
 
 
 def test_seeded_walk_of_a_melody_checkpoint_across_slides():
