@@ -467,7 +467,8 @@ class Session:
         typical = sorted(times[2:])[len(times[2:]) // 2]  # past the first calls' kernel choices
         pace = 1 / (typical * self.model.spec.frame_rate)
         lm = self.model.lm
-        self.log(pace_line(self.model.source, lm.device.type, "float32 exact" if lm.exact else lm.precision, pace))
+        kernels = ("float32 exact" if lm.exact else lm.precision) + (", two-step guidance" if lm.two_step else "")
+        self.log(pace_line(self.model.source, lm.device.type, kernels, pace))
         return pace
 
     # -- commands --------------------------------------------------------------------------------
@@ -1003,13 +1004,15 @@ def _continuation_codes(
 
 def pace_line(model: str, device: str, precision: str, pace: float) -> str:
     """The start-up line: how fast this model plays here and, below real time, what to try (only
-    what is not in use already)."""
+    what is not in use already). `precision`: the kernels, e.g. "int8" or "int8, two-step guidance"."""
     line = f"{model} on {device} ({precision}) plays at {pace:.1f}x real time here"
     if pace >= 1.1:
         return line
     tips = ["a shorter --window", "fewer sessions"]
+    if "two-step" in precision:
+        tips.insert(0, "--guidance batched")
     if device == "cpu":
-        tips = (["--precision int8"] if precision != "int8" else []) + tips + ["a GPU"]
+        tips = (["--precision int8"] if not precision.startswith("int8") else []) + tips + ["a GPU"]
     return line + ": expect gaps - try " + ", ".join(tips[:-1]) + " or " + tips[-1]
 
 

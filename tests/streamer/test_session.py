@@ -174,6 +174,7 @@ def test_continuation_with_no_history_yet_is_refused(tiny):
         ("cpu", "float32", 0.5, "try --precision int8, a shorter --window, fewer sessions or a GPU", None),
         ("cpu", "int8", 0.4, "try a shorter --window, fewer sessions or a GPU", "--precision int8"),
         ("cuda", "float16", 0.8, "try a shorter --window or fewer sessions", "GPU"),
+        ("cpu", "int8, two-step guidance", 0.3, "try --guidance batched, a shorter --window", "--precision int8"),
     ],
 )
 def test_the_start_up_line_says_what_to_try_and_only_what_is_not_in_use(device, precision, pace, says, not_says):
