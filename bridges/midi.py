@@ -2,7 +2,9 @@
 
 python-rtmidi (ALSA or JACK) reads the input port on its own callback thread, mido parses; every
 message becomes a request in the shared vocabulary (`bridges.protocol`), so a knob obeys the same
-ranges and answers as OSC and WebSocket, and every client sees the change. A port that is missing
+ranges and answers as OSC and WebSocket, and every client sees the change. A knob turned fast
+sends hundreds of messages a second: its newest value goes out at most once a frame (20 ms), as the
+browser's faders do, so a controller cannot flood the session or its clients. A port that is missing
 or vanishes is reported once and looked for again every second; the music never waits for it.
 `serve --midi-learn` prints every message with the config lines that would map it.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +26,7 @@ from .protocol import ProtocolError, Vocabulary
 
 Say = Callable[[str], None]
 RESCAN_S = 1.0  # how often a missing port is looked for
+KNOB_INTERVAL_S = 0.02  # a knob's value goes out at most once a frame
 
 
 def cc_value(m: MidiCC, value: int) -> float:
@@ -63,8 +67,12 @@ class MidiBridge:
                 say(f"midi: the scene '{s.prompt[:40]}' has neither a note nor a program: ignored")
         self.port: Any = None
         self.port_name: str | None = None
-        self.messages = 0  # mapped messages handled
+        self.messages = 0  # requests made (a fast knob's messages coalesce into one a frame)
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sent_at: dict[str, float] = {}  # control -> when its last value went out (monotonic s)
+        self._pending: dict[str, list[object]] = {}  # control -> its newest value, waiting for the frame
+        self._due = threading.Event()
         self._missing_said = False
         self._backend: Any = None
         self._thread: threading.Thread | None = None
@@ -79,6 +87,7 @@ class MidiBridge:
         self._connect()
         self._thread = threading.Thread(target=self._watch, name="midi-watch", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._flush, name="midi-knobs", daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()
@@ -174,8 +183,42 @@ class MidiBridge:
             request = _scene_request(scene)
         if request is None:
             return
+        if msg.type == "control_change":  # a knob turned fast sends hundreds a second: one a frame is heard
+            self._knob(*request)
+        else:
+            self._submit(*request)
+
+    def _knob(self, control: str, args: list[object]) -> None:
+        """Send a knob's value now if its last went out a frame (20 ms) ago; else keep the newest for
+        the flusher, which sends it when that frame is over."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._sent_at.get(control, -1.0) >= KNOB_INTERVAL_S and control not in self._pending:
+                self._sent_at[control] = now
+                send = True
+            else:
+                self._pending[control] = args
+                self._due.set()
+                send = False
+        if send:
+            self._submit(control, args)
+
+    def _flush(self) -> None:
+        while not self._stop.is_set():
+            self._due.wait(0.5)
+            time.sleep(KNOB_INTERVAL_S)  # this frame's newest values collect meanwhile
+            with self._lock:
+                due, self._pending = self._pending, {}
+                self._due.clear()
+                now = time.monotonic()
+                for control in due:
+                    self._sent_at[control] = now
+            for control, args in due.items():
+                self._submit(control, args)
+
+    def _submit(self, name: str, args: list[object]) -> None:
         try:
-            outcome = self.vocab.handle(*request)
+            outcome = self.vocab.handle(name, args)
         except ProtocolError as e:
             self.say(f"midi: {e}")
             return

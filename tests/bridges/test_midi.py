@@ -87,6 +87,26 @@ def test_messages_map_to_controls_and_scenes_through_the_vocabulary():
     assert '{cc = 21, channel = 2, control = "cfg"}' in line
 
 
+def test_a_knob_turned_fast_sends_one_value_a_frame_and_ends_on_the_last(tiny):
+    """A fast knob (or a high-resolution controller) sends hundreds of CCs a second: one a frame
+    reaches the session, and the value it ends on is the knob's last."""
+    b, rec, said = bridge(MidiConfig(port="nowhere", cc=[MidiCC(cc=7, control="gain", lo=0.0, hi=1.27)]))
+    b.start()  # no such port (nor ALSA here): said, and the knob flusher runs anyway
+    try:
+        t0 = time.monotonic()
+        for i in range(300):  # 300 messages over ~0.3 s
+            b.on_message(mido.Message("control_change", control=7, value=i % 128))
+            time.sleep(0.001)
+        last = mido.Message("control_change", control=7, value=99)
+        b.on_message(last)
+        elapsed = time.monotonic() - t0
+        assert wait_for(lambda: rec.commands and rec.commands[-1] == c.Set("gain", 0.99), 2)
+    finally:
+        b.close()
+    assert len(rec.commands) <= elapsed / 0.02 + 3, len(rec.commands)  # about one a frame, not 301
+    assert all(isinstance(cmd, c.Set) and cmd.name == "gain" for cmd in rec.commands)
+
+
 def wait_for(predicate, seconds: float = 10.0, every=None) -> bool:
     """Poll `predicate`; `every()` is called each round (a knob being turned sends again and again:
     a message sent while JACK is still connecting a new port is lost, as with any MIDI cable)."""
