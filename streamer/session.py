@@ -545,8 +545,15 @@ class Session:
         return True
 
     def _release_held(self) -> None:
-        while self._held and self._due(self._held[0]):
-            self._apply(self._held.pop(0))
+        """Apply every held change whose beat has come, in the order they were sent (a change
+        with a sooner beat of its own does not wait behind one held for a later bar)."""
+        if not self._held:
+            return
+        due = [t for t in self._held if self._due(t)]
+        if due:
+            self._held = [t for t in self._held if t not in due]
+            for ticket in due:
+                self._apply(ticket)
 
     def _applied(self, ticket: c.Ticket, heard: Answer, before: dict[str, Any]) -> None:
         ticket.applied = time.perf_counter()

@@ -88,6 +88,9 @@ def test_a_change_is_heard_within_a_frame_of_its_beat(tiny, command):
     finally:
         s.close()
     assert ticket.beat is not None and ticket.audible is not None
+    if "late for beat" in (ticket.note or ""):  # a new prompt's T5 outran its beat (a loaded machine): said so
+        assert isinstance(command, c.SetPrompt) and ticket.audible > clock.time_at(ticket.beat)
+        return
     block_s = s.output.blocksize / s.output.rate  # the read clock ticks once a block
     assert abs(ticket.audible - clock.time_at(ticket.beat)) <= FRAME_S + block_s
 
@@ -200,8 +203,10 @@ def test_a_change_s_own_quantize_overrides_the_session_s(tiny):
         _wait_playing(s)
         now = s.submit(c.Set("cfg", 5.0, quantize=0.0))
         assert now.wait(5) and now.beat is None and now.error is None
+        bar = s.submit(c.Set("top_k", 40))  # held for the session's 8-beat bar
         soon = s.submit(c.Set("temperature", 0.8, quantize=1.0))
         assert soon.wait(5) and soon.error is None and soon.beat is not None  # the next beat, not the bar
+        assert not bar.done.is_set() and soon.beat < (bar.beat or 0)  # it did not wait behind the bar's
     finally:
         s.close()
     plain = Session(tiny, make_output("null", 2, 0.2), StreamConfig(buffer_ms=200))
