@@ -277,11 +277,13 @@ def test_long_seeded_walk(tiny):
     commands = int(os.environ["MUSICGEN_LIVE_WALK"])
     seed = int(os.environ.get("MUSICGEN_LIVE_WALK_SEED", "1"))
     name = os.environ.get("MUSICGEN_LIVE_WALK_MODEL", "tiny")  # tiny-melody walks a melody checkpoint
+    beat = bool(os.environ.get("MUSICGEN_LIVE_WALK_BEAT"))  # with a beat clock: changes held for their beat
     t0 = time.perf_counter()
-    r = seeded_walk(tiny if name == "tiny" else MusicGen.load(name, progress=None), commands, seed)
+    r = seeded_walk(tiny if name == "tiny" else MusicGen.load(name, progress=None), commands, seed, beat)
     minutes = (time.perf_counter() - t0) / 60
     print(
-        f"\nwalk ({name}, seed {seed}): {r['commands']} commands ({r['applied']} applied, {r['refused']} refused), "
+        f"\nwalk ({name}, seed {seed}{', on the beat' if beat else ''}): {r['commands']} commands "
+        f"({r['applied']} applied, {r['refused']} refused, {r['held']} held), "
         f"{r['steps']} steps, {r['slides']} slides, {minutes:.1f} min"
     )
     assert r["commands"] >= commands and r["slides"] >= 50
