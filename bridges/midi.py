@@ -74,7 +74,7 @@ class MidiBridge:
         self._pending: dict[str, list[object]] = {}  # control -> its newest value, waiting for the frame
         self._due = threading.Event()
         self._missing_said = False
-        self._backend: Any = None
+        self._client: Any = None  # the one rtmidi client, kept for the run (port listings, the open port)
         self._thread: threading.Thread | None = None
 
     # -- ports ------------------------------------------------------------------------------------
@@ -94,26 +94,26 @@ class MidiBridge:
         if self._thread is not None:
             self._thread.join(timeout=2)
         self._close_port()
-        if self._backend is not None:
-            self._backend.delete()
-            self._backend = None
+        if self._client is not None:
+            self._client.delete()
+            self._client = None
 
     def _connect(self) -> None:
         import rtmidi
 
         api = rtmidi.API_UNIX_JACK if self.cfg.api == "jack" else rtmidi.API_LINUX_ALSA
         try:
-            if self._backend is None:
-                self._backend = rtmidi.MidiIn(rtapi=api, name="musicgen-live")
-                self._backend.ignore_types(sysex=True, timing=True, active_sense=True)
+            if self._client is None:
+                self._client = rtmidi.MidiIn(rtapi=api, name="musicgen-live")
+                self._client.ignore_types(sysex=True, timing=True, active_sense=True)
             if self.cfg.virtual:
                 name = self.cfg.port or "musicgen-live"
-                self._backend.open_virtual_port(name)
-                self._backend.set_callback(self._raw)
-                self.port, self.port_name = self._backend, name
+                self._client.open_virtual_port(name)
+                self._client.set_callback(self._raw)
+                self.port, self.port_name = self._client, name
                 self.say(f"midi: listening on a new {self.cfg.api} port '{name}' (connect a controller to it)")
                 return
-            names = self._backend.get_ports()
+            names = self._client.get_ports()
             match = [i for i, n in enumerate(names) if self.cfg.port.lower() in n.lower()]
             if not match:
                 if not self._missing_said:
@@ -122,9 +122,9 @@ class MidiBridge:
                     self.say(f"midi: no {self.cfg.api} input port matches {want} (found: {found}); looking for it")
                     self._missing_said = True
                 return
-            self._backend.open_port(match[0], name="in")
-            self._backend.set_callback(self._raw)  # python-rtmidi drops it when a port closes
-            self.port, self.port_name = self._backend, names[match[0]]
+            self._client.open_port(match[0], name="in")
+            self._client.set_callback(self._raw)  # python-rtmidi drops it when a port closes
+            self.port, self.port_name = self._client, names[match[0]]
             self.say(f"midi: listening to '{self.port_name}'")
             self._missing_said = False
         except Exception as e:  # rtmidi's errors (no ALSA sequencer, JACK not running ...): said, music goes on
@@ -138,7 +138,7 @@ class MidiBridge:
                 continue
             if self.port is not None:
                 try:
-                    present = self.port_name in self._backend.get_ports()
+                    present = self.port_name in self._client.get_ports()
                 except Exception:
                     present = False
                 if not present:

@@ -94,6 +94,7 @@ class Heard:
     device_frame: int | None = None
 
 
+NO_CLOCK = "quantize needs a shared beat clock: start serve with --link"
 DEFERRED = "deferred"  # a handler's answer: the command is answered later (its job, its prefill)
 Answer = Heard | None | str
 
@@ -509,7 +510,7 @@ class Session:
         own = getattr(cmd, "quantize", None)  # this change's own quantize, over the session's
         q = float(self.controls["quantize"] if own is None else own)
         if musical and own and self.clock is None:
-            self._refuse(ticket, "quantize needs a shared beat clock: start serve with --link")
+            self._refuse(ticket, NO_CLOCK)
             return True
         if not (musical and q > 0 and self.clock is not None and self.state == PLAYING and self.gen.started):
             return False
@@ -526,9 +527,17 @@ class Session:
         """The output ring position where `ticket` would first be heard if applied now."""
         cmd = ticket.command
         if isinstance(cmd, c.Set) and cmd.name == "gain":
-            return self.output.ring.written + 1  # gain scales audio not yet buffered
+            return self._unbuffered()
+        return self._frame_position(self.gen.next_frame)
+
+    def _frame_position(self, frame: int) -> int:
+        """The output ring position of frame `frame`'s first sample (since the codec stream began)."""
         f0, s0 = self.codec_origin
-        return self.sink.device_position(s0 + max(0, self.gen.next_frame - f0) * self.hop)
+        return self.sink.device_position(s0 + max(0, frame - f0) * self.hop)
+
+    def _unbuffered(self) -> int:
+        """The first output ring position not yet written: where a gain change is first heard."""
+        return self.output.ring.written + 1
 
     def _due(self, ticket: c.Ticket) -> bool:
         """Whether `ticket`'s beat is within half a frame of where it would land now (or passed)."""
@@ -563,10 +572,8 @@ class Session:
             if heard.device_frame is not None:
                 self.probes.add(ticket, heard.device_frame, self.errors + self.output.underruns)
             else:
-                f0, s0 = self.codec_origin
                 frame = heard.frame if heard.frame is not None else (ticket.frame or 0)
-                sample = s0 + max(0, frame - f0) * self.hop
-                self.probes.add(ticket, self.sink.device_position(sample), self.errors + self.output.underruns)
+                self.probes.add(ticket, self._frame_position(frame), self.errors + self.output.underruns)
         self._event("applied", {"ticket": ticket})
         after = self.view()
         changes = {k: v for k, v in after.items() if before.get(k) != v}
@@ -598,10 +605,10 @@ class Session:
             self.gen.reseed(int(value))
         elif cmd.name == "gain":
             self.sink.gain = float(value)
-            answer = Heard(device_frame=self.output.ring.written + 1)  # applies to audio not yet buffered
+            answer = Heard(device_frame=self._unbuffered())  # applies to audio not yet buffered
         elif cmd.name == "quantize":
             if value > 0 and self.clock is None:
-                raise ValueError("quantize needs a shared beat clock: start serve with --link")
+                raise ValueError(NO_CLOCK)
             answer = None
         elif cmd.name == "context":
             frames = self.gen.set_context(self.model.spec.seconds_to_frames(value))
