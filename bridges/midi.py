@@ -75,7 +75,7 @@ class MidiBridge:
         self._due = threading.Event()
         self._missing_said = False
         self._client: Any = None  # the one rtmidi client, kept for the run (port listings, the open port)
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- ports ------------------------------------------------------------------------------------
     # python-rtmidi directly (mido parses the bytes), through one rtmidi client kept for the whole
@@ -85,14 +85,18 @@ class MidiBridge:
     def start(self) -> None:
         """Open the port now if it is there; a watcher thread finds it later (or again) if not."""
         self._connect()
-        self._thread = threading.Thread(target=self._watch, name="midi-watch", daemon=True)
-        self._thread.start()
-        threading.Thread(target=self._flush, name="midi-knobs", daemon=True).start()
+        self._threads = [
+            threading.Thread(target=self._watch, name="midi-watch", daemon=True),
+            threading.Thread(target=self._flush, name="midi-knobs", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
+        self._due.set()  # wake the flusher
+        for t in self._threads:
+            t.join(timeout=2)
         self._close_port()
         if self._client is not None:
             self._client.delete()

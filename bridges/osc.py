@@ -418,7 +418,7 @@ class OscBridge(asyncio.DatagramProtocol):
         if isinstance(addr, TcpPeer):
             addr.write(packet)
             return
-        if self.transport is None:
+        if self.transport is None or self.transport.is_closing():  # an answer that outlived the server
             return
         try:
             self.transport.sendto(packet, addr)

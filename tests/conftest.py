@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.presets import ENCODEC_32K, T5_TINY, Arch, save_random_checkpoint
+
+from tests.hoststall import Stalls, Watchdog
 
 # A slim codec keeps the suite fast; the 32 kHz-sized codec is covered in test_codec.py.
 SLIM_CODEC = dict(ENCODEC_32K, num_filters=8, hidden_size=32, codebook_dim=32)
@@ -51,3 +55,52 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory):
 def tiny() -> MusicGen:
     """The built-in `tiny` model, loaded once for the whole suite."""
     return MusicGen.load("tiny", progress=None)
+
+
+# -- host stalls (tests/hoststall.py) -------------------------------------------------------------
+# Many tests here play in real time. A test that fails while the host itself stalled (measured by a
+# watchdog process, not guessed) is run again, at most twice; a failure on a quiet host is final.
+_watchdog: Watchdog | None = None
+_started = pytest.StashKey[float]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _watchdog
+    _watchdog = Watchdog()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _watchdog is not None:
+        _watchdog.close()
+
+
+def _stalls(item: pytest.Item) -> Stalls:
+    assert _watchdog is not None
+    return _watchdog.since(item.stash.get(_started, time.monotonic()))
+
+
+def _host_stalled(item: pytest.Item, error: BaseException | None = None) -> bool:
+    return _stalls(item).spoils_real_time
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.flaky(reruns=2, reruns_delay=1, condition=partial(_host_stalled, item)))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_started] = time.monotonic()  # each attempt (a rerun sets up again)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        report.sections.append(("host", str(_stalls(item))))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _watchdog is not None:
+        terminalreporter.write_line(f"during the run, {_watchdog.since(_watchdog.t0)}")

@@ -84,8 +84,9 @@ class OscClient:
     def send(self, request: list[Any]) -> None:
         self.sock.sendto(encode("/musicgen/" + str(request[0]), tuple(request[1:])), self.server)
 
-    def messages(self, seconds: float = 1.0, until: str = "") -> list[OscMessage]:
-        """What arrives within `seconds`; with `until`, stop soon after that address arrived."""
+    def messages(self, seconds: float = 1.0, until: tuple[str, ...] = (), then: float = 0.1) -> list[OscMessage]:
+        """What arrives within `seconds`; with `until`, stop `then` seconds after one of those addresses
+        arrived (to catch anything sent with it: a second answer would be a bug)."""
         out, end = [], time.time() + seconds
         while time.time() < end:
             self.sock.settimeout(max(0.01, end - time.time()))
@@ -93,8 +94,8 @@ class OscClient:
                 out.append(OscMessage(self.sock.recvfrom(65536)[0]))
             except TimeoutError:
                 break
-            if until and out[-1].address == until:
-                end = min(end, time.time() + 0.1)  # anything sent with it (a second answer would be a bug)
+            if out[-1].address in until:
+                end = min(end, time.time() + then)
         return out
 
     def close(self) -> None:
@@ -126,7 +127,7 @@ def test_bad_input_gets_the_same_sentence_on_every_bridge(clients):
         error, _note, line = stdin_answer(stack, request)
         assert sentence in error, (request, line)
         osc.send(request)
-        errors = [m for m in osc.messages(10, until="/musicgen/error") if m.address == "/musicgen/error"]
+        errors = [m for m in osc.messages(10, until=("/musicgen/error",)) if m.address == "/musicgen/error"]
         assert len(errors) == 1 and sentence in errors[0].params[1], (request, errors)
         answer = ws_answer(ws, request)
         assert answer["type"] == "error" and sentence in answer["message"], (request, answer)
@@ -161,11 +162,12 @@ def test_a_continuation_is_answered_once_done_or_once_failed(clients):
     stack, osc, ws = clients
     osc.send(["subscribe"])
     osc.messages(0.3)
-    osc.send(["continue", 1])
-    msgs = [m for m in osc.messages(3.0) if m.address in ("/musicgen/done", "/musicgen/fail", "/musicgen/error")]
+    answers = ("/musicgen/done", "/musicgen/fail", "/musicgen/error")
+    osc.send(["continue", 1])  # answered when heard; a second answer would come within the next second
+    msgs = [m for m in osc.messages(20.0, until=answers, then=1.0) if m.address in answers]
     assert [m.address for m in msgs] == ["/musicgen/done"]
     osc.send(["continue/input", 1])
-    msgs = [m for m in osc.messages(1.5) if m.address in ("/musicgen/done", "/musicgen/fail", "/musicgen/error")]
+    msgs = [m for m in osc.messages(20.0, until=("/musicgen/fail",), then=1.0) if m.address in answers]
     assert sorted(m.address for m in msgs) == ["/musicgen/error", "/musicgen/fail"]  # the sender's error + the /fail
     ws.send(json.dumps({"type": "generate.continue", "source": "input", "event_id": "c"}))
     answer = json.loads(ws.recv(timeout=10))
