@@ -23,6 +23,8 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "exact": ("model", "exact"),
     "precision": ("model", "precision"),
     "guidance": ("model", "guidance"),
+    "kv": ("model", "kv"),
+    "codec": ("model", "codec"),
     "cfg": ("sampling", "cfg"),
     "temperature": ("sampling", "temperature"),
     "top_k": ("sampling", "top_k"),
@@ -104,6 +106,17 @@ def _add_model(p: argparse.ArgumentParser) -> None:
         help="guidance's conditional and unconditional rows in one forward (batched) or two (two-step, as "
         "audiocraft's two_step_cfg); auto: as the checkpoint was trained ([model] guidance)",
     )
+    p.add_argument(
+        "--kv",
+        choices=["float32", "float16"],
+        help="how the self-attention cache is stored ([model] kv, float32); float16 reads half the bytes "
+        "through a CPU kernel built once for this machine (needs a C++ compiler)",
+    )
+    p.add_argument(
+        "--codec",
+        choices=["float32", "int8"],
+        help="the streaming decoder's large matrices ([model] codec, float32 = exact); int8 is CPU only",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--quality",
         action="store_true",
-        help="with a reduced --precision: compare its predictions with float32 (agreement, KL)",
+        help="with a reduced --precision or --kv: compare its predictions with float32 (agreement, KL); with "
+        "--codec int8: the codec's SNR against float32",
     )
 
     sv = sub.add_parser("serve", help="play endlessly; control it with lines on stdin (see README)")
@@ -382,7 +396,13 @@ def _load(args: argparse.Namespace, streaming: bool = False):  # -> MusicGen
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     load = lambda: MusicGen.load(  # noqa: E731
-        args.model, device=args.device, exact=args.exact, precision=args.precision, guidance=args.guidance
+        args.model,
+        device=args.device,
+        exact=args.exact,
+        precision=args.precision,
+        guidance=args.guidance,
+        kv=args.kv,
+        codec=args.codec,
     )
     if not streaming:
         return load()
@@ -393,11 +413,16 @@ def _load(args: argparse.Namespace, streaming: bool = False):  # -> MusicGen
 
 
 def _check_precision(args: argparse.Namespace) -> None:
-    """Refuse an impossible precision before minutes of loading, in one sentence."""
+    """Refuse an impossible precision (weights, KV cache, codec) before minutes of loading, in one sentence."""
     import torch
+    from musicgen_live.engine.codec import check_codec_precision
+    from musicgen_live.engine.kvcache import check_kv
     from musicgen_live.engine.linear import check_precision
 
-    check_precision(args.precision, torch.device(args.device), args.exact)
+    device = torch.device(args.device)
+    check_precision(args.precision, device, args.exact)
+    check_kv(args.kv, device, args.exact)
+    check_codec_precision(args.codec, device, args.exact)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -495,6 +520,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         decode_chunk=args.decode_chunk,
         precision=args.precision,
         guidance=args.guidance,
+        kv=args.kv,
+        codec=args.codec,
         streams=args.streams,
         quality=args.quality,
         say=lambda m: print(m, file=sys.stderr),
@@ -507,10 +534,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_codec(args: argparse.Namespace) -> int:
-    from musicgen_live.engine.codec_bench import format_codec_bench, run_codec_bench
+    from musicgen_live.engine.codec_bench import codec_fidelity, format_codec_bench, format_fidelity, run_codec_bench
 
     model = _load(args)
     print(format_codec_bench(run_codec_bench(model.codec, args.seconds, args.chunk_frames)))
+    if model.codec.precision != "float32":
+        print(format_fidelity(codec_fidelity(model.codec.with_precision("float32"), model.codec)))
     return 0
 
 

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 
 from .checkpoint import BUILTIN_SEED, from_hf_model, load_checkpoint
+from .codec_bench import CodecFidelity, codec_fidelity, format_fidelity
+from .kvcache import attention_kernel
 from .model import MusicGen
 from .presets import BUILT_IN_MODELS, arch_for, random_hf_model, random_tokenizer
 from .quality import Quality, compare_precision, format_quality
@@ -72,6 +74,9 @@ class BenchResult:
     machine: str
     quality: Quality | None = None
     guidance: str = "batched"  # CFG's rows in one forward or two (`engine.model.GUIDANCE`)
+    kv: str = "float32"  # how the KV cache is stored (`engine.kvcache`)
+    codec: str = "float32"  # the streaming decoder's matrices (`engine.codec.CODEC_PRECISIONS`)
+    codec_fidelity: CodecFidelity | None = None
     # decoding the same codes to audio, ms per frame: ours streamed `decode_chunk` frames a push,
     # transformers' `EncodecModel.decode` once over the whole clip (one stream, with the peer)
     ours_decode_ms: float | None = None
@@ -96,6 +101,8 @@ def run_bench(
     decode_chunk: int = 1,
     precision: str = "float32",
     guidance: str = "auto",
+    kv: str = "float32",
+    codec: str = "float32",
     streams: int | list[int] = 1,
     quality: bool = False,
     say: Callable[[str], None] = print,
@@ -115,15 +122,20 @@ def run_bench(
             cls = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
             hf = cls.from_pretrained(source).eval()
     say(f"preparing our model ({'float32 exact' if exact else precision})")
-    model = MusicGen(ckpt, device=device, exact=exact, precision=precision, guidance=guidance)
+    if kv == "float16":
+        attention_kernel(say)
+    model = MusicGen(ckpt, device=device, exact=exact, precision=precision, guidance=guidance, kv=kv, codec=codec)
     if peer and hf is not None:
         hf.to(device)
     results = []
     for n in [streams] if isinstance(streams, int) else streams:
         results.append(_run_side_by_side(model, ckpt, hf if peer else None, n, frames, repeats, decode_chunk, say))
-    if quality and not exact and precision != "float32":
+    if quality and not exact and (precision, kv) != ("float32", "float32"):
         say("comparing predictions against float32")
         results[0].quality = compare_precision(MusicGen(ckpt, device=device), model, PROMPT, min(frames, 200))
+    if quality and codec != "float32":
+        say("comparing the codec against float32")
+        results[0].codec_fidelity = codec_fidelity(model.codec.with_precision("float32"), model.codec)
     return results
 
 
@@ -201,6 +213,8 @@ def _run_side_by_side(
         kv_cache_mb=(cache.k.numel() + cache.v.numel()) * cache.k.element_size() / 1e6,
         step_weights_mb=model.lm.step_weight_bytes / 1e6,
         guidance=model.guidance,
+        kv=model.lm.kv,
+        codec=model.codec.precision,
         machine=f"{platform.machine()} {platform.processor() or ''} {_cpu_name()}".strip(),
         ours_decode_ms=ours_decode,
         peer_decode_ms=peer_decode,
@@ -244,7 +258,7 @@ def _cpu_name() -> str:
 
 def format_result(r: BenchResult) -> str:
     mode = (
-        "exact (parity kernels)" if r.exact else f"fast, {r.precision} weights"
+        "exact (parity kernels)" if r.exact else f"fast, {r.precision} weights, {r.kv} KV cache, {r.codec} codec"
     ) + f", {r.guidance} guidance, decode every {r.decode_chunk} frame(s)"
     each = f"{r.streams} streams x {r.frames} frames (aggregate frames/s)" if r.streams > 1 else f"{r.frames} frames"
     lines = [
@@ -270,6 +284,8 @@ def format_result(r: BenchResult) -> str:
     )
     if r.quality:
         lines.append(format_quality(r.quality))
+    if r.codec_fidelity:
+        lines.append("  " + format_fidelity(r.codec_fidelity))
     return "\n".join(lines)
 
 

@@ -21,17 +21,35 @@ unreleased after a push (2402 for MusicGen's 32 kHz codec: frames 0..F make samp
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .errors import CodesError
-from .linear import linear_skinny
+from .errors import CodesError, EngineError
+from .linear import Int8Linear, linear_skinny
 from .pieces import run
 from .spec import CodecSpec
+
+# How the streaming decoder multiplies by its large matrices (the LSTM's and the transposed
+# convolutions' kernels, ~100 MB of fp32 for the 32 kHz codec, most of what a push reads):
+# `float32` is exact; `int8` reads a quarter of the bytes through fbgemm (each row's activations
+# quantised on their own, so a stream's audio does not depend on what shares its push), at an SNR
+# measured by `musicgen-live bench-codec --precision int8`. The whole-clip encoder and `decode`
+# stay float32.
+CODEC_PRECISIONS = ("float32", "int8")
+MatMul = Callable[[torch.Tensor], torch.Tensor]  # x (rows, in) -> x @ W.T (rows, out)
+
+
+def weight_mul(w: torch.Tensor, precision: str = "float32") -> MatMul:
+    """x @ w.T for the few rows a push carries, at `precision` (one of CODEC_PRECISIONS)."""
+    if precision == "int8":
+        lin = Int8Linear(w)
+        return lambda x: lin(x, independent_rows=True)
+    return lambda x: linear_skinny(x, w)
+
 
 # -- layers ------------------------------------------------------------------------------------
 
@@ -97,7 +115,9 @@ class ConvTransposeState:
 class StreamConvTranspose1d:
     """ConvTranspose1d(k, stride) with EnCodec's fixed trims, streamed by overlap-add."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, stride: int, spec: CodecSpec) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor, stride: int, spec: CodecSpec, precision: str = "float32"
+    ) -> None:
         self.weight, self.bias, self.stride = weight, bias, stride
         k = weight.shape[-1]
         total = k - stride
@@ -106,16 +126,17 @@ class StreamConvTranspose1d:
         self.overlap = k - stride
         self._bias = bias.view(1, -1, 1)
         # (Cout * k, Cin): the kernel as one matrix, so a push is one GEMM plus an overlap-add
-        self._w_mat = weight.permute(1, 2, 0).reshape(-1, weight.shape[0]).contiguous() if k % stride == 0 else None
+        w_mat = weight.permute(1, 2, 0).reshape(-1, weight.shape[0]).contiguous() if k % stride == 0 else None
+        self._mul = None if w_mat is None else weight_mul(w_mat, precision)
 
     def _transpose_conv(self, x: torch.Tensor) -> torch.Tensor:
         """conv_transpose1d without bias. oneDNN plans a slow kernel for the few-sample inputs a
         stream pushes; the GEMM (row-major input, `linear_skinny`) runs at memory bandwidth."""
-        if self._w_mat is None:
+        if self._mul is None:
             return F.conv_transpose1d(x, self.weight, None, stride=self.stride)
         B, _, T = x.shape
         S, cout, k = self.stride, self.weight.shape[1], self.weight.shape[2]
-        cols = linear_skinny(x.transpose(1, 2).reshape(B * T, -1).contiguous(), self._w_mat)
+        cols = self._mul(x.transpose(1, 2).reshape(B * T, -1).contiguous())
         cols = cols.view(B, T, cout, k).permute(0, 2, 3, 1)  # (B, Cout, k, T)
         y = x.new_zeros(B, cout, (T + k // S - 1) * S)
         for j in range(k // S):
@@ -164,14 +185,17 @@ class StreamLSTM:
     torch's LSTM (`self.lstm`) so prompt codes match the reference bit for bit.
     """
 
-    def __init__(self, lstm: torch.nn.LSTM) -> None:
+    def __init__(self, lstm: torch.nn.LSTM, precision: str = "float32") -> None:
         self.lstm = lstm
         n = lstm.num_layers
-        self.w_ih = [getattr(lstm, f"weight_ih_l{i}").detach() for i in range(n)]
-        self.w_hh = [getattr(lstm, f"weight_hh_l{i}").detach() for i in range(n)]
+        w_ih = [getattr(lstm, f"weight_ih_l{i}").detach() for i in range(n)]
+        w_hh = [getattr(lstm, f"weight_hh_l{i}").detach() for i in range(n)]
+        self.layers = n
         self.bias = [(getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}")).detach() for i in range(n)]
+        self.ih = [weight_mul(w, precision) for w in w_ih]
+        self.hh = [weight_mul(w, precision) for w in w_hh]
         # [W_ih | W_hh]: a one-frame push reads each layer's weights in one GEMV
-        self.w_cat = [torch.cat([a, b], dim=1).contiguous() for a, b in zip(self.w_ih, self.w_hh)]
+        self.cat = [weight_mul(torch.cat([a, b], dim=1).contiguous(), precision) for a, b in zip(w_ih, w_hh)]
 
     def init(self) -> LSTMState:
         return LSTMState()
@@ -182,19 +206,19 @@ class StreamLSTM:
         seq = x.permute(2, 0, 1)  # (T, B, C)
         T, B, C = seq.shape
         if st.h is None or st.c is None:
-            st.h = seq.new_zeros(len(self.w_ih), B, C)
-            st.c = seq.new_zeros(len(self.w_ih), B, C)
+            st.h = seq.new_zeros(self.layers, B, C)
+            st.c = seq.new_zeros(self.layers, B, C)
         hs, cs = st.h, st.c
         inp = seq
-        for layer, (w_ih, w_hh, bias) in enumerate(zip(self.w_ih, self.w_hh, self.bias)):
+        for layer, bias in enumerate(self.bias):
             h, c = hs[layer], cs[layer]
             if T == 1:
-                pre = [linear_skinny(torch.cat([inp[0], h], dim=-1), self.w_cat[layer]) + bias]
-            else:
-                pre = linear_skinny(inp, w_ih) + bias  # (T, B, 4C), gate order i, f, g, o
+                pre = [self.cat[layer](torch.cat([inp[0], h], dim=-1)) + bias]
+            else:  # (T, B, 4C), gate order i, f, g, o
+                pre = self.ih[layer](inp.reshape(T * B, C)).view(T, B, -1) + bias
             outs = []
             for t in range(T):
-                gates = pre[t] if T == 1 else pre[t] + linear_skinny(h, w_hh)
+                gates = pre[t] if T == 1 else pre[t] + self.hh[layer](h)
                 i, f, g, o = gates.chunk(4, dim=-1)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
@@ -353,8 +377,17 @@ class DecoderState:
 class Codec:
     """EnCodec weights (weight norm baked) plus the streaming decoder and the prompt encoder."""
 
-    def __init__(self, spec: CodecSpec, tensors: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        spec: CodecSpec,
+        tensors: dict[str, torch.Tensor],
+        device: torch.device | str = "cpu",
+        precision: str = "float32",
+    ) -> None:
+        """`precision`: the streaming decoder's large matrices (CODEC_PRECISIONS); int8 is CPU only."""
+        check_codec_precision(precision, torch.device(device))
         self.spec = spec
+        self.precision = precision
         t = {k[len("audio_encoder.") :]: v.to(device) for k, v in tensors.items() if k.startswith("audio_encoder.")}
         self.codebooks = [t[f"quantizer.layers.{q}.codebook.embed"].float() for q in range(spec.num_quantizers)]
         self._t = t
@@ -366,6 +399,11 @@ class Codec:
 
     # construction walks the layer list in the same order transformers builds it, so the i-th
     # entry maps to the i-th `layers.{i}` key of the checkpoint.
+    def with_precision(self, precision: str) -> Codec:
+        """The same weights with the streaming decoder at another precision (to compare them)."""
+        tensors = {"audio_encoder." + k: v for k, v in self._t.items()}
+        return Codec(self.spec, tensors, self.codebooks[0].device, precision)
+
     def _conv(self, t: dict[str, torch.Tensor], key: str, dilation: int = 1) -> StreamConv1d:
         return StreamConv1d(t[key + ".conv.weight"], t[key + ".conv.bias"], dilation, self.spec)
 
@@ -374,23 +412,25 @@ class Codec:
         shortcut = self._conv(t, f"{key}.shortcut") if self.spec.use_conv_shortcut else None
         return StreamResBlock(convs, shortcut)
 
-    def _lstm(self, t: dict[str, torch.Tensor], key: str, dim: int) -> StreamLSTM:
+    def _lstm(self, t: dict[str, torch.Tensor], key: str, dim: int, precision: str = "float32") -> StreamLSTM:
         lstm = torch.nn.LSTM(dim, dim, self.spec.num_lstm_layers)
         lstm.load_state_dict({k[len(key) + 6 :]: v for k, v in t.items() if k.startswith(key + ".lstm.")})
-        return StreamLSTM(lstm.to(self.codebooks[0].device).eval())
+        return StreamLSTM(lstm.to(self.codebooks[0].device).eval(), precision)
 
     def _build_decoder(self, t: dict[str, torch.Tensor]) -> list[Any]:
         s = self.spec
         scale = 2 ** len(s.ratios)
         layers: list[Any] = [
             self._conv(t, "decoder.layers.0"),
-            self._lstm(t, "decoder.layers.1", scale * s.num_filters),
+            self._lstm(t, "decoder.layers.1", scale * s.num_filters, self.precision),
         ]
         i = 2
         for ratio in s.ratios:
             layers.append(ELU())
             key = f"decoder.layers.{i + 1}"
-            layers.append(StreamConvTranspose1d(t[key + ".conv.weight"], t[key + ".conv.bias"], ratio, s))
+            layers.append(
+                StreamConvTranspose1d(t[key + ".conv.weight"], t[key + ".conv.bias"], ratio, s, self.precision)
+            )
             i += 2
             for j in range(s.num_residual_layers):
                 layers.append(self._res(t, f"decoder.layers.{i}", s.dilation_growth_rate**j))
@@ -713,3 +753,13 @@ def _whole(layer: Any, x: torch.Tensor) -> torch.Tensor:
         seq = x.permute(2, 0, 1)
         return (layer.lstm(seq)[0] + seq).permute(1, 2, 0)
     return F.elu(x)
+
+
+def check_codec_precision(precision: str, device: torch.device, exact: bool = False) -> None:
+    """One clear sentence for a codec precision this device or kernel choice cannot run."""
+    if exact and precision != "float32":
+        raise EngineError("the exact (parity) path decodes in float32 (codec float32)")
+    if precision not in CODEC_PRECISIONS:
+        raise EngineError(f"unknown codec precision '{precision}' (choose one of {', '.join(CODEC_PRECISIONS)})")
+    if precision == "int8" and device.type != "cpu":
+        raise EngineError("an int8 codec runs on the CPU only (fbgemm); on a GPU keep codec float32")

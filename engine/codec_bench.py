@@ -53,3 +53,34 @@ def format_codec_bench(points: list[CodecPoint]) -> str:
     for p in points:
         lines.append(f"{p.seconds:7.0f}s | {p.ours_ms_per_frame:14.2f} | {p.redecode_ms_per_chunk:19.1f}")
     return "\n".join(lines)
+
+
+@dataclass
+class CodecFidelity:
+    precision: str
+    seconds: float
+    snr_db: float  # exact decode's power over the difference's, dB
+    max_abs: float  # largest sample difference (full scale 1.0)
+
+
+def codec_fidelity(exact: Codec, other: Codec, seconds: float = 10.0, seed: int = 0) -> CodecFidelity:
+    """Stream the same random codes through both decoders, one frame a push as live, and compare."""
+    g = torch.Generator().manual_seed(seed)
+    frames = int(seconds * exact.spec.frame_rate)
+    codes = torch.randint(0, exact.spec.codebook_size, (1, exact.spec.num_quantizers, frames), generator=g)
+    outs = []
+    for codec in (exact, other):
+        st = codec.new_stream(1)
+        audio = [codec.push(st, codes[..., i : i + 1]) for i in range(frames)]
+        outs.append(torch.cat([*audio, codec.flush(st)], dim=-1))
+    ref, got = outs
+    err = got - ref
+    snr = 10 * torch.log10(ref.pow(2).mean() / err.pow(2).mean().clamp_min(1e-30))
+    return CodecFidelity(other.precision, seconds, float(snr), float(err.abs().max()))
+
+
+def format_fidelity(f: CodecFidelity) -> str:
+    return (
+        f"codec {f.precision} against float32 ({f.seconds:g} s of random codes, one frame a push): "
+        f"SNR {f.snr_db:.1f} dB, largest sample difference {f.max_abs:.2e}"
+    )

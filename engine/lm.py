@@ -20,6 +20,7 @@ from typing import TypeVar, cast
 import torch
 import torch.nn.functional as F
 
+from .kvcache import KV_DTYPES, AttentionKernel, attention_kernel, check_kv
 from .linear import Linear, check_precision, make_linear
 from .pieces import run
 from .spec import LMSpec
@@ -277,10 +278,12 @@ class LanguageModel:
         exact: bool = False,
         precision: str = "float32",
         two_step: bool = False,
+        kv: str = "float32",
     ) -> None:
         """`two_step`: guidance as two forwards, conditional rows then unconditional ones
         (audiocraft's `two_step_cfg`), instead of one forward over both; same maths, the rounding of
-        a one-row batch, twice the weight reads."""
+        a one-row batch, twice the weight reads. `kv`: how self-attention caches are stored
+        (`engine.kvcache`: float32, or float16 read by our CPU kernel)."""
         self.spec = spec
         self.w = weights
         self.exact = exact
@@ -288,7 +291,11 @@ class LanguageModel:
         ref = weights.ln_w
         self.device, self.dtype = ref.device, ref.dtype
         check_precision(precision, self.device, exact)
+        check_kv(kv, self.device, exact)
         self.precision = precision
+        self.kv = kv
+        self.kv_dtype = KV_DTYPES[kv] if kv != "float32" else self.dtype
+        self._attend16: AttentionKernel | None = attention_kernel() if kv == "float16" else None
         self.positions = sinusoidal_positions(spec.max_positions, spec.hidden).to(self.device, self.dtype)
         self.scale = spec.head_dim**-0.5
         rows = weights.embed_cat.shape[0] // spec.num_codebooks  # V + 1 per codebook
@@ -323,8 +330,8 @@ class LanguageModel:
         capacity = min(capacity, s.max_positions)
         shape = (s.layers, batch, s.heads, capacity, s.head_dim)
         return KVCache(
-            k=torch.zeros(shape, device=self.device, dtype=self.dtype),
-            v=torch.zeros(shape, device=self.device, dtype=self.dtype),
+            k=torch.zeros(shape, device=self.device, dtype=self.kv_dtype),
+            v=torch.zeros(shape, device=self.device, dtype=self.kv_dtype),
         )
 
     def project_condition(self, text_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -665,13 +672,17 @@ class LanguageModel:
             kc, vc = seg.cache.k[layer], seg.cache.v[layer]
             kc[:n, :, start:end] = ks
             vc[:n, :, start:end] = vs
-            if start == 0:
-                keys, values = ks, vs  # the reference attends to the fresh (non-cached) tensors here
+            if start > 0 and self._attend16 is not None and kc.dtype == torch.float16:
+                # a float16 cache: query column j sees cache columns 0..start+j, as `mask` says
+                a = self._attend16(qs, kc[:n], vc[:n], start, self.scale)
             else:
-                keys, values = kc[:n, :, :end], vc[:n, :, :end]
-            a = F.scaled_dot_product_attention(
-                qs, keys, values, attn_mask=mask, is_causal=(T > 1 and start == 0), scale=self.scale
-            )
+                if start == 0:
+                    keys, values = ks, vs  # the reference attends to the fresh (non-cached) tensors here
+                else:
+                    keys, values = kc[:n, :, :end], vc[:n, :, :end]
+                a = F.scaled_dot_product_attention(
+                    qs, keys, values, attn_mask=mask, is_causal=(T > 1 and start == 0), scale=self.scale
+                )
             a = a.transpose(1, 2).reshape(n * T, D)
             if out is None:
                 return a

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 
 from .checkpoint import Checkpoint, Progress, load_checkpoint, stderr_progress
-from .codec import Codec
+from .codec import Codec, check_codec_precision
 from .conditioning import Condition, TextConditioner
 from .errors import CheckpointError, ContextError
+from .kvcache import attention_kernel, check_kv
 from .lm import LanguageModel, lm_weights_from_state_dict
 from .melody import ChromaExtractor, ChromaSettings, prefix_states_steps
 from .pattern import DelayPattern
@@ -35,10 +36,14 @@ class MusicGen:
         exact: bool = False,
         precision: str = "float32",
         guidance: str = "auto",
+        kv: str = "float32",
+        codec: str = "float32",
     ) -> None:
         """`precision`: how the live path stores the decoder's matrices (`engine.linear.PRECISIONS`);
-        activations, caches and the codec stay in `dtype`. `guidance`: `GUIDANCE` - how the
-        conditional and unconditional rows run (auto: as the checkpoint was trained)."""
+        activations and the codec stay in `dtype`. `guidance`: `GUIDANCE` - how the conditional and
+        unconditional rows run (auto: as the checkpoint was trained). `kv`: how the self-attention
+        caches are stored (`engine.kvcache.KV_DTYPES`). `codec`: the streaming decoder's matrices
+        (`engine.codec.CODEC_PRECISIONS`)."""
         if guidance not in GUIDANCE:
             raise CheckpointError(f"guidance '{guidance}' is not one of {', '.join(GUIDANCE)}")
         self.source = ckpt.source
@@ -60,8 +65,10 @@ class MusicGen:
             exact=exact,
             precision=precision,
             two_step=two_step,
+            kv=kv,
         )
-        self.codec = Codec(self.spec.codec, ckpt.tensors, self.device)
+        check_codec_precision(codec, self.device, exact)
+        self.codec = Codec(self.spec.codec, ckpt.tensors, self.device, precision=codec)
         self.tokenizer = ckpt.tokenizer
         self.conditioner = TextConditioner(ckpt.tokenizer, _build_t5(ckpt), self.lm)
         self.pattern = DelayPattern(self.spec.lm.delays, self.spec.lm.special_token)
@@ -80,8 +87,14 @@ class MusicGen:
         exact: bool = False,
         precision: str = "float32",
         guidance: str = "auto",
+        kv: str = "float32",
+        codec: str = "float32",
     ) -> MusicGen:
-        return cls(load_checkpoint(source, progress), device, dtype, exact, precision, guidance)
+        check_kv(kv, torch.device(device), exact)  # before minutes of loading
+        check_codec_precision(codec, torch.device(device), exact)
+        if kv == "float16":
+            attention_kernel(progress)  # built (once) or loaded now, with a word on the console
+        return cls(load_checkpoint(source, progress), device, dtype, exact, precision, guidance, kv, codec)
 
     @property
     def sample_rate(self) -> int:

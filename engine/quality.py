@@ -75,7 +75,7 @@ def compare_precision(reference: MusicGen, other: MusicGen, prompt: str, frames:
         kls.append((p.exp() * (p - q)).sum(-1))
     a, k = torch.cat(agree), torch.cat(kls).sort().values
     return Quality(
-        precision=other.lm.precision,
+        precision=other.lm.precision + ("" if other.lm.kv == "float32" else f", kv {other.lm.kv}"),
         frames=frames,
         cfg=cfg,
         top1_agreement=float(a.mean()),

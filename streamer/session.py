@@ -468,7 +468,12 @@ class Session:
         typical = sorted(times[2:])[len(times[2:]) // 2]  # past the first calls' kernel choices
         pace = 1 / (typical * self.model.spec.frame_rate)
         lm = self.model.lm
-        kernels = ("float32 exact" if lm.exact else lm.precision) + (", two-step guidance" if lm.two_step else "")
+        kernels = (
+            ("float32 exact" if lm.exact else lm.precision)
+            + (f", kv {lm.kv}" if lm.kv != "float32" else "")
+            + (f", codec {self.model.codec.precision}" if self.model.codec.precision != "float32" else "")
+            + (", two-step guidance" if lm.two_step else "")
+        )
         self.log(pace_line(self.model.source, lm.device.type, kernels, pace))
         return pace
 
@@ -1018,7 +1023,8 @@ def _continuation_codes(
 
 def pace_line(model: str, device: str, precision: str, pace: float) -> str:
     """The start-up line: how fast this model plays here and, below real time, what to try (only
-    what is not in use already). `precision`: the kernels, e.g. "int8" or "int8, two-step guidance"."""
+    what is not in use already). `precision`: the kernels, e.g. "int8" or "int8, kv float16, two-step
+    guidance"."""
     line = f"{model} on {device} ({precision}) plays at {pace:.1f}x real time here"
     if pace >= 1.1:
         return line
@@ -1026,7 +1032,17 @@ def pace_line(model: str, device: str, precision: str, pace: float) -> str:
     if "two-step" in precision:
         tips.insert(0, "--guidance batched")
     if device == "cpu":
-        tips = (["--precision int8"] if not precision.startswith("int8") else []) + tips + ["a GPU"]
+        cpu = [
+            tip
+            for tip, in_use in (
+                ("--precision int8", precision.startswith("int8")),
+                ("--kv float16", "kv float16" in precision),
+                ("--codec int8", "codec int8" in precision),
+            )
+            if not in_use
+        ]
+        first = 1 if "two-step" in precision else 0  # batched guidance first: it halves the weight reads
+        tips = tips[:first] + cpu + tips[first:] + ["a GPU"]
     return line + ": expect gaps - try " + ", ".join(tips[:-1]) + " or " + tips[-1]
 
 

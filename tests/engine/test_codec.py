@@ -213,3 +213,38 @@ def test_bad_codes_get_a_clear_error(codec32k, bad, message):
     _hf, codec = codec32k
     with pytest.raises(CodesError, match=message):
         codec.check_codes(bad)
+
+
+def test_an_int8_codec_streams_close_to_the_exact_one_and_releases_the_same_samples(codec32k):
+    """`[model] codec = "int8"`: a quarter of the decoder's bytes; the same samples released at the
+    same pushes, the audio close to the exact decode (SNR measured on the 32 kHz-sized codec)."""
+    from musicgen_live.engine.codec_bench import codec_fidelity
+
+    _hf, exact = codec32k
+    int8 = exact.with_precision("int8")
+    assert int8.precision == "int8" and exact.precision == "float32"
+    c = codes(120, batch=2, seed=5)  # two streams in one push: each row quantised on its own
+    sizes = [1] * 60 + [3] * 20
+    want, want_released = stream(exact, c, sizes)
+    got, released = stream(int8, c, sizes)
+    assert released == want_released and got.shape == want.shape
+    snr = 10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean())
+    assert snr > 35, f"{snr:.1f} dB"
+    # a stream's audio hardly depends on what shares its push: each row is quantised on its own, but
+    # the float32 layers' last bits differ with the batch and can flip a value's int8 level
+    alone, _ = stream(int8, c[1:], sizes)
+    apart = 10 * torch.log10(alone.pow(2).mean() / (alone - got[1:]).pow(2).mean())
+    assert apart > 40, f"{apart:.1f} dB"
+    assert codec_fidelity(exact, int8, seconds=2.0).snr_db > 35
+
+
+def test_where_an_int8_codec_cannot_run_it_says_so():
+    from musicgen_live.engine.codec import check_codec_precision
+    from musicgen_live.engine.errors import EngineError
+
+    with pytest.raises(EngineError, match="exact .* decodes in float32"):
+        check_codec_precision("int8", torch.device("cpu"), exact=True)
+    with pytest.raises(EngineError, match="CPU only"):
+        check_codec_precision("int8", torch.device("cuda"))
+    with pytest.raises(EngineError, match="unknown codec precision 'int4'"):
+        check_codec_precision("int4", torch.device("cpu"))

@@ -171,10 +171,11 @@ def test_continuation_with_no_history_yet_is_refused(tiny):
     "device, precision, pace, says, not_says",
     [
         ("cpu", "float32", 3.9, "plays at 3.9x real time here", "expect gaps"),
-        ("cpu", "float32", 0.5, "try --precision int8, a shorter --window, fewer sessions or a GPU", None),
-        ("cpu", "int8", 0.4, "try a shorter --window, fewer sessions or a GPU", "--precision int8"),
+        ("cpu", "float32", 0.5, "try --precision int8, --kv float16, --codec int8, a shorter --window", None),
+        ("cpu", "int8", 0.4, "try --kv float16, --codec int8, a shorter --window, fewer sessions or a GPU", "--prec"),
+        ("cpu", "int8, kv float16, codec int8", 0.4, "try a shorter --window, fewer sessions or a GPU", "--kv"),
         ("cuda", "float16", 0.8, "try a shorter --window or fewer sessions", "GPU"),
-        ("cpu", "int8, two-step guidance", 0.3, "try --guidance batched, a shorter --window", "--precision int8"),
+        ("cpu", "int8, two-step guidance", 0.3, "try --guidance batched, --kv float16", "--precision int8"),
     ],
 )
 def test_the_start_up_line_says_what_to_try_and_only_what_is_not_in_use(device, precision, pace, says, not_says):
