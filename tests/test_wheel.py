@@ -45,6 +45,14 @@ def test_the_wheel_installs_and_serves_the_page(tmp_path):
         check=True,
     ).stdout
     assert str(env) in where and str(REPO) not in where  # from the wheel, not from this checkout
+    kernel = subprocess.run(  # the float16 KV cache's kernel source ships with the package
+        [env / "bin" / "python", "-c", "from musicgen_live.engine.kvcache import SOURCE; print(SOURCE.is_file())"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert kernel.strip() == "True"
     shown = subprocess.run([exe, "config"], cwd=elsewhere, capture_output=True, text=True, check=True).stdout
     assert "site-packages/musicgen_live/config.toml" in shown and 'name = "tiny"' in shown
     with socket.socket() as s:

@@ -6,6 +6,8 @@ not assumed; and every place it cannot run says so in one sentence."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,3 +82,12 @@ def test_where_a_float16_cache_cannot_run_it_says_so():
         check_kv("int4", torch.device("cpu"))
     with pytest.raises(EngineError, match="keep the KV cache in float32"):
         MusicGen.load("tiny", progress=None, exact=True, kv="float16")
+
+
+def test_a_machine_without_a_compiler_is_told_what_to_install(monkeypatch):
+    import musicgen_live.engine.kvcache as kvcache
+
+    monkeypatch.setattr(kvcache.shutil, "which", lambda tool: None)
+    monkeypatch.setitem(sys.modules, "ninja", None)  # no pip ninja either
+    with pytest.raises(EngineError, match="needs c\\+\\+ and ninja .*apt install g\\+\\+ ninja-build"):
+        kvcache._load.__wrapped__()
