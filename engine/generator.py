@@ -324,6 +324,11 @@ class Generator:
             raise ContextError("this stream was started without guidance; cfg must stay 1")
         self.params = params
 
+    def set_continue_chunk(self, columns: int) -> None:
+        """Columns a continuation prefills per step from now on (>= 1): more is ready sooner, at
+        a dearer step. A continuation under way takes the new size from its next chunk."""
+        self._require().continue_chunk = max(1, int(columns))
+
     def set_context(self, frames: int) -> int:
         """Frames kept at the next window slide (clamped so the window can still slide); returns
         it. A slide already being prepared keeps the context it started with."""

@@ -36,6 +36,18 @@ def prefill_chunk(model: MusicGen, minimum: int = MIN_CHUNK, limit: float = LIMI
     return next((c for c in CANDIDATES if c >= minimum and costs[c] <= limit), minimum)
 
 
+def continuation_chunk(costs: dict[int, float], pace: float, limit: float = LIMIT) -> int:
+    """Columns a continuation prefills a step, from `step_costs` and the stream's real-time
+    factor `pace`. A machine at or above real time keeps every step within `limit` x a plain one
+    (the live-safe bound: no hole in the music). One below real time has holes whatever it does,
+    and there the bound only delays the continuation (musicgen-small at 0.4x: 1 column a step, a
+    12 s continuation heard ~94 s later); it takes the chunk with the least extra cost per column
+    instead (extra rows are cheapest in bulk), which also adds the least to the holes."""
+    if pace >= 1.0:
+        return next((c for c in CANDIDATES if costs[c] <= limit), 1)
+    return min(CANDIDATES, key=lambda c: ((costs[c] - 1.0) / c, -c))
+
+
 @functools.lru_cache(maxsize=4)  # once per loaded model (several sessions share one)
 def step_costs(model: MusicGen, repeats: int = 7) -> dict[int, float]:
     """A step carrying each candidate chunk, against a plain step (codec included); each timing

@@ -49,7 +49,7 @@ from musicgen_live.engine.stats import percentile
 
 from . import commands as c
 from .calibrate import LIMIT as STEP_LIMIT
-from .calibrate import prefill_chunk
+from .calibrate import continuation_chunk, prefill_chunk, step_costs
 from .config import MAX_DECODE_FRAMES, StreamConfig
 from .controls import (
     CONTROLS,
@@ -219,6 +219,13 @@ class Session:
         its generation thread, which owns torch's pool)."""
         self._start_generator()
         self.pace = self._measure_pace()
+        if not self.cfg.slide_chunk and self.pace < 1.0:  # below real time: a sooner continuation
+            columns = continuation_chunk(step_costs(self.model), self.pace)
+            self.gen.set_continue_chunk(columns)
+            self.log(
+                f"below real time, a continuation prefills {columns} columns a step: ready sooner, each such "
+                f"step ~{step_costs(self.model)[columns]:.1f}x a plain one ([stream] slide_chunk sets it)"
+            )
 
     def open_audio(self) -> None:
         """The audio half of `open`: output, input and autoplay (on the caller's thread: PortAudio
@@ -432,7 +439,7 @@ class Session:
         else:
             conds = [(m.conditioner.condition(t, guided=True), w) for t, w in self.prompts]
         chunk = self.cfg.slide_chunk or prefill_chunk(m)
-        continue_chunk = self.cfg.slide_chunk or prefill_chunk(m, minimum=1)
+        continue_chunk = self.cfg.slide_chunk or continuation_chunk(step_costs(m), self.pace or 1.0)
         prefix = conds[0][0].prefix
         fitted = self.gen.context_that_slides(window, context, chunk, 0 if prefix is None else prefix.shape[1])
         if fitted < context:  # a melody prefix is prefilled before the context at every slide
