@@ -75,6 +75,10 @@ JOB_SHARE = 0.35  # a job's piece may add this share of a median plain step to a
 # ... as long as the step stays within calibrate.LIMIT x a plain one (a step carrying a slide's chunk
 # leaves a piece little room); a job waits at most this many steps for room, then takes one piece
 MAX_JOB_WAIT_STEPS = 4
+# Below real time (the stream's measured pace < 1) the music has holes whatever a step costs, and
+# the bound above only stretches a job (a 12 s continuation's encode: ~600 one-frame pieces, ~40 s
+# on musicgen-small here): a piece may then add this many plain steps to a step instead
+SLOW_JOB_SHARE = 3.0
 MAX_IDLE_PIECE_S = 0.05  # the longest job piece run between steps (the buffer covers it)
 # seconds an output stays stopped before it is reopened: whatever stopped it (PortAudio tearing a
 # vanished device's stream down, a thread aborting it) finishes first - closing a stream another
@@ -355,7 +359,10 @@ class Session:
         if job is not None:
             recent = self._plain_ms or self._recent_ms
             plain = sorted(recent)[len(recent) // 2]
-            room = min(JOB_SHARE * plain, STEP_LIMIT * plain - dt)  # ms this step may still take
+            if 0.0 < self.pace < 1.0:  # below real time: sooner, in bigger pieces (SLOW_JOB_SHARE)
+                room = SLOW_JOB_SHARE * plain
+            else:
+                room = min(JOB_SHARE * plain, STEP_LIMIT * plain - dt)  # ms this step may still take
             if room >= 1000 * (job.unit_s or 0.0) or self._job_waited >= MAX_JOB_WAIT_STEPS:
                 self._job_waited = 0
                 t0 = time.perf_counter()
