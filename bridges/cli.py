@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 EXIT_USAGE = 2
 # command-line options (argparse dest) and the setting each stands for: an option left out takes the
@@ -395,21 +396,27 @@ def _load(args: argparse.Namespace, streaming: bool = False):  # -> MusicGen
     if args.exact and args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    load = lambda: MusicGen.load(  # noqa: E731
-        args.model,
-        device=args.device,
-        exact=args.exact,
-        precision=args.precision,
-        guidance=args.guidance,
-        kv=args.kv,
-        codec=args.codec,
-    )
+    load = lambda: MusicGen.load(args.model, device=args.device, **_kernels(args))  # noqa: E731
     if not streaming:
         return load()
     from musicgen_live.streamer import threads
 
     threads.confine()
     return threads.on_pool_thread(load)
+
+
+class Kernels(TypedDict):
+    """The settings that choose how a model computes, as `MusicGen.load` and `run_bench` take them."""
+
+    exact: bool
+    precision: str
+    guidance: str
+    kv: str
+    codec: str
+
+
+def _kernels(args: argparse.Namespace) -> Kernels:
+    return Kernels(exact=args.exact, precision=args.precision, guidance=args.guidance, kv=args.kv, codec=args.codec)
 
 
 def _check_precision(args: argparse.Namespace) -> None:
@@ -514,17 +521,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.model,
         args.frames,
         args.peer,
-        exact=args.exact,
         repeats=args.repeats,
         device=args.device,
         decode_chunk=args.decode_chunk,
-        precision=args.precision,
-        guidance=args.guidance,
-        kv=args.kv,
-        codec=args.codec,
         streams=args.streams,
         quality=args.quality,
         say=lambda m: print(m, file=sys.stderr),
+        **_kernels(args),
     )
     for r in result:
         print(format_result(r))

@@ -37,22 +37,16 @@ def test_the_wheel_installs_and_serves_the_page(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     exe = env / "bin" / "musicgen-live"
-    where = subprocess.run(
-        [env / "bin" / "python", "-c", "import musicgen_live.bridges.ws as w; print(w.__file__)"],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+
+    def python(code: str) -> str:
+        return subprocess.run(
+            [env / "bin" / "python", "-c", code], cwd=elsewhere, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    where = python("import musicgen_live.bridges.ws as w; print(w.__file__)")
     assert str(env) in where and str(REPO) not in where  # from the wheel, not from this checkout
-    kernel = subprocess.run(  # the float16 KV cache's kernel source ships with the package
-        [env / "bin" / "python", "-c", "from musicgen_live.engine.kvcache import SOURCE; print(SOURCE.is_file())"],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert kernel.strip() == "True"
+    # the float16 KV cache's kernel source ships with the package
+    assert python("from musicgen_live.engine.kvcache import SOURCE; print(SOURCE.is_file())") == "True"
     shown = subprocess.run([exe, "config"], cwd=elsewhere, capture_output=True, text=True, check=True).stdout
     assert "site-packages/musicgen_live/config.toml" in shown and 'name = "tiny"' in shown
     with socket.socket() as s:
