@@ -21,10 +21,10 @@ test: setup
 	.venv/bin/python -m pytest -q
 
 # the long profile of the random command walk (tests/streamer/test_walk.py): 10 000 commands across
-# hundreds of window slides, ~20 min on 2 cores; WALK=N, SEED=S, MODEL=tiny-melody and BEAT=1 (changes
-# held for a beat clock's beats) to change it
+# hundreds of window slides, ~20 min on 2 cores; WALK=N, SEED=S, MODEL=tiny-melody, BEAT=1 (changes
+# held for a beat clock's beats), KV=float16 and CODEC=int8 (the speed settings) to change it
 walk: setup
 	MUSICGEN_LIVE_WALK=$${WALK:-10000} MUSICGEN_LIVE_WALK_SEED=$${SEED:-1} MUSICGEN_LIVE_WALK_MODEL=$${MODEL:-tiny} \
-		MUSICGEN_LIVE_WALK_BEAT=$${BEAT:-} \
+		MUSICGEN_LIVE_WALK_BEAT=$${BEAT:-} MUSICGEN_LIVE_WALK_KV=$${KV:-} MUSICGEN_LIVE_WALK_CODEC=$${CODEC:-} \
 		.venv/bin/python -m pytest -q -s \
 		tests/streamer/test_walk.py -k long

@@ -278,11 +278,16 @@ def test_long_seeded_walk(tiny):
     seed = int(os.environ.get("MUSICGEN_LIVE_WALK_SEED", "1"))
     name = os.environ.get("MUSICGEN_LIVE_WALK_MODEL", "tiny")  # tiny-melody walks a melody checkpoint
     beat = bool(os.environ.get("MUSICGEN_LIVE_WALK_BEAT"))  # with a beat clock: changes held for their beat
+    kv = os.environ.get("MUSICGEN_LIVE_WALK_KV") or "float32"  # the KV cache's storage ([model] kv)
+    codec = os.environ.get("MUSICGEN_LIVE_WALK_CODEC") or "float32"  # the streaming decoder ([model] codec)
+    default = name == "tiny" and (kv, codec) == ("float32", "float32")
+    model = tiny if default else MusicGen.load(name, progress=None, kv=kv, codec=codec)
     t0 = time.perf_counter()
-    r = seeded_walk(tiny if name == "tiny" else MusicGen.load(name, progress=None), commands, seed, beat)
+    r = seeded_walk(model, commands, seed, beat)
     minutes = (time.perf_counter() - t0) / 60
     print(
-        f"\nwalk ({name}, seed {seed}{', on the beat' if beat else ''}): {r['commands']} commands "
+        f"\nwalk ({name}, kv {kv}, codec {codec}, seed {seed}{', on the beat' if beat else ''}): "
+        f"{r['commands']} commands "
         f"({r['applied']} applied, {r['refused']} refused, {r['held']} held), "
         f"{r['steps']} steps, {r['slides']} slides, {minutes:.1f} min"
     )
