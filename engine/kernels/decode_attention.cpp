@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <cfloat>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -37,6 +38,58 @@ static inline void axpy_row(float* acc, float p, const at::Half* v, int64_t d) {
                                               _mm512_loadu_ps(acc + i)));
   for (; i < d; ++i) acc[i] += p * static_cast<float>(v[i]);
 }
+static inline __m512 load16(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// the four sums of a0..a3, as one vector
+static inline __m128 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  auto half = [](__m512 a) { return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)); };
+  auto quarter = [](__m256 a) { return _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)); };
+  const __m128 b0 = quarter(half(a0)), b1 = quarter(half(a1)), b2 = quarter(half(a2)), b3 = quarter(half(a3));
+  return _mm_hadd_ps(_mm_hadd_ps(b0, b1), _mm_hadd_ps(b2, b3));
+}
+static inline __m512 dot64(const __m512* q, const at::Half* k) {
+  __m512 a = _mm512_mul_ps(q[0], load16(k));
+  a = _mm512_fmadd_ps(q[1], load16(k + 16), a);
+  a = _mm512_fmadd_ps(q[2], load16(k + 32), a);
+  return _mm512_fmadd_ps(q[3], load16(k + 48), a);
+}
+// head_dim 64 (every MusicGen size): scores four columns a reduction, the output in registers
+static void attend64(const float* qq, const at::Half* kb, const at::Half* vb, int64_t ks, int64_t vs, int64_t n,
+                     float sc, float* s, float* o) {
+  const __m512 q[4] = {_mm512_loadu_ps(qq), _mm512_loadu_ps(qq + 16), _mm512_loadu_ps(qq + 32),
+                       _mm512_loadu_ps(qq + 48)};
+  __m128 mx = _mm_set1_ps(-FLT_MAX);
+  const __m128 scale = _mm_set1_ps(sc);
+  int64_t t = 0;
+  for (; t + 4 <= n; t += 4) {
+    const at::Half* k = kb + t * ks;
+    const __m128 x = _mm_mul_ps(sum4(dot64(q, k), dot64(q, k + ks), dot64(q, k + 2 * ks), dot64(q, k + 3 * ks)), scale);
+    _mm_storeu_ps(s + t, x);
+    mx = _mm_max_ps(mx, x);
+  }
+  float m = std::max(std::max(mx[0], mx[1]), std::max(mx[2], mx[3]));
+  for (; t < n; ++t) {
+    const float x = _mm512_reduce_add_ps(dot64(q, kb + t * ks)) * sc;
+    s[t] = x;
+    m = x > m ? x : m;
+  }
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = std::exp(s[i] - m);
+    s[i] = e;
+    sum += e;
+  }
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int64_t i = 0; i < n; ++i) {
+    const __m512 p = _mm512_set1_ps(s[i]);
+    const at::Half* v = vb + i * vs;
+    for (int j = 0; j < 4; ++j) acc[j] = _mm512_fmadd_ps(p, load16(v + 16 * j), acc[j]);
+  }
+  const __m512 inv = _mm512_set1_ps(1.f / sum);
+  for (int j = 0; j < 4; ++j) _mm512_storeu_ps(o + 16 * j, _mm512_mul_ps(acc[j], inv));
+}
+#define HAVE_ATTEND64 1
 #elif defined(__F16C__) && defined(__FMA__)
 #include <immintrin.h>
 static inline float dot_row(const float* q, const at::Half* k, int64_t d) {
@@ -99,6 +152,12 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
       for (int64_t j = 0; j < T; ++j) {
         const float* qq = qp + ((r * H + h) * T + j) * d;
         const int64_t n = start + j + 1;
+#ifdef HAVE_ATTEND64
+        if (d == 64) {
+          attend64(qq, kb, vb, ks2, vs2, n, sc, s.data(), op + ((r * H + h) * T + j) * d);
+          continue;
+        }
+#endif
         float m = -FLT_MAX;
         for (int64_t t = 0; t < n; ++t) {
           const float x = dot_row(qq, kb + t * ks2, d) * sc;
