@@ -32,7 +32,11 @@ POSITION = 1024
 def prefill_chunk(model: MusicGen, minimum: int = MIN_CHUNK, limit: float = LIMIT) -> int:
     """The largest candidate chunk (at least `minimum`) whose step costs at most `limit` x a plain
     step; `minimum` when none does."""
-    costs = step_costs(model)
+    return _largest_within(step_costs(model), minimum, limit)
+
+
+def _largest_within(costs: dict[int, float], minimum: int, limit: float) -> int:
+    """The largest candidate (at least `minimum`) whose step costs at most `limit` x a plain one."""
     return next((c for c in CANDIDATES if c >= minimum and costs[c] <= limit), minimum)
 
 
@@ -44,7 +48,7 @@ def continuation_chunk(costs: dict[int, float], pace: float, limit: float = LIMI
     12 s continuation heard ~94 s later); it takes the chunk with the least extra cost per column
     instead (extra rows are cheapest in bulk), which also adds the least to the holes."""
     if pace >= 1.0:
-        return next((c for c in CANDIDATES if costs[c] <= limit), 1)
+        return _largest_within(costs, 1, limit)
     return min(CANDIDATES, key=lambda c: ((costs[c] - 1.0) / c, -c))
 
 

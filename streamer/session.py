@@ -223,13 +223,24 @@ class Session:
         its generation thread, which owns torch's pool)."""
         self._start_generator()
         self.pace = self._measure_pace()
-        if not self.cfg.slide_chunk and self.pace < 1.0:  # below real time: a sooner continuation
-            columns = continuation_chunk(step_costs(self.model), self.pace)
+        if not self.cfg.slide_chunk and self._below_real_time:  # a sooner continuation
+            columns = self._continue_chunk()
             self.gen.set_continue_chunk(columns)
             self.log(
                 f"below real time, a continuation prefills {columns} columns a step: ready sooner, each such "
                 f"step ~{step_costs(self.model)[columns]:.1f}x a plain one ([stream] slide_chunk sets it)"
             )
+
+    @property
+    def _below_real_time(self) -> bool:
+        """Measured (at start) to play slower than real time: the music has holes whatever a step
+        costs, so preparations go for readiness instead of the live-safe bound."""
+        return 0.0 < self.pace < 1.0
+
+    def _continue_chunk(self) -> int:
+        """Columns a continuation prefills a step: the setting, else by cost and pace (unmeasured
+        yet: as at real time)."""
+        return self.cfg.slide_chunk or continuation_chunk(step_costs(self.model), self.pace or 1.0)
 
     def open_audio(self) -> None:
         """The audio half of `open`: output, input and autoplay (on the caller's thread: PortAudio
@@ -359,7 +370,7 @@ class Session:
         if job is not None:
             recent = self._plain_ms or self._recent_ms
             plain = sorted(recent)[len(recent) // 2]
-            if 0.0 < self.pace < 1.0:  # below real time: sooner, in bigger pieces (SLOW_JOB_SHARE)
+            if self._below_real_time:  # sooner, in bigger pieces (SLOW_JOB_SHARE)
                 room = SLOW_JOB_SHARE * plain
             else:
                 room = min(JOB_SHARE * plain, STEP_LIMIT * plain - dt)  # ms this step may still take
@@ -446,7 +457,7 @@ class Session:
         else:
             conds = [(m.conditioner.condition(t, guided=True), w) for t, w in self.prompts]
         chunk = self.cfg.slide_chunk or prefill_chunk(m)
-        continue_chunk = self.cfg.slide_chunk or continuation_chunk(step_costs(m), self.pace or 1.0)
+        continue_chunk = self._continue_chunk()
         prefix = conds[0][0].prefix
         fitted = self.gen.context_that_slides(window, context, chunk, 0 if prefix is None else prefix.shape[1])
         if fitted < context:  # a melody prefix is prefilled before the context at every slide
@@ -1042,21 +1053,18 @@ def pace_line(model: str, device: str, precision: str, pace: float) -> str:
     line = f"{model} on {device} ({precision}) plays at {pace:.1f}x real time here"
     if pace >= 1.1:
         return line
-    tips = ["a shorter --window", "fewer sessions"]
-    if "two-step" in precision:
-        tips.insert(0, "--guidance batched")
-    if device == "cpu":
-        cpu = [
-            tip
-            for tip, in_use in (
-                ("--precision int8", precision.startswith("int8")),
-                ("--kv float16", "kv float16" in precision),
-                ("--codec int8", "codec int8" in precision),
-            )
-            if not in_use
-        ]
-        first = 1 if "two-step" in precision else 0  # batched guidance first: it halves the weight reads
-        tips = tips[:first] + cpu + tips[first:] + ["a GPU"]
+    cpu = device == "cpu"
+    unused = [
+        tip
+        for tip, useful in (
+            ("--guidance batched", "two-step" in precision),  # first: it halves the weight reads
+            ("--precision int8", cpu and not precision.startswith("int8")),
+            ("--kv float16", cpu and "kv float16" not in precision),
+            ("--codec int8", cpu and "codec int8" not in precision),
+        )
+        if useful
+    ]
+    tips = unused + ["a shorter --window", "fewer sessions"] + (["a GPU"] if cpu else [])
     return line + ": expect gaps - try " + ", ".join(tips[:-1]) + " or " + tips[-1]
 
 
