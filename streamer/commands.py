@@ -92,6 +92,14 @@ class ContinueAudio:
     seconds: float = 10.0
 
 
+@dataclass(frozen=True, eq=False)
+class ContinueCodes:
+    """Continue from codes the stream played before, (K, frames) integers: a session restarted
+    elsewhere (a cluster replica lost) carries on from them without encoding audio."""
+
+    codes: np.ndarray
+
+
 @dataclass(frozen=True)
 class MelodyHistory:
     """Follow the melody (chroma) of the last `seconds` of the session's own output (a melody
@@ -134,12 +142,23 @@ class Query:
     a `get` after a `set` answers the value that will sound."""
 
 
-Continuation = ContinueHistory | ContinueInput | ContinueFile | ContinueAudio
-CONTINUATIONS = (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio)
+@dataclass(frozen=True)
+class RecentCodes:
+    """Answer the codes of the context the stream would keep at a slide, at most (`Ticket.result["codes"]`,
+    (K, frames) int16): what a session restarted elsewhere continues from. Not a performer's
+    command: no bridge's vocabulary names it."""
+
+
+AudioContinuation = ContinueHistory | ContinueInput | ContinueFile | ContinueAudio  # continuations that read audio
+AUDIO_CONTINUATIONS = (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio)
+Continuation = AudioContinuation | ContinueCodes
+CONTINUATIONS = (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio, ContinueCodes)
 Melody = MelodyHistory | MelodyInput | MelodyFile | MelodyAudio | MelodyOff
 MELODIES = (MelodyHistory, MelodyInput, MelodyFile, MelodyAudio, MelodyOff)
-Clip = Continuation | MelodyHistory | MelodyInput | MelodyFile | MelodyAudio  # commands that read audio
-Command = SetPrompt | SetWeightedPrompts | Set | Play | Pause | Stop | Reset | Continuation | Melody | Query
+Clip = AudioContinuation | MelodyHistory | MelodyInput | MelodyFile | MelodyAudio  # commands that read audio
+Command = (
+    SetPrompt | SetWeightedPrompts | Set | Play | Pause | Stop | Reset | Continuation | Melody | Query | RecentCodes
+)
 
 _ids = itertools.count(1)
 
@@ -186,12 +205,14 @@ _NAMES: dict[type, str] = {
     ContinueInput: "continue/input",
     ContinueFile: "continue/file",
     ContinueAudio: "continue/upload",
+    ContinueCodes: "continue/codes",
     MelodyHistory: "melody/history",
     MelodyInput: "melody/input",
     MelodyFile: "melody/file",
     MelodyAudio: "melody/upload",
     MelodyOff: "melody/off",
     Query: "get",
+    RecentCodes: "codes",
 }
 
 

@@ -749,7 +749,7 @@ class Session:
     # -- continuation: encode a piece per step, prefill a chunk per step, then take over -----------
     def _on_continue(self, ticket: c.Ticket) -> Answer:
         cmd = ticket.command
-        assert isinstance(cmd, c.CONTINUATIONS)
+        assert isinstance(cmd, c.AUDIO_CONTINUATIONS)
         if not cmd.seconds > 0:
             raise ContextError(f"continuation length must be positive, got {cmd.seconds}")
         context_s = self.gen.context_frames / self.model.spec.frame_rate
@@ -760,10 +760,31 @@ class Session:
         mixed = _channel_note(self._source_channels(cmd), self.model.audio_channels)
         if mixed:
             ticket.note = f"{ticket.note}; {mixed}" if ticket.note else mixed
-        self._cancel_continuation("superseded by a newer continuation")
-        job: Job[torch.Tensor] = Job(_continuation_codes(self.model, source, seconds), "continue")
-        self._continuation = PendingContinuation(ticket, job)
+        self._begin_continuation(ticket, Job(_continuation_codes(self.model, source, seconds), "continue"))
         return DEFERRED
+
+    def _on_continue_codes(self, ticket: c.Ticket) -> Answer:
+        cmd = ticket.command
+        assert isinstance(cmd, c.ContinueCodes)
+        codes = np.asarray(cmd.codes)
+        k, card = self.model.spec.lm.num_codebooks, self.model.spec.lm.card
+        if codes.ndim != 2 or codes.shape[0] != k or codes.shape[1] < 1 or codes.dtype.kind not in "iu":
+            raise ContextError(f"codes to continue from must be ({k}, frames) integers")
+        if codes.min() < 0 or codes.max() >= card:
+            raise ContextError(f"codes to continue from must lie in 0..{card - 1}")
+        self._begin_continuation(ticket, Job(_given(torch.from_numpy(codes.astype(np.int64))), "continue"))
+        return DEFERRED
+
+    def _begin_continuation(self, ticket: c.Ticket, job: Job[torch.Tensor]) -> None:
+        self._cancel_continuation("superseded by a newer continuation")
+        self._continuation = PendingContinuation(ticket, job)
+
+    def _on_recent_codes(self, ticket: c.Ticket) -> Answer:
+        if not self.gen.started:
+            raise ContextError("the stream has not started")
+        codes = self.gen.codes()[:, -self.gen.context_frames :]
+        ticket.result = {"codes": codes.to(torch.int16).numpy()}
+        return None
 
     def _clip_source(self, cmd: c.Clip, seconds: float) -> Callable[[], torch.Tensor]:
         """What a job will read: checked now, read later (files, resampling) in its first piece.
@@ -797,7 +818,7 @@ class Session:
             data = data[: int(seconds * rate)]
         return lambda: prepare_audio(data, rate, self.rate, self.model.audio_channels)
 
-    def _source_channels(self, cmd: c.Continuation) -> int | None:
+    def _source_channels(self, cmd: c.AudioContinuation) -> int | None:
         """How many channels the audio to continue from has (None: not known before it is read)."""
         if isinstance(cmd, c.ContinueHistory):
             return self.model.audio_channels  # the session's own output, at the model's channels
@@ -991,12 +1012,14 @@ HANDLERS: dict[type, Callable[[Session, c.Ticket], Answer]] = {
     c.ContinueInput: Session._on_continue,
     c.ContinueFile: Session._on_continue,
     c.ContinueAudio: Session._on_continue,
+    c.ContinueCodes: Session._on_continue_codes,
     c.MelodyHistory: Session._on_melody,
     c.MelodyInput: Session._on_melody,
     c.MelodyFile: Session._on_melody,
     c.MelodyAudio: Session._on_melody,
     c.MelodyOff: Session._on_melody,
     c.Query: Session._on_query,
+    c.RecentCodes: Session._on_recent_codes,
 }
 
 
@@ -1044,6 +1067,12 @@ def _continuation_codes(
     amount = yield
     codes = yield from _delegate(model.codec.encode_steps(clip.to(model.device).unsqueeze(1)), amount)
     return model.codec_to_codes(codes)
+
+
+def _given(codes: torch.Tensor) -> Generator[None, int | None, torch.Tensor]:
+    """Codes handed in: nothing to encode."""
+    yield
+    return codes
 
 
 def pace_line(model: str, device: str, precision: str, pace: float) -> str:

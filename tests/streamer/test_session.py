@@ -184,3 +184,39 @@ def test_the_start_up_line_says_what_to_try_and_only_what_is_not_in_use(device, 
     line = pace_line("small", device, precision, pace)
     assert says in line
     assert not_says is None or not_says not in line
+
+
+def test_a_session_restarted_elsewhere_continues_from_the_codes_the_first_one_kept(session, tiny):
+    """What a cluster does when a replica is lost: the codes a session answers (`RecentCodes`, the
+    context a slide would keep) become another session's context (`ContinueCodes`), no audio
+    encoded in between."""
+    run_for(2.0)  # more than the context
+    kept = submit(session, c.RecentCodes()).result["codes"]
+    context = session.gen.context_frames
+    assert kept.shape == (tiny.spec.lm.num_codebooks, context) and kept.dtype == np.int16
+    other = Session(tiny, make_output("null", 2, 0.2), StreamConfig(window_s=4.0, context_s=1.5, autoplay=False))
+    other.start()
+    try:
+        t = submit(other, c.ContinueCodes(kept), timeout=30)
+        assert t.error is None and t.frame is not None
+        assert np.array_equal(submit(other, c.RecentCodes()).result["codes"], kept)
+        submit(other, c.Play())
+        run_for(0.5)
+        assert other.snapshot()["frame"] > t.frame and other.output.underruns == 0
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize(
+    "codes, message",
+    [
+        (np.zeros((3, 10), np.int64), "must be (4, frames) integers"),
+        (np.zeros((4, 0), np.int64), "must be (4, frames) integers"),
+        (np.zeros((4, 10), np.float32), "must be (4, frames) integers"),
+        (np.full((4, 10), 5000, np.int64), "must lie in 0.."),
+    ],
+)
+def test_codes_to_continue_from_are_checked(session, codes, message):
+    t = submit(session, c.ContinueCodes(codes))
+    assert t.error and message in t.error
+    assert session.state == PLAYING
