@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -95,9 +95,15 @@ class UploadFormat:
         return 4 if self.codec == "f32" else 2
 
 
+class Connection(Protocol):
+    """Where a client's messages go: a WebSocket connection here, or a cluster ingress's pipe."""
+
+    async def send(self, message: str | bytes) -> None: ...
+
+
 @dataclass(eq=False)  # clients are kept in a set: identity, not value
 class Client:
-    ws: ServerConnection
+    ws: Connection
     queue: asyncio.Queue
     audio: bool = False
     codec: str = "f32"
@@ -111,38 +117,26 @@ class Client:
     tasks: set[asyncio.Task] = field(default_factory=set)  # answers still being waited for
 
 
-class WebSocketBridge:
-    def __init__(self, session: Session, vocab: Vocabulary, cfg: WebSocketConfig) -> None:
-        self.session = session
-        self.vocab = vocab
+class Gate:
+    """Who may open a WebSocket: the Origin, the token and the number of clients (`serve` and a
+    cluster's ingress ask the same questions)."""
+
+    def __init__(self, cfg: WebSocketConfig) -> None:
         self.cfg = cfg
-        self.clients: set[Client] = set()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.pending: dict[int, asyncio.Future] = {}
-        self.rate = session.model.sample_rate
         self.loopback = _is_loopback(cfg.host)
         if not self.loopback and not cfg.token:
             raise EngineError(f"the WebSocket server binds to {cfg.host}, beyond loopback: set [websocket] token")
-        session.listeners.append(self._on_session_event)
-        session.audio_taps.append(self._on_audio)
 
-    # -- HTTP side: the browser client, Origin and token checks ---------------------------------
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        url = urlparse(request.path)
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            if url.path in STATIC:
-                name, ctype = STATIC[url.path]
-                return _response(HTTPStatus.OK, (WEB / name).read_bytes(), ctype)
-            return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
-        origin = request.headers.get("Origin")
+    def refusal(self, origin: str | None, query: str, clients: int) -> tuple[HTTPStatus, str] | None:
+        """Why this upgrade request is turned away (an HTTP status and a line), or None."""
         if origin is not None and not self._origin_ok(origin):
-            return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n", "text/plain")
+            return HTTPStatus.FORBIDDEN, "origin not allowed"
         if not self.loopback or self.cfg.token:
-            token = parse_qs(url.query).get("token", [""])[0]
+            token = parse_qs(query).get("token", [""])[0]
             if token != self.cfg.token:
-                return _response(HTTPStatus.UNAUTHORIZED, b"token required\n", "text/plain")
-        if len(self.clients) >= self.cfg.max_clients:
-            return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"too many clients\n", "text/plain")
+                return HTTPStatus.UNAUTHORIZED, "token required"
+        if clients >= self.cfg.max_clients:
+            return HTTPStatus.SERVICE_UNAVAILABLE, "too many clients"
         return None
 
     def _origin_ok(self, origin: str) -> bool:
@@ -166,34 +160,82 @@ class WebSocketBridge:
             return False  # a name: possibly rebound to us
         return ip.is_loopback if self.loopback else True
 
+
+def static_file(path: str) -> tuple[bytes, str] | None:
+    """The browser client's file at URL `path` and its content type, or None."""
+    if path not in STATIC:
+        return None
+    name, ctype = STATIC[path]
+    return (WEB / name).read_bytes(), ctype
+
+
+class WebSocketBridge:
+    def __init__(self, session: Session, vocab: Vocabulary, cfg: WebSocketConfig) -> None:
+        self.session = session
+        self.vocab = vocab
+        self.cfg = cfg
+        self.gate = Gate(cfg)
+        self.clients: set[Client] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: dict[int, asyncio.Future] = {}
+        self.rate = session.model.sample_rate
+        session.listeners.append(self._on_session_event)
+        session.audio_taps.append(self._on_audio)
+
+    # -- HTTP side: the browser client, Origin and token checks ---------------------------------
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlparse(request.path)
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            found = static_file(url.path)
+            if found is not None:
+                return _response(HTTPStatus.OK, *found)
+            return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        refused = self.gate.refusal(request.headers.get("Origin"), url.query, len(self.clients))
+        if refused is not None:
+            return _response(refused[0], f"{refused[1]}\n".encode(), "text/plain")
+        return None
+
     # -- one connection ------------------------------------------------------------------------
     async def handler(self, ws: ServerConnection) -> None:
-        client = Client(ws, asyncio.Queue(maxsize=max(2, self.cfg.client_queue)), budget=Budget(self.cfg.max_rate))
-        self.clients.add(client)
-        sender = asyncio.create_task(self._sender(client))
+        client = await self.connect(ws)
         try:
-            await self._send(
-                client,
-                {
-                    "type": "session.created",
-                    "session": self.vocab.info,
-                    "client": client.number,
-                    "state": self.session.snapshot(),
-                    "controls": CONTROL_TABLE,
-                },
-            )
             async for message in ws:
-                if isinstance(message, bytes):
-                    await self._on_binary(client, message)
-                else:
-                    await self._on_text(client, message)
+                await self.receive(client, message)
         except ConnectionClosed:
             pass
         finally:
-            self.clients.discard(client)
-            sender.cancel()
-            for task in list(client.tasks):
-                task.cancel()
+            self.disconnect(client)
+
+    async def connect(self, conn: Connection) -> Client:
+        """A new client: it gets `session.created` (the state and the controls table), then
+        whatever it asks for and every change."""
+        client = Client(conn, asyncio.Queue(maxsize=max(2, self.cfg.client_queue)), budget=Budget(self.cfg.max_rate))
+        self.clients.add(client)
+        sender = asyncio.create_task(self._sender(client))
+        client.tasks.add(sender)
+        await self._send(
+            client,
+            {
+                "type": "session.created",
+                "session": self.vocab.info,
+                "client": client.number,
+                "state": self.session.snapshot(),
+                "controls": CONTROL_TABLE,
+            },
+        )
+        return client
+
+    async def receive(self, client: Client, message: str | bytes) -> None:
+        """One message from `client`: binary frames are audio uploads, text is JSON requests."""
+        if isinstance(message, bytes):
+            await self._on_binary(client, message)
+        else:
+            await self._on_text(client, message)
+
+    def disconnect(self, client: Client) -> None:
+        self.clients.discard(client)
+        for task in list(client.tasks):
+            task.cancel()
 
     async def _sender(self, client: Client) -> None:
         try:
