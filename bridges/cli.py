@@ -45,6 +45,14 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "osc_host": ("osc", "host"),
     "osc_port": ("osc", "port"),
     "ws_port": ("websocket", "port"),
+    "address": ("cluster", "address"),
+    "replicas": ("cluster", "replicas"),
+    "max_replicas": ("cluster", "max_replicas"),
+    "sessions_per_replica": ("cluster", "sessions_per_replica"),
+    "cpus_per_replica": ("cluster", "cpus_per_replica"),
+    "gpus_per_replica": ("cluster", "gpus_per_replica"),
+    "cluster_host": ("cluster", "host"),
+    "cluster_port": ("cluster", "port"),
 }
 
 
@@ -55,6 +63,11 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    value = _positive_int(text) if text.strip() not in ("0", "+0", "-0") else 0
     return value
 
 
@@ -246,6 +259,47 @@ def build_parser() -> argparse.ArgumentParser:
         "browser) ([stream] extra_outputs)",
     )
 
+    cl = sub.add_parser(
+        "cluster",
+        help="many sessions on engine replicas of a Ray Serve application (needs the 'cluster' extra); "
+        "the same WebSocket protocol and browser page as serve, one session a client",
+    )
+    _add_model(cl)
+    cl.add_argument("--address", help="a running Ray cluster ('auto', 'ray://head:10001'; [cluster] address)")
+    cl.add_argument("--replicas", type=_positive_int, help="engine replicas at start ([cluster] replicas, 1)")
+    cl.add_argument(
+        "--max-replicas", type=_positive_int, help="autoscale up to this many replicas ([cluster] max_replicas)"
+    )
+    cl.add_argument(
+        "--sessions-per-replica",
+        type=_positive_int,
+        help="sessions one engine steps ([cluster] sessions_per_replica, 4)",
+    )
+    cl.add_argument(
+        "--cpus-per-replica", type=_positive_float, help="Ray CPUs of a replica ([cluster] cpus_per_replica)"
+    )
+    cl.add_argument("--gpus-per-replica", type=_nonneg_float, help="Ray GPUs of a replica ([cluster] gpus_per_replica)")
+    cl.add_argument("--host", dest="cluster_host", help="Serve's HTTP address ([cluster] host)")
+    cl.add_argument("--port", dest="cluster_port", type=int, help="Serve's HTTP port ([cluster] port, 8000)")
+    cl.add_argument("--prompt", dest="stream_prompt", help="the prompt each session starts with ([stream] prompt)")
+    cl.add_argument("--seconds", type=_positive_float, help="stop after this long (default: until Ctrl-C)")
+    cl.add_argument(
+        "--status-every", type=_nonneg_float, default=10.0, help="a status line every this many seconds (0: none)"
+    )
+
+    bc = sub.add_parser(
+        "bench-cluster",
+        help="the cluster against plain serve: change latency, sessions per replica, recovery from a lost replica",
+    )
+    _add_model(bc)
+    bc.add_argument("--replicas", type=_positive_int, help="engine replicas ([cluster] replicas)")
+    bc.add_argument("--sessions-per-replica", type=_positive_int, help="([cluster] sessions_per_replica)")
+    bc.add_argument("--cpus-per-replica", type=_positive_float, help="([cluster] cpus_per_replica)")
+    bc.add_argument("--changes", type=_positive_int, default=20, help="gain changes timed through each (20)")
+    bc.add_argument("--most-clients", type=_positive_int, default=16, help="stop adding clients here (16)")
+    bc.add_argument("--stage", type=_positive_float, default=10.0, help="seconds each client count is measured")
+    bc.add_argument("--kills", type=_nonneg_int, default=2, help="replicas killed, one at a time (2)")
+
     bm = sub.add_parser("bench-midi", help="a MIDI knob -> the change heard, through JACK MIDI (needs a JACK server)")
     _add_model(bm)
     bm.add_argument("--changes", type=int, default=100, help="CC changes to send (100)")
@@ -349,7 +403,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _schema() -> dict[str, type]:
-    from musicgen_live.bridges.config import BridgesConfig, LinkConfig, MidiConfig, OscConfig, WebSocketConfig
+    from musicgen_live.bridges.config import (
+        BridgesConfig,
+        ClusterConfig,
+        LinkConfig,
+        MidiConfig,
+        OscConfig,
+        WebSocketConfig,
+    )
     from musicgen_live.engine.config import ModelConfig, SamplingConfig
     from musicgen_live.streamer.config import StreamConfig
 
@@ -362,6 +423,7 @@ def _schema() -> dict[str, type]:
         "bridges": BridgesConfig,
         "link": LinkConfig,
         "midi": MidiConfig,
+        "cluster": ClusterConfig,
     }
 
 
@@ -624,6 +686,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from musicgen_live.bridges.cluster_app import start_cluster
+
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    cluster = start_cluster(_cluster_spec(args), say)
+    t0 = last = time.monotonic()
+    try:
+        while not args.seconds or time.monotonic() - t0 < args.seconds:
+            time.sleep(0.2)
+            if args.status_every and time.monotonic() - last >= args.status_every:
+                last = time.monotonic()
+                say(cluster.status_line())
+    finally:
+        cluster.close()
+        say("cluster stopped")
+    return 0
+
+
+def cmd_bench_cluster(args: argparse.Namespace) -> int:
+    from musicgen_live.bridges.bench_cluster import format_cluster_bench, run_cluster_bench
+
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    spec = _cluster_spec(args)
+    print(format_cluster_bench(run_cluster_bench(spec, args.changes, args.most_clients, args.stage, args.kills, say)))
+    return 0
+
+
+def _cluster_spec(args: argparse.Namespace):  # -> ClusterSpec (Ray is imported only by the cluster commands)
+    from musicgen_live.bridges.cluster import ClusterSpec
+
+    _check_precision(args)
+    sec = args.sections
+    return ClusterSpec(
+        model=args.model,
+        device=args.device,
+        kernels=_kernels(args),
+        stream=sec["stream"],
+        sampling=sec["sampling"],
+        websocket=sec["websocket"],
+        bridges=sec["bridges"],
+        cluster=sec["cluster"],
+    )
+
+
 def cmd_bench_bridges(args: argparse.Namespace) -> int:
 
     from musicgen_live.bridges.bench_bridges import format_bridge_bench, run_bridge_bench
@@ -765,6 +871,8 @@ COMMANDS = {
     "bench": cmd_bench,
     "bench-codec": cmd_bench_codec,
     "serve": cmd_serve,
+    "cluster": cmd_cluster,
+    "bench-cluster": cmd_bench_cluster,
     "bench-stream": cmd_bench_stream,
     "bench-quantize": cmd_bench_quantize,
     "bench-midi": cmd_bench_midi,

@@ -102,3 +102,23 @@ class BridgesConfig:
         for d in self.audio_dirs:
             if not Path(d).expanduser().is_dir():
                 raise ValueError(f"audio_dirs: '{d}' is not a folder")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """`musicgen-live cluster`: sessions on engine replicas of a Ray Serve application."""
+
+    address: str = ""  # a running Ray cluster ("auto", "ray://host:10001"); "" = start Ray on this machine
+    replicas: Annotated[int, Meta(ge=1, le=1000)] = 1  # engine replicas at start (the least, with autoscaling)
+    max_replicas: Annotated[int, Meta(ge=0, le=1000)] = 0  # > replicas: Serve adds replicas as sessions fill them
+    sessions_per_replica: Annotated[int, Meta(ge=1, le=64)] = 4  # streams one engine steps in one batch
+    cpus_per_replica: Annotated[float, Meta(gt=0, le=1024)] = 1.0  # Ray CPUs (and torch threads) of a replica
+    gpus_per_replica: Annotated[float, Meta(ge=0, le=64)] = 0.0  # Ray GPUs of a replica (with --device cuda)
+    host: Text = "127.0.0.1"  # Serve's HTTP proxy: the WebSocket and the browser page
+    port: Port = 8000
+    save_every_s: Annotated[float, Meta(gt=0, le=60)] = 1.0  # recent codes kept this often (the restart point)
+    open_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0  # a session with no free slot by then is turned away
+
+    def check(self) -> None:
+        if self.max_replicas and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")

@@ -81,6 +81,27 @@ def audio_frame(first_sample: int, frames: np.ndarray, rate: int, codec: str) ->
     return HEADER.pack(MAGIC, 1, CODECS[codec], ch, 0, rate, first_sample, n) + pcm
 
 
+def join_audio_frames(frames: list[bytes]) -> list[bytes]:
+    """Consecutive audio frames that continue one another (same format, contiguous sample
+    indices) as one frame each run: fewer, larger messages for a hop that costs per message."""
+    out: list[bytes] = []
+    for frame in frames:
+        if out and _continues(out[-1], frame):
+            last = out[-1]
+            n = struct.unpack_from("<I", last, 20)[0] + struct.unpack_from("<I", frame, 20)[0]
+            out[-1] = last[:20] + struct.pack("<I", n) + last[HEADER.size :] + frame[HEADER.size :]
+        else:
+            out.append(frame)
+    return out
+
+
+def _continues(a: bytes, b: bytes) -> bool:
+    if len(a) < HEADER.size or len(b) < HEADER.size or a[:12] != b[:12] or a[:4] != MAGIC:
+        return False  # not both audio frames of one format (magic, version, codec, channels, rate)
+    first_a, n_a = struct.unpack_from("<QI", a, 12)
+    return struct.unpack_from("<Q", b, 12)[0] == first_a + n_a
+
+
 @dataclass(frozen=True)
 class UploadFormat:
     """What `input_audio.begin` announced for the binary frames that follow."""

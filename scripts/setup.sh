@@ -33,7 +33,7 @@ fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   echo "installing Python packages into .venv (torch is large: the first time takes a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e '.[dev,cluster]'
   # The reference for the melody (chroma) parity tests: transformers' MusicgenMelodyFeatureExtractor
   # builds its spectrogram with torchaudio, pure Python over torch.stft. torchaudio's wheels stop at
   # 2.11 and pin that torch, so its Python package goes in without its dependencies; musicgen-live
