@@ -66,7 +66,6 @@ STORE = "musicgen-live-sessions"
 RESTORED = ("cfg", "temperature", "top_k", "top_p", "seed", "gain", "context", "fade")  # quantize: no beat clock here
 PLACEMENT_S = 5.0  # a session placed this recently counts on its replica until the replica's stats list it
 PIPE_MESSAGES = 256  # messages a replica holds for the ingress before its client's audio is dropped
-GATHER_S = 0.04  # audio gathered this long into one message for the ingress (two frames of 20 ms)
 log = logging.getLogger("ray.serve")
 
 
@@ -182,18 +181,25 @@ class Pipe:
     """A client connection whose messages the ingress takes, a batch at a time. Bounded: when the
     ingress falls behind, sending waits, and the bridge drops its client's oldest audio. Each hop
     (replica -> ingress -> Serve's proxy -> client) costs per message, so a batch that starts with
-    audio waits `GATHER_S` for more, and contiguous audio frames go as one."""
+    audio waits a little for more (`[cluster] gather_ms`), and contiguous audio frames go as one."""
 
-    def __init__(self) -> None:
+    def __init__(self, gather_s: float) -> None:
         self.queue: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=PIPE_MESSAGES)
+        self.gather_s = gather_s
 
     async def send(self, message: str | bytes) -> None:
         await self.queue.put(message)
 
     async def take(self, most: int = 64) -> list[str | bytes]:
+        """The next batch: audio waits up to `gather_s` for more; a text message ends the wait."""
         out = [await self.queue.get()]
-        if isinstance(out[0], bytes):
-            await asyncio.sleep(GATHER_S)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + (self.gather_s if isinstance(out[0], bytes) else 0.0)
+        while len(out) < most and isinstance(out[-1], bytes) and (left := end - loop.time()) > 0:
+            try:
+                out.append(await asyncio.wait_for(self.queue.get(), left))
+            except TimeoutError:
+                break
         while len(out) < most and not self.queue.empty():
             out.append(self.queue.get_nowait())
         batch: list[str | bytes] = []
@@ -297,7 +303,7 @@ class Engine:
         await asyncio.to_thread(self.group.add, session)
         bridge = WebSocketBridge(session, Vocabulary(self.info, self.spec.bridges.audio_dirs), self.spec.websocket)
         bridge.loop = loop
-        pipe = Pipe()
+        pipe = Pipe(self.spec.cluster.gather_ms / 1000)
         hosted = Hosted(sid, session, bridge, await bridge.connect(pipe), pipe)
         self.hosted[sid] = hosted
 

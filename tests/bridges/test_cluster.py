@@ -58,7 +58,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         bridges=BridgesConfig(audio_dirs=[str(audio)]),
         cluster=ClusterConfig(replicas=2, sessions_per_replica=4, port=free_port(), save_every_s=0.5),
     )
-    ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
     try:
         running = start_cluster(spec, lambda _m: None)
         try:
