@@ -67,7 +67,12 @@ def _positive_int(text: str) -> int:
 
 
 def _nonneg_int(text: str) -> int:
-    value = _positive_int(text) if text.strip() not in ("0", "+0", "-0") else 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 

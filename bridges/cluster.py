@@ -15,7 +15,9 @@ One application, three parts:
   dies, the ingress opens the session on another replica from that state, as a continuation from
   its codes, and tells the client with a `warning`; its audio's sample index carries on.
 
-Ray is an optional dependency (`pip install 'musicgen-live[cluster]'`); only this module imports it.
+The Serve application that wires them (the FastAPI ingress, the deployments' settings, starting
+it) is `cluster_app`. Ray is an optional dependency (`pip install 'musicgen-live[cluster]'`); only
+these two modules import it.
 """
 
 from __future__ import annotations
@@ -350,11 +352,10 @@ class Engine:
         hosted.client.audio = bool(settings.get("audio", False))
         hosted.client.codec = settings.get("codec", "f32")
 
-    def _save_view(self, hosted: Hosted) -> None:
-        self.store.update.remote(
-            hosted.sid,
-            {"view": hosted.session.view(), "client": {"audio": hosted.client.audio, "codec": hosted.client.codec}},
-        )
+    def _save_view(self, hosted: Hosted, **more: Any) -> None:
+        """The session's view and its client's audio settings (and `more`) to the store."""
+        client = {"audio": hosted.client.audio, "codec": hosted.client.codec}
+        self.store.update.remote(hosted.sid, {"view": hosted.session.view(), "client": client, **more})
 
     async def _keep_codes(self, hosted: Hosted) -> None:
         """Every `save_every_s`: the codes a restart would continue from, and the view with them."""
@@ -366,14 +367,7 @@ class Engine:
             while not ticket.done.is_set() and time.monotonic() < end:
                 await asyncio.sleep(0.01)
             if ticket.result is not None:
-                self.store.update.remote(
-                    hosted.sid,
-                    {
-                        "codes": ticket.result["codes"],
-                        "view": hosted.session.view(),
-                        "client": {"audio": hosted.client.audio, "codec": hosted.client.codec},
-                    },
-                )
+                self._save_view(hosted, codes=ticket.result["codes"])
 
 
 def _prompts(view: dict[str, Any]) -> list[tuple[str, float]]:
