@@ -86,6 +86,24 @@ def test_the_browser_page_is_served_as_by_serve(cluster):
     assert urllib.request.urlopen(cluster.url + "client.js", timeout=30).status == 200
 
 
+def test_the_browser_instrument_plays_through_the_ingress(cluster):
+    """The page served by the ingress connects back to it (same origin), loads its session's state,
+    sends a fader's change, and plays the audio."""
+    from .browser import Browser
+
+    page = Browser()
+    try:
+        page.open(cluster.url)
+        page.wait_for("window.musicgenView && window.musicgenView.cfg === 3", timeout=60)
+        page.eval(
+            "(() => { const e = document.getElementById('cfg'); e.value = 6; e.dispatchEvent(new Event('change')); })()"
+        )
+        page.wait_for("window.musicgenView.cfg === 6")  # the server's state.changed, back on the page
+        page.wait_for("document.getElementById('status').textContent.match(/audio frames (\\d+)/)[1] > 25", timeout=60)
+    finally:
+        page.close()
+
+
 def test_bad_input_through_the_ingress_gets_serve_s_sentences(cluster):
     with client(cluster) as ws:
         for request, sentence in BAD:
