@@ -41,13 +41,14 @@ class ClusterBench:
     recoveries: list[tuple[float, float]]  # (longest silence at a client, restored after) seconds
 
 
-def engine_pids() -> list[int]:
-    """The processes of this machine's engine replicas (Ray names them in their command line)."""
+def replica_pids(deployment: str = "Engine") -> list[int]:
+    """The processes of this machine's replicas of `deployment` (Ray names them in their command line)."""
+    name = f"ServeReplica:musicgen-live:{deployment}".encode()
     pids = []
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"ServeReplica:musicgen-live:Engine" in f.read():
+                if name in f.read():
                     pids.append(int(entry))
         except (OSError, ValueError):
             continue
@@ -157,7 +158,7 @@ async def _recover(url: str, clients: int, say: Callable[[str], None]) -> list[t
 
     tasks = [asyncio.create_task(one(i)) for i in range(clients)]
     await asyncio.sleep(8.0)
-    pids = engine_pids()
+    pids = replica_pids()
     killed = time.perf_counter()
     os.kill(pids[0], signal.SIGKILL)
     say(f"killed replica process {pids[0]}")

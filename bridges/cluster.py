@@ -93,31 +93,44 @@ class ClusterSpec:
 # -- where Ray keeps each session's state ------------------------------------------------------------
 class SessionStore:
     """Each session's latest state: {"view": Session.view(), "client": {audio, codec}, "codes":
-    (K, frames) int16, "saved": wall-clock seconds}. Updates merge; the ingress drops a session
-    when its client leaves."""
+    (K, frames) int16, "saved": wall-clock seconds}. Updates merge. A live session is saved every
+    `save_every_s`; one not saved for `keep_s` (its client left, or its ingress died and the client
+    did not come back to resume it) is forgotten."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_s: float = 60.0) -> None:
         self.sessions: dict[str, dict[str, Any]] = {}
+        self.keep_s = keep_s
+        self._pruned = 0.0
 
     def update(self, sid: str, patch: dict[str, Any]) -> None:
         self.sessions.setdefault(sid, {}).update(patch, saved=time.time())
+        self._prune()
 
     def get(self, sid: str) -> dict[str, Any] | None:
+        self._prune()
         return self.sessions.get(sid)
 
-    def drop(self, sid: str) -> None:
-        self.sessions.pop(sid, None)
+    def count(self, within_s: float = 5.0) -> int:
+        """Sessions saved within the last `within_s` seconds (the live ones)."""
+        now = time.time()
+        return sum(1 for state in self.sessions.values() if now - state["saved"] < within_s)
 
-    def count(self) -> int:
-        return len(self.sessions)
+    def _prune(self) -> None:
+        now = time.time()
+        if now - self._pruned < 1.0:
+            return
+        self._pruned = now
+        for sid in [sid for sid, state in self.sessions.items() if now - state["saved"] > self.keep_s]:
+            del self.sessions[sid]
 
 
-def store() -> Any:
-    """The session store's actor handle (made on first use; it outlives any one replica)."""
+def store(keep_s: float = 60.0) -> Any:
+    """The session store's actor handle (made on first use, keeping sessions `keep_s` after their
+    last save; it outlives any one replica)."""
     return (
         ray.remote(SessionStore)
         .options(name=STORE, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0, max_restarts=-1)
-        .remote()
+        .remote(keep_s)
     )
 
 
@@ -247,7 +260,7 @@ class Engine:
         self.hosted: dict[str, Hosted] = {}
         self.opening: set[str] = set()  # sessions being opened (prefill) here
         self.info = model_summary(self.model)
-        self.store = store()
+        self.store = store(spec.cluster.resume_s)
         self.frame_ms = 1000.0 / self.model.spec.frame_rate
 
     def record_routing_stats(self) -> dict[str, Any]:
@@ -268,7 +281,11 @@ class Engine:
         """Open session `sid` (from `restore`, a stored state, when its replica was lost) and yield
         every message for its client until the ingress stops asking."""
 
-        if sid in self.hosted or sid in self.opening:
+        for _ in range(50):  # a resumed session's old stream may still be closing here
+            if sid not in self.hosted and sid not in self.opening:
+                break
+            await asyncio.sleep(0.1)
+        else:
             raise EngineError("this session is already open")
         self.opening.add(sid)  # reported to the router from now on
         try:
@@ -276,8 +293,6 @@ class Engine:
         finally:
             self.opening.discard(sid)
         try:
-            if restore is not None:
-                await self._restore(hosted, restore)
             self._save_view(hosted)
             keeper = asyncio.create_task(self._keep_codes(hosted))
             hosted.tasks.add(keeper)
@@ -303,10 +318,19 @@ class Engine:
         output = make_output("null", channels, stream.buffer_ms / 1000, stream.blocksize)
         session = Session(self.model, output, stream, self.spec.sampling, log=lambda m: log.info("%s: %s", sid[:8], m))
         await asyncio.to_thread(self.group.add, session)
-        bridge = WebSocketBridge(session, Vocabulary(self.info, self.spec.bridges.audio_dirs), self.spec.websocket)
-        bridge.loop = loop
-        pipe = Pipe(self.spec.cluster.gather_ms / 1000)
-        hosted = Hosted(sid, session, bridge, await bridge.connect(pipe), pipe)
+        try:
+            if restore is not None:  # before the client connects: session.created has the restored state
+                await self._restore(sid, session, restore)
+            bridge = WebSocketBridge(session, Vocabulary(self.info, self.spec.bridges.audio_dirs), self.spec.websocket)
+            bridge.loop = loop
+            pipe = Pipe(self.spec.cluster.gather_ms / 1000)
+            client = await bridge.connect(pipe)
+        except BaseException:
+            self.group.remove(session)
+            raise
+        settings = (restore or {}).get("client") or {}
+        client.audio, client.codec = bool(settings.get("audio", False)), settings.get("codec", "f32")
+        hosted = Hosted(sid, session, bridge, client, pipe)
         self.hosted[sid] = hosted
 
         def on_event(kind: str, _data: dict[str, Any]) -> None:  # on the generation thread
@@ -329,10 +353,10 @@ class Engine:
             raise EngineError("this session is not open on this replica")
         await hosted.bridge.receive(hosted.client, message)
 
-    async def _restore(self, hosted: Hosted, state: dict[str, Any]) -> None:
+    async def _restore(self, sid: str, s: Session, state: dict[str, Any]) -> None:
         """Bring the session to the stored state: prompts, controls, then the stored codes as a
         continuation; play once it is in (if it was playing)."""
-        s, view = hosted.session, state.get("view") or {}
+        view = state.get("view") or {}
         prompts = _prompts(view)
         tickets = []
         if len(prompts) > 1 or (prompts and prompts[0][1] != 1.0):
@@ -345,12 +369,9 @@ class Engine:
             tickets.append(s.submit(c.ContinueCodes(codes), source="restore"))
         for ticket in tickets:
             if not await asyncio.to_thread(ticket.wait, 60.0) or ticket.error:
-                log.warning("%s: restoring %s: %s", hosted.sid[:8], ticket.name, ticket.error or "timed out")
+                log.warning("%s: restoring %s: %s", sid[:8], ticket.name, ticket.error or "timed out")
         if view.get("state", "playing") == "playing":
             s.submit(c.Play(), source="restore")
-        settings = state.get("client") or {}
-        hosted.client.audio = bool(settings.get("audio", False))
-        hosted.client.codec = settings.get("codec", "f32")
 
     def _save_view(self, hosted: Hosted, **more: Any) -> None:
         """The session's view and its client's audio settings (and `more`) to the store."""
@@ -380,13 +401,14 @@ def _prompts(view: dict[str, Any]) -> list[tuple[str, float]]:
 
 class Relay:
     """One client's WebSocket and its session on some replica: messages both ways, and a restart
-    on another replica when that one is lost."""
+    on another replica when that one is lost. `resume`: the token of a session this client had
+    (`session.created`'s `resume`), to carry on with it after a lost connection or ingress."""
 
-    def __init__(self, websocket: Any, engine: Any, store_actor: Any, spec: ClusterSpec) -> None:
+    def __init__(self, websocket: Any, engine: Any, store_actor: Any, spec: ClusterSpec, resume: str = "") -> None:
         self.ws = websocket
-        self.sid = secrets.token_hex(16)
-        self.engine = engine.options(multiplexed_model_id=self.sid)
-        self.stream = engine.options(multiplexed_model_id=self.sid, stream=True)
+        self.resume = resume
+        self.handle = engine
+        self._bind(resume or secrets.token_hex(16))
         self.store = store_actor
         self.spec = spec
         self.ready = asyncio.Event()
@@ -394,6 +416,15 @@ class Relay:
         self.next_sample: int | None = None  # the sample index the client expects next
         self.offset = 0  # added to a restarted stream's sample indices so that they carry on
         self.restarts = 0
+        self.created = False  # the client was sent session.created
+        self.finished = asyncio.Event()  # run() is over
+        self.notice: str | None = None  # a warning for the client once its session is open
+
+    def _bind(self, sid: str) -> None:
+        """This connection's session: every request for it carries `sid` (the router's key)."""
+        self.sid = sid
+        self.engine = self.handle.options(multiplexed_model_id=sid)
+        self.stream = self.handle.options(multiplexed_model_id=sid, stream=True)
 
     async def run(self) -> None:
         pump = asyncio.create_task(self._pump())
@@ -413,8 +444,14 @@ class Relay:
                     break
                 await self._forward(data)
         finally:
-            pump.cancel()
-            self.store.drop.remote(self.sid)
+            pump.cancel()  # the session closes on its replica; the store keeps it for a while (resume)
+            self.finished.set()
+
+    async def stop(self) -> None:
+        """End this connection (its client came back on another) once its session has let go."""
+        self.closed.set()
+        await self._close()
+        await self.finished.wait()
 
     async def _forward(self, data: str | bytes) -> None:
         """To the session's replica, in order; across a restart, once the new replica has it."""
@@ -446,6 +483,11 @@ class Relay:
         restore: dict[str, Any] | None = None
         lost_at: float | None = None
         try:
+            if self.resume:
+                restore = await self.store.get.remote(self.sid)
+                if restore is None:  # said right after session.created
+                    self.notice = "no session to resume with that token (too old?): this is a new one"
+                    self._bind(secrets.token_hex(16))
             while True:
                 try:
                     await self._play(restore, lost_at)
@@ -475,11 +517,11 @@ class Relay:
     async def _play(self, restore: dict[str, Any] | None, lost_at: float | None) -> None:
         stream = (self.stream.play if restore is None else self.stream.resume).remote(self.sid, restore)
         try:
-            await self._relay(stream, restore is not None, lost_at)
+            await self._relay(stream, lost_at)
         finally:
             stream.cancel()  # the client left (or the replica did): the replica closes the session
 
-    async def _relay(self, stream: Any, restored: bool, lost_at: float | None) -> None:
+    async def _relay(self, stream: Any, lost_at: float | None) -> None:
         try:
             first = await asyncio.wait_for(stream.__anext__(), self.spec.cluster.open_timeout_s)
         except TimeoutError:
@@ -493,7 +535,10 @@ class Relay:
         batch: list[str | bytes] | None = first
         while batch is not None:
             for message in batch:
-                await self._to_client(message, restored)
+                await self._to_client(message)
+            if self.notice is not None:
+                await self._send_json({"type": "warning", "message": self.notice})
+                self.notice = None
             if lost_at is not None:
                 gap = time.monotonic() - lost_at
                 lost_at = None
@@ -511,13 +556,17 @@ class Relay:
             except StopAsyncIteration:
                 batch = None
 
-    async def _to_client(self, message: str | bytes, restored: bool) -> None:
+    async def _to_client(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
             await self.ws.send_bytes(self._renumber(message))
             return
-        if restored and message.startswith('{"type": "session.created"'):
-            created = json.loads(message)  # the client was told of its session once: now its state
-            message = json.dumps({"type": "state", "state": created["state"], "event_id": None})
+        if message.startswith('{"type": "session.created"'):
+            created = json.loads(message)
+            if self.created:  # the client was told of its session once: now its state
+                message = json.dumps({"type": "state", "state": created["state"], "event_id": None})
+            else:  # with the token that brings this session back on a new connection
+                self.created = True
+                message = json.dumps({**created, "resume": self.sid})
         await self.ws.send_text(message)
 
     def _renumber(self, frame: bytes) -> bytes:

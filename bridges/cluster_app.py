@@ -6,13 +6,17 @@ WebSocket) at run time, through Serve's wrappers, which do not see this module's
 """
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import parse_qs
 
 from .cluster import APP, NAMESPACE, STORE, ClusterSpec, Engine, Relay, SessionRouter, require_ray, store
 from .ws import Gate, static_file
+
+RESUME_TOKEN = re.compile("[0-9a-f]{32}")  # what session.created's `resume` looks like
 
 try:
     import ray
@@ -37,7 +41,7 @@ if ray is not None:
             self.engine = engine
             self.spec = spec
             self.gate = Gate(replace(spec.websocket, host=spec.cluster.host, port=spec.cluster.port))
-            self.store = store()
+            self.store = store(spec.cluster.resume_s)
             self.relays: set[Relay] = set()
 
         @web.get("/")
@@ -60,8 +64,13 @@ if ray is not None:
                 except RuntimeError:  # the server cannot send a denial: a plain close (HTTP 403)
                     await websocket.close(code=1008, reason=refused[1])
                 return
+            resume = parse_qs(websocket.url.query).get("resume", [""])[0]
+            if resume and not RESUME_TOKEN.fullmatch(resume):
+                resume = ""  # not a token we gave: a new session (the relay says so)
             await websocket.accept()
-            relay = Relay(websocket, self.engine, self.store, self.spec)
+            for old in [r for r in self.relays if resume and r.sid == resume]:
+                await old.stop()  # the same client again (its old connection not yet seen closed)
+            relay = Relay(websocket, self.engine, self.store, self.spec, resume)
             self.relays.add(relay)
             try:
                 await relay.run()

@@ -117,6 +117,7 @@ class ClusterConfig:
     host: Text = "127.0.0.1"  # Serve's HTTP proxy: the WebSocket and the browser page
     port: Port = 8000
     save_every_s: Annotated[float, Meta(gt=0, le=60)] = 1.0  # recent codes kept this often (the restart point)
+    resume_s: Annotated[float, Meta(gt=0, le=86_400)] = 60.0  # a left session can be resumed this long
     gather_ms: Annotated[float, Meta(ge=0, le=200)] = 40.0  # audio gathered into one message per hop (see README)
     open_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0  # a session with no free slot by then is turned away
 

@@ -3,7 +3,13 @@
 // an OSC surface agree; faders send while dragged (at most once a frame) and follow the server
 // otherwise. No build step, no CDN: this file is the whole client.
 const params = new URLSearchParams(location.search);
-const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/${params.get("token") ? "?token=" + encodeURIComponent(params.get("token")) : ""}`;
+let resume = ""; // a cluster's session token (session.created's resume): a reconnect carries on that session
+const wsUrl = () => {
+  const q = new URLSearchParams();
+  if (params.get("token")) q.set("token", params.get("token"));
+  if (resume) q.set("resume", resume);
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/${q.toString() ? "?" + q : ""}`;
+};
 const $ = (id) => document.getElementById(id);
 const st = { frames: 0, bytes: 0, bufferMs: 0, underflows: 0, lastLatency: null, updated: 0, rate: 32000, channels: 1, snap: null };
 const view = {}; // the server's state as last heard: what every client shows
@@ -131,13 +137,13 @@ function show() {
 }
 
 function connect() {
-  ws = new WebSocket(wsUrl); ws.binaryType = "arraybuffer";
+  ws = new WebSocket(wsUrl()); ws.binaryType = "arraybuffer";
   ws.onopen = () => { send({ type: "audio.subscribe", enabled: true, codec: "f32" }); };
   ws.onclose = () => { $("transport").textContent = "disconnected"; $("transport").className = ""; setTimeout(connect, 1000); };
   ws.onmessage = (e) => {
     if (typeof e.data !== "string") return onAudio(e.data);
     const m = JSON.parse(e.data);
-    if (m.type === "session.created") { if (m.controls) buildControls(m.controls); applyState(m.state); }
+    if (m.type === "session.created") { if (m.controls) buildControls(m.controls); applyState(m.state); resume = m.resume || ""; }
     if (m.type === "audio.subscribed") { st.rate = m.sample_rate; st.channels = m.channels; }
     if (m.type === "state") applyState(m.state);
     if (m.type === "state.changed") applyState(m.changes);

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 ray = pytest.importorskip("ray")
-from musicgen_live.bridges.bench_cluster import engine_pids  # noqa: E402
+from musicgen_live.bridges.bench_cluster import replica_pids  # noqa: E402
 from musicgen_live.bridges.cluster import NAMESPACE, ClusterSpec  # noqa: E402
 from musicgen_live.bridges.cluster_app import Cluster, start_cluster  # noqa: E402
 from musicgen_live.bridges.config import BridgesConfig, ClusterConfig, WebSocketConfig  # noqa: E402
@@ -175,7 +175,7 @@ def test_four_clients_play_on_through_the_loss_of_a_replica(cluster):
         while min(li.seconds for li in listeners) < 6 and time.monotonic() < deadline:
             assert not any(li.error for li in listeners), [li.error for li in listeners]
             time.sleep(0.2)
-        engines = engine_pids()
+        engines = replica_pids()
         assert len(engines) == 2, engines
         killed_at = time.monotonic()
         os.kill(engines[0], signal.SIGKILL)
@@ -196,6 +196,41 @@ def test_four_clients_play_on_through_the_loss_of_a_replica(cluster):
     lost = [li for li in listeners if any("restored" in w["message"] for w in li.warnings)]
     assert 1 <= len(lost) <= 3, [li.warnings for li in listeners]  # the killed replica's sessions, told so
     assert all(w["type"] == "warning" for li in listeners for w in li.warnings), [li.warnings for li in listeners]
+
+
+def test_a_client_comes_back_to_its_session_after_the_ingress_is_lost(cluster):
+    """The ingress holds every client's connection: when it dies they all drop. A client that
+    reconnects with its session's token (`?resume=`) carries on with the same prompt and settings,
+    continued from its codes; a token nobody has gets a new session and a sentence saying so."""
+    url = cluster.url.replace("http", "ws")
+    with connect(url, open_timeout=60) as ws:
+        token = json.loads(ws.recv(timeout=60))["resume"]
+        assert ws_answer(ws, ["prompt/fade", 0, "resumed", "groove"])["type"] == "session.updated"
+        assert ws_answer(ws, ["cfg", 8.5])["type"] == "session.updated"
+        time.sleep(1.5)  # its codes kept (save_every_s 0.5)
+        (ingress,) = replica_pids("Ingress")
+        os.kill(ingress, signal.SIGKILL)
+        with pytest.raises(Exception):  # noqa: B017 - the connection is gone, however it says so
+            while True:
+                ws.recv(timeout=30)
+    deadline = time.monotonic() + 90
+    while True:  # Serve starts a new ingress
+        try:
+            with connect(f"{url}?resume={token}", open_timeout=10) as ws:
+                created = json.loads(ws.recv(timeout=60))
+                assert created["type"] == "session.created" and created["resume"] == token
+                assert created["state"]["cfg"] == 8.5
+                assert created["state"]["prompts"] == [{"text": "resumed groove", "weight": 1.0}]
+                ws.send(json.dumps({"type": "audio.subscribe", "codec": "s16"}))
+                assert any(isinstance(ws.recv(timeout=30), bytes) for _ in range(200))  # and it plays
+            break
+        except (OSError, TimeoutError) as e:
+            assert time.monotonic() < deadline, e
+            time.sleep(1.0)
+    with connect(f"{url}?resume={'0' * 32}", open_timeout=30) as ws:
+        created = json.loads(ws.recv(timeout=60))
+        assert created["type"] == "session.created" and created["resume"] != "0" * 32
+        assert "no session to resume" in json.loads(ws.recv(timeout=30))["message"]
 
 
 def _answer(ws: ClientConnection, event_id: str) -> dict[str, Any]:
