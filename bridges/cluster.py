@@ -23,6 +23,7 @@ these two modules import it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -445,6 +446,8 @@ class Relay:
                 await self._forward(data)
         finally:
             pump.cancel()  # the session closes on its replica; the store keeps it for a while (resume)
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
             self.finished.set()
 
     async def stop(self) -> None:
