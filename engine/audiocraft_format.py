@@ -6,25 +6,30 @@ audiocraft (Meta's training code, where fine-tuned MusicGens come from) exports 
 - `compression_state_dict.bin`: either a pointer to a published codec ({'pretrained':
   'facebook/encodec_32khz'}) or an EnCodec of its own ({'xp.cfg', 'best_state'}).
 The text encoder is not in either file: the config names it ('t5-base') and audiocraft fetches it.
+A MusicGen-Style checkpoint adds a style conditioner (`engine.style`) to the LM's state dict and
+names MERT, which is not in the files either.
 
 Everything is renamed into the keys and config objects a transformers checkpoint has, so the rest of
 the engine reads one layout. Where the parts that are not in the files come from, in order:
 - the T5: a `text_encoder/` folder inside the checkpoint (`save_pretrained` of the T5 and its
   tokenizer), else the hub id its config names (`t5-base` is `google-t5/t5-base`);
 - a codec pointer: an `audio_encoder/` folder inside the checkpoint (`save_pretrained` of the
-  EnCodec), else the hub id it names.
+  EnCodec), else the hub id it names;
+- MERT (style checkpoints): a `mert/` folder inside the checkpoint, else `m-a-p/MERT-v1-95M`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import CheckpointError
+from .style import MERT_DIR, MERT_HUB_ID, Features, StyleSettings, load_features
 from .weightfiles import read_weights
 
 Progress = Callable[[str], None]
@@ -34,6 +39,7 @@ LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
 TEXT_ENCODER_DIR = "text_encoder"
 CODEC_DIR = "audio_encoder"
+_STYLE_PREFIX = "condition_provider.conditioners.self_wav."
 
 # audiocraft names the T5 by its old short id; these are the hub ids today
 _T5_HUB_IDS = {f"t5-{size}": f"google-t5/t5-{size}" for size in ("small", "base", "large", "3b", "11b")}
@@ -95,9 +101,29 @@ def is_audiocraft_directory(path: Path) -> bool:
     return (path / LM_FILE).is_file() and not (path / "config.json").is_file()
 
 
-def load_audiocraft_directory(path: Path, source: str, say: Progress) -> tuple[Any, Tensors, Any, bool]:
-    """Read an audiocraft checkpoint directory -> (transformers MusicgenConfig, tensors in the
-    transformers layout (weight norm not yet baked), tokenizer, whether it was trained with two-step CFG)."""
+@dataclass(frozen=True)
+class AudiocraftCheckpoint:
+    """What an audiocraft checkpoint directory holds, in the transformers layout where one exists."""
+
+    config: Any  # transformers MusicgenConfig
+    tensors: Tensors  # transformers keys, weight norm not yet baked
+    tokenizer: Any
+    two_step_cfg: bool  # trained to run guidance as two forwards
+    style: StyleParts | None  # MusicGen-Style: its style conditioner
+
+
+@dataclass(frozen=True)
+class StyleParts:
+    """A MusicGen-Style checkpoint's style conditioner: settings, weights (audiocraft's names
+    under `self_wav.`) and the feature extractor (MERT) it was trained on."""
+
+    settings: StyleSettings
+    tensors: Tensors
+    features: Features
+
+
+def load_audiocraft_directory(path: Path, source: str, say: Progress) -> AudiocraftCheckpoint:
+    """Read an audiocraft checkpoint directory (a text or a style checkpoint)."""
     from transformers import MusicgenConfig
 
     from .presets import quiet_transformers
@@ -109,7 +135,10 @@ def load_audiocraft_directory(path: Path, source: str, say: Progress) -> tuple[A
     _check_lm_config(cfg, source)
     lm = cfg["transformer_lm"]
     dim = int(lm["dim"])
-    tensors = lm_tensors(lm_pkg["best_state"], dim, source)
+    state = dict(lm_pkg["best_state"])
+    style_state = {k[len(_STYLE_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(_STYLE_PREFIX)}
+    style = _style(path, cfg, style_state, source, say)
+    tensors = lm_tensors(state, dim, source)
     t5_config, t5_tensors, tokenizer = _text_encoder(path, cfg["conditioners"]["description"]["t5"]["name"], say)
     proj = tensors.get("enc_to_dec_proj.weight")
     if proj is None or proj.shape[1] != t5_config.d_model:
@@ -125,7 +154,7 @@ def load_audiocraft_directory(path: Path, source: str, say: Progress) -> tuple[A
         audio_encoder=codec_config.to_dict(),
         decoder=_decoder_config(cfg).to_dict(),
     )
-    return config, tensors, tokenizer, bool(lm.get("two_step_cfg", False))
+    return AudiocraftCheckpoint(config, tensors, tokenizer, bool(lm.get("two_step_cfg", False)), style)
 
 
 # -- packages and configs ----------------------------------------------------------------------
@@ -175,14 +204,23 @@ def _check_lm_config(cfg: dict[str, Any], source: str) -> None:
     if _need(cfg, "lm_model", source) != "transformer_lm":
         raise CheckpointError(f"'{source}' is a '{cfg['lm_model']}' model; only MusicGen's transformer_lm runs here")
     conditioners = _need(cfg, "conditioners", source) or {}
-    if set(conditioners) != {"description"} or conditioners["description"].get("model") != "t5":
-        others = ", ".join(sorted(set(conditioners) - {"description"})) or "none"
+    if "description" not in conditioners or conditioners["description"].get("model") != "t5":
+        raise CheckpointError(f"'{source}' has no T5 text conditioner ('description'); only MusicGen's runs here")
+    others = set(conditioners) - {"description"}
+    style = others == {"self_wav"} and conditioners["self_wav"].get("model") == "style"
+    if others and not style:
         raise CheckpointError(
-            f"'{source}' is conditioned on more than text ({others}): audiocraft-format melody and style "
-            "checkpoints do not load yet (for MusicGen-Melody use the transformers layout, facebook/musicgen-melody)"
+            f"'{source}' is conditioned on more than text ({', '.join(sorted(others))}): of audiocraft-format "
+            "checkpoints, text and MusicGen-Style ones load (for MusicGen-Melody use the transformers layout, "
+            "facebook/musicgen-melody)"
         )
     fuser = _need(cfg, "fuser", source)
-    if list(fuser.get("cross", [])) != ["description"] or any(fuser.get(k) for k in ("sum", "prepend")):
+    if style:  # MusicGen-Style: style then text, both in front of the codes
+        if set(fuser.get("prepend") or []) != {"self_wav", "description"} or any(
+            fuser.get(k) for k in ("sum", "cross", "input_interpolate")
+        ):
+            raise CheckpointError(f"'{source}': a style model must prepend its style and text (its fuser is {fuser})")
+    elif list(fuser.get("cross", [])) != ["description"] or any(fuser.get(k) for k in ("sum", "prepend")):
         raise CheckpointError(f"'{source}': only text by cross-attention is supported (its fuser is {fuser})")
     if fuser.get("cross_attention_pos_emb"):
         raise CheckpointError(f"'{source}': positional embeddings on the cross-attention are not supported")
@@ -255,6 +293,23 @@ def lm_tensors(state: dict[str, torch.Tensor], dim: int, source: str) -> Tensors
         else:
             out[name] = value
     return out
+
+
+# -- the style conditioner (MusicGen-Style) -------------------------------------------------------
+
+
+def _style(path: Path, cfg: dict[str, Any], state: Tensors, source: str, say: Progress) -> StyleParts | None:
+    """The style conditioner of a MusicGen-Style checkpoint (None for a text one), its MERT from
+    `path/mert` or the hub."""
+    style_cfg = (cfg["conditioners"].get("self_wav") or {}).get("style")
+    if style_cfg is None:
+        if state:
+            raise CheckpointError(f"'{source}' has style conditioner weights but no style conditioner in its config")
+        return None
+    settings = StyleSettings.from_audiocraft(style_cfg, source)
+    where = _locate(path, MERT_DIR, MERT_HUB_ID, "its style feature extractor (MERT)", say, code=True)
+    say(f"loading style features from {where}")
+    return StyleParts(settings, state, load_features(str(where), source))
 
 
 # -- the text encoder ----------------------------------------------------------------------------
@@ -367,16 +422,18 @@ def _encodec_config(cfg: dict[str, Any], source: str) -> Any:
 # -- parts that live elsewhere -------------------------------------------------------------------
 
 
-def _locate(path: Path, folder: str, repo_id: str, what: str, say: Progress) -> Path:
-    """`path/folder` when the user put the part there, else `repo_id` from the hub (or its cache)."""
+def _locate(path: Path, folder: str, repo_id: str, what: str, say: Progress, code: bool = False) -> Path:
+    """`path/folder` when the user put the part there, else `repo_id` from the hub (or its cache);
+    `code`: the part comes with its own modelling code (*.py), as MERT does."""
     local = path / folder
     if local.is_dir():
         return local
     say(f"fetching {what} '{repo_id}' from the Hugging Face hub (or the local cache)")
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"] + (["*.py", "*.bin"] if code else [])
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:
         raise CheckpointError(
             f"an audiocraft checkpoint does not include {what}, and '{repo_id}' could not be fetched "

@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from .audiocraft_format import CODEC_FILE, LM_FILE, is_audiocraft_directory, load_audiocraft_directory
+from .audiocraft_format import CODEC_FILE, LM_FILE, StyleParts, is_audiocraft_directory, load_audiocraft_directory
 from .errors import CheckpointError
 from .presets import BUILT_IN_MODELS, arch_for, quiet_transformers, random_hf_model, random_tokenizer
 from .spec import ModelSpec, spec_from_hf_config
+from .style import FEATURE_RATE
 from .weightfiles import read_weights
 
 Progress = Callable[[str], None]
@@ -49,6 +50,18 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]  # full state dict, weight norm already baked
     tokenizer: Any
     two_step_cfg: bool = False  # trained to run guidance as two forwards (an audiocraft setting)
+    style: StyleParts | None = None  # MusicGen-Style: its style conditioner (audiocraft format)
+
+
+def style_frames(style: StyleParts | None) -> int:
+    """Style frames in a MusicGen-Style prefix (0 without style): MERT run once on a silent excerpt."""
+    if style is None:
+        return 0
+    import julius
+
+    s = style.settings
+    wav = julius.resample_frac(torch.zeros(1, s.excerpt_samples), s.sample_rate, FEATURE_RATE)
+    return -(-int(style.features(wav).shape[1]) // s.ds_factor)
 
 
 def load_checkpoint(source: str, progress: Progress | None = stderr_progress) -> Checkpoint:
@@ -81,13 +94,13 @@ def from_hf_model(model: Any, tokenizer: Any, source: str) -> Checkpoint:
 
 def _load_directory(path: Path, source: str, say: Progress) -> Checkpoint:
     if is_audiocraft_directory(path):
-        hf_config, raw_tensors, tokenizer, two_step = load_audiocraft_directory(path, source, say)
-        spec = spec_from_hf_config(hf_config)
+        ac = load_audiocraft_directory(path, source, say)
+        spec = spec_from_hf_config(ac.config)
         # audiocraft always projects the text (transformers drops the projection when widths match)
-        spec = replace(spec, lm=replace(spec.lm, has_enc_to_dec_proj=True))
-        tensors = bake_weight_norm(raw_tensors)
+        spec = replace(spec, lm=replace(spec.lm, has_enc_to_dec_proj=True, style_frames=style_frames(ac.style)))
+        tensors = bake_weight_norm(ac.tensors)
         _check_tensors(tensors, spec, source)
-        return Checkpoint(source, spec, hf_config, tensors, tokenizer, two_step_cfg=two_step)
+        return Checkpoint(source, spec, ac.config, tensors, ac.tokenizer, two_step_cfg=ac.two_step_cfg, style=ac.style)
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(

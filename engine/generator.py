@@ -44,7 +44,7 @@ from .conditioning import Condition
 from .errors import ContextError
 from .lm import CrossKV, KVCache, PrefixKV, Segment
 from .model import MusicGen
-from .sampling import SamplingParams, sample
+from .sampling import SamplingParams, guide, guide_double, sample
 
 MIN_CHUNK = 2  # columns a preparation feeds per step at least (a slide must gain on the live window)
 MAX_SLIDE_CHUNK = 16  # start raises a slide's columns a step up to this before it refuses a context
@@ -162,6 +162,7 @@ class StreamState:
     slides: int = 0
     prefix: PrefixKV | None = None  # a melody stream's conditioning: what the next window is prefilled with
     prefix_slots: int = 0  # cache slots before column 0 that a prefix may take
+    style_row: bool = False  # the batch has a style-alone row before the unconditional one (MusicGen-Style)
 
 
 class Generator:
@@ -219,10 +220,11 @@ class Generator:
             )
         context = min(context_frames if context_frames is not None else cap // 2, cap)
         guided = (self.params.cfg != 1.0) if guided is None else guided
-        batch = max(max_prompts, len(rows)) + (1 if guided else 0)
         K = m.spec.lm.num_codebooks
         columns = pat.columns_for_frames(cap)
         prefix = self._prefix_for(rows, columns, guided)
+        style_row = prefix is not None and prefix.states.shape[0] == 3
+        batch = max(max_prompts, len(rows)) + (1 if guided else 0) + (1 if style_row else 0)
         lead = 0 if prefix is None else prefix.length
         chunk = max(MIN_CHUNK, slide_chunk)
         if total_frames is None:
@@ -237,7 +239,8 @@ class Generator:
         buffer = cap if total_frames is not None else 2 * cap
         # A melody prefix takes the first slots; a live stream keeps room for a longer one (a new
         # prompt's text) up to the model's positions.
-        room = lead if total_frames is not None else max(lead, m.spec.lm.chroma_length + PREFIX_TEXT_ROOM)
+        audio_room = m.spec.lm.chroma_length + m.spec.lm.style_frames
+        room = lead if total_frames is not None else max(lead, audio_room + PREFIX_TEXT_ROOM)
         prefix_slots = 0 if prefix is None else min(room, m.spec.lm.max_positions - columns)
         slots = columns + prefix_slots
         self.state = st = StreamState(
@@ -248,6 +251,7 @@ class Generator:
             protected=P,
             total_frames=total_frames,
             guided=guided,
+            style_row=style_row,
             generator=torch.Generator().manual_seed(self.seed),
             decoder=m.codec.new_stream(batch=m.audio_channels),
             context_frames=context,
@@ -322,6 +326,8 @@ class Generator:
         params = params.validated()
         if not st.guided and params.cfg != 1.0:
             raise ContextError("this stream was started without guidance; cfg must stay 1")
+        if params.cfg_beta is not None and not st.style_row:
+            raise ContextError("cfg_beta (double guidance) needs a MusicGen-Style stream with a style-alone row")
         self.params = params
 
     def set_continue_chunk(self, columns: int) -> None:
@@ -371,7 +377,7 @@ class Generator:
                 f"at most {self._max_rows()} prompts can sound at once (a fade needs old and new together)"
             )
         source = max(range(len(st.rows)), key=lambda i: st.rows[i].weight)
-        order = kept + [source] * len(new) + ([len(st.rows)] if st.guided else [])
+        order = kept + [source] * len(new) + self._tail_rows()
         self._rearrange(order)
         rows = [st.rows[i] for i in kept] + [PromptRow(target[t][0], 0.0) for t in new]
         end = [target[r.condition.text][1] if r.condition.text in target else 0.0 for r in rows]
@@ -397,7 +403,7 @@ class Generator:
         st = self._require()
         if st.prefix is None:
             raise ContextError("only a melody checkpoint's stream takes a melody condition")
-        prefix = self._checked_prefix(condition, st.window.columns, st.guided, slots=st.window.cache.capacity)
+        prefix = self._checked_prefix(condition, st.window.columns, st.guided, st.style_row, st.window.cache.capacity)
         st.prefix = prefix
         # a longer prefix (more text) takes longer to prefill: keep only the context that still slides
         st.context_frames = min(st.context_frames, self._fit_context(st.window.columns, st.chunk, prefix.length))
@@ -599,11 +605,17 @@ class Generator:
 
     def _max_rows(self) -> int:
         st = self._require()
-        return st.window.cache.batch - (1 if st.guided else 0)
+        return st.window.cache.batch - len(self._tail_rows(0))
 
     def _n_rows(self) -> int:
+        return len(self._require().rows) + len(self._tail_rows(0))
+
+    def _tail_rows(self, first: int | None = None) -> list[int]:
+        """The rows after the prompts' (style-alone, unconditional), numbered from `first`
+        (default: right after the prompts)."""
         st = self._require()
-        return len(st.rows) + (1 if st.guided else 0)
+        start = len(st.rows) if first is None else first
+        return list(range(start, start + (1 if st.style_row else 0) + (1 if st.guided else 0)))
 
     def _crosses(self) -> list[CrossKV]:
         """The rows' cross-attention K/V (none for a melody stream: its prefix conditions it)."""
@@ -617,16 +629,21 @@ class Generator:
             return None
         if len(rows) != 1:
             raise ContextError("a melody checkpoint plays one melody condition (engine.melody) at a time")
-        return self._checked_prefix(rows[0].condition, columns, guided)
+        prefix = rows[0].condition.prefix
+        style_row = guided and prefix is not None and prefix.shape[0] == 3
+        return self._checked_prefix(rows[0].condition, columns, guided, style_row)
 
-    def _checked_prefix(self, condition: Condition, columns: int, guided: bool, slots: int | None = None) -> PrefixKV:
-        """`condition`'s prefix, if it fits a window of `columns` (and `slots` cache slots)."""
+    def _checked_prefix(
+        self, condition: Condition, columns: int, guided: bool, style_row: bool, slots: int | None = None
+    ) -> PrefixKV:
+        """`condition`'s prefix, if it fits a window of `columns` (and `slots` cache slots) and has
+        the rows the stream runs (prompt, then style-alone and unconditional ones as it has them)."""
         spec = self.model.spec.lm
         prefix = condition.prefix
         if prefix is None:
-            raise ContextError("a melody checkpoint plays a melody condition (engine.melody), not a text one")
-        if prefix.shape[0] != (2 if guided else 1):
-            raise ContextError("the melody condition was built for a different guidance setting")
+            raise ContextError("a melody or style checkpoint plays a prefix condition (engine.melody, engine.style)")
+        if prefix.shape[0] != 1 + (1 if guided else 0) + (1 if style_row else 0):
+            raise ContextError("the prefix condition was built for a different guidance setting")
         limit = spec.max_positions if slots is None else min(slots, spec.max_positions)
         if prefix.shape[1] + columns > limit:
             raise ContextError(
@@ -888,7 +905,7 @@ class Generator:
         keep = [i for i, r in enumerate(st.rows) if r.weight > 0]
         if len(keep) == len(st.rows):
             return
-        self._rearrange(keep + ([len(st.rows)] if st.guided else []))
+        self._rearrange(keep + self._tail_rows())
         st.rows = [st.rows[i] for i in keep]
 
     # -- internals: sampling and decoding ------------------------------------------------------
@@ -900,7 +917,12 @@ class Generator:
             if n == 1 and st.rows[0].weight == 1.0:
                 return logits[0]
             return functools.reduce(operator.add, (r.weight * logits[i] for i, r in enumerate(st.rows)))
-        u = logits[n]
+        u = logits[n + len(self._tail_rows(0)) - 1]
+        if st.style_row:  # MusicGen-Style (one prompt row): double guidance, or plain without cfg_beta
+            beta = self.params.cfg_beta
+            if beta is None:
+                return guide(logits[0], u, self.params.cfg)
+            return guide_double(logits[0], logits[n], u, self.params.cfg, beta)
         if n == 1:
             d = logits[0] - u if st.rows[0].weight == 1.0 else (logits[0] - u) * st.rows[0].weight
         else:

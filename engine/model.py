@@ -21,6 +21,7 @@ from .melody import ChromaExtractor, ChromaSettings, prefix_states_steps
 from .pattern import DelayPattern
 from .pieces import run
 from .spec import ModelSpec
+from .style import StyleConditioner, style_prefix_steps
 
 # how guidance runs the conditional and unconditional rows: `batched` in one forward (transformers'
 # way, the fastest), `two-step` in two (audiocraft's `two_step_cfg`), `auto` as the checkpoint says
@@ -57,7 +58,9 @@ class MusicGen:
         }
         two_step = guidance == "two-step" or (guidance == "auto" and ckpt.two_step_cfg)
         if two_step and self.spec.lm.prefix_conditioned:
-            raise CheckpointError("two-step guidance runs on text (cross-attention) checkpoints, not melody ones")
+            raise CheckpointError(
+                "two-step guidance runs on text (cross-attention) checkpoints, not melody or style ones"
+            )
         self.guidance = "two-step" if two_step else "batched"
         self.lm = LanguageModel(
             self.spec.lm,
@@ -73,9 +76,12 @@ class MusicGen:
         self.conditioner = TextConditioner(ckpt.tokenizer, _build_t5(ckpt), self.lm)
         self.pattern = DelayPattern(self.spec.lm.delays, self.spec.lm.special_token)
         self.chroma: ChromaExtractor | None = None  # melody checkpoints: audio -> one-hot chroma
-        if self.spec.lm.prefix_conditioned:
+        if self.spec.lm.num_chroma:
             source = Path(ckpt.source).expanduser()
             self.chroma = ChromaExtractor(ChromaSettings.from_directory(source) if source.is_dir() else None)
+        self.style: StyleConditioner | None = None  # MusicGen-Style: audio -> style states
+        if ckpt.style is not None:
+            self.style = StyleConditioner(ckpt.style.settings, ckpt.style.tensors, ckpt.style.features, ckpt.source)
 
     @classmethod
     def load(
@@ -138,6 +144,37 @@ class MusicGen:
             )
         states = yield from prefix_states_steps(self.lm, self.conditioner, prompt, chroma, guided)
         return Condition(text=prompt or "", cross=None, tokens=states.shape[1], prefix=states)
+
+    def style_states(self, audio: torch.Tensor) -> torch.Tensor:
+        """A MusicGen-Style checkpoint's style of `audio` (channels, samples) at the model's rate
+        (its middle `excerpt_s` seconds) -> (1, frames, hidden)."""
+        return self._style().__call__(audio)
+
+    def style_condition(
+        self, prompt: str | None, audio: torch.Tensor | None, guided: bool, double: bool = True
+    ) -> Condition:
+        """A MusicGen-Style checkpoint's condition: text `prompt` (None: none) and the style of
+        `audio` (None: no style). `double`: with guidance, also a style-alone row, so that
+        `cfg_beta` (double guidance) can be used."""
+        states = None if audio is None else self.style_states(audio)
+        return run(self.style_condition_steps(prompt, states, guided, double))
+
+    def style_condition_steps(
+        self, prompt: str | None, states: torch.Tensor | None, guided: bool, double: bool = True
+    ) -> Generator[None, None, Condition]:
+        """`style_condition` from style `states` computed already (`style_states`), a T5 block per
+        piece (a live stream runs it between steps)."""
+        self._style()
+        rows = 1 if not guided else 3 if double else 2
+        prefix = yield from style_prefix_steps(self.lm, self.conditioner, prompt, states, rows)
+        return Condition(text=prompt or "", cross=None, tokens=prefix.shape[1], prefix=prefix)
+
+    def _style(self) -> StyleConditioner:
+        if self.style is None:
+            raise ContextError(
+                f"'{self.source}' has no style conditioning (a MusicGen-Style checkpoint has; this one does not)"
+            )
+        return self.style
 
     @property
     def max_columns(self) -> int:
@@ -202,6 +239,7 @@ def model_summary(model: MusicGen) -> dict[str, Any]:
         "frame_rate": s.codec.frame_rate,
         "max_frames": model.max_frames,
         "melody": model.melody,
+        "style": model.style is not None,
         "precision": "float32 (exact)" if model.lm.exact else model.lm.precision,
         "guidance": model.guidance,
     }

@@ -23,6 +23,7 @@ class SamplingParams:
     top_k: int = 250  # 0 = off
     top_p: float = 0.0  # 0 = off
     cfg: float = 3.0
+    cfg_beta: float | None = None  # MusicGen-Style's second coefficient (double guidance); None = off
 
     def validated(self) -> SamplingParams:
         if not self.temperature > 0:
@@ -33,12 +34,22 @@ class SamplingParams:
             raise ValueError(f"top_p must be within 0..1, got {self.top_p}")
         if not self.cfg >= 0:
             raise ValueError(f"cfg must be >= 0, got {self.cfg}")
+        if self.cfg_beta is not None and not self.cfg_beta >= 0:
+            raise ValueError(f"cfg_beta must be >= 0, got {self.cfg_beta}")
         return self
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, cfg: float) -> torch.Tensor:
     """Classifier-free guidance, in the reference's exact op order."""
     return uncond + (cond - uncond) * cfg
+
+
+def guide_double(
+    both: torch.Tensor, style: torch.Tensor, uncond: torch.Tensor, cfg: float, beta: float
+) -> torch.Tensor:
+    """MusicGen-Style's double guidance, in audiocraft's op order: z_u + cfg * (z_s + beta *
+    (z_ts - z_s) - z_u), `both` the text-and-style row, `style` the style-alone one."""
+    return uncond + cfg * (style + beta * (both - style) - uncond)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:

@@ -33,11 +33,13 @@ class LMSpec:
     num_chroma: int = 0
     chroma_length: int = 0  # chroma frames in the prefix (a shorter melody repeats to fill it)
     has_audio_proj: bool = False  # `audio_enc_to_dec_proj` (num_chroma -> hidden)
+    # MusicGen-Style: style frames (`engine.style`), then projected text, are the prefix instead
+    style_frames: int = 0
 
     @property
     def prefix_conditioned(self) -> bool:
-        """Whether conditioning is a prefix of the sequence (melody checkpoints)."""
-        return self.num_chroma > 0
+        """Whether conditioning is a prefix of the sequence (melody and style checkpoints)."""
+        return self.num_chroma > 0 or self.style_frames > 0
 
     @property
     def head_dim(self) -> int:

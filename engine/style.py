@@ -1,0 +1,306 @@
+"""Style conditioning (MusicGen-Style): a few seconds of audio -> a short prefix of the decoder.
+
+MusicGen-Style is conditioned on the *style* of an excerpt as well as on text. audiocraft's
+`StyleConditioner` turns the excerpt into a handful of vectors through a bottleneck that keeps
+style and drops the notes:
+1. the excerpt (`excerpt_s` seconds, mono, at the model's rate) is resampled to 24 kHz (julius,
+   as audiocraft's `convert_audio`) and fed to MERT, a self-supervised music encoder
+   (75 feature frames a second, 768 wide);
+2. a linear map to the conditioner's width, a small non-causal transformer (pre-norm, GELU, no
+   biases, sinusoidal positions), a batch norm with its running statistics;
+3. a residual vector quantizer of `eval_q` codebooks (nearest codeword, Euclidean) - the bottleneck;
+4. every `ds_factor`-th frame is kept (75 / 15 = 5 vectors a second) and projected to the decoder's
+   width by the conditioner's `output_proj`.
+The result is put in front of the text states as the decoder's prefix (no cross-attention), as the
+chroma of a melody checkpoint is (`engine.melody`).
+
+audiocraft picks the excerpt at a random offset; a live instrument should not be random, so the
+middle of the given audio is used (audiocraft's own `use_middle_of_segment`). With audio exactly
+`excerpt_s` long both agree.
+
+Guidance: MusicGen-Style's *double* CFG runs three rows - text and style, style alone, neither -
+and mixes them as z = z_u + cfg * (z_s + beta * (z_ts - z_s) - z_u) (`engine.sampling.guide_double`).
+
+MERT is not in the checkpoint's files: audiocraft loads `m-a-p/MERT-v1-95M` from the hub with its
+own modelling code (`trust_remote_code`). `mert/` inside the checkpoint (a `save_pretrained` copy)
+is used first; any transformers model whose output has `last_hidden_state` 768 wide at 75 frames a
+second stands in (the tests use a small random HuBERT, the architecture MERT extends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .conditioning import TextConditioner
+from .errors import AudioInputError, CheckpointError
+from .lm import LanguageModel
+from .pieces import run
+
+FEATURE_RATE = 24000  # Hz: MERT's input rate
+FEATURE_HZ = 75  # MERT frames a second
+FEATURE_WIDTH = 768  # MERT's output width (audiocraft hard-codes it too)
+MERT_HUB_ID = "m-a-p/MERT-v1-95M"
+MERT_DIR = "mert"
+LN_EPS = 1e-5
+BN_EPS = 1e-5
+
+# audiocraft's transformer sizes by name: (width, heads, layers)
+TRANSFORMER_SCALES: dict[str, tuple[int, int, int]] = {
+    "xsmall": (256, 8, 4),
+    "default": (512, 8, 8),
+    "large": (1024, 16, 24),
+    "none": (512, 0, 0),
+}
+
+Features = Callable[[torch.Tensor], torch.Tensor]  # (rows, samples at FEATURE_RATE) -> (rows, frames, 768)
+
+
+@dataclass(frozen=True)
+class StyleSettings:
+    """The conditioner's settings (audiocraft's `conditioners.self_wav.style` config)."""
+
+    width: int = 512  # the conditioner's internal width
+    heads: int = 8
+    layers: int = 8
+    ds_factor: int = 15  # keep every ds_factor-th feature frame
+    eval_q: int = 3  # RVQ codebooks used at inference
+    excerpt_s: float = 3.0  # seconds of audio the style is taken from
+    batch_norm: bool = True
+    sample_rate: int = 32000  # the rate audio arrives at (the model's)
+
+    @property
+    def excerpt_samples(self) -> int:
+        return int(self.excerpt_s * self.sample_rate)
+
+    @property
+    def downsampling(self) -> float:
+        """Input samples per style frame (audiocraft's `_downsampling_factor`)."""
+        return self.sample_rate / FEATURE_HZ * self.ds_factor
+
+    @classmethod
+    def from_audiocraft(cls, style: dict[str, Any], source: str) -> StyleSettings:
+        """Read audiocraft's style conditioner config; refuse what we do not run, by name."""
+        if style.get("model_name", "mert") != "mert":
+            raise CheckpointError(
+                f"'{source}': its style conditioner takes '{style.get('model_name')}' features; only MERT ones run here"
+            )
+        scale = str(style.get("transformer_scale", "default"))
+        if scale not in TRANSFORMER_SCALES:
+            raise CheckpointError(f"'{source}': unknown style transformer scale '{scale}'")
+        width, heads, layers = TRANSFORMER_SCALES[scale]
+        eval_q = int(style.get("eval_q", 3))
+        if int(style.get("n_q_out", 6)) <= 0:
+            raise CheckpointError(f"'{source}': a style conditioner without its quantizer (n_q_out 0) is not supported")
+        return cls(
+            width=width,
+            heads=heads,
+            layers=layers,
+            ds_factor=int(style.get("ds_factor", 15)),
+            eval_q=eval_q,
+            excerpt_s=float(style.get("length", 3.0)),
+            batch_norm=bool(style.get("batch_norm", True)),
+            sample_rate=int(style.get("sample_rate", 32000)),
+        )
+
+
+@dataclass(frozen=True)
+class _Layer:
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    qkv: torch.Tensor  # (3 * width, width)
+    o: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    fc1: torch.Tensor
+    fc2: torch.Tensor
+
+
+class StyleConditioner:
+    """Audio -> style states (1, frames, decoder width), as audiocraft's `StyleConditioner` in eval."""
+
+    def __init__(
+        self, settings: StyleSettings, tensors: dict[str, torch.Tensor], features: Features, source: str = "model"
+    ) -> None:
+        """`tensors`: the conditioner's weights under audiocraft's names without the
+        `condition_provider.conditioners.self_wav.` prefix; `features`: MERT (or a stand-in)."""
+        self.settings = s = settings
+        self.features = features
+
+        def need(key: str) -> torch.Tensor:
+            if key not in tensors:
+                raise CheckpointError(f"'{source}': its style conditioner lacks '{key}'")
+            return tensors[key].float()
+
+        self.embed_w, self.embed_b = need("embed.weight"), need("embed.bias")
+        if self.embed_w.shape != (s.width, FEATURE_WIDTH):
+            raise CheckpointError(
+                f"'{source}': the style conditioner's input map is {tuple(self.embed_w.shape)}, "
+                f"not ({s.width}, {FEATURE_WIDTH})"
+            )
+        self.layers = [
+            _Layer(
+                ln1_w=need(f"transformer.layers.{i}.norm1.weight"),
+                ln1_b=need(f"transformer.layers.{i}.norm1.bias"),
+                qkv=need(f"transformer.layers.{i}.self_attn.in_proj_weight"),
+                o=need(f"transformer.layers.{i}.self_attn.out_proj.weight"),
+                ln2_w=need(f"transformer.layers.{i}.norm2.weight"),
+                ln2_b=need(f"transformer.layers.{i}.norm2.bias"),
+                fc1=need(f"transformer.layers.{i}.linear1.weight"),
+                fc2=need(f"transformer.layers.{i}.linear2.weight"),
+            )
+            for i in range(s.layers)
+        ]
+        self.bn_mean = need("batch_norm.running_mean") if s.batch_norm else None
+        self.bn_var = need("batch_norm.running_var") if s.batch_norm else None
+        self.codebooks = [need(f"rvq.vq.layers.{q}._codebook.embed") for q in range(s.eval_q)]
+        self.out_w, self.out_b = need("output_proj.weight"), need("output_proj.bias")
+
+    @property
+    def width(self) -> int:
+        """The decoder width the style states come out at."""
+        return int(self.out_w.shape[0])
+
+    def frames(self, feature_frames: int) -> int:
+        """Style frames for `feature_frames` MERT frames (every ds_factor-th is kept)."""
+        return -(-feature_frames // self.settings.ds_factor)
+
+    def excerpt(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio (samples,) or (channels, samples) at the model's rate -> the mono excerpt
+        (excerpt_samples,) from its middle. Refuses audio shorter than the excerpt."""
+        s = self.settings
+        wav = audio.float()
+        if wav.dim() == 2:
+            wav = wav.mean(dim=0)
+        if wav.dim() != 1:
+            raise AudioInputError("style audio must be a (samples,) or (channels, samples) signal")
+        need = s.excerpt_samples
+        if wav.shape[0] < need:
+            raise AudioInputError(
+                f"style needs at least {s.excerpt_s:g} s of audio; got {wav.shape[0] / s.sample_rate:.2f} s"
+            )
+        start = (wav.shape[0] - need) // 2
+        return wav[start : start + need]
+
+    @torch.no_grad()
+    def __call__(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio -> style states (1, frames, decoder width); the excerpt is its middle."""
+        return run(self.states_steps(audio))
+
+    def states_steps(self, audio: torch.Tensor) -> Generator[None, None, torch.Tensor]:
+        """`__call__`, yielding after the features and after every transformer layer (a live
+        stream runs it a piece per step). Does no work before its first yield."""
+        import julius
+
+        yield
+        s = self.settings
+        with torch.no_grad():
+            wav = julius.resample_frac(self.excerpt(audio)[None], s.sample_rate, FEATURE_RATE)
+            feats = self.features(wav)  # (1, frames, 768)
+            x = F.linear(feats.float(), self.embed_w, self.embed_b)
+        yield
+        if self.layers:
+            x = x + _sin_positions(x.shape[1], s.width)
+        for layer in self.layers:
+            with torch.no_grad():
+                x = self._layer(x, layer)
+            yield
+        with torch.no_grad():
+            if self.bn_mean is not None and self.bn_var is not None:
+                t = x.transpose(1, 2)
+                t = F.batch_norm(t, self.bn_mean, self.bn_var, None, None, False, 0.0, BN_EPS)
+                x = t.transpose(1, 2)
+            x = self._quantize(x)[:, :: s.ds_factor]
+            return F.linear(x, self.out_w, self.out_b)
+
+    def _layer(self, x: torch.Tensor, w: _Layer) -> torch.Tensor:
+        """One pre-norm layer of audiocraft's StreamingTransformer (non-causal, no biases)."""
+        s = self.settings
+        B, T, D = x.shape
+        h = F.layer_norm(x, (D,), w.ln1_w, w.ln1_b, LN_EPS)
+        packed = F.linear(h, w.qkv).view(B, T, 3, s.heads, D // s.heads).permute(0, 3, 2, 1, 4)
+        q, k, v = packed.unbind(dim=2)  # (B, heads, T, head_dim), strided as audiocraft's
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, D)
+        x = x + F.linear(a, w.o)
+        h = F.layer_norm(x, (D,), w.ln2_w, w.ln2_b, LN_EPS)
+        return x + F.linear(F.gelu(F.linear(h, w.fc1)), w.fc2)
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual quantizer in eval: each codebook's nearest codeword of what is left."""
+        B, T, D = x.shape
+        residual = x.reshape(B * T, D)
+        out: torch.Tensor | float = 0.0
+        for book in self.codebooks:
+            embed = book.t()
+            dist = -(residual.pow(2).sum(1, keepdim=True) - 2 * residual @ embed + embed.pow(2).sum(0, keepdim=True))
+            q = F.embedding(dist.max(dim=-1).indices, book)
+            residual = residual - q
+            out = out + q
+        assert isinstance(out, torch.Tensor)
+        return out.view(B, T, D)
+
+
+def _sin_positions(length: int, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """audiocraft's `create_sin_embedding` for positions 0..length-1: (1, length, dim)."""
+    half = dim // 2
+    positions = torch.arange(length, dtype=torch.float32).view(1, -1, 1)
+    adim = torch.arange(half, dtype=torch.float32).view(1, 1, -1)
+    phase = positions / (torch.full([], max_period) ** (adim / (half - 1)))
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+
+def load_features(where: str, source: str) -> Features:
+    """MERT (or any transformers audio encoder 768 wide at 75 Hz) from a folder or hub id, as
+    audiocraft loads it (`AutoModel`, its own modelling code allowed)."""
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(where, trust_remote_code=True).eval()
+    except Exception as e:  # transformers raises many types for missing / damaged models
+        raise CheckpointError(
+            f"'{source}': its style features ({where}) could not be loaded ({type(e).__name__}: {e})"
+        ) from None
+    return features_of(model)
+
+
+def features_of(model: torch.nn.Module) -> Features:
+    """A transformers audio encoder as a `Features` callable (no gradients, last hidden state)."""
+
+    def features(wav: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(wav).last_hidden_state
+
+    return features
+
+
+def style_prefix_steps(
+    lm: LanguageModel,
+    text: TextConditioner,
+    prompt: str | None,
+    style: torch.Tensor | None,
+    rows: int,
+) -> Generator[None, None, torch.Tensor]:
+    """The prefix (rows, F + S, D) of a MusicGen-Style stream, as audiocraft's fuser prepends it:
+    style states (1, F, D) or none, then the projected text, for `rows` rows: 1 (no guidance),
+    2 (text and style; neither) or 3 (text and style; style alone; neither - double guidance).
+    What a row leaves out is zeros, as audiocraft's masks make it; no style is one zero position,
+    no text one zero position (audiocraft's empty description). Yields after every T5 block."""
+    if rows not in (1, 2, 3):
+        raise ValueError(f"a style prefix has 1, 2 or 3 rows, not {rows}")
+    D = lm.spec.hidden
+    if prompt is None:
+        words = torch.zeros(1, 1, D, device=lm.device, dtype=lm.dtype)
+    else:
+        states, mask = yield from text.encode_steps(prompt)
+        words = lm.project_condition(states, mask)
+    audio = torch.zeros(1, 1, D, device=lm.device, dtype=lm.dtype) if style is None else style.to(lm.device, lm.dtype)
+    if audio.dim() != 3 or audio.shape[0] != 1 or audio.shape[2] != D:
+        raise ValueError(f"style states must be (1, frames, {D})")
+    quiet_words, quiet_audio = torch.zeros_like(words), torch.zeros_like(audio)
+    pairs = [(audio, words), (audio, quiet_words), (quiet_audio, quiet_words)]
+    chosen = pairs[:1] if rows == 1 else pairs[::2] if rows == 2 else pairs
+    return torch.cat([torch.cat(pair, dim=1) for pair in chosen], dim=0)
