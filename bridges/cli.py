@@ -27,6 +27,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "kv": ("model", "kv"),
     "codec": ("model", "codec"),
     "cfg": ("sampling", "cfg"),
+    "cfg_beta": ("sampling", "cfg_beta"),
     "temperature": ("sampling", "temperature"),
     "top_k": ("sampling", "top_k"),
     "top_p": ("sampling", "top_p"),
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--seconds", type=_positive_float, help="length to generate, in seconds")
     length.add_argument("--frames", type=_positive_int, help="length to generate, in codec frames")
     r.add_argument("--cfg", type=_nonneg_float, help="classifier-free guidance scale ([sampling] cfg, 3)")
+    r.add_argument(
+        "--cfg-beta",
+        type=_nonneg_float,
+        help="MusicGen-Style: double guidance, text against style ([sampling] cfg_beta, 0 = off)",
+    )
     r.add_argument("--greedy", action="store_true", help="argmax decoding (deterministic)")
     r.add_argument("--temperature", type=_positive_float, help="([sampling] temperature, 1)")
     r.add_argument("--top-k", type=int, help="0 disables top-k ([sampling] top_k, 250)")
@@ -160,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--melody",
         help="audio file whose melody (chroma, its first 30 s) conditions a MusicGen-Melody checkpoint; "
         "with no --prompt the melody alone conditions it",
+    )
+    r.add_argument(
+        "--style",
+        help="audio file whose style (its middle 3 s) conditions a MusicGen-Style checkpoint; "
+        "with no --prompt the style alone conditions it",
     )
     r.add_argument("--out", required=True, help="output audio: .wav (float), .flac or .npy")
     r.add_argument("--codes-out", help="also save the (codebooks, frames) int64 codes as .npy")
@@ -510,7 +521,12 @@ def cmd_render(args: argparse.Namespace) -> int:
         _check_output(args.codes_out, (".npy",))
     try:
         params = SamplingParams(
-            greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg=args.cfg
+            greedy=args.greedy,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            cfg=args.cfg,
+            cfg_beta=args.cfg_beta or None,
         ).validated()
     except ValueError as e:
         raise ContextError(str(e)) from None
@@ -521,7 +537,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     audio = None
     if args.prompt_audio:
         audio = read_audio(args.prompt_audio, model.sample_rate, model.audio_channels)
-    condition = _melody_condition(model, args.prompt, args.melody, guided=params.cfg != 1.0)
+    if model.style is not None or args.style is not None:
+        condition = _style_condition(model, args.prompt, args.style, params)
+    else:
+        condition = _melody_condition(model, args.prompt, args.melody, guided=params.cfg != 1.0)
     t0 = time.perf_counter()
     last = [0.0]
 
@@ -565,6 +584,19 @@ def _melody_condition(model, prompt: str, melody: str | None, guided: bool):  # 
         raise ContextError(f"--melody needs a MusicGen-Melody checkpoint; '{model.source}' is conditioned on text only")
     audio = read_audio(melody, model.chroma.settings.sample_rate, 1)
     return model.melody_condition(prompt or None, audio, guided)
+
+
+def _style_condition(model, prompt: str, style: str | None, params):  # noqa: ANN001, ANN202
+    """A MusicGen-Style checkpoint's condition for `render`: text and/or the style of a file. Guidance
+    runs as audiocraft runs it: three rows with cfg_beta, two without, one at cfg 1."""
+    from musicgen_live.engine.audiofile import read_audio
+    from musicgen_live.engine.errors import ContextError
+
+    if model.style is None:
+        raise ContextError(f"--style needs a MusicGen-Style checkpoint; '{model.source}' has no style conditioner")
+    audio = None if style is None else read_audio(style, model.sample_rate, 1)
+    guided = params.cfg != 1.0 or params.cfg_beta is not None
+    return model.style_condition(prompt or None, audio, guided, double=params.cfg_beta is not None)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:

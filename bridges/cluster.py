@@ -66,7 +66,8 @@ except ImportError:  # the module still imports (docs, type checks); `require_ra
 APP = "musicgen-live"  # the Serve application's name
 NAMESPACE = "musicgen_live"
 STORE = "musicgen-live-sessions"
-RESTORED = ("cfg", "temperature", "top_k", "top_p", "seed", "gain", "context", "fade")  # quantize: no beat clock here
+# the controls a restored session is given back (quantize: no beat clock here)
+RESTORED = ("cfg", "cfg_beta", "temperature", "top_k", "top_p", "seed", "gain", "context", "fade")
 PLACEMENT_S = 5.0  # a session placed this recently counts on its replica until the replica's stats list it
 PIPE_MESSAGES = 256  # messages a replica holds for the ingress before its client's audio is dropped
 log = logging.getLogger("ray.serve")

@@ -365,7 +365,7 @@ class OscBridge(asyncio.DatagramProtocol):
             return
         ticket = data["ticket"]
         reply_to, address = self.pending.pop(ticket.id, (None, ""))
-        continuation = isinstance(ticket.command, (*c.CONTINUATIONS, *c.MELODIES))  # answered when heard
+        continuation = isinstance(ticket.command, (*c.CONTINUATIONS, *c.FOLLOWS))  # answered when heard
         if kind == "refused":
             if reply_to is not None:
                 self._send(reply_to, "error", (address, ticket.error))

@@ -32,10 +32,12 @@ from musicgen_live.streamer.controls import (
     CONTROLS,
     DEFAULT_CONTINUE_S,
     DEFAULT_MELODY_S,
+    DEFAULT_STYLE_S,
     MAX_CONTINUE_S,
     MAX_MELODY_S,
     MAX_PROMPT_CHARS,
     MAX_PROMPTS,
+    MAX_STYLE_S,
     QUANTIZED_CONTROLS,
     TRIGGERS,
 )
@@ -47,6 +49,10 @@ ALIASES = {
     "melody-input": "melody/input",
     "melody-file": "melody/file",
     "melody-off": "melody/off",
+    "style-history": "style/history",
+    "style-input": "style/input",
+    "style-file": "style/file",
+    "style-off": "style/off",
     "status": "get/state",
     "top-k": "top_k",
     "top-p": "top_p",
@@ -56,6 +62,7 @@ GETTABLE = (
     "prompt",
     "transport",
     "melody",
+    "style",
     *CONTROLS,
     "position",
     "frame",
@@ -104,6 +111,10 @@ class Vocabulary:
             "melody/input": self._clip,
             "melody/file": self._clip_file,
             "melody/off": lambda n, a: Outcome(commands=[c.MelodyOff()] if _fires(a, n) else []),
+            "style/history": self._clip,
+            "style/input": self._clip,
+            "style/file": self._clip_file,
+            "style/off": lambda n, a: Outcome(commands=[c.StyleOff()] if _fires(a, n) else []),
             "ping": lambda _n, a: Outcome(replies=[Reply("pong", tuple(a[:1]))]),
             "info": lambda _n, _a: Outcome(replies=[Reply("info", (json.dumps(self.info),))]),
             "subscribe": lambda _n, a: Outcome(subscribe=tuple(a[:2])),
@@ -243,7 +254,7 @@ class Vocabulary:
         return Outcome(commands=[c.SetWeightedPrompts(tuple(pairs))])
 
     def _clip(self, name: str, args: Sequence[object]) -> Outcome:
-        """continue, continue/input, melody/history, melody/input: `[secs]`."""
+        """continue, continue/input, melody/history, melody/input, style/history, style/input: `[secs]`."""
         if len(args) > 1:
             raise ProtocolError(f"{name} takes at most one number of seconds")
         command, seconds_of = _CLIPS[name]
@@ -251,7 +262,7 @@ class Vocabulary:
         return Outcome(commands=[command(seconds)], notes=notes)
 
     def _clip_file(self, name: str, args: Sequence[object]) -> Outcome:
-        """continue/file, melody/file: `path [secs]`, inside the audio folders."""
+        """continue/file, melody/file, style/file: `path [secs]`, inside the audio folders."""
         if not args or len(args) > 2:
             raise ProtocolError(f"{name} takes a file name and, optionally, seconds")
         command, seconds_of = _CLIP_FILES[name]
@@ -272,10 +283,13 @@ _CLIPS: dict[str, tuple[Callable[[float], c.Command], _Seconds]] = {
     "continue/input": (c.ContinueInput, lambda a, i, w: continue_seconds(a, i, w)),
     "melody/history": (c.MelodyHistory, lambda a, i, w: melody_seconds(a, i, w)),
     "melody/input": (c.MelodyInput, lambda a, i, w: melody_seconds(a, i, w)),
+    "style/history": (c.StyleHistory, lambda a, i, w: style_seconds(a, i, w)),
+    "style/input": (c.StyleInput, lambda a, i, w: style_seconds(a, i, w)),
 }
 _CLIP_FILES: dict[str, tuple[Callable[[str, float, tuple[str, ...]], c.Command], _Seconds]] = {
     "continue/file": (c.ContinueFile, lambda a, i, w: continue_seconds(a, i, w)),
     "melody/file": (c.MelodyFile, lambda a, i, w: melody_seconds(a, i, w)),
+    "style/file": (c.StyleFile, lambda a, i, w: style_seconds(a, i, w)),
 }
 
 
@@ -358,6 +372,11 @@ def continue_seconds(args: Sequence[object], index: int, what: str) -> tuple[flo
 def melody_seconds(args: Sequence[object], index: int, what: str) -> tuple[float, list[str]]:
     """A melody loop's seconds, likewise."""
     return _seconds(args, index, what, DEFAULT_MELODY_S, MAX_MELODY_S)
+
+
+def style_seconds(args: Sequence[object], index: int, what: str) -> tuple[float, list[str]]:
+    """A style clip's seconds, likewise."""
+    return _seconds(args, index, what, DEFAULT_STYLE_S, MAX_STYLE_S)
 
 
 def _seconds(args: Sequence[object], index: int, what: str, default: float, most: float) -> tuple[float, list[str]]:

@@ -2,14 +2,15 @@
 
 Client -> server, JSON text messages with a `type` (and an optional `event_id`, echoed back):
   session.update    {prompt?, weighted_prompts? [[text, weight], ...], cfg?, temperature?, top_k?,
-                     top_p?, seed?, gain?, context?, fade?}  (a fade with a prompt is its crossfade)
+                     top_p?, seed?, gain?, context?, fade?, cfg_beta?}  (a fade with a prompt is its crossfade)
   command           {name, args}: any request of the shared vocabulary (`bridges.protocol`)
   playback.control  {action: play|pause|stop|reset}
   generate.continue {source: history|input|file, seconds?, path?}
   melody.set        {source: history|input|file|off, seconds?, path?}  (a melody checkpoint's melody)
+  style.set         {source: history|input|file|off, seconds?, path?}  (a MusicGen-Style checkpoint's style)
   audio.subscribe   {enabled: bool, codec?: f32|s16}
   input_audio.begin {rate, channels?, codec?: f32|s16}, then binary frames of interleaved PCM,
-  input_audio.commit {seconds?, use?: continue|melody}   -> continue from (or follow the melody of)
+  input_audio.commit {seconds?, use?: continue|melody|style}   -> continue from (or follow the melody or style of)
                      the uploaded audio
   state.get
 Server -> client: session.created {session, client, state}; session.updated {applied, frame,
@@ -40,7 +41,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 from musicgen_live.engine.errors import EngineError
 from musicgen_live.streamer import commands as c
-from musicgen_live.streamer.controls import CONTROLS, DEFAULT_CONTINUE_S, DEFAULT_MELODY_S
+from musicgen_live.streamer.controls import CONTROLS, DEFAULT_CONTINUE_S, DEFAULT_MELODY_S, DEFAULT_STYLE_S
 from musicgen_live.streamer.session import Session
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
@@ -49,7 +50,7 @@ from websockets.http11 import Request, Response
 
 from .config import WebSocketConfig
 from .limits import Budget
-from .protocol import Outcome, ProtocolError, Vocabulary, continue_seconds, melody_seconds
+from .protocol import Outcome, ProtocolError, Vocabulary, continue_seconds, melody_seconds, style_seconds
 
 MAGIC = b"MGLA"
 HEADER = struct.Struct("<4sBBBBIQI")
@@ -307,8 +308,11 @@ class WebSocketBridge:
                 self._answer_later(client, self.vocab.handle(action, []), event_id, [action])
             elif kind == "generate.continue":
                 self._answer_later(client, self._continue(msg), event_id, [msg.get("source", "history")])
-            elif kind == "melody.set":
-                self._answer_later(client, self._melody(msg), event_id, [f"melody/{msg.get('source', 'history')}"])
+            elif kind in ("melody.set", "style.set"):
+                what = kind.split(".")[0]
+                self._answer_later(
+                    client, self._follow(what, msg), event_id, [f"{what}/{msg.get('source', 'history')}"]
+                )
             elif kind == "audio.subscribe":
                 codec = msg.get("codec", "f32")
                 if not isinstance(codec, str) or codec not in CODECS:
@@ -348,14 +352,15 @@ class WebSocketBridge:
         args = [msg.get("path", ""), seconds] if source == "file" else [seconds]
         return self.vocab.handle(names[source], args)
 
-    def _melody(self, msg: dict[str, object]) -> Outcome:
+    def _follow(self, what: str, msg: dict[str, object]) -> Outcome:
+        """melody.set, style.set: the melody/... or style/... request of the shared vocabulary."""
         source = msg.get("source", "history")
         if not isinstance(source, str) or source not in ("history", "input", "file", "off"):
-            raise ProtocolError("melody.set source must be history, input, file or off (or upload with input_audio)")
+            raise ProtocolError(f"{what}.set source must be history, input, file or off (or upload with input_audio)")
         if source == "off":
-            return self.vocab.handle("melody/off", [])
+            return self.vocab.handle(f"{what}/off", [])
         args: list[object] = [] if "seconds" not in msg else [msg["seconds"]]
-        return self.vocab.handle(f"melody/{source}", [msg.get("path", ""), *args] if source == "file" else args)
+        return self.vocab.handle(f"{what}/{source}", [msg.get("path", ""), *args] if source == "file" else args)
 
     def _answer_later(self, client: Client, outcome: Outcome, event_id: object, applied: list[str]) -> None:
         """Submit the outcome's commands now (in order) and answer once they took effect, without
@@ -474,8 +479,11 @@ class WebSocketBridge:
         if use == "melody":
             seconds, notes = melody_seconds([msg.get("seconds", DEFAULT_MELODY_S)], 0, "input_audio.commit")
             return Outcome(commands=[c.MelodyAudio(audio, fmt.rate, seconds)], notes=notes)
+        if use == "style":
+            seconds, notes = style_seconds([msg.get("seconds", DEFAULT_STYLE_S)], 0, "input_audio.commit")
+            return Outcome(commands=[c.StyleAudio(audio, fmt.rate, seconds)], notes=notes)
         if use != "continue":
-            raise ProtocolError("input_audio.commit use must be continue or melody")
+            raise ProtocolError("input_audio.commit use must be continue, melody or style")
         seconds, notes = continue_seconds([msg.get("seconds", DEFAULT_CONTINUE_S)], 0, "input_audio.commit")
         return Outcome(commands=[c.ContinueAudio(audio, fmt.rate, seconds)], notes=notes)
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .style import MERT_DIR, MERT_HUB_ID, Features, StyleSettings, load_features
+from .style import MERT_DIR, MERT_HUB_ID, StyleParts, StyleSettings, load_features
 from .weightfiles import read_weights
 
 Progress = Callable[[str], None]
@@ -110,16 +110,6 @@ class AudiocraftCheckpoint:
     tokenizer: Any
     two_step_cfg: bool  # trained to run guidance as two forwards
     style: StyleParts | None  # MusicGen-Style: its style conditioner
-
-
-@dataclass(frozen=True)
-class StyleParts:
-    """A MusicGen-Style checkpoint's style conditioner: settings, weights (audiocraft's names
-    under `self_wav.`) and the feature extractor (MERT) it was trained on."""
-
-    settings: StyleSettings
-    tensors: Tensors
-    features: Features
 
 
 def load_audiocraft_directory(path: Path, source: str, say: Progress) -> AudiocraftCheckpoint:

@@ -24,11 +24,19 @@ from typing import Any
 
 import torch
 
-from .audiocraft_format import CODEC_FILE, LM_FILE, StyleParts, is_audiocraft_directory, load_audiocraft_directory
+from .audiocraft_format import CODEC_FILE, LM_FILE, is_audiocraft_directory, load_audiocraft_directory
 from .errors import CheckpointError
-from .presets import BUILT_IN_MODELS, arch_for, quiet_transformers, random_hf_model, random_tokenizer
+from .presets import (
+    BUILT_IN_MODELS,
+    Arch,
+    arch_for,
+    quiet_transformers,
+    random_hf_model,
+    random_style,
+    random_tokenizer,
+)
 from .spec import ModelSpec, spec_from_hf_config
-from .style import FEATURE_RATE
+from .style import FEATURE_RATE, StyleParts
 from .weightfiles import read_weights
 
 Progress = Callable[[str], None]
@@ -68,8 +76,9 @@ def load_checkpoint(source: str, progress: Progress | None = stderr_progress) ->
     say = progress or (lambda _m: None)
     if source in BUILT_IN_MODELS:
         say(f"building built-in model '{source}' (random weights, seed {BUILTIN_SEED})")
-        model = random_hf_model(arch_for(source), seed=BUILTIN_SEED)
-        return from_hf_model(model, random_tokenizer(), source=source)
+        arch = arch_for(source)
+        ckpt = from_hf_model(random_hf_model(arch, seed=BUILTIN_SEED), random_tokenizer(), source=source)
+        return with_random_style(ckpt, arch) if arch.style else ckpt
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -81,6 +90,14 @@ def load_checkpoint(source: str, progress: Progress | None = stderr_progress) ->
         f"unknown model '{source}': not a built-in name ({', '.join(BUILT_IN_MODELS)}), "
         "not an existing directory, and not a hub id like 'facebook/musicgen-small'"
     )
+
+
+def with_random_style(ckpt: Checkpoint, arch: Arch, seed: int = BUILTIN_SEED) -> Checkpoint:
+    """A built-in style model: the prefix decoder `ckpt` (built as a melody one, no cross-attention)
+    with a random style conditioner in place of the chroma."""
+    style = random_style(arch, seed)
+    lm = replace(ckpt.spec.lm, num_chroma=0, chroma_length=0, has_audio_proj=False, style_frames=style_frames(style))
+    return replace(ckpt, spec=replace(ckpt.spec, lm=lm), style=style)
 
 
 def from_hf_model(model: Any, tokenizer: Any, source: str) -> Checkpoint:

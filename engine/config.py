@@ -45,6 +45,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class SamplingConfig:
     cfg: Annotated[float, Meta(ge=0, le=20)] = 3.0
+    cfg_beta: Annotated[float, Meta(ge=0, le=20)] = 0.0  # MusicGen-Style's double guidance; 0 = off
     temperature: Annotated[float, Meta(ge=0.05, le=5)] = 1.0
     top_k: Annotated[int, Meta(ge=0, le=2048)] = 250
     top_p: Annotated[float, Meta(ge=0, le=1)] = 0.0

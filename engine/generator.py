@@ -48,6 +48,7 @@ from .sampling import SamplingParams, guide, guide_double, sample
 
 MIN_CHUNK = 2  # columns a preparation feeds per step at least (a slide must gain on the live window)
 MAX_SLIDE_CHUNK = 16  # start raises a slide's columns a step up to this before it refuses a context
+DOUBLE_NEEDS = "cfg_beta (double guidance) needs a MusicGen-Style checkpoint's stream with a style-alone row"
 PREFIX_TEXT_ROOM = 64  # text positions a live melody stream keeps room for in its prefix (T5 tokens)
 
 
@@ -224,6 +225,8 @@ class Generator:
         columns = pat.columns_for_frames(cap)
         prefix = self._prefix_for(rows, columns, guided)
         style_row = prefix is not None and prefix.states.shape[0] == 3
+        if self.params.cfg_beta is not None and not style_row:
+            raise ContextError(DOUBLE_NEEDS)
         batch = max(max_prompts, len(rows)) + (1 if guided else 0) + (1 if style_row else 0)
         lead = 0 if prefix is None else prefix.length
         chunk = max(MIN_CHUNK, slide_chunk)
@@ -327,7 +330,7 @@ class Generator:
         if not st.guided and params.cfg != 1.0:
             raise ContextError("this stream was started without guidance; cfg must stay 1")
         if params.cfg_beta is not None and not st.style_row:
-            raise ContextError("cfg_beta (double guidance) needs a MusicGen-Style stream with a style-alone row")
+            raise ContextError(DOUBLE_NEEDS)
         self.params = params
 
     def set_continue_chunk(self, columns: int) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .style import FEATURE_WIDTH, StyleParts, StyleSettings, features_of
+
 # Published MusicGen decoder shapes (hidden, layers, heads); ffn is 4 x hidden.
 DECODER_SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (64, 2, 4),
@@ -61,17 +63,20 @@ class Arch:
     audio_channels: int = 1
     max_positions: int = 2048
     melody: bool = False  # a MusicGen-Melody checkpoint (chroma + text as a prefix, no cross-attention)
+    style: bool = False  # a MusicGen-Style checkpoint (style + text as a prefix, `engine.style`)
     chroma_length: int = 235  # melody: chroma frames in the prefix (MusicGen-Melody's 30 s)
     text: dict[str, Any] = field(default_factory=lambda: dict(T5_TINY))
     codec: dict[str, Any] = field(default_factory=lambda: dict(ENCODEC_32K))
 
 
-# The built-in models: each size, mono (4 codebooks), stereo (8: L/R pairs, as musicgen-stereo-*) and
-# melody (chroma + text as a prefix, as musicgen-melody)
+# The built-in models: each size, mono (4 codebooks), stereo (8: L/R pairs, as musicgen-stereo-*),
+# melody (chroma + text as a prefix, as musicgen-melody) and style (style + text as a prefix, as
+# MusicGen-Style)
 BUILT_IN_MODELS: tuple[str, ...] = (
     *DECODER_SIZES,
     *(f"{n}-stereo" for n in DECODER_SIZES),
     *(f"{n}-melody" for n in DECODER_SIZES),
+    *(f"{n}-style" for n in DECODER_SIZES),
 )
 
 
@@ -88,6 +93,8 @@ def arch_for(name: str) -> Arch:
         arch = replace(arch, num_codebooks=8, audio_channels=2)
     if variant == "melody":
         arch = replace(arch, melody=True)
+    if variant == "style":
+        arch = replace(arch, style=True)
     return arch
 
 
@@ -121,7 +128,8 @@ def hf_config(arch: Arch) -> Any:
 
     quiet_transformers()
 
-    dec = (MusicgenMelodyDecoderConfig if arch.melody else MusicgenDecoderConfig)(
+    prefix = arch.melody or arch.style  # no cross-attention: transformers' melody decoder
+    dec = (MusicgenMelodyDecoderConfig if prefix else MusicgenDecoderConfig)(
         vocab_size=2048,
         hidden_size=arch.hidden,
         num_hidden_layers=arch.layers,
@@ -142,7 +150,7 @@ def hf_config(arch: Arch) -> Any:
         audio_encoder=EncodecConfig(**arch.codec).to_dict(),
         decoder=dec.to_dict(),
     )
-    if arch.melody:
+    if prefix:
         return MusicgenMelodyConfig(**parts, chroma_length=arch.chroma_length)
     return MusicgenConfig(**parts)
 
@@ -158,7 +166,8 @@ def random_hf_model(arch: Arch, seed: int = 0) -> Any:
     from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
     gen = torch.Generator().manual_seed(seed)
-    cls = MusicgenMelodyForConditionalGeneration if arch.melody else MusicgenForConditionalGeneration
+    prefix = arch.melody or arch.style
+    cls = MusicgenMelodyForConditionalGeneration if prefix else MusicgenForConditionalGeneration
     with _seeded(seed):
         model = cls(hf_config(arch)).eval()
     for layer in model.audio_encoder.quantizer.layers:
@@ -197,6 +206,49 @@ def _tame_output_level(model: Any, gen: torch.Generator, target_rms: float = 0.1
         g = last.parametrizations.weight.original0 if hasattr(last, "parametrizations") else last.weight_g
         g.mul_(factor)
         last.bias.mul_(factor)
+
+
+@torch.no_grad()
+def random_style(arch: Arch, seed: int = 0) -> StyleParts:
+    """A random style conditioner for `arch`'s decoder: `tiny`'s is small (width 64, two layers, a
+    one-layer HuBERT standing in for MERT); the others have audiocraft's default scale and a
+    HuBERT the size of MERT-v1-95M, so benchmarks do the real work."""
+    from transformers import HubertConfig, HubertModel
+
+    tiny = arch.hidden <= 64
+    settings = StyleSettings(width=64, heads=4, layers=2) if tiny else StyleSettings()
+    with _seeded(seed):
+        if tiny:
+            config = HubertConfig(
+                hidden_size=FEATURE_WIDTH, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
+                conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+            )  # fmt: skip
+        else:
+            config = HubertConfig(hidden_size=FEATURE_WIDTH)  # hubert-base: MERT-v1-95M's size
+        mert = HubertModel(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    w = settings.width
+
+    def rand(*shape: int, scale: float = 0.02) -> torch.Tensor:
+        return torch.randn(shape, generator=gen) * scale
+
+    tensors: dict[str, torch.Tensor] = {"embed.weight": rand(w, FEATURE_WIDTH), "embed.bias": torch.zeros(w)}
+    for i in range(settings.layers):
+        t = f"transformer.layers.{i}."
+        tensors.update({
+            t + "norm1.weight": torch.ones(w), t + "norm1.bias": torch.zeros(w),
+            t + "self_attn.in_proj_weight": rand(3 * w, w), t + "self_attn.out_proj.weight": rand(w, w),
+            t + "norm2.weight": torch.ones(w), t + "norm2.bias": torch.zeros(w),
+            t + "linear1.weight": rand(4 * w, w), t + "linear2.weight": rand(w, 4 * w),
+        })  # fmt: skip
+    tensors["batch_norm.running_mean"], tensors["batch_norm.running_var"] = torch.zeros(w), torch.ones(w)
+    for q in range(settings.eval_q):
+        tensors[f"rvq.vq.layers.{q}._codebook.embed"] = rand(1024, w, scale=1.0)
+    tensors["output_proj.weight"], tensors["output_proj.bias"] = (
+        rand(arch.hidden, w, scale=0.5),
+        torch.zeros(arch.hidden),
+    )
+    return StyleParts(settings, tensors, features_of(mert))
 
 
 def random_tokenizer() -> Any:

@@ -40,21 +40,24 @@ def render(
     condition: Condition | None = None,
 ) -> Rendered:
     """Generate `frames` new frames after an optional prompt clip (channels, samples at model rate).
-    `condition` replaces the text prompt's (a melody checkpoint's `melody_condition`)."""
+    `condition` replaces the text prompt's (a melody checkpoint's `melody_condition`, a style
+    checkpoint's `style_condition`)."""
     if frames <= 0:
         raise ContextError(f"the number of frames must be positive, got {frames}")
     prompt_codes = model.encode_audio(prompt_audio) if prompt_audio is not None else None
     P = 0 if prompt_codes is None else prompt_codes.shape[-1]
     total = P + frames  # the generator refuses a run longer than the model's window
     gen = Generator(model, params, seed, decode_chunk=decode_chunk)
-    guided = params.cfg != 1.0
+    guided = params.cfg != 1.0 or params.cfg_beta is not None
     if condition is not None:
         cond = condition
     elif model.melody:  # text alone, as a melody checkpoint takes it
         cond = model.melody_condition(prompt, None, guided)
+    elif model.style is not None:
+        cond = model.style_condition(prompt, None, guided, double=params.cfg_beta is not None)
     else:
         cond = model.conditioner.condition(prompt, guided=guided)
-    chunks = [gen.start(cond, prompt_codes, total_frames=total).audio]
+    chunks = [gen.start(cond, prompt_codes, total_frames=total, guided=guided).audio]
     times = []
     while not gen.done:
         t0 = time.perf_counter()
@@ -74,8 +77,8 @@ def render_batch(
     would give for it in a batch of this size (see `engine.batch`)."""
     if frames <= 0:
         raise ContextError(f"the number of frames must be positive, got {frames}")
-    if model.melody:
-        raise ContextError("several pieces in one batch are not supported for melody checkpoints yet")
+    if model.spec.lm.prefix_conditioned:
+        raise ContextError("several pieces in one batch are not supported for melody or style checkpoints yet")
     guided = params.cfg != 1.0
     gens = [Generator(model, params, seed + i, decode_chunk=decode_chunk) for i in range(len(prompts))]
     chunks = [

@@ -29,7 +29,7 @@ second stands in (the tests use a small random HuBERT, the architecture MERT ext
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +56,6 @@ TRANSFORMER_SCALES: dict[str, tuple[int, int, int]] = {
     "large": (1024, 16, 24),
     "none": (512, 0, 0),
 }
-
-Features = Callable[[torch.Tensor], torch.Tensor]  # (rows, samples at FEATURE_RATE) -> (rows, frames, 768)
 
 
 @dataclass(frozen=True)
@@ -106,6 +104,16 @@ class StyleSettings:
             batch_norm=bool(style.get("batch_norm", True)),
             sample_rate=int(style.get("sample_rate", 32000)),
         )
+
+
+@dataclass(frozen=True)
+class StyleParts:
+    """A MusicGen-Style checkpoint's style conditioner as read: settings, weights (audiocraft's
+    names after `condition_provider.conditioners.self_wav.`) and the features (MERT) it was trained on."""
+
+    settings: StyleSettings
+    tensors: dict[str, torch.Tensor]
+    features: Features
 
 
 @dataclass(frozen=True)
@@ -192,15 +200,16 @@ class StyleConditioner:
         return run(self.states_steps(audio))
 
     def states_steps(self, audio: torch.Tensor) -> Generator[None, None, torch.Tensor]:
-        """`__call__`, yielding after the features and after every transformer layer (a live
-        stream runs it a piece per step). Does no work before its first yield."""
+        """`__call__`, yielding after every stage of the features (`Features.steps`) and every
+        transformer layer (a live stream runs it a piece per step). Does no work before its first yield."""
         import julius
 
         yield
         s = self.settings
         with torch.no_grad():
             wav = julius.resample_frac(self.excerpt(audio)[None], s.sample_rate, FEATURE_RATE)
-            feats = self.features(wav)  # (1, frames, 768)
+        feats = yield from self.features.steps(wav)  # (1, frames, 768)
+        with torch.no_grad():
             x = F.linear(feats.float(), self.embed_w, self.embed_b)
         yield
         if self.layers:
@@ -253,6 +262,62 @@ def _sin_positions(length: int, dim: int, max_period: float = 10000.0) -> torch.
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
 
 
+class Features:
+    """MERT (or a stand-in) as the style conditioner runs it: (rows, samples at 24 kHz) -> its last
+    hidden state (rows, frames, 768).
+
+    A live stream cannot stop for MERT (95 M parameters: a few hundred ms on a CPU), so `steps` runs
+    it a stage at a time - each convolution of its feature encoder, the projection and positional
+    convolution, each transformer layer - the way HuBERT-family models (MERT among them) run their
+    forward. That is only used if it gives exactly what the model's own forward gives (checked once,
+    on a second of noise); otherwise the model runs whole, in one piece."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        probe = torch.randn(1, FEATURE_RATE, generator=torch.Generator().manual_seed(0)) * 0.1
+        try:
+            self.piecewise = torch.equal(run(self._stages(probe)), self(probe))
+        except Exception:  # a model laid out differently: it runs whole
+            self.piecewise = False
+
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(wav).last_hidden_state
+
+    def steps(self, wav: torch.Tensor) -> Generator[None, None, torch.Tensor]:
+        """`__call__`, a stage per piece when that is exact (see the class)."""
+        if not self.piecewise:
+            return self(wav)
+        return (yield from self._stages(wav))
+
+    def _stages(self, wav: torch.Tensor) -> Generator[None, None, torch.Tensor]:
+        m: Any = self.model
+        encoder = m.encoder
+        stable = "StableLayerNorm" in type(encoder).__name__  # the layer norm after the layers, not before
+        with torch.no_grad():
+            x = wav[:, None]
+        for conv in m.feature_extractor.conv_layers:
+            with torch.no_grad():
+                x = conv(x)
+            yield
+        with torch.no_grad():
+            x = m.feature_projection(x.transpose(1, 2))
+            x = x[0] if isinstance(x, tuple) else x  # wav2vec2's projection also returns its normed input
+            x = x + encoder.pos_conv_embed(x)
+            if not stable:
+                x = encoder.layer_norm(x)
+        yield
+        for layer in encoder.layers:
+            with torch.no_grad():
+                out = layer(x)
+                x = out[0] if isinstance(out, tuple) else out
+            yield
+        if stable:
+            with torch.no_grad():
+                x = encoder.layer_norm(x)
+        return x
+
+
 def load_features(where: str, source: str) -> Features:
     """MERT (or any transformers audio encoder 768 wide at 75 Hz) from a folder or hub id, as
     audiocraft loads it (`AutoModel`, its own modelling code allowed)."""
@@ -268,13 +333,8 @@ def load_features(where: str, source: str) -> Features:
 
 
 def features_of(model: torch.nn.Module) -> Features:
-    """A transformers audio encoder as a `Features` callable (no gradients, last hidden state)."""
-
-    def features(wav: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(wav).last_hidden_state
-
-    return features
+    """A transformers audio encoder (in eval mode) as the style conditioner's `Features`."""
+    return Features(model.eval())
 
 
 def style_prefix_steps(

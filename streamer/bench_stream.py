@@ -2,7 +2,8 @@
 
 Plays for `seconds`, sending a command every `every` seconds - prompt and cfg changes, a prompt never
 heard before (T5 runs a block per step; every other one with a crossfade; a melody checkpoint follows
-the melody of what it just played instead, re-prefilling its window), a continuation from the
+the melody of what it just played instead, a style checkpoint takes its style, each re-prefilling its
+window), a continuation from the
 last `continue_s` seconds of what played (encoded a piece per step, prefilled a chunk per step) and
 a stop -> play cycle now and then -
 and reports underruns, step times, command -> audible latency, time to first audio after play, and
@@ -34,6 +35,7 @@ from .session import Session
 LOCAL_S = 5.0  # plain steps this long before a request are its baseline
 FADE_S = 2.0  # the crossfade of every other never-heard prompt
 MELODY_S = 4.0  # a melody checkpoint follows the melody of this much of what it played
+STYLE_S = 3.0  # a style checkpoint plays in the style of this much of what it played (its excerpt)
 PROMPTS = ["dark minimal techno", "bright disco strings", "ambient drone with bells", "broken beat jazz"]
 
 
@@ -107,13 +109,17 @@ def run_stream_bench(
                 if session.sink.history.seconds >= MELODY_S:
                     timed.append(("melody change", session.submit(c.MelodyHistory(MELODY_S))))
                 continue
+            if n % 5 == 0 and model.style is not None:  # a style checkpoint: the style of what just played
+                if session.sink.history.seconds >= STYLE_S:
+                    timed.append(("style change", session.submit(c.StyleHistory(STYLE_S))))
+                continue
             if n % 5 == 0:  # every other one crossfades: the new prompt's row is copied in, the old one's out
                 fade = FADE_S if n % 10 == 5 else 0.0
                 kind = f"new prompt, {fade:.0f} s fade" if fade else "new prompt"
                 timed.append((kind, session.submit(c.SetPrompt(f"never heard before #{n}, slow dub", fade_s=fade))))
                 continue
-            # (a melody checkpoint's prompt change re-prefills like a melody change and would supersede it)
-            prompt = n % 2 and not model.melody
+            # (a melody or style checkpoint's prompt change re-prefills like a melody change and would supersede it)
+            prompt = n % 2 and not model.spec.lm.prefix_conditioned
             cmd = c.SetPrompt(PROMPTS[n % len(PROMPTS)], fade_s=0) if prompt else c.Set("cfg", 3.0 + n % 4)
             t = session.submit(cmd)
             time.sleep(min(1.0, every * 0.9))

@@ -57,7 +57,7 @@ def step_costs(model: MusicGen, repeats: int = 7) -> dict[int, float]:
     """A step carrying each candidate chunk, against a plain step (codec included); each timing
     the median of `repeats` calls, plain and chunked interleaved so that a slow spell hits both."""
     lm, K = model.lm, model.spec.lm.num_codebooks
-    conds = [] if model.melody else [model.conditioner.condition("", guided=True).kv]  # melody: no cross-attention
+    conds = [] if model.spec.lm.prefix_conditioned else [model.conditioner.condition("", guided=True).kv]  # a prefix
     pos = min(POSITION, model.spec.lm.max_positions - 2)
     live, prep = lm.new_cache(2, pos + 1), lm.new_cache(2, pos + 1)
     gen = torch.Generator().manual_seed(0)

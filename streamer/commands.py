@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # bridges import this to build commands; only `ContinueAudio` / `MelodyAudio` hold an array
+if TYPE_CHECKING:  # bridges import this to build commands; only the `...Audio` commands hold an array
     import numpy as np
 
 
@@ -137,6 +137,42 @@ class MelodyOff:
 
 
 @dataclass(frozen=True)
+class StyleHistory:
+    """Play in the style of the last `seconds` of the session's own output (a MusicGen-Style
+    checkpoint; the middle of the clip, the model's excerpt long, is what it hears)."""
+
+    seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class StyleInput:
+    """Play in the style of the last `seconds` captured from the input device."""
+
+    seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class StyleFile:
+    path: str
+    seconds: float = 3.0  # the first `seconds` of the file
+    folders: tuple[str, ...] = ()  # where it must lie; () = anywhere
+
+
+@dataclass(frozen=True, eq=False)
+class StyleAudio:
+    """Play in the style of audio handed in by a bridge: (samples, channels) float32 at `rate`."""
+
+    audio: np.ndarray
+    rate: int
+    seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class StyleOff:
+    """Text alone conditions the music again (a MusicGen-Style checkpoint)."""
+
+
+@dataclass(frozen=True)
 class Query:
     """Answer the session's state (`Ticket.result`) once every command before it has been applied:
     a `get` after a `set` answers the value that will sound."""
@@ -155,10 +191,21 @@ Continuation = AudioContinuation | ContinueCodes
 CONTINUATIONS = (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio, ContinueCodes)
 Melody = MelodyHistory | MelodyInput | MelodyFile | MelodyAudio | MelodyOff
 MELODIES = (MelodyHistory, MelodyInput, MelodyFile, MelodyAudio, MelodyOff)
-Clip = AudioContinuation | MelodyHistory | MelodyInput | MelodyFile | MelodyAudio  # commands that read audio
+Style = StyleHistory | StyleInput | StyleFile | StyleAudio | StyleOff
+STYLES = (StyleHistory, StyleInput, StyleFile, StyleAudio, StyleOff)
+Follow = Melody | Style  # what a melody or style checkpoint's prefix follows
+FOLLOWS = MELODIES + STYLES
+# commands that read audio
+Clip = (
+    AudioContinuation | MelodyHistory | MelodyInput | MelodyFile | MelodyAudio
+    | StyleHistory | StyleInput | StyleFile | StyleAudio
+)  # fmt: skip
+HISTORY_CLIPS = (ContinueHistory, MelodyHistory, StyleHistory)
+INPUT_CLIPS = (ContinueInput, MelodyInput, StyleInput)
 Command = (
-    SetPrompt | SetWeightedPrompts | Set | Play | Pause | Stop | Reset | Continuation | Melody | Query | RecentCodes
-)
+    SetPrompt | SetWeightedPrompts | Set | Play | Pause | Stop | Reset | Continuation | Melody | Style | Query
+    | RecentCodes
+)  # fmt: skip
 
 _ids = itertools.count(1)
 
@@ -211,6 +258,11 @@ _NAMES: dict[type, str] = {
     MelodyFile: "melody/file",
     MelodyAudio: "melody/upload",
     MelodyOff: "melody/off",
+    StyleHistory: "style/history",
+    StyleInput: "style/input",
+    StyleFile: "style/file",
+    StyleAudio: "style/upload",
+    StyleOff: "style/off",
     Query: "get",
     RecentCodes: "codes",
 }

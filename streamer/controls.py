@@ -41,6 +41,7 @@ CONTROLS: dict[str, Control] = {
     c.name: c
     for c in (
         Control("cfg", float, 0.0, 20.0, "classifier-free guidance scale (1 = none, 3 = MusicGen's default)"),
+        Control("cfg_beta", float, 0.0, 20.0, "MusicGen-Style: text against style in double guidance (0 = off)"),
         Control("temperature", float, 0.05, 5.0, "sampling temperature"),
         Control("top_k", int, 0, 2048, "sample among the k likeliest tokens (0 = off)"),
         Control("top_p", float, 0.0, 1.0, "sample within this probability mass (0 = off)"),
@@ -52,11 +53,13 @@ CONTROLS: dict[str, Control] = {
     )
 }
 # the controls whose changes a `quantize` holds for the beat (prompt changes are held too)
-QUANTIZED_CONTROLS = ("cfg", "temperature", "top_k", "top_p", "seed", "gain")
-SAMPLING = ("cfg", "temperature", "top_k", "top_p")  # the controls that are sampling parameters
+QUANTIZED_CONTROLS = ("cfg", "cfg_beta", "temperature", "top_k", "top_p", "seed", "gain")
+SAMPLING = ("cfg", "cfg_beta", "temperature", "top_k", "top_p")  # the controls that are sampling parameters
 TRIGGERS = ("play", "pause", "stop", "reset")
 MAX_PROMPT_CHARS = 2000
 MAX_CONTINUE_S = 30.0  # the longest clip a continuation may ask for (the context keeps less)
 DEFAULT_CONTINUE_S = 10.0
 MAX_MELODY_S = 30.0  # the longest melody loop (a melody checkpoint's chroma covers 30 s)
 DEFAULT_MELODY_S = 8.0
+MAX_STYLE_S = 30.0  # the longest clip a style is taken from (its middle excerpt is what the model hears)
+DEFAULT_STYLE_S = 3.0  # MusicGen-Style's excerpt: the last 3 s are "what was just played"

@@ -57,6 +57,7 @@ from .controls import (
     MAX_MELODY_S,
     MAX_PROMPT_CHARS,
     MAX_PROMPTS,
+    MAX_STYLE_S,
     QUANTIZED_CONTROLS,
     SAMPLING,
 )
@@ -99,6 +100,10 @@ class Heard:
 
 
 NO_CLOCK = "quantize needs a shared beat clock: start serve with --link"
+NEEDS = {  # the checkpoints a melody or style command needs
+    "melody": "MusicGen-Melody checkpoint (--model tiny-melody, facebook/musicgen-melody)",
+    "style": "MusicGen-Style checkpoint (--model tiny-style, or facebook/musicgen-style in audiocraft's format)",
+}
 DEFERRED = "deferred"  # a handler's answer: the command is answered later (its job, its prefill)
 Answer = Heard | None | str
 
@@ -113,14 +118,14 @@ class PendingPrompt:
 
 @dataclass
 class PendingCondition:
-    """A melody stream's new condition (a prompt or a melody): built a piece per step, then the
+    """A melody or style stream's new condition (a prompt, a melody, a style): built a piece per step, then the
     window is prefilled under it (`handle`) and it is answered once that window plays."""
 
     ticket: c.Ticket
     job: Job[tuple[Condition, torch.Tensor | None]]
     prompts: list[tuple[str, float]]
-    melody: str  # how the state will describe the melody ("off", "history 8 s", ...)
-    chroma: torch.Tensor | None = None  # the melody's one-hot chroma, once built
+    follows: str  # how the state will describe the melody or style ("off", "history 8 s", ...)
+    features: torch.Tensor | None = None  # the melody's one-hot chroma or the style's states, once built
     handle: PrefixKV | None = None
 
 
@@ -149,9 +154,14 @@ class Session:
                 f"[stream] decode_frames must be between 1 and {MAX_DECODE_FRAMES}, got {self.cfg.decode_frames}"
             )
         s = sampling or SamplingConfig()
-        self.params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg=s.cfg).validated()
+        if s.cfg_beta and model.style is None:
+            raise EngineError("[sampling] cfg_beta (double guidance) needs a MusicGen-Style checkpoint; set it to 0")
+        self.params = SamplingParams(
+            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg=s.cfg, cfg_beta=s.cfg_beta or None
+        ).validated()
         self.controls: dict[str, float | int] = {
             "cfg": s.cfg,
+            "cfg_beta": s.cfg_beta,
             "temperature": s.temperature,
             "top_k": s.top_k,
             "top_p": s.top_p,
@@ -192,7 +202,8 @@ class Session:
         self._continuation: PendingContinuation | None = None
         self._condition: PendingCondition | None = None  # a melody stream's new prompt or melody
         self.melody = "off"  # what the melody follows (melody checkpoints)
-        self._chroma: torch.Tensor | None = None  # its one-hot chroma (frames, bins)
+        self.style = "off"  # what the style follows (style checkpoints)
+        self._features: torch.Tensor | None = None  # the melody's one-hot chroma or the style's states
         self.codec_origin = (0, 0)  # (absolute frame, model sample) where the codec stream last began
         self.steps = 0  # steps delivered
         self._failed_steps = 0
@@ -294,6 +305,7 @@ class Session:
             "state": self.state,
             "prompts": [{"text": t, "weight": w} for t, w in self.prompts],
             "melody": self.melody,
+            "style": self.style,
             **self.controls,
         }
 
@@ -451,9 +463,8 @@ class Session:
         m = self.model
         window = min(m.spec.seconds_to_frames(self.cfg.window_s), m.max_frames)
         context = min(m.spec.seconds_to_frames(self.cfg.context_s), window // 2)
-        if m.melody:  # one condition: the prompt's text and the melody's chroma, as the stream's prefix
-            text = self.prompts[0][0]
-            conds = [(run(m.melody_condition_steps(text or None, self._chroma, guided=True)), 1.0)]
+        if m.spec.lm.prefix_conditioned:  # one condition: the prompt's text and the melody or style, as a prefix
+            conds = [(run(_prefix_condition(m, self.prompts[0][0], self._features, None))[0], 1.0)]
         else:
             conds = [(m.conditioner.condition(t, guided=True), w) for t, w in self.prompts]
         chunk = self.cfg.slide_chunk or prefill_chunk(m)
@@ -627,7 +638,7 @@ class Session:
         value = control.check(cmd.value)
         answer: Answer = Heard()
         if cmd.name in SAMPLING:
-            change: dict[str, Any] = {cmd.name: value}
+            change: dict[str, Any] = {cmd.name: (value or None) if cmd.name == "cfg_beta" else value}
             params = replace(self.params, **change).validated()
             self.gen.set_params(params)
             self.params = params
@@ -668,8 +679,8 @@ class Session:
         if not any(w > 0 for _, w in prompts):
             raise ValueError("at least one prompt weight must be above 0")
         fade = float(self.controls["fade"] if cmd.fade_s is None else CONTROLS["fade"].check(cmd.fade_s))
-        if self.model.melody:
-            return self._melody_prompt(ticket, prompts, fade)
+        if self.model.spec.lm.prefix_conditioned:
+            return self._prefix_prompt(ticket, prompts, fade)
         if self._prompt is not None:  # the latest prompt wins
             self._prompt.job.close()
             self._refuse(self._prompt.ticket, "superseded by a newer prompt before it was ready")
@@ -788,14 +799,14 @@ class Session:
 
     def _clip_source(self, cmd: c.Clip, seconds: float) -> Callable[[], torch.Tensor]:
         """What a job will read: checked now, read later (files, resampling) in its first piece.
-        A continuation takes the last `seconds`; a melody file or upload its first (a riff), the
-        session's history or input its last (what was just played)."""
-        if isinstance(cmd, (c.ContinueHistory, c.MelodyHistory)):
+        A continuation takes the last `seconds`; a melody or style file or upload its first (a riff),
+        the session's history or input its last (what was just played)."""
+        if isinstance(cmd, c.HISTORY_CLIPS):
             if self.sink.history.seconds < 1 / self.model.spec.frame_rate:
                 raise ContextError("there is no output history yet")
             clip = torch.from_numpy(np.ascontiguousarray(self.sink.history.last(seconds).T))
             return lambda: clip
-        if isinstance(cmd, (c.ContinueInput, c.MelodyInput)):
+        if isinstance(cmd, c.INPUT_CLIPS):
             if self.capture is None:
                 raise ContextError("no input device is open (start serve with --input DEVICE)")
             data, rate = self.capture.last(seconds)
@@ -805,7 +816,7 @@ class Session:
         if isinstance(cmd, c.ContinueFile):
             path, folders = cmd.path, cmd.folders
             return lambda: read_audio(path, self.rate, self.model.audio_channels, last_s=seconds, inside=folders)
-        if isinstance(cmd, c.MelodyFile):
+        if isinstance(cmd, (c.MelodyFile, c.StyleFile)):
             path, folders, n = cmd.path, cmd.folders, int(seconds * self.rate)
             return lambda: read_audio(path, self.rate, self.model.audio_channels, inside=folders)[:, :n]
         data = np.asarray(cmd.audio, dtype=np.float32)
@@ -814,7 +825,7 @@ class Session:
         if data.ndim != 2 or len(data) == 0:
             raise ContextError("uploaded audio must be a non-empty (samples, channels) array")
         rate = int(cmd.rate)
-        if isinstance(cmd, c.MelodyAudio):
+        if isinstance(cmd, (c.MelodyAudio, c.StyleAudio)):
             data = data[: int(seconds * rate)]
         return lambda: prepare_audio(data, rate, self.rate, self.model.audio_channels)
 
@@ -898,48 +909,55 @@ class Session:
                 return p.job
         return None
 
-    # -- melody checkpoints: a new prompt or melody re-prefills the window under it -----------------
-    def _melody_prompt(self, ticket: c.Ticket, prompts: list[tuple[str, float]], fade: float) -> Answer:
+    # -- melody and style checkpoints: a new prompt, melody or style re-prefills the window --------
+    def _prefix_prompt(self, ticket: c.Ticket, prompts: list[tuple[str, float]], fade: float) -> Answer:
+        kind = self._prefix_kind()
         if len(prompts) > 1:
-            raise ValueError("a melody checkpoint plays one prompt at a time (blends need a text-only checkpoint)")
+            raise ValueError(f"a {kind} checkpoint plays one prompt at a time (blends need a text-only checkpoint)")
         if fade > 0:
-            ticket.note = "a melody checkpoint changes prompt at a re-prefill of its window, without a crossfade"
+            ticket.note = f"a {kind} checkpoint changes prompt at a re-prefill of its window, without a crossfade"
         text = prompts[0][0]
         job: Job[tuple[Condition, torch.Tensor | None]] = Job(
-            _melody_condition(self.model, text, self._chroma, None), "prompt"
+            _prefix_condition(self.model, text, self._features, None), "prompt"
         )
-        self._begin_condition(PendingCondition(ticket, job, [(text, 1.0)], self.melody))
+        self._begin_condition(PendingCondition(ticket, job, [(text, 1.0)], self._follows()))
         return DEFERRED
 
-    def _on_melody(self, ticket: c.Ticket) -> Answer:
+    def _on_follow(self, ticket: c.Ticket) -> Answer:
+        """melody/... and style/...: what a melody or style checkpoint's prefix follows."""
         cmd = ticket.command
-        assert isinstance(cmd, c.MELODIES)
-        if not self.model.melody:
-            raise ValueError(
-                f"'{self.model.source}' has no melody conditioning: melody commands need a MusicGen-Melody "
-                "checkpoint (--model tiny-melody, facebook/musicgen-melody)"
-            )
+        assert isinstance(cmd, c.FOLLOWS)
+        want = "style" if isinstance(cmd, c.STYLES) else "melody"
+        if self._prefix_kind() != want:
+            raise ValueError(f"'{self.model.source}' has no {want} conditioning: {want} commands need a {NEEDS[want]}")
         text = self.prompts[0][0]
-        if isinstance(cmd, c.MelodyOff):
-            job = Job(_melody_condition(self.model, text, None, None), "melody")
+        if isinstance(cmd, (c.MelodyOff, c.StyleOff)):
+            job = Job(_prefix_condition(self.model, text, None, None), want)
             self._begin_condition(PendingCondition(ticket, job, self.prompts, "off"))
             return DEFERRED
         if not cmd.seconds > 0:
-            raise ContextError(f"a melody loop must be longer than 0 s, got {cmd.seconds}")
-        seconds = min(float(cmd.seconds), MAX_MELODY_S)
+            raise ContextError(f"a {want} clip must be longer than 0 s, got {cmd.seconds}")
+        seconds = min(float(cmd.seconds), MAX_MELODY_S if want == "melody" else MAX_STYLE_S)
         source = self._clip_source(cmd, seconds)  # refuses at once what cannot work
         kind = c.command_name(cmd).split("/")[1]  # history, input, file, upload
-        name = f" {Path(cmd.path).name}" if isinstance(cmd, c.MelodyFile) else ""
+        name = f" {Path(cmd.path).name}" if isinstance(cmd, (c.MelodyFile, c.StyleFile)) else ""
         label = f"{kind}{name} {seconds:g} s"
-        job = Job(_melody_condition(self.model, text, None, source), "melody")
+        job = Job(_prefix_condition(self.model, text, None, source), want)
         self._begin_condition(PendingCondition(ticket, job, self.prompts, label))
         return DEFERRED
 
+    def _prefix_kind(self) -> str | None:
+        """What this checkpoint's prefix is built from besides text: "melody", "style" or None."""
+        return "style" if self.model.style is not None else "melody" if self.model.melody else None
+
+    def _follows(self) -> str:
+        return self.style if self.model.style is not None else self.melody
+
     def _begin_condition(self, pending: PendingCondition) -> None:
         old = self._condition
-        if old is not None:  # the latest prompt or melody wins
+        if old is not None:  # the latest prompt, melody or style wins
             old.job.close()
-            self._refuse(old.ticket, "superseded by a newer prompt or melody before it was heard")
+            self._refuse(old.ticket, f"superseded by a newer prompt or {self._prefix_kind()} before it was heard")
         self._condition = pending
 
     def _finish_condition(self) -> None:
@@ -952,19 +970,24 @@ class Session:
                 if p.job.error is not None:
                     raise p.job.error
                 assert p.job.result is not None  # a job that ended without an error has its result
-                cond, p.chroma = p.job.result
+                cond, p.features = p.job.result
                 p.handle = self.gen.set_condition(cond)
             except Exception as e:
                 self._condition = None
                 known = isinstance(e, (EngineError, ValueError))
-                self._refuse(p.ticket, str(e) if known else f"could not build the melody ({type(e).__name__}: {e})")
+                why = str(e) if known else f"could not build the {self._prefix_kind()} ({type(e).__name__}: {e})"
+                self._refuse(p.ticket, why)
                 return
             if self.state == STOPPED:  # nothing steps: prefill it now (no codes, only the prefix)
                 self._restart(keep_audio=False)
         if self.gen.condition_live(p.handle):
             self._condition = None
             before = self.view()
-            self.prompts, self.melody, self._chroma = p.prompts, p.melody, p.chroma
+            self.prompts, self._features = p.prompts, p.features
+            if self.model.style is not None:
+                self.style = p.follows
+            else:
+                self.melody = p.follows
             kept = self.gen.context_frames / self.model.spec.frame_rate  # less if a longer prefix needs it
             if kept < self.controls["context"]:
                 self.controls["context"] = kept
@@ -1013,11 +1036,7 @@ HANDLERS: dict[type, Callable[[Session, c.Ticket], Answer]] = {
     c.ContinueFile: Session._on_continue,
     c.ContinueAudio: Session._on_continue,
     c.ContinueCodes: Session._on_continue_codes,
-    c.MelodyHistory: Session._on_melody,
-    c.MelodyInput: Session._on_melody,
-    c.MelodyFile: Session._on_melody,
-    c.MelodyAudio: Session._on_melody,
-    c.MelodyOff: Session._on_melody,
+    **{kind: Session._on_follow for kind in c.FOLLOWS},
     c.Query: Session._on_query,
     c.RecentCodes: Session._on_recent_codes,
 }
@@ -1033,25 +1052,33 @@ def _conditions(model: MusicGen, texts: list[str]) -> Generator[None, int | None
     return conds
 
 
-def _melody_condition(
-    model: MusicGen, text: str, chroma: torch.Tensor | None, source: Callable[[], torch.Tensor] | None
+def _prefix_condition(
+    model: MusicGen, text: str, features: torch.Tensor | None, source: Callable[[], torch.Tensor] | None
 ) -> Generator[None, int | None, tuple[Condition, torch.Tensor | None]]:
-    """A melody stream's condition: `text` and the chroma of `source`'s audio (read in the first
-    piece, its chroma in the next) or the given `chroma` (None: text alone); then T5 a block per
-    piece. Returns the condition and the chroma it used."""
+    """A melody or style stream's condition: `text` and the melody (chroma) or style of `source`'s
+    audio (read in the first piece, then its features: chroma in one piece, the style a layer per
+    piece) or the given `features` (None: text alone); then T5 a block per piece. Returns the
+    condition and the features it used."""
     amount = yield
     if source is not None:
-        if model.chroma is None:
-            raise ContextError("this checkpoint has no melody conditioning")
         clip = source()
-        rate = model.chroma.settings.sample_rate
-        if rate != model.sample_rate:
-            clip = prepare_audio(clip.T.numpy(), model.sample_rate, rate, 1)
         amount = yield
-        chroma = model.chroma(clip)
+        if model.style is not None:
+            features = yield from _delegate(model.style.states_steps(clip), amount)
+        else:
+            if model.chroma is None:
+                raise ContextError("this checkpoint has no melody or style conditioning")
+            rate = model.chroma.settings.sample_rate
+            if rate != model.sample_rate:
+                clip = prepare_audio(clip.T.numpy(), model.sample_rate, rate, 1)
+            features = model.chroma(clip)
         amount = yield
-    cond = yield from _delegate(model.melody_condition_steps(text or None, chroma, guided=True), amount)
-    return cond, chroma
+    if model.style is not None:
+        steps = model.style_condition_steps(text or None, features, guided=True, double=True)
+    else:
+        steps = model.melody_condition_steps(text or None, features, guided=True)
+    cond = yield from _delegate(steps, amount)
+    return cond, features
 
 
 def _continuation_codes(

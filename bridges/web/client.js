@@ -19,7 +19,7 @@ let controls = {}; // name -> {lo, hi, integer, meaning}, from the server's one 
 const dragging = new Set();
 const FRAME_MS = 20; // one MusicGen frame: faders send at most this often
 const SLOTS = 4;
-const OFF_AT_ZERO = new Set(["top_k", "top_p", "quantize"]);
+const OFF_AT_ZERO = new Set(["top_k", "top_p", "quantize", "cfg_beta"]);
 
 // -- sending --------------------------------------------------------------------------------------
 function send(obj) {
@@ -118,6 +118,7 @@ function applyState(changes) {
     shownPrompts = JSON.stringify(changes.prompts); showPrompts(view.prompts);
   }
   if (changes.melody !== undefined) $("melody").textContent = changes.melody;
+  if (changes.style !== undefined) $("style").textContent = changes.style;
   for (const id of Object.keys(controls)) {
     if (changes[id] !== undefined && !dragging.has(id) && $(id)) { $(id).value = changes[id]; label(id); }
   }
@@ -247,6 +248,8 @@ $("continue").onclick = () => send({ type: "generate.continue", source: "history
 $("continueInput").onclick = () => send({ type: "generate.continue", source: "input", seconds: 8 });
 $("melodyHistory").onclick = () => send({ type: "melody.set", source: "history", seconds: 8 });
 $("melodyOff").onclick = () => send({ type: "melody.set", source: "off" });
+$("styleHistory").onclick = () => send({ type: "style.set", source: "history", seconds: 3 });
+$("styleOff").onclick = () => send({ type: "style.set", source: "off" });
 buildSlots(); showHistory(); connect(); show(); requestAnimationFrame(draw);
 
 // ?selftest=1: for automated browser tests - play, send a prompt, report what arrived in the title.

@@ -199,7 +199,7 @@ def _set(dotted: str, value: Any):
 
 
 BAD_CHECKPOINTS = [
-    ("melody conditioner", dict(cfg=_set("conditioners.self_wav", {"model": "chroma_stem"})), "text and MusicGen-Style"),
+    ("melody conditioner", dict(cfg=_set("conditioners.self_wav", {"model": "chroma_stem"})), "MusicGen-Style ones"),
     ("style by cross-attention", dict(cfg=_set("conditioners.self_wav", {"model": "style"})), "must prepend"),
     ("rope positions", dict(cfg=_set("transformer_lm.positional_embedding", "rope")), "positional_embedding"),
     ("post-norm", dict(cfg=_set("transformer_lm.norm_first", False)), "norm_first"),

@@ -38,11 +38,18 @@ STREAM = StreamConfig(buffer_ms=100, window_s=2.5, context_s=1.0, slide_chunk=4,
 # the moves' domains, shared by both runners
 TEXTS = ["warm pads", "dub techno", "", "x" * 50, "choir"]
 FADES = [None, 0.0, 0.1, 0.6, 2.0]
-KNOBS = ["cfg", "temperature", "top_k", "top_p", "seed", "gain", "context", "fade"]
+KNOBS = ["cfg", "cfg_beta", "temperature", "top_k", "top_p", "seed", "gain", "context", "fade"]
 KNOB_VALUES = (-5.0, 40.0)  # out-of-range values must be refused in a sentence
 TRANSPORT = [c.Play, c.Pause, c.Stop, c.Reset, c.Play, c.Play]
 SOURCES = ["history", "input", "file", "missing file", "audio"]
-MELODIES = [*SOURCES, "off"]  # a text checkpoint refuses them all; a melody one re-prefills
+MELODIES = [*SOURCES, "off"]  # a text checkpoint refuses them all; a melody (style) one re-prefills
+# melody and style commands by source: a checkpoint takes one kind and refuses the other
+FOLLOW: dict[str, dict[str, type]] = {
+    "melody": dict(
+        history=c.MelodyHistory, input=c.MelodyInput, audio=c.MelodyAudio, off=c.MelodyOff, file=c.MelodyFile
+    ),
+    "style": dict(history=c.StyleHistory, input=c.StyleInput, audio=c.StyleAudio, off=c.StyleOff, file=c.StyleFile),
+}
 SECONDS = (0.05, 40.0)
 BEATS = [0.0, 0.25, 1.0, 4.0, -1.0]  # quantize settings (-1 is refused); 4 beats = 1 s at the walk's 240 bpm
 OWN_BEATS = [None, None, 0.0, 1.0]  # a change's own quantize
@@ -99,18 +106,18 @@ class Walk:
         else:
             self._send(c.ContinueFile(self.clip if source == "file" else self.clip + ".nope", seconds))
 
-    def melody(self, source: str, seconds: float) -> None:
-        if source == "history":
-            self._send(c.MelodyHistory(seconds))
-        elif source == "input":
-            self._send(c.MelodyInput(seconds))  # no input device: refused
+    def follow(self, kind: str, source: str, seconds: float) -> None:
+        """A melody or style command (`kind`) from `source`."""
+        made = FOLLOW[kind]
+        if source in ("history", "input"):  # input: no input device, refused
+            self._send(made[source](seconds))
         elif source == "audio":
-            audio = 0.2 * np.random.default_rng(self.fresh).standard_normal((22050, 1)).astype(np.float32)
-            self._send(c.MelodyAudio(audio, 22050, seconds))
+            audio = 0.2 * np.random.default_rng(self.fresh).standard_normal((22050 * 4, 1)).astype(np.float32)
+            self._send(made["audio"](audio, 22050, seconds))
         elif source == "off":
-            self._send(c.MelodyOff())
+            self._send(made["off"]())
         else:
-            self._send(c.MelodyFile(self.clip if source == "file" else self.clip + ".nope", seconds))
+            self._send(made["file"](self.clip if source == "file" else self.clip + ".nope", seconds))
 
     def ask(self) -> None:
         self._send(c.Query())
@@ -168,7 +175,7 @@ def seeded_walk(model: MusicGen, commands: int, seed: int, on_the_beat: bool = F
         lambda: walk.knob(rng.choice(KNOBS), rng.uniform(*KNOB_VALUES)),
         lambda: walk.transport(rng.choice(TRANSPORT)),
         lambda: walk.continue_from(rng.choice(SOURCES), rng.uniform(*SECONDS)),
-        lambda: walk.melody(rng.choice(MELODIES), rng.uniform(*SECONDS)),
+        lambda: walk.follow(rng.choice(list(FOLLOW)), rng.choice(MELODIES), rng.uniform(*SECONDS)),
         walk.ask,
     ]
     for _ in range(commands):
@@ -220,9 +227,9 @@ class WalkMachine(RuleBasedStateMachine):
     def continue_from(self, source: str, seconds: float) -> None:
         self.walk.continue_from(source, seconds)
 
-    @rule(source=st.sampled_from(MELODIES), seconds=st.floats(*SECONDS))
-    def melody(self, source: str, seconds: float) -> None:
-        self.walk.melody(source, seconds)
+    @rule(kind=st.sampled_from(list(FOLLOW)), source=st.sampled_from(MELODIES), seconds=st.floats(*SECONDS))
+    def follow(self, kind: str, source: str, seconds: float) -> None:
+        self.walk.follow(kind, source, seconds)
 
     @rule()
     def ask(self) -> None:
@@ -271,12 +278,19 @@ def test_seeded_walk_of_a_melody_checkpoint_across_slides():
     assert r["slides"] >= 5, r
 
 
+def test_seeded_walk_of_a_style_checkpoint_across_slides():
+    """The same walk on `tiny-style`: style and prompt changes re-prefill its window, double
+    guidance turns on and off, with every other move in between."""
+    r = seeded_walk(MusicGen.load("tiny-style", progress=None), 80, seed=5)
+    assert r["slides"] >= 5, r
+
+
 @pytest.mark.skipif(not os.environ.get("MUSICGEN_LIVE_WALK"), reason="the long profile: make walk")
 @pytest.mark.timeout(6 * 3600)
 def test_long_seeded_walk(tiny):
     commands = int(os.environ["MUSICGEN_LIVE_WALK"])
     seed = int(os.environ.get("MUSICGEN_LIVE_WALK_SEED", "1"))
-    name = os.environ.get("MUSICGEN_LIVE_WALK_MODEL", "tiny")  # tiny-melody walks a melody checkpoint
+    name = os.environ.get("MUSICGEN_LIVE_WALK_MODEL", "tiny")  # tiny-melody / tiny-style: those checkpoints
     beat = bool(os.environ.get("MUSICGEN_LIVE_WALK_BEAT"))  # with a beat clock: changes held for their beat
     kv = os.environ.get("MUSICGEN_LIVE_WALK_KV") or "float32"  # the KV cache's storage ([model] kv)
     codec = os.environ.get("MUSICGEN_LIVE_WALK_CODEC") or "float32"  # the streaming decoder ([model] codec)
