@@ -297,9 +297,7 @@ class Features:
         with torch.no_grad():
             x = wav[:, None]
         for conv in m.feature_extractor.conv_layers:
-            with torch.no_grad():
-                x = conv(x)
-            yield
+            x = yield from _conv_layer_steps(conv, x)
         with torch.no_grad():
             x = m.feature_projection(x.transpose(1, 2))
             x = x[0] if isinstance(x, tuple) else x  # wav2vec2's projection also returns its normed input
@@ -316,6 +314,42 @@ class Features:
             with torch.no_grad():
                 x = encoder.layer_norm(x)
         return x
+
+
+CONV_PIECE_MACS = 500_000_000  # multiply-adds of one piece of a feature-encoder convolution (~15 ms on a CPU core)
+
+
+def _conv_layer_steps(layer: torch.nn.Module, x: torch.Tensor) -> Generator[None, None, torch.Tensor]:
+    """One convolution layer of a HuBERT-family feature encoder, its convolution over a few stretches
+    of time (a piece each) when it is large: (rows, channels, samples) -> (rows, channels', frames).
+    Layers of another kind run whole."""
+    conv: Any = getattr(layer, "conv", None)
+    kind = type(layer).__name__
+    norm = next((k for k in ("NoLayerNorm", "LayerNorm", "GroupNorm") if kind.endswith(f"{k}ConvLayer")), None)
+    if not isinstance(conv, torch.nn.Conv1d) or norm is None or conv.padding != (0,) or conv.dilation != (1,):
+        with torch.no_grad():
+            x = layer(x)
+        yield
+        return x
+    (k,), (stride,) = conv.kernel_size, conv.stride
+    frames = (x.shape[-1] - k) // stride + 1
+    macs = conv.out_channels * conv.in_channels // conv.groups * k * frames * x.shape[0]
+    per_piece = max(1, -(-frames // max(1, -(-macs // CONV_PIECE_MACS))))
+    parts = []
+    for start in range(0, frames, per_piece):
+        end = min(frames, start + per_piece)
+        with torch.no_grad():
+            parts.append(F.conv1d(x[..., start * stride : (end - 1) * stride + k], conv.weight, conv.bias, stride))
+        yield
+    with torch.no_grad():
+        y = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        act: Any = layer.activation
+        norm_layer: Any = getattr(layer, "layer_norm", None)
+        if norm == "LayerNorm":  # over channels, frame by frame
+            y = norm_layer(y.transpose(-2, -1)).transpose(-2, -1)
+        elif norm == "GroupNorm":  # over time, channel by channel (the first layer)
+            y = norm_layer(y)
+        return act(y)
 
 
 def load_features(where: str, source: str) -> Features:

@@ -59,6 +59,7 @@ class StreamBench:
     p90_ratio: dict[str, list[float]] = field(default_factory=dict)  # ... its steps' 90th percentile, likewise
     ready_ms: dict[str, list[float]] = field(default_factory=dict)  # kind -> request to take-over
     companion_underruns: list[int] = field(default_factory=list)  # one per companion session
+    job_steps_ms: dict[str, list[float]] = field(default_factory=dict)  # job label -> steps that carried a piece
 
 
 def run_stream_bench(
@@ -170,6 +171,10 @@ def run_stream_bench(
             slides.setdefault(run, []).append((end, ms))
     for steps in slides.values():
         cost("window slide", [ms for _, ms in steps], steps[0][0])
+    job_steps: dict[str, list[float]] = {}
+    for _, ms, _, job in log:
+        if job:
+            job_steps.setdefault(job, []).append(ms)
     return StreamBench(
         seconds=snap["seconds"],
         output=output.describe(),
@@ -189,6 +194,7 @@ def run_stream_bench(
         p90_ratio=p90_ratio,
         ready_ms=ready,
         companion_underruns=companion_underruns,
+        job_steps_ms=job_steps,
     )
 
 
@@ -222,5 +228,15 @@ def format_stream_bench(r: StreamBench) -> str:
         lines.append(
             f"    {kind:13s} worst step {max(worst):6.1f} ms = {max(r.worst_ratio[kind]):.2f}x, "
             f"p90 {max(r.p90_ratio[kind]):.2f}x ({len(worst)} of them){took}"
+        )
+    if r.job_steps_ms:
+        lines.append("  steps that carried a piece of a job (T5 blocks, encoder frames, melody / style features):")
+    for job, steps in sorted(r.job_steps_ms.items()):
+        ordered = sorted(steps)
+        mid, top = statistics.median(ordered), ordered[-1]
+        base = max(r.plain_step_ms, 1e-9)
+        lines.append(
+            f"    {job:13s} {len(steps)} steps: median {mid:.1f} ms = {mid / base:.2f}x, worst {top:.1f} ms = "
+            f"{top / base:.2f}x (pieces that fit between steps are not counted)"
         )
     return "\n".join(lines)

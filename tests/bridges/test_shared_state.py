@@ -177,3 +177,34 @@ def test_the_page_follows_a_melody_and_changes_it(tmp_path):
     finally:
         page.close()
         stack.close()
+
+
+def test_the_page_changes_a_style_and_every_bridge_sees_it(tmp_path):
+    """tiny-style served: the page's style button makes the session play in the style of its last
+    3 s, the page shows what the server reports; a WebSocket client turns double guidance on
+    (`cfg_beta`) and the page follows; OSC switches the style off and the page shows it."""
+    from musicgen_live.engine.model import MusicGen
+
+    stack = Stack(MusicGen.load("tiny-style", progress=None), tmp_path)
+    page = Browser()
+    try:
+        page.open(f"http://127.0.0.1:{stack.ws_port}/")
+        page.wait_for("window.musicgenView && window.musicgenView.style === 'off'")
+        time.sleep(3.5)  # 3 s of history to take the style of
+        page.eval("document.getElementById('styleHistory').click()")
+        page.wait_for("document.getElementById('style').textContent === 'history 3 s'", timeout=60)
+        assert stack.session.view()["style"] == "history 3 s"
+        with connect(f"ws://127.0.0.1:{stack.ws_port}/", open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "session.update", "cfg_beta": 5, "event_id": "b"}))
+            while (msg := json.loads(ws.recv(timeout=20))).get("type") != "session.updated":
+                assert msg.get("type") != "error", msg
+        page.wait_for("window.musicgenView.cfg_beta === 5 && document.getElementById('cfg_beta').value === '5'")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.sendto(encode("/musicgen/style/off", ()), ("127.0.0.1", stack.osc_port))
+        sock.close()
+        page.wait_for("document.getElementById('style').textContent === 'off'", timeout=60)
+        snap = stack.session.snapshot()
+        assert snap["errors"] == 0 and snap["underruns"] == 0 and stack.session.gen.params.cfg_beta == 5.0
+    finally:
+        page.close()
+        stack.close()
