@@ -30,13 +30,6 @@ PROMPT = "warm analog bass with a four on the floor kick"
 
 
 @pytest.fixture(scope="module")
-def ac() -> Any:
-    module = ref.import_audiocraft()
-    assert module is not None, "audiocraft is installed for the tests by scripts/setup.sh"
-    return module
-
-
-@pytest.fixture(scope="module")
 def exported(ac, tmp_path_factory):
     """channels -> (directory, audiocraft LM, audiocraft codec), each built once."""
     t5 = ref.random_t5()

@@ -31,13 +31,6 @@ RATE = 32000
 
 
 @pytest.fixture(scope="module")
-def ac() -> Any:
-    module = ref.import_audiocraft()
-    assert module is not None, "audiocraft is installed for the tests by scripts/setup.sh"
-    return module
-
-
-@pytest.fixture(scope="module")
 def style_model(ac, tmp_path_factory) -> tuple[Path, Any]:
     """(exported directory, audiocraft LM), built once."""
     t5, mert = ref.random_t5(), sref.random_mert()

@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.streamer import commands as c
-from musicgen_live.streamer.config import StreamConfig
-from musicgen_live.streamer.outputs import make_output
-from musicgen_live.streamer.session import PLAYING, Session
+from musicgen_live.streamer.session import PLAYING
+
+from .live import playing, state, submit
 
 
 @pytest.fixture(scope="module")
@@ -25,24 +25,8 @@ def tiny_melody() -> MusicGen:
 
 @pytest.fixture
 def session(tiny_melody):
-    s = Session(
-        tiny_melody,
-        make_output("null", 2, 0.2),
-        StreamConfig(buffer_ms=200, window_s=6.0, context_s=2.0, history_s=10, prompt="folk"),
-    )
-    s.start()
-    yield s
-    s.close()
-
-
-def submit(s: Session, cmd, timeout: float = 20):
-    t = s.submit(cmd)
-    assert t.wait(timeout), f"{cmd} was not answered"
-    return t
-
-
-def state(s: Session) -> dict:
-    return submit(s, c.Query()).result
+    with playing(tiny_melody, window_s=6.0, context_s=2.0, history_s=10, prompt="folk") as s:
+        yield s
 
 
 def riff(seconds: float, rate: int = 32000) -> np.ndarray:
@@ -111,12 +95,8 @@ def test_what_cannot_work_is_refused_in_a_sentence_and_the_music_goes_on(session
 
 
 def test_a_melody_on_a_text_checkpoint_is_refused_in_a_sentence(tiny):
-    s = Session(tiny, make_output("null", 2, 0.2), StreamConfig(buffer_ms=200, window_s=4.0, context_s=1.5))
-    s.start()
-    try:
+    with playing(tiny, window_s=4.0, context_s=1.5) as s:
         time.sleep(1.0)
         t = submit(s, c.MelodyHistory(1.0))
         assert t.error and "no melody conditioning" in t.error
         assert state(s)["melody"] == "off"
-    finally:
-        s.close()

@@ -17,9 +17,9 @@ import pytest
 import soundfile as sf
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.streamer import commands as c
-from musicgen_live.streamer.config import StreamConfig
-from musicgen_live.streamer.outputs import make_output
-from musicgen_live.streamer.session import PLAYING, Session
+from musicgen_live.streamer.session import PLAYING
+
+from .live import playing, state, submit
 
 
 @pytest.fixture(scope="module")
@@ -29,24 +29,8 @@ def tiny_style() -> MusicGen:
 
 @pytest.fixture
 def session(tiny_style):
-    s = Session(
-        tiny_style,
-        make_output("null", 2, 0.2),
-        StreamConfig(buffer_ms=200, window_s=6.0, context_s=2.0, history_s=10, prompt="dub"),
-    )
-    s.start()
-    yield s
-    s.close()
-
-
-def submit(s: Session, cmd, timeout: float = 20):
-    t = s.submit(cmd)
-    assert t.wait(timeout), f"{cmd} was not answered"
-    return t
-
-
-def state(s: Session) -> dict:
-    return submit(s, c.Query()).result
+    with playing(tiny_style, window_s=6.0, context_s=2.0, history_s=10, prompt="dub") as s:
+        yield s
 
 
 def chords(seconds: float, rate: int = 32000) -> np.ndarray:
@@ -108,9 +92,7 @@ def test_what_cannot_work_is_refused_in_a_sentence_and_the_music_goes_on(session
 
 
 def test_a_text_checkpoint_refuses_style_and_double_guidance_in_a_sentence(tiny):
-    s = Session(tiny, make_output("null", 2, 0.2), StreamConfig(buffer_ms=200, window_s=4.0, context_s=1.5))
-    s.start()
-    try:
+    with playing(tiny, window_s=4.0, context_s=1.5) as s:
         time.sleep(1.0)
         t = submit(s, c.StyleHistory(3.0))
         assert t.error and "has no style conditioning: style commands need a MusicGen-Style checkpoint" in t.error
@@ -118,5 +100,3 @@ def test_a_text_checkpoint_refuses_style_and_double_guidance_in_a_sentence(tiny)
         assert t.error and "cfg_beta (double guidance) needs a MusicGen-Style checkpoint" in t.error
         view = state(s)
         assert view["style"] == "off" and view["cfg_beta"] == 0.0 and view["state"] == PLAYING
-    finally:
-        s.close()
