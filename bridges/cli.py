@@ -105,7 +105,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         help="built-in 'tiny' (random weights), a size name small|medium|large (random weights), each "
-        "also NAME-stereo (8 codebooks, 2 channels) or NAME-melody (melody-conditioned), a local checkpoint "
+        "also NAME-stereo (8 codebooks, 2 channels), NAME-melody (melody-conditioned) or NAME-style "
+        "(style-conditioned, as MusicGen-Style), a local checkpoint "
         "directory, or a hub id such as "
         "facebook/musicgen-small ([model] name)",
     )
