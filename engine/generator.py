@@ -24,7 +24,9 @@ the live window. A crossfade (`fading`) runs alongside any phase.
 A melody checkpoint's stream is conditioned by a prefix (chroma and text states) in the first cache
 slots of each window, not by cross-attention: every window a slide or continuation prepares is fed
 its prefix first, and `set_condition` (a new melody or prompt) prepares a window under the new one
-at once, like a slide.
+at once, like a slide. A MusicGen-Style stream works the same way (style and text states) and may
+carry a third row, style alone, between its prompt row and the unconditional one: MusicGen-Style's
+double guidance (`SamplingParams.cfg_beta`).
 
 Units: *frames* are absolute codec frames since the stream began (prompt included); *columns*
 are positions in the current window (column 0 = BOS).
