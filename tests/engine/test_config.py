@@ -22,7 +22,10 @@ def test_partial_file_keeps_defaults(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("[sampling]\ncgf = 2.0\n", "[sampling]: unknown setting 'cgf' (known: cfg, cfg_beta, seed, temperature, top_k, top_p)"),
+        (
+            "[sampling]\ncgf = 2.0\n",
+            "[sampling]: unknown setting 'cgf' (known: cfg, cfg_beta, seed, temperature, top_k, top_p)",
+        ),
         ("[sampling]\ntop_k = 'many'\n", "[sampling] top_k: expected a whole number, got 'many'"),
         ("[sampling]\ncfg = 99\n", "[sampling] cfg: expected a number <= 20, got 99"),
         ("[model]\nexact = 1\n", "[model] exact: expected true or false, got 1"),
