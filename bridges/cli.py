@@ -173,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="audio file whose style (its middle 3 s) conditions a MusicGen-Style checkpoint; "
         "with no --prompt the style alone conditions it",
     )
+    r.add_argument(
+        "--style-q",
+        type=_positive_int,
+        help="codebooks of the style quantizer to use, 1..6 (the checkpoint's eval_q, 3): more lets more of "
+        "the excerpt through (audiocraft's set_style_conditioner_params eval_q)",
+    )
+    r.add_argument(
+        "--style-excerpt",
+        type=_positive_float,
+        help="seconds of --style audio the style is taken from, its middle (the checkpoint's, 3)",
+    )
     r.add_argument("--out", required=True, help="output audio: .wav (float), .flac or .npy")
     r.add_argument("--codes-out", help="also save the (codebooks, frames) int64 codes as .npy")
     r.add_argument(
@@ -539,7 +550,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.prompt_audio:
         audio = read_audio(args.prompt_audio, model.sample_rate, model.audio_channels)
     if model.style is not None or args.style is not None:
-        condition = _style_condition(model, args.prompt, args.style, params)
+        condition = _style_condition(model, args.prompt, args.style, params, args.style_q, args.style_excerpt)
     else:
         condition = _melody_condition(model, args.prompt, args.melody, guided=params.cfg != 1.0)
     t0 = time.perf_counter()
@@ -587,7 +598,7 @@ def _melody_condition(model, prompt: str, melody: str | None, guided: bool):  # 
     return model.melody_condition(prompt or None, audio, guided)
 
 
-def _style_condition(model, prompt: str, style: str | None, params):  # noqa: ANN001, ANN202
+def _style_condition(model, prompt: str, style: str | None, params, eval_q, excerpt_s):  # noqa: ANN001, ANN202
     """A MusicGen-Style checkpoint's condition for `render`: text and/or the style of a file. Guidance
     runs as audiocraft runs it: three rows with cfg_beta, two without, one at cfg 1."""
     from musicgen_live.engine.audiofile import read_audio
@@ -595,9 +606,12 @@ def _style_condition(model, prompt: str, style: str | None, params):  # noqa: AN
 
     if model.style is None:
         raise ContextError(f"--style needs a MusicGen-Style checkpoint; '{model.source}' has no style conditioner")
+    if style is None and (eval_q is not None or excerpt_s is not None):
+        raise ContextError("--style-q and --style-excerpt shape the style of --style FILE; give one")
     audio = None if style is None else read_audio(style, model.sample_rate, 1)
     guided = params.cfg != 1.0 or params.cfg_beta is not None
-    return model.style_condition(prompt or None, audio, guided, double=params.cfg_beta is not None)
+    double = params.cfg_beta is not None
+    return model.style_condition(prompt or None, audio, guided, double, eval_q=eval_q, excerpt_s=excerpt_s)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:

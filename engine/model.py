@@ -145,18 +145,27 @@ class MusicGen:
         states = yield from prefix_states_steps(self.lm, self.conditioner, prompt, chroma, guided)
         return Condition(text=prompt or "", cross=None, tokens=states.shape[1], prefix=states)
 
-    def style_states(self, audio: torch.Tensor) -> torch.Tensor:
+    def style_states(
+        self, audio: torch.Tensor, eval_q: int | None = None, excerpt_s: float | None = None
+    ) -> torch.Tensor:
         """A MusicGen-Style checkpoint's style of `audio` (channels, samples) at the model's rate
-        (its middle `excerpt_s` seconds) -> (1, frames, hidden)."""
-        return self._style().__call__(audio)
+        (its middle `excerpt_s` seconds; None: the checkpoint's) -> (1, frames, hidden), through
+        `eval_q` of its quantizer's codebooks (None: the checkpoint's) - `StyleConditioner.tuned`."""
+        return self._style().tuned(eval_q, excerpt_s)(audio)
 
     def style_condition(
-        self, prompt: str | None, audio: torch.Tensor | None, guided: bool, double: bool = True
+        self,
+        prompt: str | None,
+        audio: torch.Tensor | None,
+        guided: bool,
+        double: bool = True,
+        eval_q: int | None = None,
+        excerpt_s: float | None = None,
     ) -> Condition:
         """A MusicGen-Style checkpoint's condition: text `prompt` (None: none) and the style of
-        `audio` (None: no style). `double`: with guidance, also a style-alone row, so that
-        `cfg_beta` (double guidance) can be used."""
-        states = None if audio is None else self.style_states(audio)
+        `audio` (None: no style; `eval_q`, `excerpt_s` as `style_states` takes them). `double`: with
+        guidance, also a style-alone row, so that `cfg_beta` (double guidance) can be used."""
+        states = None if audio is None else self.style_states(audio, eval_q, excerpt_s)
         return run(self.style_condition_steps(prompt, states, guided, double))
 
     def style_condition_steps(

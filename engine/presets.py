@@ -242,7 +242,7 @@ def random_style(arch: Arch, seed: int = 0) -> StyleParts:
             t + "linear1.weight": rand(4 * w, w), t + "linear2.weight": rand(w, 4 * w),
         })  # fmt: skip
     tensors["batch_norm.running_mean"], tensors["batch_norm.running_var"] = torch.zeros(w), torch.ones(w)
-    for q in range(settings.eval_q):
+    for q in range(6):  # audiocraft's n_q_out: eval_q of them are used, `StyleConditioner.tuned` may use more
         tensors[f"rvq.vq.layers.{q}._codebook.embed"] = rand(1024, w, scale=1.0)
     tensors["output_proj.weight"], tensors["output_proj.bias"] = (
         rand(arch.hidden, w, scale=0.5),

@@ -29,15 +29,16 @@ second stands in (the tests use a small random HuBERT, the architecture MERT ext
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .conditioning import TextConditioner
-from .errors import AudioInputError, CheckpointError
+from .errors import AudioInputError, CheckpointError, ContextError
 from .lm import LanguageModel
 from .pieces import run
 
@@ -48,6 +49,7 @@ MERT_HUB_ID = "m-a-p/MERT-v1-95M"
 MERT_DIR = "mert"
 LN_EPS = 1e-5
 BN_EPS = 1e-5
+MIN_EXCERPT_S, MAX_EXCERPT_S = 1.0, 30.0  # style excerpts `tuned` accepts (audiocraft trains on 1.5..4.5 s)
 
 # audiocraft's transformer sizes by name: (width, heads, layers)
 TRANSFORMER_SCALES: dict[str, tuple[int, int, int]] = {
@@ -165,8 +167,31 @@ class StyleConditioner:
         ]
         self.bn_mean = need("batch_norm.running_mean") if s.batch_norm else None
         self.bn_var = need("batch_norm.running_var") if s.batch_norm else None
-        self.codebooks = [need(f"rvq.vq.layers.{q}._codebook.embed") for q in range(s.eval_q)]
+        # every codebook the quantizer has (audiocraft trains 6); the first `eval_q` are used
+        books = sum(1 for k in tensors if k.startswith("rvq.vq.layers.") and k.endswith("._codebook.embed"))
+        self.all_codebooks = [need(f"rvq.vq.layers.{q}._codebook.embed") for q in range(max(books, s.eval_q))]
+        self.codebooks = self.all_codebooks[: s.eval_q]
         self.out_w, self.out_b = need("output_proj.weight"), need("output_proj.bias")
+
+    def tuned(self, eval_q: int | None = None, excerpt_s: float | None = None) -> StyleConditioner:
+        """This conditioner with other inference settings, as audiocraft's
+        `set_style_conditioner_params` sets them: `eval_q` codebooks of the quantizer (more: more
+        of the excerpt passes, 1 to all it has) and an `excerpt_s`-second excerpt. The weights are
+        shared; this one is unchanged."""
+        s = self.settings
+        q = s.eval_q if eval_q is None else int(eval_q)
+        seconds = s.excerpt_s if excerpt_s is None else float(excerpt_s)
+        if not 1 <= q <= len(self.all_codebooks):
+            books = len(self.all_codebooks)
+            raise ContextError(f"style eval_q must be 1..{books} (the quantizer's codebooks), got {q}")
+        if not MIN_EXCERPT_S <= seconds <= MAX_EXCERPT_S:
+            raise ContextError(f"a style excerpt is {MIN_EXCERPT_S:g}..{MAX_EXCERPT_S:g} s, not {seconds:g}")
+        if (q, seconds) == (s.eval_q, s.excerpt_s):
+            return self
+        other = copy.copy(self)
+        other.settings = replace(s, eval_q=q, excerpt_s=seconds)
+        other.codebooks = self.all_codebooks[:q]
+        return other
 
     @property
     def width(self) -> int:

@@ -315,6 +315,50 @@ def test_bad_melody_input_is_one_sentence(tmp_path, capsys, argv, says):
     assert says in err and "Traceback" not in err
 
 
+def test_render_takes_a_style_on_a_style_checkpoint(tmp_path, capsys):
+    """`render --style` (with double guidance, more codebooks, a longer excerpt): the style changes
+    the piece; greedy runs of the same arguments are the same."""
+    t = np.arange(5 * 44100) / 44100
+    for name, freq in (("chords", 220.0), ("other", 93.0)):
+        sf.write(str(tmp_path / f"{name}.wav"), 0.3 * np.sin(2 * np.pi * freq * t) * (t % 0.25 < 0.2), 44100)
+    codes = {}
+    for name, extra in {
+        "chords": ["--style", str(tmp_path / "chords.wav")],
+        "again": ["--style", str(tmp_path / "chords.wav")],
+        "other": ["--style", str(tmp_path / "other.wav")],
+        "tuned": ["--style", str(tmp_path / "chords.wav"), "--style-q", "6", "--style-excerpt", "4.5"],
+    }.items():
+        npy = tmp_path / f"{name}.npy"
+        code, err = run(
+            capsys, "render", "--model", "tiny-style", "--frames", "25", "--greedy", "--cfg-beta", "5",
+            "--prompt", "dub", *extra, "--out", str(tmp_path / f"out-{name}.wav"), "--codes-out", str(npy),
+        )  # fmt: skip
+        assert code == 0, err
+        codes[name] = np.load(npy)
+    assert np.array_equal(codes["chords"], codes["again"])
+    assert not np.array_equal(codes["chords"], codes["other"])
+    assert not np.array_equal(codes["chords"], codes["tuned"])
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--model", "tiny", "--style", "STYLE"], "--style needs a MusicGen-Style checkpoint"),
+        (["--model", "tiny", "--cfg-beta", "4"], "cfg_beta (double guidance) needs a MusicGen-Style checkpoint"),
+        (["--model", "tiny-style", "--style-q", "2"], "--style-q and --style-excerpt shape the style of --style"),
+        (["--model", "tiny-style", "--style", "STYLE", "--style-q", "9"], "style eval_q must be 1..6"),
+        (["--model", "tiny-style", "--style", "STYLE"], "style needs at least 3 s of audio; got 1.00 s"),
+    ],
+)
+def test_bad_style_input_is_one_sentence(tmp_path, capsys, argv, says):
+    t = np.arange(32000) / 32000
+    sf.write(str(tmp_path / "s.wav"), 0.3 * np.sin(2 * np.pi * 440 * t), 32000)
+    argv = [str(tmp_path / "s.wav") if a == "STYLE" else a for a in argv]
+    code, err = run(capsys, "render", "--frames", "5", "--out", str(tmp_path / "o.wav"), *argv)
+    assert code == 2
+    assert says in err and "Traceback" not in err
+
+
 def test_serve_plays_a_melody_checkpoint_and_takes_melody_commands_from_stdin():
     # its own process: a streaming command confines the calling thread to one core (streamer.threads),
     # which the rest of the suite must not inherit

@@ -151,3 +151,35 @@ def test_a_style_checkpoint_without_mert_says_where_to_put_it(style_model, tmp_p
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match=r"MERT.*could not be fetched.*put a save_pretrained copy of it in"):
         MusicGen.load(str(bare), progress=None)
+
+
+def test_other_inference_settings_match_audiocrafts_set_params(ac, style_model, ours):
+    """audiocraft's `set_style_conditioner_params(eval_q, excerpt_length)`: fewer or more codebooks
+    of the quantizer, a shorter or longer excerpt - the same states and greedy codes here."""
+    conditioner = style_model[1].condition_provider.conditioners["self_wav"]
+    wav = excerpt(5.0, seed=4)
+    try:
+        for eval_q, seconds in ((1, 2.0), (6, 4.5)):
+            conditioner.set_params(eval_q=eval_q, excerpt_length=seconds)
+            want = sref.style_states(ac, style_model[1], wav)
+            got = ours.style_states(wav, eval_q=eval_q, excerpt_s=seconds)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        codes = sref.generate_style(ac, style_model[1], PROMPT, wav, FRAMES, 3.0, 5.0)
+        cond = ours.style_condition(PROMPT, wav, guided=True, double=True, eval_q=6, excerpt_s=4.5)
+        gen = Generator(ours, SamplingParams(greedy=True, cfg=3.0, cfg_beta=5.0))
+        got_codes = [gen.start(cond, total_frames=FRAMES).codes]
+        while not gen.done:
+            got_codes.append(gen.step().codes)
+        assert torch.equal(torch.cat(got_codes, dim=-1), codes)
+    finally:
+        conditioner.set_params(eval_q=3, excerpt_length=3.0)
+    assert ours.style.settings.eval_q == 3 and ours.style.settings.excerpt_s == 3.0  # the model is unchanged
+
+
+@pytest.mark.parametrize(
+    "eval_q, seconds, message",
+    [(7, None, r"style eval_q must be 1\.\.6"), (0, None, "eval_q"), (None, 0.5, r"a style excerpt is 1\.\.30 s")],
+)
+def test_settings_out_of_range_are_refused_in_one_sentence(ours, eval_q, seconds, message):
+    with pytest.raises(ContextError, match=message):
+        ours.style_states(excerpt(3.0), eval_q=eval_q, excerpt_s=seconds)
