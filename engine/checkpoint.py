@@ -36,7 +36,7 @@ from .presets import (
     random_tokenizer,
 )
 from .spec import ModelSpec, spec_from_hf_config
-from .style import FEATURE_RATE, StyleParts
+from .style import StyleParts
 from .weightfiles import read_weights
 
 Progress = Callable[[str], None]
@@ -62,14 +62,8 @@ class Checkpoint:
 
 
 def style_frames(style: StyleParts | None) -> int:
-    """Style frames in a MusicGen-Style prefix (0 without style): MERT run once on a silent excerpt."""
-    if style is None:
-        return 0
-    import julius
-
-    s = style.settings
-    wav = julius.resample_frac(torch.zeros(1, s.excerpt_samples), s.sample_rate, FEATURE_RATE)
-    return -(-int(style.features(wav).shape[1]) // s.ds_factor)
+    """Style frames in a MusicGen-Style prefix (0 without style)."""
+    return 0 if style is None else style.prefix_frames()
 
 
 def load_checkpoint(source: str, progress: Progress | None = stderr_progress) -> Checkpoint:

@@ -609,18 +609,20 @@ class Generator:
         return self.state
 
     def _max_rows(self) -> int:
-        st = self._require()
-        return st.window.cache.batch - len(self._tail_rows(0))
+        return self._require().window.cache.batch - self._tail()
 
     def _n_rows(self) -> int:
-        return len(self._require().rows) + len(self._tail_rows(0))
+        return len(self._require().rows) + self._tail()
 
-    def _tail_rows(self, first: int | None = None) -> list[int]:
-        """The rows after the prompts' (style-alone, unconditional), numbered from `first`
-        (default: right after the prompts)."""
+    def _tail(self) -> int:
+        """Rows after the prompts': the style-alone one (MusicGen-Style), the unconditional one."""
         st = self._require()
-        start = len(st.rows) if first is None else first
-        return list(range(start, start + (1 if st.style_row else 0) + (1 if st.guided else 0)))
+        return int(st.style_row) + int(st.guided)
+
+    def _tail_rows(self) -> list[int]:
+        """The indices of those rows, right after the prompts' rows."""
+        n = len(self._require().rows)
+        return list(range(n, n + self._tail()))
 
     def _crosses(self) -> list[CrossKV]:
         """The rows' cross-attention K/V (none for a melody stream: its prefix conditions it)."""
@@ -922,7 +924,7 @@ class Generator:
             if n == 1 and st.rows[0].weight == 1.0:
                 return logits[0]
             return functools.reduce(operator.add, (r.weight * logits[i] for i, r in enumerate(st.rows)))
-        u = logits[n + len(self._tail_rows(0)) - 1]
+        u = logits[n + self._tail() - 1]
         if st.style_row:  # MusicGen-Style (one prompt row): double guidance, or plain without cfg_beta
             beta = self.params.cfg_beta
             if beta is None:

@@ -43,7 +43,6 @@ from .lm import LanguageModel
 from .pieces import run
 
 FEATURE_RATE = 24000  # Hz: MERT's input rate
-FEATURE_HZ = 75  # MERT frames a second
 FEATURE_WIDTH = 768  # MERT's output width (audiocraft hard-codes it too)
 MERT_HUB_ID = "m-a-p/MERT-v1-95M"
 MERT_DIR = "mert"
@@ -76,11 +75,6 @@ class StyleSettings:
     @property
     def excerpt_samples(self) -> int:
         return int(self.excerpt_s * self.sample_rate)
-
-    @property
-    def downsampling(self) -> float:
-        """Input samples per style frame (audiocraft's `_downsampling_factor`)."""
-        return self.sample_rate / FEATURE_HZ * self.ds_factor
 
     @classmethod
     def from_audiocraft(cls, style: dict[str, Any], source: str) -> StyleSettings:
@@ -116,6 +110,14 @@ class StyleParts:
     settings: StyleSettings
     tensors: dict[str, torch.Tensor]
     features: Features
+
+    def prefix_frames(self) -> int:
+        """Style frames in a prefix for the checkpoint's excerpt: every ds_factor-th feature frame."""
+        import julius
+
+        s = self.settings
+        samples = julius.resample_frac(torch.zeros(1, s.excerpt_samples), s.sample_rate, FEATURE_RATE).shape[-1]
+        return -(-self.features.frames(samples) // s.ds_factor)
 
 
 @dataclass(frozen=True)
@@ -192,15 +194,6 @@ class StyleConditioner:
         other.settings = replace(s, eval_q=q, excerpt_s=seconds)
         other.codebooks = self.all_codebooks[:q]
         return other
-
-    @property
-    def width(self) -> int:
-        """The decoder width the style states come out at."""
-        return int(self.out_w.shape[0])
-
-    def frames(self, feature_frames: int) -> int:
-        """Style frames for `feature_frames` MERT frames (every ds_factor-th is kept)."""
-        return -(-feature_frames // self.settings.ds_factor)
 
     def excerpt(self, audio: torch.Tensor) -> torch.Tensor:
         """Audio (samples,) or (channels, samples) at the model's rate -> the mono excerpt
@@ -308,6 +301,18 @@ class Features:
     def __call__(self, wav: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.model(wav).last_hidden_state
+
+    def frames(self, samples: int) -> int:
+        """Feature frames for `samples` at 24 kHz: counted through the feature encoder's convolutions
+        when its stages are known (the check at load), else by running the model once on silence."""
+        m: Any = self.model
+        layers = list(m.feature_extractor.conv_layers) if self.piecewise else []
+        convs = [c for c in (getattr(layer, "conv", None) for layer in layers) if isinstance(c, torch.nn.Conv1d)]
+        if not convs or len(convs) != len(layers) or any(c.padding != (0,) for c in convs):
+            return int(self(torch.zeros(1, samples)).shape[1])
+        for conv in convs:
+            samples = (samples - conv.kernel_size[0]) // conv.stride[0] + 1
+        return samples
 
     def steps(self, wav: torch.Tensor) -> Generator[None, None, torch.Tensor]:
         """`__call__`, a stage per piece when that is exact (see the class)."""
