@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -407,7 +408,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(cb)
     cb.add_argument("--seconds", type=_positive_float, nargs="+", default=[5.0, 15.0, 30.0])
     cb.add_argument("--chunk-frames", type=_positive_int, default=1)
+
+    bw = sub.add_parser(
+        "bench-window",
+        help="what a shorter live window (and the context it keeps) does to the predictions, against one long window",
+    )
+    _add_model(bw)
+    bw.add_argument(
+        "windows",
+        nargs="+",
+        type=_window_spec,
+        metavar="WINDOW/CONTEXT",
+        help="live windows to compare, in seconds, e.g. 20/8 10/4 (the context is what a slide keeps)",
+    )
+    bw.add_argument(
+        "--reference", type=_positive_float, default=30.0, help="seconds held in one window to compare against (30)"
+    )
+    bw.add_argument("--prompt", default="lo-fi hip hop beat with warm keys", help="the prompt of the compared run")
     return parser
+
+
+def _window_spec(text: str) -> tuple[float, float]:
+    """'20/8' -> (20.0, 8.0): a window and the context it keeps, in seconds."""
+    window, sep, context = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        w, c = float(window), float(context)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not WINDOW/CONTEXT in seconds, e.g. 20/8") from None
+    if not (0 < c < w and math.isfinite(w)):
+        raise argparse.ArgumentTypeError(f"'{text}': the context must be above 0 and shorter than the window")
+    return w, c
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -647,6 +679,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(format_result(r))
         if args.json:
             print(json.dumps(as_dict(r)))
+    return 0
+
+
+def cmd_bench_window(args: argparse.Namespace) -> int:
+    from musicgen_live.engine.quality import compare_windows, format_window_quality
+
+    model = _load(args)
+    rate = model.spec.frame_rate
+    frames = round(args.reference * rate)
+    windows = [(round(w * rate), round(c * rate)) for w, c in args.windows]
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    results = compare_windows(model, args.prompt, windows, frames, say=say)
+    print(f"window quality of {args.model} ({model.lm.precision}, kv {model.lm.kv}), teacher-forced, cfg 3:")
+    for q in results:
+        print(format_window_quality(q))
     return 0
 
 
@@ -922,6 +969,7 @@ COMMANDS = {
     "decode": cmd_decode,
     "bench": cmd_bench,
     "bench-codec": cmd_bench_codec,
+    "bench-window": cmd_bench_window,
     "serve": cmd_serve,
     "cluster": cmd_cluster,
     "bench-cluster": cmd_bench_cluster,

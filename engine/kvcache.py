@@ -4,7 +4,7 @@ Late in a 30 s window a musicgen-small step reads ~0.4 GB of cached keys and val
 CFG rows, ~1 000 columns, fp32) - more than its int8 weights. float16 halves those bytes. torch's CPU
 attention gains nothing from it (it converts more slowly than it reads), so float16 caches are read
 by `kernels/decode_attention.cpp`, which converts in registers and accumulates in float32. It is
-compiled for this machine the first time it is needed (~30 s, needs a C++ compiler and ninja) and
+compiled for this machine the first time it is needed (~1 min, needs a C++ compiler and ninja) and
 cached by torch's extension builder (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions).
 
 What it costs in fidelity: each cached key and value rounded to float16 (about 3 decimal digits);
@@ -20,13 +20,16 @@ import shutil
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 from .errors import EngineError
 
 KV_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
-SOURCE = Path(__file__).parent / "kernels" / "decode_attention.cpp"
+KERNELS = Path(__file__).parent / "kernels"
+SOURCE = KERNELS / "decode_attention.cpp"
+SOURCES = [SOURCE, KERNELS / "decoder_step.cpp", KERNELS / "module.cpp"]  # one build, one module
 
 # q (R, H, T, d) fp32, k / v float16 views, start column, scale -> (R, H, T, d) fp32
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor]
@@ -59,12 +62,29 @@ def _cpu_tag() -> str:
 def attention_kernel(say: Callable[[str], None] | None = None) -> AttentionKernel:
     """The compiled float16-cache attention (built on first use, then loaded from torch's cache)."""
     if say is not None and _load.cache_info().currsize == 0:
-        say("float16 KV cache: loading its attention kernel (built for this CPU the first time, ~30 s)")
+        say("float16 KV cache: loading its CPU kernels (built for this CPU the first time, ~1 min)")
+    fn: AttentionKernel = _load().decode_attention
+    return fn
+
+
+def kernels(say: Callable[[str], None] | None = None) -> ModuleType:
+    """The compiled CPU kernels' module: `decode_attention`, and `DecoderStep` (`engine.lm`)."""
+    attention_kernel(say)
     return _load()
 
 
+def _source_tag() -> str:
+    """A short hash of every kernel file: torch's builder notices a changed source on its own, but
+    not a changed header."""
+    digest = hashlib.sha1()
+    for path in sorted(KERNELS.iterdir()):
+        if path.suffix in (".cpp", ".h"):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 @cache
-def _load() -> AttentionKernel:
+def _load() -> ModuleType:
     if shutil.which("ninja") is None:  # the pip wheel's binary, when its folder is not on PATH
         try:
             import ninja  # type: ignore[import-untyped]
@@ -75,7 +95,7 @@ def _load() -> AttentionKernel:
     missing = [tool for tool in ("c++", "ninja") if shutil.which(tool) is None]
     if missing:
         raise EngineError(
-            f"a float16 KV cache needs its attention kernel built once, which needs {' and '.join(missing)} "
+            f"a float16 KV cache needs its CPU kernels built once, which needs {' and '.join(missing)} "
             "(Debian/Ubuntu: apt install g++ ninja-build; or pip install ninja); or keep kv float32"
         )
     import logging
@@ -89,14 +109,13 @@ def _load() -> AttentionKernel:
         builder_log.setLevel(level)
     try:
         module = load(
-            name=f"musicgen_live_kv16_{_cpu_tag()}",
-            sources=[str(SOURCE)],
+            name=f"musicgen_live_kernels_{_cpu_tag()}_{_source_tag()}",
+            sources=[str(p) for p in SOURCES],
             # -fopenmp: ATen's parallel_for is inlined here and parallel only under OpenMP
             extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except Exception as e:  # a compiler error, a missing header: said in one sentence
-        raise EngineError(f"the float16 KV cache's attention kernel did not build ({type(e).__name__}: {e})") from e
-    fn: AttentionKernel = module.decode_attention
-    return fn
+        raise EngineError(f"the float16 KV cache's CPU kernels did not build ({type(e).__name__}: {e})") from e
+    return module

@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from dataclasses import dataclass, replace
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 
-from .kvcache import KV_DTYPES, AttentionKernel, attention_kernel, check_kv
-from .linear import Linear, check_precision, make_linear
+from .kvcache import KV_DTYPES, AttentionKernel, attention_kernel, check_kv, kernels
+from .linear import Int8Linear, Linear, check_precision, make_linear
 from .pieces import run
 from .spec import LMSpec
 
@@ -66,6 +66,22 @@ class LMWeights:
 
 
 W = TypeVar("W")
+
+
+class CompiledStep(Protocol):
+    """`kernels/decoder_step.cpp`'s DecoderStep: x (rows, D), the cache's k / v, the slot of the
+    column, each conditional row's cross-attention k / v, the scale -> logits (rows, K * V)."""
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        slot: int,
+        cross_k: list[torch.Tensor],
+        cross_v: list[torch.Tensor],
+        scale: float,
+    ) -> torch.Tensor: ...
 
 
 def _cross(w: W | None) -> W:
@@ -312,6 +328,22 @@ class LanguageModel:
                 for lw in weights.layers
             ]
             self.head = mk(weights.heads_cat)
+        self._step = self._compiled_step()
+
+    def _compiled_step(self) -> CompiledStep | None:
+        """The whole-decoder step in C++ (`kernels/decoder_step.cpp`) where the fast path runs int8
+        weights over a float16 cache: the same ATen ops as `_forward`, without Python between them."""
+        if self.exact or self.precision != "int8" or self.kv != "float16":
+            return None
+        norms: list[torch.Tensor | None] = []
+        mats: list[object] = []
+        for lw, f in zip(self.w.layers, self.fast):
+            norms += [lw.sa_ln_w, lw.sa_ln_b, lw.ca_ln_w, lw.ca_ln_b, lw.ff_ln_w, lw.ff_ln_b]
+            mats += [_packed(m) for m in (f.qkv, f.o, f.cq, f.co, f.fc1, f.fc2)]
+        norms += [self.w.ln_w, self.w.ln_b]
+        mats.append(_packed(self._head))
+        step: CompiledStep = kernels().DecoderStep(norms, mats, self.spec.heads, LN_EPS)
+        return step
 
     @property
     def step_weight_bytes(self) -> int:
@@ -434,6 +466,11 @@ class LanguageModel:
         uniform = isinstance(tokens, torch.Tensor)
         flat, layout = self._flatten(tokens, segments)
         x = self.embed(flat, self._positions(flat.shape[0], segments, uniform, tokens))
+        if self._step is not None and _one_column(segments, layout, batched):
+            seg, conds = segments[0], segments[0].conds
+            cross_k, cross_v = [c.k for c in conds], [c.v for c in conds]
+            z = self._step(x, seg.cache.k, seg.cache.v, seg.slot, cross_k, cross_v, self.scale)
+            return z.view(seg.rows, s.num_codebooks, s.card)
         for seg, o in zip(segments, layout.offsets):
             if seg.states is not None:  # a melody prefix being prefilled: its states are the inputs
                 pos = self.positions[seg.slot : seg.slot + seg.columns].repeat(seg.rows, 1)
@@ -739,3 +776,28 @@ class LanguageModel:
                 aj = F.scaled_dot_product_attention(qj, c.k[layer], c.v[layer], scale=self.scale)
                 a[r : r + T] = aj.transpose(1, 2).reshape(T, D)
         return a
+
+
+def _one_column(segments: list[Segment], layout: _Layout, batched: bool) -> bool:
+    """Whether a forward is what the compiled step runs: one stream's next column (no padding, no
+    batch independence asked for, no prefix being fed) over a float16 cache it has begun."""
+    if len(segments) != 1 or batched:
+        return False
+    seg = segments[0]
+    return (
+        seg.columns == 1
+        and seg.tokens == layout.total
+        and seg.states is None
+        and seg.slot > 0
+        and seg.cache.k.dtype == torch.float16
+        and len(seg.conds) <= seg.rows
+    )
+
+
+def _packed(m: Linear | None) -> object:
+    """An int8 matrix's fbgemm-packed weights (None stays None: a decoder without cross-attention)."""
+    if m is None:
+        return None
+    if not isinstance(m, Int8Linear):
+        raise TypeError("the compiled step multiplies int8 matrices only")
+    return m.packed

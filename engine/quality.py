@@ -1,4 +1,4 @@
-"""What a reduced precision does to the model's predictions, measured against float32.
+"""What a reduced precision, or a shorter live window, does to the model's predictions.
 
 Both models read the same token sequence (float32's own greedy codes, teacher-forced), so every
 column compares like with like: the guided next-token distribution of each codebook under the
@@ -8,15 +8,24 @@ how many frames a free-running greedy stream plays before its first differing to
 
 Random checkpoints have flatter distributions than trained ones (many near-ties), so argmax
 agreement here is a pessimistic figure; the KL is the better guide.
+
+`compare_windows` does the same for the live window (`[stream] window_s` / `context_s`, a speed
+setting: a shorter window reads fewer cached keys a step) against one window holding every frame.
+On a random checkpoint the sinusoidal positions dominate the hidden states, so the positions a
+slide renumbers move its predictions more than a trained model's: the figure means most on a real
+checkpoint.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
+from .errors import ContextError
 from .generator import Generator
+from .lm import KVCache
 from .model import MusicGen
 from .sampling import SamplingParams, guide
 from .stats import percentile
@@ -92,4 +101,147 @@ def format_quality(q: Quality) -> str:
         f"  quality of {q.precision} against float32 ({q.frames} frames, cfg {q.cfg:g}, teacher-forced): "
         f"greedy tokens agree {100 * q.top1_agreement:.1f} %, KL mean {q.kl_mean:.2e} / p99 {q.kl_p99:.2e} / "
         f"max {q.kl_max:.2e} nats; free-running greedy first differs {div}"
+    )
+
+
+@dataclass
+class WindowQuality:
+    """What a live window of `window_s` that keeps `context_s` when it slides does to the
+    predictions, against one window holding every frame (`frames` of them)."""
+
+    window_s: float
+    context_s: float
+    frames: int  # frames compared; the reference holds them all in one window
+    slides: int
+    columns: int  # columns compared after the first slide (before it both read the same history)
+    top1_agreement: float
+    kl_mean: float  # nats, KL(p_reference || p_window)
+    kl_p99: float
+    kl_max: float
+    kl_before: float  # largest KL before the first slide, where both read the same history: 0 if sound
+
+
+def check_windows(model: MusicGen, windows: list[tuple[int, int]], frames: int) -> None:
+    """One sentence for a comparison that cannot run (`compare_windows`' arguments, in frames)."""
+    if model.spec.lm.prefix_conditioned:
+        raise ContextError("the window comparison runs on text (cross-attention) checkpoints, not melody or style ones")
+    if not 1 <= frames <= model.max_frames:
+        raise ContextError(f"the reference window must hold 1..{model.max_frames} frames, not {frames}")
+    rate = model.spec.frame_rate
+    for window, context in windows:
+        if not 0 < context < window - 1:
+            raise ContextError(
+                f"a {window / rate:g} s window must keep less context than it holds, not {context / rate:g} s"
+            )
+        if window >= frames:
+            raise ContextError(
+                f"a {window / rate:g} s window does not slide within the {frames / rate:g} s compared: "
+                "compare windows shorter than the reference"
+            )
+
+
+@torch.no_grad()
+def compare_windows(
+    model: MusicGen,
+    prompt: str,
+    windows: list[tuple[int, int]],
+    frames: int,
+    cfg: float = 3.0,
+    seed: int = 0,
+    say: Callable[[str], None] | None = None,
+) -> list[WindowQuality]:
+    """Teacher-forced comparison of live windows (window, context), in frames, against one window
+    of `frames`.
+
+    The codes are one sampled run of `frames` frames (MusicGen's default sampling, `seed`) in a
+    single window. Every window then reads the same codes: it starts as the reference does and,
+    once full, slides - its cache is refilled with the last `context` complete frames at positions
+    from 0, as a live slide refills it - and reads on. The guided next-token distributions of
+    every column after the first slide are compared with the reference's at the same frame.
+    (A live stream prefills the next window while it plays, so it swaps in with a few more frames
+    than `context`; this comparison keeps exactly `context`: the slightly pessimistic case.)
+    """
+    check_windows(model, windows, frames)
+    lm, pat = model.lm, model.pattern
+    g = Generator(model, SamplingParams(cfg=cfg), seed=seed)
+    cond = model.conditioner.condition(prompt, guided=True)
+    g.start(cond, total_frames=frames, guided=True)
+    while not g.done:
+        g.step()
+    codes = g.codes()
+    total = pat.columns_for_frames(frames)
+
+    def column(origin: int, first: int, count: int) -> torch.Tensor:
+        cols = pat.columns(codes, 0, origin, first, count, frames)
+        return cols.unsqueeze(0).expand(2, -1, -1).to(model.device)
+
+    def logp(z: torch.Tensor) -> torch.Tensor:
+        z = z.float().cpu()
+        return torch.log_softmax(guide(z[0], z[1], cfg), dim=-1)  # (K, V)
+
+    reference = lm.new_cache(2, total)
+    lives = [_Live(lm.new_cache(2, pat.columns_for_frames(w)), pat.columns_for_frames(w), c) for w, c in windows]
+    for c in range(total - 1):
+        if say is not None and c % max(1, total // 10) == 0:
+            say(f"window comparison: column {c} of {total - 1}")
+        ref = logp(lm.forward(column(0, c, 1), c, reference, cond.kv))
+        valid = torch.tensor([0 <= c - d < frames for d in pat.delays])  # column c + 1 predicts frame c - d_k
+        for live in lives:
+            if c - live.origin + 1 >= live.columns:  # full: refill with the last `context` complete frames
+                live.origin = max(0, c - pat.max_delay - live.context)
+                lm.forward(column(live.origin, 0, c - live.origin), 0, live.cache, cond.kv)
+                live.slides += 1
+            t = c - live.origin
+            got = logp(lm.forward(column(live.origin, t, 1), t, live.cache, cond.kv))
+            if not valid.any():
+                continue
+            p, q = ref[valid], got[valid]
+            kl = (p.exp() * (p - q)).sum(-1)
+            if live.slides:
+                live.agree.append((p.argmax(-1) == q.argmax(-1)).float())
+                live.kl.append(kl)
+            else:
+                live.before = max(live.before, float(kl.max()))
+    rate = model.spec.frame_rate
+    out = []
+    for (w, ctx), live in zip(windows, lives):
+        a = torch.cat(live.agree) if live.agree else torch.ones(0)
+        k = torch.cat(live.kl).sort().values if live.kl else torch.zeros(0)
+        out.append(
+            WindowQuality(
+                window_s=w / rate,
+                context_s=ctx / rate,
+                frames=frames,
+                slides=live.slides,
+                columns=len(live.kl),
+                top1_agreement=float(a.mean()) if len(a) else 1.0,
+                kl_mean=float(k.mean()) if len(k) else 0.0,
+                kl_p99=percentile(k.tolist(), 0.99) or 0.0,
+                kl_max=float(k[-1]) if len(k) else 0.0,
+                kl_before=live.before,
+            )
+        )
+    return out
+
+
+@dataclass
+class _Live:
+    """One compared window's state in `compare_windows`."""
+
+    cache: KVCache
+    columns: int
+    context: int
+    origin: int = 0
+    slides: int = 0
+    before: float = 0.0
+    agree: list[torch.Tensor] = field(default_factory=list)
+    kl: list[torch.Tensor] = field(default_factory=list)
+
+
+def format_window_quality(q: WindowQuality) -> str:
+    return (
+        f"  {q.window_s:g} s window, {q.context_s:g} s context: {q.slides} slides in {q.frames} frames; after the "
+        f"first ({q.columns} columns) greedy tokens agree {100 * q.top1_agreement:.1f} %, KL mean {q.kl_mean:.2e} / "
+        f"p99 {q.kl_p99:.2e} / max {q.kl_max:.2e} nats against one window of {q.frames} frames (before the first "
+        f"slide, on the same history: KL {q.kl_before:.1e})"
     )

@@ -9,7 +9,8 @@
 // q (R, H, T, d) float32; k, v (R, H, >= start + T, d) float16, unit stride in d (views of the
 // cache); query column j (0-based) attends to cache columns 0 .. start + j (causal). Returns
 // (R, H, T, d) float32. Parallel over (row, head) on torch's intra-op pool.
-#include <torch/extension.h>
+#include "kernels.h"
+
 #include <ATen/Parallel.h>
 
 #include <cfloat>
@@ -179,8 +180,4 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
     }
   });
   return out;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_attention", &decode_attention, "attention of query columns against a float16 KV cache");
 }

@@ -378,3 +378,16 @@ def test_serve_plays_a_melody_checkpoint_and_takes_melody_commands_from_stdin():
     assert "melody/history takes at most one number of seconds" in out
     assert "one prompt at a time" in out
     assert "Traceback" not in out
+
+
+def test_bench_window_compares_each_window_and_refuses_a_spec_it_cannot_read(capsys):
+    code = main(["bench-window", "--model", "tiny", "--reference", "6", "2/0.8", "4/1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "2 s window, 0.8 s context: 4 slides in 300 frames" in out
+    assert "4 s window, 1 s context: 1 slides in 300 frames" in out
+    for bad, says in [("20", "is not WINDOW/CONTEXT"), ("8/20", "shorter than the window"), ("a/b", "is not WINDOW")]:
+        code, err = run(capsys, "bench-window", "--model", "tiny", bad)
+        assert code == 2 and says in err and "Traceback" not in err
+    code, err = run(capsys, "bench-window", "--model", "tiny", "--reference", "6", "8/2")
+    assert code == 2 and "does not slide within the 6 s compared" in err

@@ -1,0 +1,74 @@
+"""The compiled decoder step (`kernels/decoder_step.cpp`): with int8 weights over a float16 cache,
+a lone stream's step runs in one C++ call. Protects: it gives the Python fast path's logits bit for
+bit through every phase of a live stream (slides, a crossfade between prompts, a continuation, a
+melody prefix, two-step guidance), and it is the path those steps really take."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from musicgen_live.engine.generator import Generator
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.sampling import SamplingParams
+
+
+def _stream(m: MusicGen, compiled: bool, steps: int = 200) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    """A live stream's codes, the logits of every forward, and how many steps the compiled step ran."""
+    step, calls, logits = m.lm._step, [0], []
+    assert step is not None
+
+    def counted(*args):
+        calls[0] += 1
+        return step(*args)
+
+    forward = m.lm.forward_segments
+
+    def spy(*args, **kwargs):
+        z = forward(*args, **kwargs)
+        logits.append(z.clone())
+        return z
+
+    m.lm._step = counted if compiled else None
+    m.lm.forward_segments = spy  # type: ignore[method-assign]
+    try:
+        g = Generator(m, SamplingParams(top_k=50), seed=5)
+        if m.spec.lm.prefix_conditioned:
+            first = second = m.melody_condition("a folk tune", None, True)
+        else:
+            first, second = m.conditioner.condition("warm pads"), m.conditioner.condition("drums")
+        g.start([(first, 1.0)], capacity_frames=100, context_frames=30, guided=True, max_prompts=3, slide_chunk=8)
+        for i in range(steps):
+            if i == 30 and not m.spec.lm.prefix_conditioned:
+                g.set_prompts([(first, 0.5), (second, 0.5)], fade_frames=10)  # two conditional rows
+            if i == 150:
+                assert g.slides >= 1
+                g.continue_from(g.codes()[:, -20:])
+            g.step()
+        return g.codes(), logits, calls[0]
+    finally:
+        m.lm._step = step
+        del m.lm.forward_segments
+
+
+@pytest.mark.parametrize(
+    ("name", "guidance", "compiled"),
+    # two-step guidance pads each pass to the call's rows (fixed shapes, `engine.batch`): padded
+    # forwards ask for batch-independent rows, which only the Python path computes
+    [("tiny", "batched", True), ("tiny-melody", "auto", True), ("tiny", "two-step", False)],
+)
+def test_the_compiled_step_gives_the_python_steps_logits_bit_for_bit(name, guidance, compiled):
+    m = MusicGen.load(name, progress=None, precision="int8", kv="float16", guidance=guidance)
+    codes, logits, calls = _stream(m, compiled=True)
+    want_codes, want_logits, _ = _stream(m, compiled=False)
+    # the live steps took it (prefills, slides' chunks and continuations do not)
+    assert calls > 100 if compiled else calls == 0
+    assert len(logits) == len(want_logits)
+    assert all(torch.equal(a, b) for a, b in zip(logits, want_logits))
+    assert torch.equal(codes, want_codes)
+
+
+def test_only_int8_weights_over_a_float16_cache_get_the_compiled_step():
+    assert MusicGen.load("tiny", progress=None, precision="int8", kv="float16").lm._step is not None
+    assert MusicGen.load("tiny", progress=None, precision="int8").lm._step is None
+    assert MusicGen.load("tiny", progress=None, kv="float16").lm._step is None
+    assert MusicGen.load("tiny", progress=None, exact=True).lm._step is None
