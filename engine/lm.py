@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import Protocol, TypeVar, cast
 
 import torch
@@ -69,17 +70,16 @@ W = TypeVar("W")
 
 
 class CompiledStep(Protocol):
-    """`kernels/decoder_step.cpp`'s DecoderStep: x (rows, D), the cache's k / v, the slot of the
-    column, each conditional row's cross-attention k / v, the scale -> logits (rows, K * V)."""
+    """`kernels/decoder_step.cpp`'s DecoderStep: the inputs x (N, D), the segments (their
+    `StepSegment`s), the conditional rows' flat ranges, the rows whose logits are wanted (None: all),
+    the scale -> logits (rows, K * V)."""
 
     def __call__(
         self,
         x: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        slot: int,
-        cross_k: list[torch.Tensor],
-        cross_v: list[torch.Tensor],
+        segments: list[object],
+        cond: list[tuple[int, int]],
+        last: torch.Tensor | None,
         scale: float,
     ) -> torch.Tensor: ...
 
@@ -333,6 +333,7 @@ class LanguageModel:
     def _compiled_step(self) -> CompiledStep | None:
         """The whole-decoder step in C++ (`kernels/decoder_step.cpp`) where the fast path runs int8
         weights over a float16 cache: the same ATen ops as `_forward`, without Python between them."""
+        self._kernels: ModuleType | None = None
         if self.exact or self.precision != "int8" or self.kv != "float16":
             return None
         norms: list[torch.Tensor | None] = []
@@ -342,7 +343,8 @@ class LanguageModel:
             mats += [_packed(m) for m in (f.qkv, f.o, f.cq, f.co, f.fc1, f.fc2)]
         norms += [self.w.ln_w, self.w.ln_b]
         mats.append(_packed(self._head))
-        step: CompiledStep = kernels().DecoderStep(norms, mats, self.spec.heads, LN_EPS)
+        self._kernels = kernels()
+        step: CompiledStep = self._kernels.DecoderStep(norms, mats, self.spec.heads, LN_EPS)
         return step
 
     @property
@@ -466,15 +468,13 @@ class LanguageModel:
         uniform = isinstance(tokens, torch.Tensor)
         flat, layout = self._flatten(tokens, segments)
         x = self.embed(flat, self._positions(flat.shape[0], segments, uniform, tokens))
-        if self._step is not None and _one_column(segments, layout, batched):
-            seg, conds = segments[0], segments[0].conds
-            cross_k, cross_v = [c.k for c in conds], [c.v for c in conds]
-            z = self._step(x, seg.cache.k, seg.cache.v, seg.slot, cross_k, cross_v, self.scale)
-            return z.view(seg.rows, s.num_codebooks, s.card)
         for seg, o in zip(segments, layout.offsets):
             if seg.states is not None:  # a melody prefix being prefilled: its states are the inputs
                 pos = self.positions[seg.slot : seg.slot + seg.columns].repeat(seg.rows, 1)
                 x[o : o + seg.tokens] = seg.states.to(self.device, self.dtype).reshape(seg.tokens, D) + pos
+        ind = batched or layout.total > sum(seg.tokens for seg in segments)  # rows must not see each other
+        if self._step is not None and not ind and all(seg.cache.k.dtype == torch.float16 for seg in segments):
+            return self._compiled(x, tokens, segments, layout).view(-1, s.num_codebooks, s.card)
         # prefill chunks after the first attend causally within themselves and to the whole past
         masks = [
             torch.ones(seg.columns, seg.slot + seg.columns, dtype=torch.bool, device=self.device).tril(seg.slot)
@@ -483,7 +483,6 @@ class LanguageModel:
             for seg in segments
         ]
         any_cond = any(seg.conds for seg in segments)
-        ind = batched or layout.total > sum(seg.tokens for seg in segments)  # rows must not see each other
         lean_cross = not exact and not ind and any_cond
         for i, lw in enumerate(w.layers):
             fast = cast(FastLayer, None if exact else self.fast[i])  # read on the fast path only
@@ -521,6 +520,31 @@ class LanguageModel:
         if exact:
             return torch.stack([F.linear(last, head) for head in w.heads], dim=1).float()
         return self._head(last, ind).view(-1, s.num_codebooks, s.card).float()
+
+    def _compiled(
+        self, x: torch.Tensor, tokens: torch.Tensor | list[torch.Tensor], segments: list[Segment], layout: _Layout
+    ) -> torch.Tensor:
+        """`_forward`'s layers and heads through the compiled step, from its inputs `x` (N, D):
+        the logits (rows, K * V) of the rows a uniform call answers, or of `layout.last`."""
+        assert self._step is not None and self._kernels is not None
+        last = layout.last
+        if isinstance(tokens, torch.Tensor) and tokens.shape[-1] > 1:  # a uniform prefill: each row's last column
+            R, _, T = tokens.shape
+            last = torch.arange(T - 1, R * T, T, device=self.device)
+        parts = [
+            self._kernels.StepSegment(
+                o,
+                seg.rows,
+                seg.columns,
+                seg.slot,
+                seg.cache.k,
+                seg.cache.v,
+                [c.k for c in seg.conds],
+                [c.v for c in seg.conds],
+            )
+            for seg, o in zip(segments, layout.offsets)
+        ]
+        return self._step(x, parts, layout.cond, last, self.scale)
 
     def _two_step(
         self,
@@ -778,20 +802,9 @@ class LanguageModel:
         return a
 
 
-def _one_column(segments: list[Segment], layout: _Layout, batched: bool) -> bool:
-    """Whether a forward is what the compiled step runs: one stream's next column (no padding, no
-    batch independence asked for, no prefix being fed) over a float16 cache it has begun."""
-    if len(segments) != 1 or batched:
-        return False
-    seg = segments[0]
-    return (
-        seg.columns == 1
-        and seg.tokens == layout.total
-        and seg.states is None
-        and seg.slot > 0
-        and seg.cache.k.dtype == torch.float16
-        and len(seg.conds) <= seg.rows
-    )
+def _cross_lists(conds: list[CrossKV]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each conditional row's cross-attention keys, and values."""
+    return [c.k for c in conds], [c.v for c in conds]
 
 
 def _packed(m: Linear | None) -> object:

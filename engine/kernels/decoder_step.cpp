@@ -13,7 +13,7 @@ PackedLinear packed(const py::object& obj) {
 
 at::Tensor tensor(const py::object& obj) { return obj.is_none() ? at::Tensor() : obj.cast<at::Tensor>(); }
 
-// `Int8Linear.__call__` for rows that need not be independent (a lone stream)
+// `Int8Linear.__call__` for rows that need not be independent of each other
 at::Tensor mul(const PackedLinear& w, const at::Tensor& x) { return w->apply_dynamic(x, /*reduce_range=*/true); }
 
 }  // namespace
@@ -39,50 +39,86 @@ std::shared_ptr<DecoderStep> DecoderStep::create(const std::vector<py::object>& 
   return step;
 }
 
-at::Tensor DecoderStep::run(at::Tensor x, at::Tensor k, at::Tensor v, int64_t slot,
-                            const std::vector<at::Tensor>& cross_k, const std::vector<at::Tensor>& cross_v,
+// `_self_attention`: each segment's q / k / v, its keys and values into its cache, attention over it
+at::Tensor DecoderStep::self_attention(size_t layer, const at::Tensor& qkv, const std::vector<StepSegment>& segments,
+                                       int64_t total, double scale) const {
+  const int64_t H = heads_, d = qkv.size(1) / 3 / H, D = H * d;
+  const bool single = segments.size() == 1 && segments[0].rows * segments[0].columns == total;
+  at::Tensor out = single ? at::Tensor() : at::zeros({total, D}, qkv.options());
+  for (const StepSegment& s : segments) {
+    const int64_t n = s.rows, T = s.columns, start = s.slot;
+    auto parts = qkv.narrow(0, s.offset, n * T).view({n, T, 3, H, d}).permute({2, 0, 3, 1, 4});
+    auto q = parts.select(0, 0), k = parts.select(0, 1), v = parts.select(0, 2);
+    auto kc = s.k.select(0, layer).narrow(0, 0, n), vc = s.v.select(0, layer).narrow(0, 0, n);
+    kc.narrow(2, start, T).copy_(k);
+    vc.narrow(2, start, T).copy_(v);
+    at::Tensor a;
+    if (start > 0) {  // query column j sees cache columns 0 .. start + j
+      a = decode_attention(q, kc, vc, start, scale);
+    } else {  // the window's first columns attend to the fresh tensors, causally
+      a = at::scaled_dot_product_attention(q, k, v, {}, 0.0, T > 1, scale);
+    }
+    a = a.transpose(1, 2).reshape({n * T, D});
+    if (single) return a;
+    out.narrow(0, s.offset, n * T).copy_(a);
+  }
+  return out;
+}
+
+// `_cross_attention(cond_only=True)`: q holds the conditional rows' tokens, segment after segment
+at::Tensor DecoderStep::cross_attention(size_t layer, const at::Tensor& q, const std::vector<StepSegment>& segments,
+                                        double scale) const {
+  const int64_t H = heads_, D = q.size(1), d = D / H, total = q.size(0);
+  auto attend = [&](const StepSegment& s, size_t j, int64_t r) {
+    const int64_t T = s.columns;
+    auto qj = q.narrow(0, r, T).view({1, T, H, d}).transpose(1, 2);
+    return at::scaled_dot_product_attention(qj, s.cross_k[j].select(0, layer), s.cross_v[j].select(0, layer), {},
+                                            0.0, false, scale)
+        .transpose(1, 2)
+        .reshape({T, D});
+  };
+  if (segments.size() == 1 && segments[0].cross_k.size() == 1 && total == segments[0].columns)
+    return attend(segments[0], 0, 0);
+  auto a = at::zeros({total, D}, q.options());
+  int64_t o = 0;
+  for (const StepSegment& s : segments) {
+    for (size_t j = 0; j < s.cross_k.size(); ++j) a.narrow(0, o + j * s.columns, s.columns).copy_(attend(s, j, o + j * s.columns));
+    o += static_cast<int64_t>(s.cross_k.size()) * s.columns;
+  }
+  return a;
+}
+
+at::Tensor DecoderStep::run(at::Tensor x, const std::vector<StepSegment>& segments,
+                            const std::vector<std::pair<int64_t, int64_t>>& cond, const std::optional<at::Tensor>& last,
                             double scale) const {
   at::InferenceMode guard;
-  const int64_t R = x.size(0), D = x.size(1), H = heads_, d = D / H;
-  const int64_t C = static_cast<int64_t>(cross_k.size());  // conditional rows
-  TORCH_CHECK(slot > 0 && C <= R && cross_v.size() == cross_k.size(), "a step after the first column, <= R conditions");
+  const int64_t N = x.size(0), D = x.size(1);
   const std::vector<int64_t> norm{D};
+  at::Tensor index;  // the conditional rows, where they are not one range
+  if (cond.size() > 1) {
+    std::vector<at::Tensor> ranges;
+    for (const auto& [lo, hi] : cond) ranges.push_back(at::arange(lo, hi, at::kLong));
+    index = at::cat(ranges);
+  }
   for (size_t i = 0; i < layers_.size(); ++i) {
     const StepLayer& l = layers_[i];
-    // self-attention over the cache (`_self_attention`, one segment of one column)
     auto h = at::layer_norm(x, norm, l.sa_w, l.sa_b, eps_);
-    auto qkv = mul(l.qkv, h).view({R, 1, 3, H, d}).permute({2, 0, 3, 1, 4});
-    auto kc = k.select(0, i).narrow(0, 0, R), vc = v.select(0, i).narrow(0, 0, R);
-    kc.narrow(2, slot, 1).copy_(qkv.select(0, 1));
-    vc.narrow(2, slot, 1).copy_(qkv.select(0, 2));
-    auto a = decode_attention(qkv.select(0, 0), kc, vc, slot, scale).transpose(1, 2).reshape({R, D});
-    x = x + mul(l.o, a);
+    x = x + mul(l.o, self_attention(i, mul(l.qkv, h), segments, N, scale));
     // cross-attention of the conditional rows only (`_lean_cross`); the others' is exactly zero
-    if (C > 0 && l.cq) {
-      auto hc = at::layer_norm(x.narrow(0, 0, C), norm, l.ca_w, l.ca_b, eps_);
-      auto q = mul(l.cq, hc);
-      at::Tensor att;
-      if (C == 1) {
-        att = at::scaled_dot_product_attention(q.view({1, 1, H, d}).transpose(1, 2), cross_k[0].select(0, i),
-                                               cross_v[0].select(0, i), {}, 0.0, false, scale)
-                  .transpose(1, 2)
-                  .reshape({1, D});
+    if (!cond.empty() && l.cq) {
+      const bool one = cond.size() == 1;
+      auto rows = one ? x.narrow(0, cond[0].first, cond[0].second - cond[0].first) : x.index_select(0, index);
+      auto out = mul(l.co, cross_attention(i, mul(l.cq, at::layer_norm(rows, norm, l.ca_w, l.ca_b, eps_)), segments,
+                                           scale));
+      if (one) {
+        x = at::cat({x.narrow(0, 0, cond[0].first), rows + out, x.narrow(0, cond[0].second, N - cond[0].second)});
       } else {
-        att = at::zeros({C, D}, q.options());
-        for (int64_t j = 0; j < C; ++j) {
-          auto qj = q.narrow(0, j, 1).view({1, 1, H, d}).transpose(1, 2);
-          auto aj = at::scaled_dot_product_attention(qj, cross_k[j].select(0, i), cross_v[j].select(0, i), {}, 0.0,
-                                                     false, scale);
-          att.narrow(0, j, 1).copy_(aj.transpose(1, 2).reshape({1, D}));
-        }
+        x = x.index_add(0, index, out);
       }
-      auto out = mul(l.co, att);
-      x = C == R ? x + out : at::cat({x.narrow(0, 0, C) + out, x.narrow(0, C, R - C)});
     }
-    // feed-forward
     h = at::layer_norm(x, norm, l.ff_w, l.ff_b, eps_);
     x = x + mul(l.fc2, at::gelu(mul(l.fc1, h)));
   }
   x = at::layer_norm(x, norm, ln_w_, ln_b_, eps_);
-  return mul(head_, x);
+  return mul(head_, last ? x.index_select(0, *last) : x);
 }
