@@ -22,9 +22,11 @@ test: setup
 
 # the long profile of the random command walk (tests/streamer/test_walk.py): 10 000 commands across
 # hundreds of window slides, ~20 min on 2 cores; WALK=N, SEED=S, MODEL=tiny-melody, BEAT=1 (changes
-# held for a beat clock's beats), KV=float16 and CODEC=int8 (the speed settings) to change it
+# held for a beat clock's beats), KV=float16, CODEC=int8 and PRECISION=int8 (the speed settings; int8
+# with KV=float16 runs the compiled decoder step) to change it
 walk: setup
 	MUSICGEN_LIVE_WALK=$${WALK:-10000} MUSICGEN_LIVE_WALK_SEED=$${SEED:-1} MUSICGEN_LIVE_WALK_MODEL=$${MODEL:-tiny} \
 		MUSICGEN_LIVE_WALK_BEAT=$${BEAT:-} MUSICGEN_LIVE_WALK_KV=$${KV:-} MUSICGEN_LIVE_WALK_CODEC=$${CODEC:-} \
+		MUSICGEN_LIVE_WALK_PRECISION=$${PRECISION:-} \
 		.venv/bin/python -m pytest -q -s \
 		tests/streamer/test_walk.py -k long

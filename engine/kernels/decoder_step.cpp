@@ -82,7 +82,10 @@ at::Tensor DecoderStep::cross_attention(size_t layer, const at::Tensor& q, const
   auto a = at::zeros({total, D}, q.options());
   int64_t o = 0;
   for (const StepSegment& s : segments) {
-    for (size_t j = 0; j < s.cross_k.size(); ++j) a.narrow(0, o + j * s.columns, s.columns).copy_(attend(s, j, o + j * s.columns));
+    for (size_t j = 0; j < s.cross_k.size(); ++j) {
+      const int64_t r = o + static_cast<int64_t>(j) * s.columns;
+      a.narrow(0, r, s.columns).copy_(attend(s, j, r));
+    }
     o += static_cast<int64_t>(s.cross_k.size()) * s.columns;
   }
   return a;

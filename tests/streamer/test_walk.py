@@ -294,13 +294,14 @@ def test_long_seeded_walk(tiny):
     beat = bool(os.environ.get("MUSICGEN_LIVE_WALK_BEAT"))  # with a beat clock: changes held for their beat
     kv = os.environ.get("MUSICGEN_LIVE_WALK_KV") or "float32"  # the KV cache's storage ([model] kv)
     codec = os.environ.get("MUSICGEN_LIVE_WALK_CODEC") or "float32"  # the streaming decoder ([model] codec)
-    default = name == "tiny" and (kv, codec) == ("float32", "float32")
-    model = tiny if default else MusicGen.load(name, progress=None, kv=kv, codec=codec)
+    precision = os.environ.get("MUSICGEN_LIVE_WALK_PRECISION") or "float32"  # int8 + kv float16: the compiled step
+    default = name == "tiny" and (kv, codec, precision) == ("float32", "float32", "float32")
+    model = tiny if default else MusicGen.load(name, progress=None, kv=kv, codec=codec, precision=precision)
     t0 = time.perf_counter()
     r = seeded_walk(model, commands, seed, beat)
     minutes = (time.perf_counter() - t0) / 60
     print(
-        f"\nwalk ({name}, kv {kv}, codec {codec}, seed {seed}{', on the beat' if beat else ''}): "
+        f"\nwalk ({name}, {precision}, kv {kv}, codec {codec}, seed {seed}{', on the beat' if beat else ''}): "
         f"{r['commands']} commands "
         f"({r['applied']} applied, {r['refused']} refused, {r['held']} held), "
         f"{r['steps']} steps, {r['slides']} slides, {minutes:.1f} min"
