@@ -9,9 +9,9 @@ calls, same summation order) so greedy codes are token-exact with `transformers`
 Shapes: B = batch rows (cond rows first, then uncond rows for CFG), K = codebooks, T = columns in
 this call, D = hidden, H = heads, d = head dim, S = text tokens, V = codebook size.
 
-With int8 weights over a float16 cache, a forward whose rows need not be independent of each other
-runs the same ops in C++ in one call (`kernels/decoder_step.cpp`): Python's per-op dispatch was a
-quarter of a musicgen-small step on a 2-core CPU.
+With int8 weights over float16 caches every fast-path forward runs the same ops in C++ in one call
+(`kernels/decoder_step.cpp`): Python's per-op dispatch was a quarter of a musicgen-small step on a
+2-core CPU.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ W = TypeVar("W")
 class CompiledStep(Protocol):
     """`kernels/decoder_step.cpp`'s DecoderStep: the inputs x (N, D), the segments (their
     `StepSegment`s), the conditional rows' flat ranges, the rows whose logits are wanted (None: all),
-    the scale -> logits (rows, K * V)."""
+    whether rows must not depend on each other, the scale -> logits (rows, K * V)."""
 
     def __call__(
         self,
@@ -84,6 +84,7 @@ class CompiledStep(Protocol):
         segments: list[object],
         cond: list[tuple[int, int]],
         last: torch.Tensor | None,
+        independent: bool,
         scale: float,
     ) -> torch.Tensor: ...
 
@@ -337,12 +338,13 @@ class LanguageModel:
 
     def _compiled_step(self) -> CompiledStep | None:
         """The decoder's layers and heads in C++ (`kernels/decoder_step.cpp`) where the fast path
-        runs int8 weights over float16 caches: the same ATen ops as `_forward`, without Python
-        between them (bit-identical logits; ~25 % off a musicgen-small step on 2 cores)."""
+        runs int8 weights over float16 caches: the same ATen ops as `_forward` (batch-independent
+        rows included), without Python between them (bit-identical logits; ~25 % off a
+        musicgen-small step on 2 cores)."""
         if self.exact or self.precision != "int8" or self.kv != "float16":
             return None
         norms: list[torch.Tensor | None] = []
-        mats: list[object] = []
+        mats: list[tuple[object, torch.Tensor] | None] = []
         for lw, f in zip(self.w.layers, self.fast):
             norms += [lw.sa_ln_w, lw.sa_ln_b, lw.ca_ln_w, lw.ca_ln_b, lw.ff_ln_w, lw.ff_ln_b]
             mats += [_packed(m) for m in (f.qkv, f.o, f.cq, f.co, f.fc1, f.fc2)]
@@ -478,8 +480,8 @@ class LanguageModel:
                 pos = self.positions[seg.slot : seg.slot + seg.columns].repeat(seg.rows, 1)
                 x[o : o + seg.tokens] = seg.states.to(self.device, self.dtype).reshape(seg.tokens, D) + pos
         ind = batched or layout.total > sum(seg.tokens for seg in segments)  # rows must not see each other
-        if self._step is not None and not ind and all(seg.cache.k.dtype == torch.float16 for seg in segments):
-            return self._compiled(x, tokens, segments, layout).view(-1, s.num_codebooks, s.card)
+        if self._step is not None and all(seg.cache.k.dtype == torch.float16 for seg in segments):
+            return self._compiled(x, tokens, segments, layout, ind).view(-1, s.num_codebooks, s.card)
         # prefill chunks after the first attend causally within themselves and to the whole past
         masks = [
             torch.ones(seg.columns, seg.slot + seg.columns, dtype=torch.bool, device=self.device).tril(seg.slot)
@@ -527,7 +529,12 @@ class LanguageModel:
         return self._head(last, ind).view(-1, s.num_codebooks, s.card).float()
 
     def _compiled(
-        self, x: torch.Tensor, tokens: torch.Tensor | list[torch.Tensor], segments: list[Segment], layout: _Layout
+        self,
+        x: torch.Tensor,
+        tokens: torch.Tensor | list[torch.Tensor],
+        segments: list[Segment],
+        layout: _Layout,
+        independent: bool,
     ) -> torch.Tensor:
         """`_forward`'s layers and heads through the compiled step, from its inputs `x` (N, D):
         the logits (rows, K * V) of the rows a uniform call answers, or of `layout.last`."""
@@ -541,7 +548,7 @@ class LanguageModel:
             step_segment(o, seg.rows, seg.columns, seg.slot, seg.cache.k, seg.cache.v, *_cross_lists(seg.conds))
             for seg, o in zip(segments, layout.offsets)
         ]
-        return self._step(x, parts, layout.cond, last, self.scale)
+        return self._step(x, parts, layout.cond, last, independent, self.scale)
 
     def _two_step(
         self,
@@ -804,10 +811,11 @@ def _cross_lists(conds: list[CrossKV]) -> tuple[list[torch.Tensor], list[torch.T
     return [c.k for c in conds], [c.v for c in conds]
 
 
-def _packed(m: Linear | None) -> object:
-    """An int8 matrix's fbgemm-packed weights (None stays None: a decoder without cross-attention)."""
+def _packed(m: Linear | None) -> tuple[object, torch.Tensor] | None:
+    """An int8 matrix's fbgemm-packed weights and anchor row (None stays None: a decoder without
+    cross-attention)."""
     if m is None:
         return None
     if not isinstance(m, Int8Linear):
         raise TypeError("the compiled step multiplies int8 matrices only")
-    return m.packed
+    return m.packed, m.anchor

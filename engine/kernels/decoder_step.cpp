@@ -4,19 +4,32 @@
 
 #include "kernels.h"
 
+#include <limits>
+
 namespace {
 
-PackedLinear packed(const py::object& obj) {
-  if (obj.is_none()) return PackedLinear();
-  return torch::jit::toIValue(obj, c10::getCustomClassType<PackedLinear>()).toCustomClass<LinearPackedParamsBase>();
-}
+using Packed = c10::intrusive_ptr<LinearPackedParamsBase>;
 
 at::Tensor tensor(const py::object& obj) { return obj.is_none() ? at::Tensor() : obj.cast<at::Tensor>(); }
 
-// `Int8Linear.__call__` for rows that need not be independent of each other
-at::Tensor mul(const PackedLinear& w, const at::Tensor& x) { return w->apply_dynamic(x, /*reduce_range=*/true); }
+Int8Matrix matrix(const py::object& obj) {
+  if (obj.is_none()) return Int8Matrix{};
+  auto pair = obj.cast<py::tuple>();
+  auto ivalue = torch::jit::toIValue(pair[0], c10::getCustomClassType<Packed>());
+  return Int8Matrix{ivalue.toCustomClass<LinearPackedParamsBase>(), pair[1].cast<at::Tensor>()};
+}
 
 }  // namespace
+
+// `Int8Linear.__call__`: with `independent`, each row scaled to max-abs 1 and the anchor row
+// appended, so that fbgemm's one activation range is [-1, 1] whatever the other rows hold
+at::Tensor Int8Matrix::operator()(const at::Tensor& x, bool independent) const {
+  if (!independent) return packed->apply_dynamic(x, /*reduce_range=*/true);
+  const double inf = std::numeric_limits<double>::infinity();
+  auto s = at::linalg_vector_norm(x, inf, at::IntArrayRef{1}, /*keepdim=*/true).clamp_min_(1e-30);  // zero rows stay 0
+  auto y = packed->apply_dynamic(at::cat({x / s, anchor}), /*reduce_range=*/true);
+  return y.narrow(0, 0, x.size(0)) * s;
+}
 
 std::shared_ptr<DecoderStep> DecoderStep::create(const std::vector<py::object>& norms,
                                                  const std::vector<py::object>& mats, int64_t heads, double eps) {
@@ -27,13 +40,13 @@ std::shared_ptr<DecoderStep> DecoderStep::create(const std::vector<py::object>& 
     StepLayer l;
     l.sa_w = tensor(norms[i]), l.sa_b = tensor(norms[i + 1]), l.ca_w = tensor(norms[i + 2]);
     l.ca_b = tensor(norms[i + 3]), l.ff_w = tensor(norms[i + 4]), l.ff_b = tensor(norms[i + 5]);
-    l.qkv = packed(mats[i]), l.o = packed(mats[i + 1]), l.cq = packed(mats[i + 2]);
-    l.co = packed(mats[i + 3]), l.fc1 = packed(mats[i + 4]), l.fc2 = packed(mats[i + 5]);
+    l.qkv = matrix(mats[i]), l.o = matrix(mats[i + 1]), l.cq = matrix(mats[i + 2]);
+    l.co = matrix(mats[i + 3]), l.fc1 = matrix(mats[i + 4]), l.fc2 = matrix(mats[i + 5]);
     step->layers_.push_back(std::move(l));
   }
   step->ln_w_ = tensor(norms[norms.size() - 2]);
   step->ln_b_ = tensor(norms.back());
-  step->head_ = packed(mats.back());
+  step->head_ = matrix(mats.back());
   step->heads_ = heads;
   step->eps_ = eps;
   return step;
@@ -65,9 +78,9 @@ at::Tensor DecoderStep::self_attention(size_t layer, const at::Tensor& qkv, cons
   return out;
 }
 
-// `_cross_attention(cond_only=True)`: q holds the conditional rows' tokens, segment after segment
+// `_cross_attention`
 at::Tensor DecoderStep::cross_attention(size_t layer, const at::Tensor& q, const std::vector<StepSegment>& segments,
-                                        double scale) const {
+                                        const std::vector<int64_t>& offsets, double scale) const {
   const int64_t H = heads_, D = q.size(1), d = D / H, total = q.size(0);
   auto attend = [&](const StepSegment& s, size_t j, int64_t r) {
     const int64_t T = s.columns;
@@ -80,23 +93,32 @@ at::Tensor DecoderStep::cross_attention(size_t layer, const at::Tensor& q, const
   if (segments.size() == 1 && segments[0].cross_k.size() == 1 && total == segments[0].columns)
     return attend(segments[0], 0, 0);
   auto a = at::zeros({total, D}, q.options());
-  int64_t o = 0;
-  for (const StepSegment& s : segments) {
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const StepSegment& s = segments[i];
     for (size_t j = 0; j < s.cross_k.size(); ++j) {
-      const int64_t r = o + static_cast<int64_t>(j) * s.columns;
+      const int64_t r = offsets[i] + static_cast<int64_t>(j) * s.columns;
       a.narrow(0, r, s.columns).copy_(attend(s, j, r));
     }
-    o += static_cast<int64_t>(s.cross_k.size()) * s.columns;
   }
   return a;
 }
 
 at::Tensor DecoderStep::run(at::Tensor x, const std::vector<StepSegment>& segments,
                             const std::vector<std::pair<int64_t, int64_t>>& cond, const std::optional<at::Tensor>& last,
-                            double scale) const {
+                            bool independent, double scale) const {
   at::InferenceMode guard;
   const int64_t N = x.size(0), D = x.size(1);
+  const bool ind = independent;
   const std::vector<int64_t> norm{D};
+  // where each segment's conditional rows sit: among all rows (a batch computes every row's
+  // cross-attention, zero for the others), or among the conditional rows alone (`_lean_cross`)
+  std::vector<int64_t> at_rows, among_cond;
+  int64_t o = 0;
+  for (const StepSegment& s : segments) {
+    at_rows.push_back(s.offset);
+    among_cond.push_back(o);
+    o += static_cast<int64_t>(s.cross_k.size()) * s.columns;
+  }
   at::Tensor index;  // the conditional rows, where they are not one range
   if (cond.size() > 1) {
     std::vector<at::Tensor> ranges;
@@ -106,13 +128,16 @@ at::Tensor DecoderStep::run(at::Tensor x, const std::vector<StepSegment>& segmen
   for (size_t i = 0; i < layers_.size(); ++i) {
     const StepLayer& l = layers_[i];
     auto h = at::layer_norm(x, norm, l.sa_w, l.sa_b, eps_);
-    x = x + mul(l.o, self_attention(i, mul(l.qkv, h), segments, N, scale));
-    // cross-attention of the conditional rows only (`_lean_cross`); the others' is exactly zero
-    if (!cond.empty() && l.cq) {
+    x = x + l.o(self_attention(i, l.qkv(h, ind), segments, N, scale), ind);
+    if (!cond.empty() && l.cq && ind) {  // every row; the unconditional ones attend to nothing: zero
+      h = at::layer_norm(x, norm, l.ca_w, l.ca_b, eps_);
+      x = x + l.co(cross_attention(i, l.cq(h, ind), segments, at_rows, scale), ind);
+    } else if (!cond.empty() && l.cq) {  // the conditional rows only (`_lean_cross`)
       const bool one = cond.size() == 1;
       auto rows = one ? x.narrow(0, cond[0].first, cond[0].second - cond[0].first) : x.index_select(0, index);
-      auto out = mul(l.co, cross_attention(i, mul(l.cq, at::layer_norm(rows, norm, l.ca_w, l.ca_b, eps_)), segments,
-                                           scale));
+      auto q = l.cq(at::layer_norm(rows, norm, l.ca_w, l.ca_b, eps_), false);
+      const std::vector<int64_t> offsets = one ? std::vector<int64_t>(segments.size(), 0) : among_cond;
+      auto out = l.co(cross_attention(i, q, segments, offsets, scale), false);
       if (one) {
         x = at::cat({x.narrow(0, 0, cond[0].first), rows + out, x.narrow(0, cond[0].second, N - cond[0].second)});
       } else {
@@ -120,8 +145,8 @@ at::Tensor DecoderStep::run(at::Tensor x, const std::vector<StepSegment>& segmen
       }
     }
     h = at::layer_norm(x, norm, l.ff_w, l.ff_b, eps_);
-    x = x + mul(l.fc2, at::gelu(mul(l.fc1, h)));
+    x = x + l.fc2(at::gelu(l.fc1(h, ind)), ind);
   }
   x = at::layer_norm(x, norm, ln_w_, ln_b_, eps_);
-  return mul(head_, last ? x.index_select(0, *last) : x);
+  return head_(last ? x.index_select(0, *last) : x, ind);
 }

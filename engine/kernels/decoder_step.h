@@ -12,11 +12,18 @@
 #include <optional>
 #include <vector>
 
-using PackedLinear = c10::intrusive_ptr<LinearPackedParamsBase>;
+// One int8 matrix as `engine.linear.Int8Linear` multiplies by it: fbgemm's packed weights, and the
+// anchor row that pins the activations' range when rows must not depend on each other.
+struct Int8Matrix {
+  c10::intrusive_ptr<LinearPackedParamsBase> packed;  // null: a matrix this decoder does not have
+  at::Tensor anchor;                                 // (1, in): -1 first, 1 last
+  explicit operator bool() const { return static_cast<bool>(packed); }
+  at::Tensor operator()(const at::Tensor& x, bool independent) const;
+};
 
 struct StepLayer {
   at::Tensor sa_w, sa_b, ca_w, ca_b, ff_w, ff_b;  // layer norms (ca_*: undefined without cross-attention)
-  PackedLinear qkv, o, cq, co, fc1, fc2;           // fbgemm-packed int8 matrices (cq / co: null without it)
+  Int8Matrix qkv, o, cq, co, fc1, fc2;             // (cq / co: none without cross-attention)
 };
 
 // One stream's rows in a forward (`engine.lm.Segment`): `rows` rows of `columns` columns each, in
@@ -31,25 +38,28 @@ struct StepSegment {
 class DecoderStep {
  public:
   // norms: per layer sa_w, sa_b, ca_w, ca_b, ff_w, ff_b (ca_*: None without cross-attention), then
-  // the final norm's w, b; mats: per layer qkv, o, cq, co, fc1, fc2 (cq / co: None), then the heads.
+  // the final norm's w, b; mats: per layer qkv, o, cq, co, fc1, fc2 (cq / co: None), then the heads,
+  // each an (fbgemm packed weights, anchor row) pair.
   static std::shared_ptr<DecoderStep> create(const std::vector<py::object>& norms, const std::vector<py::object>& mats,
                                              int64_t heads, double eps);
-  // x (N, D) float32: the inputs (embeddings + positions) of every segment's tokens; cond: the
-  // flat ranges [lo, hi) of the conditional rows' tokens; last: the rows whose logits are wanted
-  // -> logits (len(last), codebooks * card).
+  // x (N, D) float32: the inputs (embeddings + positions) of every segment's tokens, padding rows
+  // last; cond: the flat ranges [lo, hi) of the conditional rows' tokens; last: the rows whose
+  // logits are wanted (all when None); independent: every row's result must not depend on the
+  // others' values (a batch) -> logits (rows, codebooks * card).
   at::Tensor run(at::Tensor x, const std::vector<StepSegment>& segments,
                  const std::vector<std::pair<int64_t, int64_t>>& cond, const std::optional<at::Tensor>& last,
-                 double scale) const;
+                 bool independent, double scale) const;
 
  private:
   at::Tensor self_attention(size_t layer, const at::Tensor& qkv, const std::vector<StepSegment>& segments,
                             int64_t total, double scale) const;
+  // q: the rows at `offsets[i] + j * columns` are segment i's conditional row j; the rest stay 0
   at::Tensor cross_attention(size_t layer, const at::Tensor& q, const std::vector<StepSegment>& segments,
-                             double scale) const;
+                             const std::vector<int64_t>& offsets, double scale) const;
 
   std::vector<StepLayer> layers_;
   at::Tensor ln_w_, ln_b_;
-  PackedLinear head_;
+  Int8Matrix head_;
   int64_t heads_ = 0;
   double eps_ = 1e-5;
 };

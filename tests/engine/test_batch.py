@@ -2,8 +2,8 @@
 
 Protects: a stream's codes do not depend on who shares its batch - streams with other prompts,
 guidance, sampling, seeds and positions joining and leaving, a crossfade that overflows one forward,
-a continuation restarting another stream, window slides - for fp32 and int8 weights, guidance in one
-forward and in two; int8 rows do not
+a continuation restarting another stream, window slides - for fp32 and int8 weights (int8 over a
+float16 cache: the compiled step), guidance in one forward and in two; int8 rows do not
 even depend on the batch's size; sampled streams stay reproducible from their seed inside a batch."""
 
 import pytest
@@ -17,11 +17,19 @@ from musicgen_live.engine.sampling import SamplingParams
 GREEDY = SamplingParams(greedy=True, cfg=3.0)
 
 
-@pytest.fixture(scope="module", params=["float32", "int8", "float32-two-step"])
+KERNELS = {  # precision, guidance, KV cache (int8 over float16: the compiled decoder step)
+    "float32": ("float32", "batched", "float32"),
+    "int8": ("int8", "batched", "float32"),
+    "float32-two-step": ("float32", "two-step", "float32"),
+    "int8-kv16": ("int8", "batched", "float16"),
+}
+
+
+@pytest.fixture(scope="module", params=list(KERNELS))
 def model(request, checkpoint_dir):
-    precision, _, two_step = request.param.partition("-")
-    guidance = "two-step" if two_step else "batched"
-    return MusicGen.load(str(checkpoint_dir("h96-l3-h6-ffn200")), progress=None, precision=precision, guidance=guidance)
+    precision, guidance, kv = KERNELS[request.param]
+    path = str(checkpoint_dir("h96-l3-h6-ffn200"))
+    return MusicGen.load(path, progress=None, precision=precision, guidance=guidance, kv=kv)
 
 
 def live(model, text, params, seed=0, window=60, context=20):

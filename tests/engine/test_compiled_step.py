@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from musicgen_live.engine.batch import Batch
 from musicgen_live.engine.generator import Generator
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.sampling import SamplingParams
@@ -71,3 +72,52 @@ def test_only_int8_weights_over_a_float16_cache_get_the_compiled_step():
     assert MusicGen.load("tiny", progress=None, precision="int8").lm._step is None
     assert MusicGen.load("tiny", progress=None, kv="float16").lm._step is None
     assert MusicGen.load("tiny", progress=None, exact=True).lm._step is None
+
+
+def _batch_run(m: MusicGen, compiled: bool, steps: int = 120) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+    """Two streams stepped together in a `Batch` (padding rows, batch-independent rows): the codes,
+    every forward's logits, and the segment counts of the forwards the compiled step ran."""
+    step, calls, logits = m.lm._step, [], []
+    assert step is not None
+
+    def counted(x, segments, *args):
+        calls.append(len(segments))
+        return step(x, segments, *args)
+
+    forward = m.lm.forward_segments
+
+    def spy(*args, **kwargs):
+        z = forward(*args, **kwargs)
+        logits.append(z.clone())
+        return z
+
+    m.lm._step = counted if compiled else None
+    m.lm.forward_segments = spy  # type: ignore[method-assign]
+    try:
+        batch = Batch(m, rows=6)
+        streams = []
+        for seed, text in ((1, "warm pads"), (2, "drums")):
+            g = Generator(m, SamplingParams(top_k=50), seed=seed)
+            cond = m.conditioner.condition(text)
+            g.start([(cond, 1.0)], capacity_frames=80, context_frames=20, guided=True, max_prompts=2)
+            streams.append(g)
+        codes = []
+        for i in range(steps):
+            if i == 20:
+                streams[1].set_prompts([(m.conditioner.condition("bass"), 1.0)], fade_frames=10)
+            codes.append(torch.cat([r.codes for r in batch.step(streams)], dim=-1))
+        assert streams[0].slides >= 1
+        return torch.cat(codes, dim=-1), logits, calls
+    finally:
+        m.lm._step = step
+        del m.lm.forward_segments
+
+
+def test_a_batch_of_streams_gets_the_python_batchs_logits_bit_for_bit():
+    m = MusicGen.load("tiny", progress=None, precision="int8", kv="float16")
+    codes, logits, calls = _batch_run(m, compiled=True)
+    want_codes, want_logits, _ = _batch_run(m, compiled=False)
+    assert len(calls) >= 120  # every batched step took it, padding rows and all
+    assert len(logits) == len(want_logits)
+    assert all(torch.equal(a, b) for a, b in zip(logits, want_logits))
+    assert torch.equal(codes, want_codes)
