@@ -28,8 +28,7 @@ from .errors import EngineError
 
 KV_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 KERNELS = Path(__file__).parent / "kernels"
-SOURCE = KERNELS / "decode_attention.cpp"
-SOURCES = [SOURCE, KERNELS / "decoder_step.cpp", KERNELS / "module.cpp"]  # one build, one module
+SOURCES = [KERNELS / name for name in ("decode_attention.cpp", "decoder_step.cpp", "module.cpp")]  # one module
 
 # q (R, H, T, d) fp32, k / v float16 views, start column, scale -> (R, H, T, d) fp32
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor]
@@ -61,15 +60,15 @@ def _cpu_tag() -> str:
 
 def attention_kernel(say: Callable[[str], None] | None = None) -> AttentionKernel:
     """The compiled float16-cache attention (built on first use, then loaded from torch's cache)."""
-    if say is not None and _load.cache_info().currsize == 0:
-        say("float16 KV cache: loading its CPU kernels (built for this CPU the first time, ~1 min)")
-    fn: AttentionKernel = _load().decode_attention
+    fn: AttentionKernel = kernels(say).decode_attention
     return fn
 
 
 def kernels(say: Callable[[str], None] | None = None) -> ModuleType:
-    """The compiled CPU kernels' module: `decode_attention`, and `DecoderStep` (`engine.lm`)."""
-    attention_kernel(say)
+    """The compiled CPU kernels' module: `decode_attention`, and `DecoderStep` (`engine.lm`);
+    `say` hears a word before the first build or load."""
+    if say is not None and _load.cache_info().currsize == 0:
+        say("float16 KV cache: loading its CPU kernels (built for this CPU the first time, ~1 min)")
     return _load()
 
 

@@ -105,10 +105,9 @@ at::Tensor DecoderStep::cross_attention(size_t layer, const at::Tensor& q, const
 
 at::Tensor DecoderStep::run(at::Tensor x, const std::vector<StepSegment>& segments,
                             const std::vector<std::pair<int64_t, int64_t>>& cond, const std::optional<at::Tensor>& last,
-                            bool independent, double scale) const {
+                            bool ind, double scale) const {
   at::InferenceMode guard;
   const int64_t N = x.size(0), D = x.size(1);
-  const bool ind = independent;
   const std::vector<int64_t> norm{D};
   // where each segment's conditional rows sit: among all rows (a batch computes every row's
   // cross-attention, zero for the others), or among the conditional rows alone (`_lean_cross`)
