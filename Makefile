@@ -2,7 +2,7 @@
 #   make serve  - the main job: the built-in `tiny` model playing endlessly to the default audio
 #                 device (the null output where there is none); type commands on stdin
 #   make test   - the whole test suite (what CI runs)
-.PHONY: serve test setup demo walk
+.PHONY: serve test setup demo walk soak
 
 setup:
 	@bash scripts/setup.sh
@@ -30,3 +30,10 @@ walk: setup
 		MUSICGEN_LIVE_WALK_PRECISION=$${PRECISION:-} \
 		.venv/bin/python -m pytest -q -s \
 		tests/streamer/test_walk.py -k long
+
+# a long set against a real serve process (bridges/soak.py): RSS every 30 s, growth after a 5-minute
+# warm-up within 5 %, every request answered, no stall; MINUTES=60, MODEL=tiny, SCENARIO=rotation|random,
+# BROWSER=1 (the page plays in headless Chromium too)
+soak: setup
+	.venv/bin/musicgen-live soak --minutes $${MINUTES:-60} --model $${MODEL:-tiny} --scenario $${SCENARIO:-rotation} \
+		$${BROWSER:+--browser}

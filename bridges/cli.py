@@ -387,6 +387,26 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--clients", type=_positive_int, default=8, help="WebSocket audio clients (default 8)")
     bb.add_argument("--seconds", type=_positive_float, default=20.0, help="how long the clients listen (default 20)")
 
+    sk = sub.add_parser(
+        "soak",
+        help="a long set against a real serve process over OSC and WebSocket: its memory every 30 s, "
+        "unanswered requests, stalls; exits 1 past --bound",
+    )
+    sk.add_argument("--model", default="tiny", help="the model serve plays (default tiny)")
+    sk.add_argument("--minutes", type=_positive_float, default=60.0, help="how long (default 60)")
+    sk.add_argument(
+        "--scenario",
+        choices=["rotation", "random"],
+        default="rotation",
+        help="rotation: a change every 3 s, a continuation every 60 s; random: that and a random request of "
+        "every kind every 0.2-2 s, bad files included (default rotation)",
+    )
+    sk.add_argument("--warmup", type=_nonneg_float, default=5.0, help="minutes before growth is counted (default 5)")
+    sk.add_argument("--bound", type=_positive_float, default=5.0, help="RSS growth after the warm-up, %% (default 5)")
+    sk.add_argument("--browser", action="store_true", help="the browser page plays in headless Chromium as well")
+    sk.add_argument("--seed", type=int, default=1, help="the random requests' seed (default 1)")
+    sk.add_argument("serve_args", nargs=argparse.REMAINDER, help="after --: more serve options (--precision int8 ...)")
+
     bh = sub.add_parser("bench-hostile", help="floods of bad input against a serve stack: the music's pace; a soak")
     _add_model(bh)
     bh.add_argument("--buffer-ms", type=_positive_float, help="([stream] buffer_ms)")
@@ -731,6 +751,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from musicgen_live.bridges.server import serve_forever
     from musicgen_live.engine.model import model_summary
     from musicgen_live.streamer.group import SessionGroup
+    from musicgen_live.streamer.lines import LineWriter
     from musicgen_live.streamer.outputs import InputCapture, make_output_or_null
     from musicgen_live.streamer.session import Session
 
@@ -750,7 +771,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ws = dataclasses.replace(ws, enabled=ws.enabled and ws.port > 0)
     if args.audio_dir:
         bridges = dataclasses.replace(bridges, audio_dirs=list(bridges.audio_dirs) + args.audio_dir)
-    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    say = LineWriter(sys.stderr)  # the generation thread logs too: a stderr nobody reads must not stop it
     model = _load(args, streaming=True)
     channels = max(2, model.audio_channels)
     sampling = args.sections["sampling"]
@@ -764,7 +785,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         seeded = dataclasses.replace(sampling, seed=sampling.seed + i)  # sessions differ from the start
         sessions.append(Session(model, out, stream, seeded, capture, log=say))
         say(f"{f'session {i + 1}: ' if stream.sessions > 1 else ''}playing to {out.describe()}")
-    group = SessionGroup(model, max_sessions=len(sessions)) if len(sessions) > 1 else None
+    group = SessionGroup(model, max_sessions=len(sessions), stall_s=stream.stall_s) if len(sessions) > 1 else None
     asyncio.run(
         serve_forever(
             sessions if group else sessions[0],
@@ -782,6 +803,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             midi_learn=args.midi_learn,
         )
     )
+    say.flush()
     return 0
 
 
@@ -850,6 +872,16 @@ def cmd_bench_hostile(args: argparse.Namespace) -> int:
     model = _load(args, streaming=True)
     print(format_hostile_bench(run_hostile_bench(model, stream, args.seconds, args.soak_minutes, say)))
     return 0
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from musicgen_live.bridges.soak import format_soak, run_soak
+
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    extra = [a for a in args.serve_args if a != "--"]
+    result = run_soak(args.model, args.minutes, args.scenario, args.warmup, extra, args.browser, say, args.seed)
+    print(format_soak(result, args.bound))
+    return 1 if result.problems(args.bound) else 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -979,6 +1011,7 @@ COMMANDS = {
     "send": cmd_send,
     "bench-bridges": cmd_bench_bridges,
     "bench-hostile": cmd_bench_hostile,
+    "soak": cmd_soak,
     "devices": cmd_devices,
     "config": cmd_config,
 }

@@ -257,7 +257,7 @@ class Engine:
             lambda: MusicGen.load(spec.model, device=spec.device, **spec.kernels)
         )
         self.capacity = spec.cluster.sessions_per_replica
-        self.group: SessionGroup = SessionGroup(self.model, max_sessions=self.capacity)
+        self.group: SessionGroup = SessionGroup(self.model, max_sessions=self.capacity, stall_s=spec.stream.stall_s)
         self.group.start()
         self.hosted: dict[str, Hosted] = {}
         self.opening: set[str] = set()  # sessions being opened (prefill) here

@@ -401,7 +401,12 @@ class OscBridge(asyncio.DatagramProtocol):
                 next_status = now + self.cfg.status_s
                 self._broadcast(
                     "status",
-                    (snap["state"], float(snap["seconds"]), float(snap["buffer_ms"]), int(snap["underruns"])),
+                    (
+                        "stalled" if snap["stalled"] else snap["state"],
+                        float(snap["seconds"]),
+                        float(snap["buffer_ms"]),
+                        int(snap["underruns"]),
+                    ),
                 )
                 if snap["link"]:  # serve --link: /link tempo beat phase quantum peers
                     beat = snap["link"]

@@ -205,7 +205,7 @@ class Vocabulary:
             raise ProtocolError(f"{what} is disabled: list the folders it may read in [bridges] audio_dirs")
         if "\x00" in text or not text.strip():
             raise ProtocolError(f"{what} needs a file name")
-        candidate = Path(text).expanduser()
+        candidate = Path(text)  # literally: "~user/x" is a name inside the folders, never a home folder
         tries = [candidate] if candidate.is_absolute() else [d / candidate for d in self.audio_dirs]
         for t in tries:
             real = Path(os.path.realpath(t))

@@ -126,7 +126,7 @@ async def serve_forever(
                     snap = s.snapshot()
                     label = f"{i + 1}: " if len(sessions) > 1 else ""
                     say(
-                        f"{label}[{snap['seconds']:7.1f} s] {snap['state']} buffer {snap['buffer_ms']:.0f} ms  "
+                        f"{label}[{snap['seconds']:7.1f} s] {transport_word(snap)} buffer {snap['buffer_ms']:.0f} ms  "
                         f"step p50 {snap['step_ms_p50'] or 0:.1f} ms  underruns {snap['underruns']}  "
                         f"slides {snap['slides']}{_link_line(snap['link'])}"
                     )
@@ -145,6 +145,11 @@ async def serve_forever(
         for i, snap in enumerate(snaps):
             label = f"session {i + 1} " if len(sessions) > 1 else ""
             say(f"{label}stopped after {snap['seconds']:.1f} s of music, {snap['underruns']} underruns")
+
+
+def transport_word(snap: dict[str, Any]) -> str:
+    """The transport as a status line or `/status` says it: a frozen stream is never "playing"."""
+    return f"STALLED in {snap['stalled']}" if snap.get("stalled") else snap["state"]
 
 
 def _link_line(beat: dict[str, Any] | None) -> str:

@@ -73,7 +73,7 @@ def run_stream_bench(
     companions: int = 0,
 ) -> StreamBench:
     session = Session(model, output, stream, SamplingConfig(), log=say)
-    group = SessionGroup(model, max_sessions=1 + companions, batched=companions > 0)
+    group = SessionGroup(model, max_sessions=1 + companions, batched=companions > 0, stall_s=stream.stall_s)
     others = [
         Session(
             model,

@@ -29,6 +29,9 @@ class StreamConfig:
     prompt: Annotated[str, Meta(max_length=2000)] = ""  # the prompt the session starts with
     sessions: Annotated[int, Meta(ge=1, le=MAX_SESSIONS)] = 1  # streams on one engine (on OSC / WebSocket port + i)
     extra_outputs: list[str] = field(default_factory=list)  # outputs of sessions 2.. (missing: null)
+    read_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0  # a file / input / upload read's deadline
+    max_file_mb: Annotated[float, Meta(gt=0)] = 1024.0  # larger files are refused unread
+    stall_s: Annotated[float, Meta(gt=0, le=600)] = 1.0  # no step for this long while playing: "stalled"
 
     def check(self) -> None:
         if len(self.extra_outputs) > self.sessions - 1:

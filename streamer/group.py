@@ -24,16 +24,18 @@ from musicgen_live.engine.generator import Phase, StepResult
 from musicgen_live.engine.model import MusicGen
 
 from . import threads
-from .session import Session
+from .session import PLAYING, Session
+from .watchdog import Watchdog
 
 ROWS_PER_SESSION = 2  # one prompt and the unconditional row; a crossfade's extra row spills over
 
 
 class SessionGroup:
-    def __init__(self, model: MusicGen, max_sessions: int = 4, batched: bool = True) -> None:
+    def __init__(self, model: MusicGen, max_sessions: int = 4, batched: bool = True, stall_s: float = 1.0) -> None:
         """`max_sessions` fixes the batch's row count (its shape), so it is set once. `batched`:
         step wanting sessions together in one `Batch` (False: one at a time, as a lone session
-        steps - for a group of one)."""
+        steps - for a group of one). `stall_s`: a turn running this long (at least) while a
+        session plays is a stall (`watchdog`)."""
         if max_sessions < 1:
             raise ValueError(f"a group needs room for at least one session, got {max_sessions}")
         self.model = model
@@ -46,11 +48,15 @@ class SessionGroup:
         self._wake = threading.Event()
         self._quit = threading.Event()
         self._thread: threading.Thread | None = None
+        self.turns = 0  # turns finished (the watchdog's pulse)
+        self.turn_began: float | None = None  # perf_counter when the running turn began; None between turns
+        self.watchdog = Watchdog(self, stall_s, self._stalled, self._resumed)
 
     # -- any thread --------------------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._thread.start()
+        self.watchdog.start()
 
     def add(self, session: Session, timeout_s: float = 600.0) -> None:
         """Open `session` (prefill, output) and have it join at the next step boundary. Once the
@@ -82,6 +88,7 @@ class SessionGroup:
         self._wake.set()
 
     def close(self) -> None:
+        self.watchdog.close()
         self._quit.set()
         self._wake.set()
         if self._thread:
@@ -92,11 +99,39 @@ class SessionGroup:
             s.release()
         self.sessions = []
 
+    # -- what the watchdog reads (any thread) -------------------------------------------------------
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def playing(self) -> bool:
+        return any(s.state == PLAYING for s in list(self.sessions))
+
+    def median_step_s(self) -> float:
+        """The slowest session's median step, seconds (0 before any)."""
+        return max((s.median_step_s() for s in list(self.sessions)), default=0.0)
+
+    def _stalled(self, where: str, seconds: float) -> None:
+        for s in list(self.sessions):
+            s.stall_began(where, seconds)
+
+    def _resumed(self, seconds: float) -> None:
+        for s in list(self.sessions):
+            s.stall_ended(seconds)
+
     # -- the generation thread -------------------------------------------------------------------
     def _run(self) -> None:
         threads.claim()
         while not self._quit.is_set():
-            wait = self.turn()
+            self.turn_began = time.perf_counter()
+            try:
+                wait = self.turn()
+            except Exception as e:  # a bug outside any one session's guard: tell them, keep the thread
+                for s in self.sessions:
+                    s.report_error(e)
+                wait = 0.01
+            self.turn_began = None
+            self.turns += 1
             if wait:
                 self._wake.wait(timeout=wait)
                 self._wake.clear()

@@ -8,13 +8,17 @@ steps: the engine offers them as generators that do one piece per `send(units)` 
 number of audio frames), and a `Job` sizes each piece to a time budget from what the last pieces
 cost. The stream then pays a bounded share of a step for a few dozen steps instead of one long
 stall.
+
+A job that needs something from another thread first (a file read, `reads.wait`) yields that
+`Read` instead of None: the piece ends there, and the job is not `ready` - the session gives its
+turns to others - until the read has settled.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -22,7 +26,7 @@ T = TypeVar("T")
 class Job(Generic[T]):
     """One piece-at-a-time computation and its outcome (`result`, or `error`)."""
 
-    def __init__(self, steps: Generator[None, int | None, T], label: str) -> None:
+    def __init__(self, steps: Generator[Any, int | None, T], label: str) -> None:
         self.label = label
         self._steps = steps
         self._started = False
@@ -32,10 +36,11 @@ class Job(Generic[T]):
         self.error: Exception | None = None
         self.pieces = 0
         self.seconds = 0.0  # time spent on it so far
+        self.awaiting: Any = None  # what it waits for (a `reads.Read`: has `settled`), or None
 
     def advance(self, budget_s: float | None) -> None:
         """Run one piece sized to take about `budget_s` seconds (None: everything that is left)."""
-        if self.done:
+        if not self.ready:
             return
         if budget_s is None:
             amount = None
@@ -44,13 +49,14 @@ class Job(Generic[T]):
         else:
             amount = max(1, int(budget_s / self.unit_s))  # the dearest recent unit: stay in budget
         t0 = time.perf_counter()
+        self.awaiting = None
         try:
             if not self._started:
                 self._started = True
                 next(self._steps)  # to the first yield: the engine's generators do no work before it
             while True:
-                self._steps.send(amount)
-                if amount is not None:
+                self.awaiting = self._steps.send(amount)
+                if self.awaiting is not None or amount is not None:
                     break
         except StopIteration as finished:
             self.result = finished.value
@@ -61,8 +67,13 @@ class Job(Generic[T]):
         dt = time.perf_counter() - t0
         self.pieces += 1
         self.seconds += dt
-        if amount:
+        if amount and self.awaiting is None:  # a piece that ended waiting did less than its amount
             self._unit_costs = [*self._unit_costs[-2:], dt / amount]
+
+    @property
+    def ready(self) -> bool:
+        """Has work to do now (not done, and not waiting on a read that is still running)."""
+        return not self.done and (self.awaiting is None or self.awaiting.settled)
 
     @property
     def unit_s(self) -> float | None:

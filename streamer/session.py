@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from musicgen_live.engine.audiofile import prepare_audio, read_audio
+from musicgen_live.engine.audiofile import prepare_audio, read_audio_file
 from musicgen_live.engine.conditioning import Condition
 from musicgen_live.engine.config import SamplingConfig
 from musicgen_live.engine.errors import ContextError, EngineError
@@ -65,6 +65,7 @@ from .jobs import Job
 from .outputs import DeviceOutput, InputCapture, RingOutput
 from .probes import LatencyProbes
 from .quantize import BeatClock, next_boundary, ring_position
+from .reads import Read, Reader, wait
 from .sink import AudioSink
 
 if TYPE_CHECKING:
@@ -106,6 +107,9 @@ NEEDS = {  # the checkpoints a melody or style command needs
 }
 DEFERRED = "deferred"  # a handler's answer: the command is answered later (its job, its prefill)
 Answer = Heard | None | str
+
+
+Clip = tuple[torch.Tensor, int]  # audio as (channels, samples) at the model's rate, and its source's channels
 
 
 @dataclass
@@ -198,6 +202,7 @@ class Session:
         self._plain_ms: collections.deque[float] = collections.deque(maxlen=50)  # steps preparing nothing
         self._job_waited = 0  # steps a pending job has waited for room in a step
         self._queue: queue.SimpleQueue[c.Ticket] = queue.SimpleQueue()
+        self.reader = Reader(self.cfg.read_timeout_s)  # files, input and uploads: read off this thread
         self._prompt: PendingPrompt | None = None
         self._continuation: PendingContinuation | None = None
         self._condition: PendingCondition | None = None  # a melody stream's new prompt or melody
@@ -214,13 +219,14 @@ class Session:
         self._reported_output_error: str | None = None
         self._group: SessionGroup | None = None  # the group of one that `start` makes
         self.pace = 0.0  # real-time factor measured at start
+        self.stalled: str | None = None  # where the generation thread is stuck, while the watchdog says so
 
     # -- public API (any thread) ---------------------------------------------------------------
     def start(self) -> None:
         """Open the output and start stepping on a generation thread of this session's own."""
         from .group import SessionGroup
 
-        self._group = SessionGroup(self.model, max_sessions=1, batched=False)
+        self._group = SessionGroup(self.model, max_sessions=1, batched=False, stall_s=self.cfg.stall_s)
         self._group.start()
         self._group.add(self)
 
@@ -321,7 +327,8 @@ class Session:
         ] + [f"{t.name} at beat {t.beat:g}" for t in list(self._held)]
         return {
             **self.view(),
-            "phase": self.gen.phase.value if started else "starting",
+            "phase": "stalled" if self.stalled else self.gen.phase.value if started else "starting",
+            "stalled": self.stalled,  # where the generation thread is stuck (None: it is not)
             "fading": started and self.gen.fading,
             "pending": pending,
             "frame": frame,  # frames complete
@@ -340,6 +347,26 @@ class Session:
             "output_error": self.output.error,
             "link": None if self.clock is None else self.clock.describe(),
         }
+
+    # -- the watchdog (its own thread: `watchdog`) ---------------------------------------------------
+    def median_step_s(self) -> float:
+        """The median of the recent steps, seconds (0 before any)."""
+        recent = sorted(self._recent_ms.copy())  # copy(): atomic, while the generation thread appends
+        return recent[len(recent) // 2] / 1000 if recent else 0.0
+
+    def stall_began(self, where: str, seconds: float) -> None:
+        """The generation thread has made no step for `seconds`: say so, and where it is stuck."""
+        self.stalled = where
+        self._event("changed", {"changes": {"phase": "stalled"}, "source": "watchdog"})
+        self._event(
+            "error",
+            {"message": f"the music has stopped: no step for {seconds:.1f} s, the generation thread is in {where}"},
+        )
+
+    def stall_ended(self, seconds: float) -> None:
+        self.stalled = None
+        self._event("changed", {"changes": {"phase": self.gen.phase.value}, "source": "watchdog"})
+        self._event("warning", {"message": f"the music goes on after a stall of {seconds:.1f} s"})
 
     def expected_latency_s(self) -> float:
         """Command -> audible: the recent healthy median, else the buffer plus ~135 ms of delay
@@ -767,11 +794,8 @@ class Session:
         seconds = min(float(cmd.seconds), MAX_CONTINUE_S, context_s)
         if seconds < float(cmd.seconds):
             ticket.note = f"continuing from the last {seconds:.1f} s (the context keeps {context_s:.1f} s)"
-        source = self._clip_source(cmd, seconds)  # refuses at once what cannot work
-        mixed = _channel_note(self._source_channels(cmd), self.model.audio_channels)
-        if mixed:
-            ticket.note = f"{ticket.note}; {mixed}" if ticket.note else mixed
-        self._begin_continuation(ticket, Job(_continuation_codes(self.model, source, seconds), "continue"))
+        source = self._clip_source(cmd, seconds)  # refuses at once what cannot work, starts reading the rest
+        self._begin_continuation(ticket, Job(_continuation_codes(self.model, source, seconds, ticket), "continue"))
         return DEFERRED
 
     def _on_continue_codes(self, ticket: c.Ticket) -> Answer:
@@ -797,56 +821,46 @@ class Session:
         ticket.result = {"codes": codes.to(torch.int16).numpy()}
         return None
 
-    def _clip_source(self, cmd: c.Clip, seconds: float) -> Callable[[], torch.Tensor]:
-        """What a job will read: checked now, read later (files, resampling) in its first piece.
+    def _clip_source(self, cmd: c.Clip, seconds: float) -> Read[Clip]:
+        """What a job will read: checked now, and read from now on a thread of its own (`reads`: a
+        file, the input's or an upload's resampling), so the generation thread never waits on it.
         A continuation takes the last `seconds`; a melody or style file or upload its first (a riff),
         the session's history or input its last (what was just played)."""
+        rate, channels = self.rate, self.model.audio_channels
         if isinstance(cmd, c.HISTORY_CLIPS):
             if self.sink.history.seconds < 1 / self.model.spec.frame_rate:
                 raise ContextError("there is no output history yet")
             clip = torch.from_numpy(np.ascontiguousarray(self.sink.history.last(seconds).T))
-            return lambda: clip
+            return Read.ready((clip, channels))
+        if isinstance(cmd, (c.ContinueFile, c.MelodyFile, c.StyleFile)):
+            path, folders, max_bytes = cmd.path, cmd.folders, int(self.cfg.max_file_mb * 1e6)
+            tail = isinstance(cmd, c.ContinueFile)
+
+            def read_file() -> Clip:
+                part = {"last_s": seconds} if tail else {"first_s": seconds}
+                audio, have = read_audio_file(path, rate, channels, inside=folders, max_bytes=max_bytes, **part)
+                return (audio if tail else audio[:, : int(seconds * rate)]), have
+
+            return self.reader.start(read_file, f"reading '{Path(path).name}'")
         if isinstance(cmd, c.INPUT_CLIPS):
             if self.capture is None:
                 raise ContextError("no input device is open (start serve with --input DEVICE)")
-            data, rate = self.capture.last(seconds)
+            data, data_rate = self.capture.last(seconds)
             if len(data) == 0:
                 raise ContextError("nothing has been captured from the input yet")
-            return lambda: prepare_audio(data, rate, self.rate, self.model.audio_channels)
-        if isinstance(cmd, c.ContinueFile):
-            path, folders = cmd.path, cmd.folders
-            return lambda: read_audio(path, self.rate, self.model.audio_channels, last_s=seconds, inside=folders)
-        if isinstance(cmd, (c.MelodyFile, c.StyleFile)):
-            path, folders, n = cmd.path, cmd.folders, int(seconds * self.rate)
-            return lambda: read_audio(path, self.rate, self.model.audio_channels, inside=folders)[:, :n]
-        data = np.asarray(cmd.audio, dtype=np.float32)
-        if data.ndim == 1:
-            data = data[:, None]
-        if data.ndim != 2 or len(data) == 0:
-            raise ContextError("uploaded audio must be a non-empty (samples, channels) array")
-        rate = int(cmd.rate)
-        if isinstance(cmd, (c.MelodyAudio, c.StyleAudio)):
-            data = data[: int(seconds * rate)]
-        return lambda: prepare_audio(data, rate, self.rate, self.model.audio_channels)
-
-    def _source_channels(self, cmd: c.AudioContinuation) -> int | None:
-        """How many channels the audio to continue from has (None: not known before it is read)."""
-        if isinstance(cmd, c.ContinueHistory):
-            return self.model.audio_channels  # the session's own output, at the model's channels
-        if isinstance(cmd, c.ContinueInput):
-            return self.capture.channels if self.capture is not None else None
-        if isinstance(cmd, c.ContinueFile):
-            try:
-                import soundfile
-
-                path = Path(cmd.path).resolve()
-                if cmd.folders and not any(path.is_relative_to(Path(d).resolve()) for d in cmd.folders):
-                    return None  # not ours to look at: the job refuses it with the reason
-                return int(soundfile.info(str(path)).channels)
-            except Exception:  # unreadable: the job says so when it reads the file
-                return None
-        data = np.asarray(cmd.audio)
-        return 1 if data.ndim == 1 else int(data.shape[1])
+            what = "resampling the input"
+        else:
+            data = np.asarray(cmd.audio, dtype=np.float32)
+            if data.ndim == 1:
+                data = data[:, None]
+            if data.ndim != 2 or len(data) == 0:
+                raise ContextError("uploaded audio must be a non-empty (samples, channels) array")
+            data_rate = int(cmd.rate)
+            if isinstance(cmd, (c.MelodyAudio, c.StyleAudio)):
+                data = data[: int(seconds * data_rate)]
+            what = "resampling the upload"
+        have = int(data.shape[1])
+        return self.reader.start(lambda: (prepare_audio(data, data_rate, rate, channels), have), what)
 
     def _finish_continuation(self) -> None:
         p = self._continuation
@@ -905,7 +919,7 @@ class Session:
     def _next_job(self) -> Job[Any] | None:
         """The job to give a piece of time to: a prompt first (it is quick and most often asked)."""
         for p in (self._prompt, self._condition, self._continuation):
-            if p is not None and not p.job.done:
+            if p is not None and p.job.ready:
                 return p.job
         return None
 
@@ -1053,15 +1067,15 @@ def _conditions(model: MusicGen, texts: list[str]) -> Generator[None, int | None
 
 
 def _prefix_condition(
-    model: MusicGen, text: str, features: torch.Tensor | None, source: Callable[[], torch.Tensor] | None
-) -> Generator[None, int | None, tuple[Condition, torch.Tensor | None]]:
+    model: MusicGen, text: str, features: torch.Tensor | None, source: Read[Clip] | None
+) -> Generator[Any, int | None, tuple[Condition, torch.Tensor | None]]:
     """A melody or style stream's condition: `text` and the melody (chroma) or style of `source`'s
-    audio (read in the first piece, then its features: chroma in one piece, the style a layer per
-    piece) or the given `features` (None: text alone); then T5 a block per piece. Returns the
-    condition and the features it used."""
+    audio (waited for, then its features: chroma in one piece, the style a layer per piece) or the
+    given `features` (None: text alone); then T5 a block per piece. Returns the condition and the
+    features it used."""
     amount = yield
     if source is not None:
-        clip = source()
+        clip, _ = yield from wait(source)
         amount = yield
         if model.style is not None:
             features = yield from _delegate(model.style.states_steps(clip), amount)
@@ -1082,12 +1096,15 @@ def _prefix_condition(
 
 
 def _continuation_codes(
-    model: MusicGen, source: Callable[[], torch.Tensor], seconds: float
-) -> Generator[None, int | None, torch.Tensor]:
-    """Audio -> the codes to continue from: read and resample in the first piece, then encode a
-    few frames per piece."""
+    model: MusicGen, source: Read[Clip], seconds: float, ticket: c.Ticket
+) -> Generator[Any, int | None, torch.Tensor]:
+    """Audio -> the codes to continue from: wait for the read, then encode a few frames per piece.
+    A source of other channels than the model's is mixed, and `ticket` notes it."""
     yield
-    clip = source()
+    clip, have = yield from wait(source)
+    mixed = _channel_note(have, model.audio_channels)
+    if mixed:
+        ticket.note = f"{ticket.note}; {mixed}" if ticket.note else mixed
     clip = clip[:, -int(seconds * model.sample_rate) :]
     if clip.shape[-1] < model.spec.codec.hop:
         raise ContextError("the audio to continue from is shorter than one frame")
@@ -1124,9 +1141,9 @@ def pace_line(model: str, device: str, precision: str, pace: float) -> str:
     return line + ": expect gaps - try " + ", ".join(tips[:-1]) + " or " + tips[-1]
 
 
-def _channel_note(have: int | None, want: int) -> str | None:
+def _channel_note(have: int, want: int) -> str | None:
     """What a continuation's sender should know when its audio is mixed to the model's channels."""
-    if have is None or have == want:
+    if have == want:
         return None
     if want > have:
         return f"{have}-channel audio up-mixed to {want} channels (each channel the same)"

@@ -113,7 +113,10 @@ function sendPrompt(text) { send({ type: "session.update", prompt: text, fade: N
 let shownPrompts = "";
 function applyState(changes) {
   Object.assign(view, changes);
-  if (changes.state !== undefined) { $("transport").textContent = view.state; $("transport").className = view.state; }
+  if (changes.state !== undefined || changes.phase !== undefined) { // a frozen stream never shows "playing"
+    const shown = view.phase === "stalled" ? "stalled" : view.state;
+    $("transport").textContent = shown; $("transport").className = shown;
+  }
   if (changes.prompts !== undefined && JSON.stringify(changes.prompts) !== shownPrompts) { // only a real change
     shownPrompts = JSON.stringify(changes.prompts); showPrompts(view.prompts);
   }

@@ -39,8 +39,9 @@ class LineFeed:
 
 
 class Stack:
-    def __init__(self, model, tmp_path, osc_cfg=None, ws_cfg=None, output=None, capture=None):
-        """`output` (default: null) and `capture` (an input device) for tests of the real audio path."""
+    def __init__(self, model, tmp_path, osc_cfg=None, ws_cfg=None, output=None, capture=None, stream=None):
+        """`output` (default: null) and `capture` (an input device) for tests of the real audio path;
+        `stream`: [stream] settings over the stack's own."""
         self.osc_port = free_port()
         self.ws_port = free_port(socket.SOCK_STREAM)
         self.audio_dir = tmp_path
@@ -49,7 +50,7 @@ class Stack:
         self.session = Session(
             model,
             output or make_output("null", 2, 0.2),
-            StreamConfig(buffer_ms=200, window_s=8, context_s=3),
+            StreamConfig(**{"buffer_ms": 200, "window_s": 8, "context_s": 3, **(stream or {})}),
             capture=capture,
         )
         self.ready = threading.Event()
