@@ -463,9 +463,10 @@ def _window_spec(text: str) -> tuple[float, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from musicgen_live.streamer.openmp import limit_spinning
+    from musicgen_live.streamer.openmp import bound_primitive_cache, limit_spinning
 
     limit_spinning()  # before anything loads torch
+    bound_primitive_cache()
     args = build_parser().parse_args(argv)
     from musicgen_live.engine.errors import EngineError
 
