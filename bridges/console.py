@@ -1,9 +1,13 @@
 """stdin as a bridge: one request per line, in the same vocabulary as OSC and WebSocket.
 
     prompt dub techno, 122 bpm      prompt/fade 4 slow strings      prompt/weighted dub 1 techno 0.5
-    cfg 4.5   temperature 0.9   top_k 100   top_p 0   seed 7   gain 0.8   context 8   fade 2
+    slots dub 1 "rain on tin" 0 "" 0 cello 0.8      (the blend's four slots, texts kept at weight 0)
+    cfg 4.5   cfg_beta 2   temperature 0.9   top_k 100   top_p 0   seed 7   gain 0.8   context 8   fade 2
+    quantize 4   (with serve --link: changes land every 4 beats; 0 = at once)
     play   pause   stop   reset
     continue [SECONDS]   continue/input [SECONDS]   continue/file PATH [SECONDS]
+    melody/history [SECONDS]   melody/input [SECONDS]   melody/file PATH [SECONDS]   melody/off
+    style/history [SECONDS]   style/input [SECONDS]   style/file PATH [SECONDS]   style/off
     get/cfg   get/state (or status)   info   help   quit
 
 Words are split as a shell splits them (quote a file name with spaces). Every line is answered with

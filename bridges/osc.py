@@ -172,6 +172,9 @@ class Subscribers:
         return who in self._until
 
 
+UNDERRUN_EVERY_S = 1.0  # /underrun at most this often (a long stretch below real time: one a second)
+
+
 class OscBridge(asyncio.DatagramProtocol):
     def __init__(self, session: Session, vocab: Vocabulary, cfg: OscConfig) -> None:
         self.session = session
@@ -193,6 +196,10 @@ class OscBridge(asyncio.DatagramProtocol):
         self.over_budget = 0
         self.errors_sent = 0
         self._underruns = 0
+        self._next_underrun = 0.0  # monotonic: /underrun is sent at most every UNDERRUN_EVERY_S
+        # host -> the port its tools listen on (`/subscribe PORT` from a port other than PORT): answers
+        # to requests from that host's other ports go there (oscsend sends from a new port every time)
+        self.listen_ports: dict[str, int] = {}
         self.tcp_server: asyncio.AbstractServer | None = None
         session.listeners.append(self._on_session_event)
 
@@ -335,6 +342,8 @@ class OscBridge(asyncio.DatagramProtocol):
                     ) from None
                 who = (host, port)
             self.subscribers.add(who)
+            if args and who != addr and host == peer[0]:  # "I listen on PORT": answers go there
+                self.listen_ports[host] = port
         except (ValueError, TypeError, OverflowError, AttributeError) as e:
             msg = (
                 str(e)
@@ -346,9 +355,17 @@ class OscBridge(asyncio.DatagramProtocol):
         self._send(who, "subscribed", (0 if isinstance(who, TcpPeer) else who[1],))
 
     def _reply_to(self, addr: Peer) -> Peer:
+        """Where answers to `addr`'s requests go: `[osc] reply_port` when set; the sender itself when
+        it is subscribed; else the port its host said it listens on (`/subscribe PORT`); else the
+        sender (most OSC tools listen where they send from)."""
         if isinstance(addr, TcpPeer):
             return addr
-        return (addr[0], self.cfg.reply_port) if self.cfg.reply_port else addr
+        if self.cfg.reply_port:
+            return (addr[0], self.cfg.reply_port)
+        port = self.listen_ports.get(addr[0])
+        if addr in self.subscribers or port is None or (addr[0], port) not in self.subscribers:
+            return addr
+        return (addr[0], port)
 
     # -- answers from the session (its thread) -------------------------------------------------
     def _on_session_event(self, kind: str, data: dict[str, Any]) -> None:
@@ -367,7 +384,7 @@ class OscBridge(asyncio.DatagramProtocol):
         reply_to, address = self.pending.pop(ticket.id, (None, ""))
         continuation = isinstance(ticket.command, (*c.CONTINUATIONS, *c.FOLLOWS))  # answered when heard
         if kind == "refused":
-            if reply_to is not None:
+            if reply_to is not None and not ticket.superseded:  # replaced by the sender's own newer one: no error
                 self._send(reply_to, "error", (address, ticket.error))
             if continuation:
                 self._broadcast("fail", (ticket.name, ticket.error))
@@ -379,6 +396,8 @@ class OscBridge(asyncio.DatagramProtocol):
             return
         if ticket.note and reply_to is not None:
             self._send(reply_to, "warning", (address, ticket.note))
+        if isinstance(ticket.command, c.Reset):  # no state changes, but every subscriber should know
+            self._broadcast("reset", (ticket.frame or 0,))
         if continuation:
             self._broadcast("done", (ticket.name, ticket.frame or 0))
 
@@ -393,10 +412,11 @@ class OscBridge(asyncio.DatagramProtocol):
                 continue
             snap = self.session.snapshot()
             self._broadcast("position", (float(snap["seconds"]),))
-            if snap["underruns"] > self._underruns:
-                self._underruns = snap["underruns"]
-                self._broadcast("underrun", (self._underruns,))
             now = time.monotonic()
+            if snap["underruns"] > self._underruns and now >= self._next_underrun:  # once a second at most
+                self._underruns = snap["underruns"]
+                self._next_underrun = now + UNDERRUN_EVERY_S
+                self._broadcast("underrun", (self._underruns,))
             if now >= next_status:
                 next_status = now + self.cfg.status_s
                 self._broadcast(

@@ -41,6 +41,7 @@ from musicgen_live.streamer.controls import (
     QUANTIZED_CONTROLS,
     TRIGGERS,
 )
+from musicgen_live.streamer.slots import SLOTS
 
 ALIASES = {
     "continue-input": "continue/input",
@@ -104,6 +105,7 @@ class Vocabulary:
             "prompt": self._prompt,
             "prompt/fade": self._prompt_fade,
             "prompt/weighted": self._weighted,
+            "slots": self._slots,
             "continue": self._clip,
             "continue/input": self._clip,
             "continue/file": self._clip_file,
@@ -154,7 +156,7 @@ class Vocabulary:
         unknown = sorted(set(changes) - set(UPDATE_KEYS))
         if unknown:
             raise ProtocolError(f"session.update does not know {unknown[0]!r} (keys: {', '.join(UPDATE_KEYS)})")
-        prompt_fade = "fade" in changes and ("prompt" in changes or "weighted_prompts" in changes)
+        prompt_fade = "fade" in changes and any(k in changes for k in ("prompt", "weighted_prompts", "slots"))
         # likewise a quantize given with musical changes is theirs alone; alone, it sets the session's
         own_quantize = "quantize" in changes and any(k in changes for k in QUANTIZED_KEYS)
         out = Outcome()
@@ -165,10 +167,12 @@ class Vocabulary:
             if key not in changes or (key == "fade" and prompt_fade) or (key == "quantize" and own_quantize):
                 continue
             value = changes[key]
-            if key == "weighted_prompts":
+            if key in ("weighted_prompts", "slots"):
                 if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
-                    raise ProtocolError("weighted_prompts must be a list of [text, weight] pairs")
-                part = self.handle("prompt/weighted", [x for p in value for x in p])
+                    raise ProtocolError(f"{key} must be a list of [text, weight] pairs")
+                part = self.handle(
+                    "prompt/weighted" if key == "weighted_prompts" else "slots", [x for p in value for x in p]
+                )
             elif key == "prompt":
                 if not isinstance(value, str):
                     raise ProtocolError("prompt must be a string")
@@ -177,7 +181,7 @@ class Vocabulary:
                 if isinstance(value, (list, dict)) or value is None:
                     raise ProtocolError(f"{key} must be a number")
                 part = self.handle(key, [value])
-            if prompt_fade and key in ("prompt", "weighted_prompts"):
+            if prompt_fade and key in ("prompt", "weighted_prompts", "slots"):
                 fade, notes = _control_value("fade", changes["fade"], normalised=False)
                 part.commands = [_with_fade(cmd, fade) for cmd in part.commands]
                 part.notes += notes
@@ -253,6 +257,22 @@ class Vocabulary:
             raise ProtocolError(f"at most {MAX_PROMPTS} prompts can sound at once, got {len(pairs)}")
         return Outcome(commands=[c.SetWeightedPrompts(tuple(pairs))])
 
+    def _slots(self, _name: str, args: Sequence[object]) -> Outcome:
+        """slots TEXT WEIGHT [TEXT WEIGHT ...]: the blend board's slots in order (at most
+        `SLOTS`), weights 0 and empty texts ("") included - a slot keeps its text at any weight."""
+        if not args or len(args) % 2 or len(args) > 2 * SLOTS:
+            raise ProtocolError(f'slots takes up to {SLOTS} pairs: text weight [text weight ...] ("" = an empty slot)')
+        pairs = []
+        for i in range(0, len(args), 2):
+            text = _text(args[i]).strip()
+            if text:
+                _check_prompt(text)
+            weight = _number(args[i + 1], "slot weight")
+            if not 0 <= weight <= 1:
+                raise ProtocolError(f"slot weights are 0..1, got {_fmt(weight)}")
+            pairs.append((text, float(f"{weight:.7g}")))
+        return Outcome(commands=[c.SetWeightedPrompts(tuple(pairs), slots=True)])
+
     def _clip(self, name: str, args: Sequence[object]) -> Outcome:
         """continue, continue/input, melody/history, melody/input, style/history, style/input: `[secs]`."""
         if len(args) > 1:
@@ -272,8 +292,15 @@ class Vocabulary:
 
 
 # WebSocket session.update keys, in the order they are applied
-QUANTIZED_KEYS = (*QUANTIZED_CONTROLS, "prompt", "weighted_prompts")  # session.update keys a quantize holds
-UPDATE_KEYS = ["context", "fade", *[k for k in CONTROLS if k not in ("context", "fade")], "weighted_prompts", "prompt"]
+QUANTIZED_KEYS = (*QUANTIZED_CONTROLS, "prompt", "weighted_prompts", "slots")  # session.update keys a quantize holds
+UPDATE_KEYS = [
+    "context",
+    "fade",
+    *[k for k in CONTROLS if k not in ("context", "fade")],
+    "weighted_prompts",
+    "slots",
+    "prompt",
+]
 _TRIGGER: dict[str, Callable[[], c.Command]] = {"play": c.Play, "pause": c.Pause, "stop": c.Stop, "reset": c.Reset}
 _Seconds = Callable[[Sequence[object], int, str], tuple[float, list[str]]]
 # requests that read audio: the command they make and how their seconds are read (default, cap;
@@ -305,6 +332,8 @@ def state_replies(changes: dict[str, Any]) -> list[Reply]:
                 out.append(Reply("prompt/weighted", tuple(x for p in value for x in (p["text"], float(p["weight"])))))
         elif key == "state":
             out.append(Reply("transport", (value,)))
+        elif key == "slots":
+            out.append(Reply("slots", tuple(x for p in value for x in (p["text"], float(p["weight"])))))
         else:
             out.append(Reply(key, (value,)))
     return out
@@ -312,6 +341,8 @@ def state_replies(changes: dict[str, Any]) -> list[Reply]:
 
 def answer_line(ticket: c.Ticket) -> str:
     """A ticket's answer as the console prints it."""
+    if ticket.superseded:
+        return f"superseded: {ticket.error}"
     if ticket.error:
         return f"error: {ticket.error}"
     where = f" at frame {ticket.frame}" if ticket.frame is not None else ""
@@ -420,9 +451,11 @@ def _control_value(name: str, arg: object, normalised: bool) -> tuple[float, lis
     control = CONTROLS[name]
     asked = _number(arg, name)
     value = control.lo + min(1.0, max(0.0, asked)) * (control.hi - control.lo) if normalised else asked
+    if control.kind is float:  # OSC floats are float32: 0.8 arrives as 0.800000011920929
+        value = float(f"{value:.7g}")
     clamped = control.clamp(value)
     notes = []
-    if not normalised and clamped != value and not (control.kind is int and abs(clamped - value) < 0.5):
+    if not normalised and not control.lo <= value <= control.hi:  # rounding a whole number is no clamping
         notes.append(
             f"{name} {_fmt(asked)} is outside {_fmt(control.lo)}..{_fmt(control.hi)}: {_fmt(clamped)} will sound"
         )

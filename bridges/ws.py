@@ -307,7 +307,8 @@ class WebSocketBridge:
                     raise ProtocolError("playback.control needs action: play, pause, stop or reset")
                 self._answer_later(client, self.vocab.handle(action, []), event_id, [action])
             elif kind == "generate.continue":
-                self._answer_later(client, self._continue(msg), event_id, [msg.get("source", "history")])
+                outcome = self._continue(msg)
+                self._answer_later(client, outcome, event_id, [c.command_name(cmd) for cmd in outcome.commands])
             elif kind in ("melody.set", "style.set"):
                 what = kind.split(".")[0]
                 self._answer_later(
@@ -398,6 +399,18 @@ class WebSocketBridge:
             )
             return
         failed = next((t for t in tickets if t.error), None)
+        if failed is not None and failed.superseded:  # replaced by this client's own newer request: no error
+            await self._send(
+                client,
+                {
+                    "type": "session.updated",
+                    "applied": [],
+                    "superseded": True,
+                    "notes": [failed.error],
+                    "event_id": event_id,
+                },
+            )
+            return
         if failed is not None:
             await self._error(client, failed.error or "", event_id)
             return

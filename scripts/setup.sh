@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages beyond Python wheels: PortAudio (built with JACK) for sound devices, JACK with
 # its dummy driver so the tests drive PortAudio's real callback path without a sound card;
-# liblo-tools (oscsend, oscdump) and chromium are real OSC and browser peers for the bridge tests.
-APT_PACKAGES=(libportaudio2 jackd2 liblo-tools chromium)
+# liblo-tools (oscsend, oscdump), chromium and puredata-core (pd -nogui runs the Pd example) are real
+# OSC and browser peers for the bridge tests.
+APT_PACKAGES=(libportaudio2 jackd2 liblo-tools chromium puredata-core)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -30,6 +30,7 @@ class SetWeightedPrompts:
     prompts: tuple[tuple[str, float], ...]
     fade_s: float | None = None
     quantize: float | None = None
+    slots: bool = False  # the pairs are the blend board's slots in order, 0 and "" included (`slots`)
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ class Ticket:
     frame: int | None = None  # first frame generated under the command
     error: str | None = None
     note: str | None = None  # applied, but not quite as asked (e.g. clamped to the context)
+    superseded: bool = False  # refused only because a newer request from the same sender replaced it
     result: dict[str, Any] | None = None  # a Query's answer: the session's state
     audible: float | None = None  # when the first sample generated under it reached the output
     beat: float | None = None  # the beat it is held for (a quantized change), on the session's beat clock

@@ -63,6 +63,15 @@ class Read(Generic[T]):
         """Done, or past its deadline: either way the waiting job can go on."""
         return self._done.is_set() or time.perf_counter() >= self.deadline
 
+    def problem(self) -> BaseException | None:
+        """Once `settled`: what went wrong (its error, or the timeout), None when it succeeded."""
+        try:
+            if not self._done.is_set() or self._error is not None:
+                self.outcome()
+        except BaseException as e:
+            return e
+        return None
+
     def outcome(self) -> T:
         """The value, or the read's error, or a timeout: call once `settled`."""
         if not self._done.is_set():

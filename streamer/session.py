@@ -67,6 +67,7 @@ from .probes import LatencyProbes
 from .quantize import BeatClock, next_boundary, ring_position
 from .reads import Read, Reader, wait
 from .sink import AudioSink
+from .slots import Board, as_board, empty_board, fit, sounding
 
 if TYPE_CHECKING:
     from .group import SessionGroup
@@ -118,6 +119,7 @@ class PendingPrompt:
     prompts: list[tuple[str, float]]
     fade_s: float
     job: Job[list[Condition]]
+    board: Board | None = None  # the blend board it sets (a `slots` request), else fitted to its prompts
 
 
 @dataclass
@@ -131,6 +133,8 @@ class PendingCondition:
     follows: str  # how the state will describe the melody or style ("off", "history 8 s", ...)
     features: torch.Tensor | None = None  # the melody's one-hot chroma or the style's states, once built
     handle: PrefixKV | None = None
+    board: Board | None = None
+    read: Read[Clip] | None = None  # its audio, being read (it waits, staged, until that succeeded)
 
 
 @dataclass
@@ -138,6 +142,7 @@ class PendingContinuation:
     ticket: c.Ticket
     job: Job[torch.Tensor]
     handle: Handle | None = None
+    read: Read[Clip] | None = None  # its audio, being read (it waits, staged, until that succeeded)
 
 
 class Session:
@@ -182,7 +187,8 @@ class Session:
         self.state = STOPPED
         self.rate = model.sample_rate
         self.hop = model.spec.codec.hop
-        self.prompts: list[tuple[str, float]] = [(self.cfg.prompt, 1.0)]
+        self.prompts: list[tuple[str, float]] = [(self.cfg.prompt, 1.0)]  # what sounds
+        self.board: Board = empty_board(self.cfg.prompt)  # the performer's blend slots (`slots`)
         self.sink = AudioSink(self.rate, model.audio_channels, output, self.cfg.history_s)
         self.sink.gain = self.cfg.gain
         self.probes = LatencyProbes()
@@ -206,6 +212,11 @@ class Session:
         self._prompt: PendingPrompt | None = None
         self._continuation: PendingContinuation | None = None
         self._condition: PendingCondition | None = None  # a melody stream's new prompt or melody
+        # continuations and conditions whose audio is still being read, oldest first: one supersedes
+        # the pending one (and older staged ones) only once its read succeeded - a refused request
+        # changes nothing. At most reads.MAX_UNFINISHED of them (the reader refuses more).
+        self._staged_continuations: list[PendingContinuation] = []
+        self._staged_conditions: list[PendingCondition] = []
         self.melody = "off"  # what the melody follows (melody checkpoints)
         self.style = "off"  # what the style follows (style checkpoints)
         self._features: torch.Tensor | None = None  # the melody's one-hot chroma or the style's states
@@ -292,11 +303,18 @@ class Session:
 
     def release(self) -> None:
         """Close what `open` opened (a group calls this once the session has left it)."""
-        for pending in (self._prompt, self._continuation):
+        for pending in (
+            self._prompt,
+            self._continuation,
+            self._condition,
+            *self._staged_continuations,
+            *self._staged_conditions,
+        ):
             if pending is not None and not pending.ticket.done.is_set():
                 pending.job.close()
                 self._refuse(pending.ticket, "the session closed before it took effect")
-        self._prompt = self._continuation = None
+        self._prompt = self._continuation = self._condition = None
+        self._staged_continuations, self._staged_conditions = [], []
         self.output.close()
         if self.capture:
             self.capture.close()
@@ -310,6 +328,7 @@ class Session:
         return {
             "state": self.state,
             "prompts": [{"text": t, "weight": w} for t, w in self.prompts],
+            "slots": [{"text": t, "weight": w} for t, w in self.board],
             "melody": self.melody,
             "style": self.style,
             **self.controls,
@@ -322,7 +341,13 @@ class Session:
         frame = self.gen.frames_done if started else 0
         pending = [
             p.ticket.name if p.ticket.beat is None else f"{p.ticket.name} at beat {p.ticket.beat:g}"
-            for p in (self._prompt, self._continuation, self._condition)
+            for p in (
+                self._prompt,
+                self._continuation,
+                self._condition,
+                *self._staged_continuations,
+                *self._staged_conditions,
+            )
             if p is not None
         ] + [f"{t.name} at beat {t.beat:g}" for t in list(self._held)]
         return {
@@ -380,6 +405,7 @@ class Session:
         another frame."""
         t0 = time.perf_counter()
         self._apply_commands()
+        self._promote_staged()
         self._finish_prompt()
         self._finish_condition()
         self._finish_continuation()
@@ -693,37 +719,52 @@ class Session:
     def _on_prompt(self, ticket: c.Ticket) -> Answer:
         cmd = ticket.command
         assert isinstance(cmd, (c.SetPrompt, c.SetWeightedPrompts))
-        prompts = [(cmd.text, 1.0)] if isinstance(cmd, c.SetPrompt) else [(t, float(w)) for t, w in cmd.prompts]
-        if not prompts:
+        pairs = [(cmd.text, 1.0)] if isinstance(cmd, c.SetPrompt) else [(t, float(w)) for t, w in cmd.prompts]
+        if not pairs:
             raise ValueError("at least one prompt is needed")
-        if len(prompts) > MAX_PROMPTS:
-            raise ValueError(f"at most {MAX_PROMPTS} prompts can sound at once, got {len(prompts)}")
-        for text, weight in prompts:
+        if len(pairs) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts can sound at once, got {len(pairs)}")
+        for text, weight in pairs:
             if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
                 raise ValueError(f"a prompt is text of at most {MAX_PROMPT_CHARS} characters")
             if not weight >= 0:
                 raise ValueError(f"prompt weights must be >= 0, got {weight}")
-        if not any(w > 0 for _, w in prompts):
+        board = as_board(tuple(pairs)) if isinstance(cmd, c.SetWeightedPrompts) and cmd.slots else None
+        prompts = sounding(board) if board is not None else [(t, w) for t, w in pairs if w > 0]
+        if board is not None and not prompts:  # every slot at 0: the board changes, the blend sounds on
+            self.board = board
+            ticket.note = "every slot is at 0: the blend sounding before plays on"
+            return None
+        if not prompts:
             raise ValueError("at least one prompt weight must be above 0")
         fade = float(self.controls["fade"] if cmd.fade_s is None else CONTROLS["fade"].check(cmd.fade_s))
+        board = board if board is not None else fit(self.board, pairs)
         if self.model.spec.lm.prefix_conditioned:
-            return self._prefix_prompt(ticket, prompts, fade)
+            return self._prefix_prompt(ticket, prompts, fade, board)
         if self._prompt is not None:  # the latest prompt wins
             self._prompt.job.close()
-            self._refuse(self._prompt.ticket, "superseded by a newer prompt before it was ready")
+            self._supersede(self._prompt.ticket, ticket, "superseded by a newer prompt before it was ready")
             self._prompt = None
         known = [k for t, _ in prompts if (k := self.model.conditioner.lookup(t)) is not None]
         if len(known) == len(prompts) and ticket.beat is None:
-            self._set_prompts(prompts, fade, known)
+            self._set_prompts(prompts, fade, known, board)
             return Heard()
         job: Job[list[Condition]] = Job(_conditions(self.model, [t for t, _ in prompts]), "prompt")
-        self._prompt = PendingPrompt(ticket, prompts, fade, job)
+        self._prompt = PendingPrompt(ticket, prompts, fade, job, board)
         return DEFERRED
 
-    def _set_prompts(self, prompts: list[tuple[str, float]], fade_s: float, conds: list[Condition]) -> None:
+    def _set_prompts(
+        self, prompts: list[tuple[str, float]], fade_s: float, conds: list[Condition], board: Board
+    ) -> None:
         fade = self.model.spec.seconds_to_frames(fade_s)
         self.gen.set_prompts(list(zip(conds, (w for _, w in prompts))), fade)
         self.prompts = prompts
+        self.board = board
+
+    def _supersede(self, old: c.Ticket, new: c.Ticket, reason: str) -> None:
+        """Refuse `old` because `new` replaced it: for the sender of both, that is no error."""
+        old.superseded = old.source == new.source
+        self._refuse(old, reason)
 
     def _finish_prompt(self) -> None:
         """Apply the pending prompt once its conditions are ready."""
@@ -735,7 +776,7 @@ class Session:
         try:
             if p.job.error is not None:
                 raise p.job.error
-            self._set_prompts(p.prompts, p.fade_s, p.job.result or [])
+            self._set_prompts(p.prompts, p.fade_s, p.job.result or [], p.board or fit(self.board, p.prompts))
         except (EngineError, ValueError) as e:
             self._refuse(p.ticket, str(e))
             return
@@ -795,7 +836,8 @@ class Session:
         if seconds < float(cmd.seconds):
             ticket.note = f"continuing from the last {seconds:.1f} s (the context keeps {context_s:.1f} s)"
         source = self._clip_source(cmd, seconds)  # refuses at once what cannot work, starts reading the rest
-        self._begin_continuation(ticket, Job(_continuation_codes(self.model, source, seconds, ticket), "continue"))
+        job = Job(_continuation_codes(self.model, source, seconds, ticket), "continue")
+        self._begin_continuation(PendingContinuation(ticket, job, read=source))
         return DEFERRED
 
     def _on_continue_codes(self, ticket: c.Ticket) -> Answer:
@@ -807,12 +849,18 @@ class Session:
             raise ContextError(f"codes to continue from must be ({k}, frames) integers")
         if codes.min() < 0 or codes.max() >= card:
             raise ContextError(f"codes to continue from must lie in 0..{card - 1}")
-        self._begin_continuation(ticket, Job(_given(torch.from_numpy(codes.astype(np.int64))), "continue"))
+        self._begin_continuation(
+            PendingContinuation(ticket, Job(_given(torch.from_numpy(codes.astype(np.int64))), "continue"))
+        )
         return DEFERRED
 
-    def _begin_continuation(self, ticket: c.Ticket, job: Job[torch.Tensor]) -> None:
-        self._cancel_continuation("superseded by a newer continuation")
-        self._continuation = PendingContinuation(ticket, job)
+    def _begin_continuation(self, pending: PendingContinuation) -> None:
+        """The latest continuation wins - once its audio, if any, has been read."""
+        if pending.read is not None and not pending.read.settled:
+            self._staged_continuations.append(pending)
+            return
+        self._cancel_continuation("superseded by a newer continuation", by=pending.ticket)
+        self._continuation = pending
 
     def _on_recent_codes(self, ticket: c.Ticket) -> Answer:
         if not self.gen.started:
@@ -906,7 +954,14 @@ class Session:
             self._continuation = None
             self._refuse(p.ticket, "superseded before it took effect")
 
-    def _cancel_continuation(self, reason: str) -> None:
+    def _cancel_continuation(self, reason: str, by: c.Ticket | None = None) -> None:
+        """Drop the pending continuation (`by`: the newer one that replaces it); with no `by`, a
+        staged one too (a stop, a reset)."""
+        if by is None:
+            for staged in self._staged_continuations:
+                staged.job.close()
+                self._refuse(staged.ticket, reason)
+            self._staged_continuations = []
         p = self._continuation
         if p is None:
             return
@@ -914,7 +969,10 @@ class Session:
         p.job.close()
         if p.handle is not None:
             self.gen.cancel(p.handle)
-        self._refuse(p.ticket, reason)
+        if by is not None:
+            self._supersede(p.ticket, by, reason)
+        else:
+            self._refuse(p.ticket, reason)
 
     def _next_job(self) -> Job[Any] | None:
         """The job to give a piece of time to: a prompt first (it is quick and most often asked)."""
@@ -924,7 +982,7 @@ class Session:
         return None
 
     # -- melody and style checkpoints: a new prompt, melody or style re-prefills the window --------
-    def _prefix_prompt(self, ticket: c.Ticket, prompts: list[tuple[str, float]], fade: float) -> Answer:
+    def _prefix_prompt(self, ticket: c.Ticket, prompts: list[tuple[str, float]], fade: float, board: Board) -> Answer:
         kind = self._prefix_kind()
         if len(prompts) > 1:
             raise ValueError(f"a {kind} checkpoint plays one prompt at a time (blends need a text-only checkpoint)")
@@ -934,7 +992,7 @@ class Session:
         job: Job[tuple[Condition, torch.Tensor | None]] = Job(
             _prefix_condition(self.model, text, self._features, None), "prompt"
         )
-        self._begin_condition(PendingCondition(ticket, job, [(text, 1.0)], self._follows()))
+        self._begin_condition(PendingCondition(ticket, job, [(text, 1.0)], self._follows(), board=board))
         return DEFERRED
 
     def _on_follow(self, ticket: c.Ticket) -> Answer:
@@ -957,7 +1015,7 @@ class Session:
         name = f" {Path(cmd.path).name}" if isinstance(cmd, (c.MelodyFile, c.StyleFile)) else ""
         label = f"{kind}{name} {seconds:g} s"
         job = Job(_prefix_condition(self.model, text, None, source), want)
-        self._begin_condition(PendingCondition(ticket, job, self.prompts, label))
+        self._begin_condition(PendingCondition(ticket, job, self.prompts, label, read=source))
         return DEFERRED
 
     def _prefix_kind(self) -> str | None:
@@ -968,11 +1026,43 @@ class Session:
         return self.style if self.model.style is not None else self.melody
 
     def _begin_condition(self, pending: PendingCondition) -> None:
+        """The latest prompt, melody or style wins - once its audio, if any, has been read."""
+        if pending.read is not None and not pending.read.settled:
+            self._staged_conditions.append(pending)
+            return
         old = self._condition
-        if old is not None:  # the latest prompt, melody or style wins
+        if old is not None:
             old.job.close()
-            self._refuse(old.ticket, f"superseded by a newer prompt or {self._prefix_kind()} before it was heard")
+            self._supersede(
+                old.ticket, pending.ticket, f"superseded by a newer prompt or {self._prefix_kind()} before it was heard"
+            )
         self._condition = pending
+
+    def _promote_staged(self) -> None:
+        """Staged continuations and conditions whose reads have settled, oldest first: one whose
+        read failed is refused (nothing else changes); one whose read succeeded takes over, and the
+        staged ones older than it are superseded."""
+        self._staged_continuations = self._promote(self._staged_continuations, self._begin_continuation, "continue")
+        kind = self._prefix_kind() or "condition"
+        self._staged_conditions = self._promote(self._staged_conditions, self._begin_condition, f"read the {kind}")
+
+    def _promote(self, staged: list[Any], begin: Callable[[Any], None], doing: str) -> list[Any]:
+        """`staged` after promotion (see `_promote_staged`): the ones still waiting for their reads."""
+        waiting = []
+        for pending in staged:
+            if not pending.read.settled:
+                waiting.append(pending)
+                continue
+            if (problem := pending.read.problem()) is not None:
+                pending.job.close()
+                self._refuse(pending.ticket, _why(problem, f"could not {doing}"))
+                continue
+            for older in waiting:
+                older.job.close()
+                self._supersede(older.ticket, pending.ticket, "superseded by a newer one whose audio was read first")
+            waiting = []
+            begin(pending)
+        return waiting
 
     def _finish_condition(self) -> None:
         """Prefill the window under the new condition once it is built; answer once it plays."""
@@ -998,6 +1088,7 @@ class Session:
             self._condition = None
             before = self.view()
             self.prompts, self._features = p.prompts, p.features
+            self.board = p.board or fit(self.board, p.prompts)
             if self.model.style is not None:
                 self.style = p.follows
             else:
@@ -1139,6 +1230,11 @@ def pace_line(model: str, device: str, precision: str, pace: float) -> str:
     ]
     tips = unused + ["a shorter --window", "fewer sessions"] + (["a GPU"] if cpu else [])
     return line + ": expect gaps - try " + ", ".join(tips[:-1]) + " or " + tips[-1]
+
+
+def _why(e: BaseException, doing: str) -> str:
+    """A failed preparation's sentence: a user error's own, else what failed."""
+    return str(e) if isinstance(e, (EngineError, ValueError)) else f"{doing} ({type(e).__name__}: {e})"
 
 
 def _channel_note(have: int, want: int) -> str | None:

@@ -44,12 +44,16 @@ function setControl(id, value) { // from a fader or a MIDI knob: show it, send i
   $(id).value = value; label(id);
   throttled(id, FRAME_MS, () => send({ type: "session.update", [id]: Number($(id).value) }));
 }
+const NUMBER_FIELDS = new Set(["seed"]); // a whole number to type, not a 2^31-wide fader
+let model = {}; // session.created's model summary: what this checkpoint can do
 function buildControls(table) {
-  controls = table; const box = $("controls"); box.textContent = "";
-  for (const [id, c] of Object.entries(table)) {
+  controls = Object.fromEntries(Object.entries(table).filter(([id]) => id !== "cfg_beta" || model.style)); // double guidance: style checkpoints
+  const box = $("controls"); box.textContent = "";
+  for (const [id, c] of Object.entries(controls)) {
     const wrap = document.createElement("div");
-    wrap.innerHTML = `<label for="${id}" title="${c.meaning}">${id} <span id="${id}V"></span><button class="learn" data-learn="${id}">MIDI</button></label>` +
-      `<input id="${id}" type="range" min="${c.lo}" max="${c.hi}" step="${step(c)}">`;
+    const input = NUMBER_FIELDS.has(id) ? `<input id="${id}" type="number" min="${c.lo}" max="${c.hi}" step="1">`
+      : `<input id="${id}" type="range" min="${c.lo}" max="${c.hi}" step="${step(c)}">`;
+    wrap.innerHTML = `<label for="${id}" title="${c.meaning}">${id} <span id="${id}V"></span><button class="learn" data-learn="${id}">MIDI</button></label>` + input;
     box.appendChild(wrap);
     const el = $(id);
     el.value = view[id] !== undefined ? view[id] : c.lo; label(id);
@@ -60,6 +64,8 @@ function buildControls(table) {
 }
 
 // -- prompts: one line, a blend of slots, a history ----------------------------------------------
+// The slots are the server's blend board (state "slots"): every page and OSC surface sees the same
+// rows, a slot keeps its text at any weight, and a reload brings them back.
 function buildSlots() {
   for (let i = 0; i < SLOTS; i++) {
     const row = document.createElement("div"); row.className = "slot";
@@ -71,25 +77,20 @@ function buildSlots() {
     $(`slot${i}`).onchange = () => sendBlend();
   }
 }
-function blend() {
-  const out = [];
-  for (let i = 0; i < SLOTS; i++) {
-    const text = $(`slot${i}`).value.trim(), w = Number($(`w${i}`).value);
-    if (text && w > 0) out.push([text, w]);
-  }
-  return out;
+function board() { // every slot in order, empty texts and weights of 0 included
+  return [...Array(SLOTS).keys()].map((i) => [$(`slot${i}`).value.trim(), Number($(`w${i}`).value)]);
 }
-function sendBlend() { // a blend re-weights the sounding prompts: a short glide, a few times a second
-  const pairs = blend();
-  if (pairs.length) throttled("blend", 100, () => send({ type: "session.update", weighted_prompts: blend(), fade: 0.5 }));
+function sendBlend() { // the board as it stands: a short glide, a few times a second
+  throttled("blend", 100, () => send({ type: "session.update", slots: board(), fade: 0.5 }));
 }
-function showPrompts(prompts) {
+function showPrompts(prompts) { // the prompt line: what sounds
   if (document.activeElement !== $("prompt")) $("prompt").value = prompts.map((p) => p.text).join(" | ");
+}
+function showSlots(slots) {
   if ([...Array(SLOTS).keys()].some((i) => dragging.has(`w${i}`) || document.activeElement === $(`slot${i}`))) return;
   for (let i = 0; i < SLOTS; i++) {
-    const p = prompts[i];
-    $(`slot${i}`).value = p ? p.text : $(`slot${i}`).value;
-    $(`w${i}`).value = p ? p.weight : 0; $(`w${i}V`).textContent = Number($(`w${i}`).value).toFixed(2);
+    const p = slots[i] || { text: "", weight: 0 };
+    $(`slot${i}`).value = p.text; $(`w${i}`).value = p.weight; $(`w${i}V`).textContent = Number(p.weight).toFixed(2);
   }
 }
 const HISTORY_KEY = "musicgen-live.history";
@@ -107,7 +108,14 @@ function showHistory() {
     $("history").appendChild(li);
   }
 }
-function sendPrompt(text) { send({ type: "session.update", prompt: text, fade: Number(view.fade || 0) }); remember(text); }
+function sendPrompt(line) { // "a | b": a blend of the parts, each at the weight it sounds at now (1 if new)
+  const parts = line.split("|").map((t) => t.trim()).filter((t) => t);
+  if (parts.length > 1) {
+    const now = Object.fromEntries((view.prompts || []).map((p) => [p.text, p.weight]));
+    send({ type: "session.update", weighted_prompts: parts.map((t) => [t, now[t] || 1]), fade: Number(view.fade || 0) });
+  } else if (parts.length) send({ type: "session.update", prompt: parts[0], fade: Number(view.fade || 0) });
+  parts.forEach(remember);
+}
 
 // -- the server's state -----------------------------------------------------------------------------
 let shownPrompts = "";
@@ -120,6 +128,7 @@ function applyState(changes) {
   if (changes.prompts !== undefined && JSON.stringify(changes.prompts) !== shownPrompts) { // only a real change
     shownPrompts = JSON.stringify(changes.prompts); showPrompts(view.prompts);
   }
+  if (changes.slots !== undefined) showSlots(view.slots);
   if (changes.melody !== undefined) $("melody").textContent = changes.melody;
   if (changes.style !== undefined) $("style").textContent = changes.style;
   for (const id of Object.keys(controls)) {
@@ -142,12 +151,16 @@ function show() {
 
 function connect() {
   ws = new WebSocket(wsUrl()); ws.binaryType = "arraybuffer";
-  ws.onopen = () => { send({ type: "audio.subscribe", enabled: true, codec: "f32" }); };
+  ws.onopen = () => { if (ctx) subscribeAudio(); }; // audio only once Listen was pressed: a closed ear costs nothing
   ws.onclose = () => { $("transport").textContent = "disconnected"; $("transport").className = ""; setTimeout(connect, 1000); };
   ws.onmessage = (e) => {
     if (typeof e.data !== "string") return onAudio(e.data);
     const m = JSON.parse(e.data);
-    if (m.type === "session.created") { if (m.controls) buildControls(m.controls); applyState(m.state); resume = m.resume || ""; }
+    if (m.type === "session.created") {
+      model = m.session || {}; offer();
+      if (model.sample_rate) st.rate = model.sample_rate; if (model.channels) st.channels = model.channels;
+      if (m.controls) buildControls(m.controls); applyState(m.state); resume = m.resume || "";
+    }
     if (m.type === "audio.subscribed") { st.rate = m.sample_rate; st.channels = m.channels; }
     if (m.type === "state") applyState(m.state);
     if (m.type === "state.changed") applyState(m.changes);
@@ -159,43 +172,59 @@ function connect() {
 setInterval(() => send({ type: "state.get" }), 1000); // position, buffer, underruns, latency, Link
 
 // -- audio, the meter and the scrolling waveform ------------------------------------------------------
-const levels = []; // [min, max, rms] per arrived chunk, newest last
+// The page shares the CPU with the engine on a performer's laptop, so it draws little: the meter and
+// waveform at most DRAW_FPS times a second and only when audio arrived, from a fixed ring of levels
+// (no allocation per chunk or frame), nothing while the tab is hidden (BENCHMARKS.md: the page's cost).
+const DRAW_FPS = 15, COLUMNS = 600;
+const lows = new Float32Array(COLUMNS), highs = new Float32Array(COLUMNS), rmss = new Float32Array(COLUMNS);
+let column = 0, fresh = false, lastDraw = 0; // column: chunks arrived so far (the ring's write position)
+function subscribeAudio() { send({ type: "audio.subscribe", enabled: true, codec: "f32" }); }
 function onAudio(buf) {
   const dv = new DataView(buf);
-  const magic = String.fromCharCode(dv.getUint8(0), dv.getUint8(1), dv.getUint8(2), dv.getUint8(3));
-  if (magic !== "MGLA" || dv.getUint8(5) !== 0) return;
+  if (dv.getUint32(0, true) !== 0x414c474d || dv.getUint8(5) !== 0) return; // "MGLA", f32
   st.frames++; st.bytes += buf.byteLength;
   const pcm = new Float32Array(buf, 24);
   let lo = 0, hi = 0, sq = 0;
   for (let i = 0; i < pcm.length; i++) { const x = pcm[i]; if (x < lo) lo = x; if (x > hi) hi = x; sq += x * x; }
-  levels.push([lo, hi, Math.sqrt(sq / Math.max(pcm.length, 1))]); if (levels.length > 600) levels.shift();
-  if (node) node.port.postMessage(pcm);
+  const at = column++ % COLUMNS; lows[at] = lo; highs[at] = hi; rmss[at] = Math.sqrt(sq / Math.max(pcm.length, 1));
+  fresh = true;
+  if (node) node.port.postMessage(pcm, [pcm.buffer]); // handed over, not copied
 }
-function draw() {
-  const w = $("wave"), g = w.getContext("2d"), H = w.height, W = w.width;
-  g.fillStyle = "#000"; g.fillRect(0, 0, W, H); g.strokeStyle = "#6c6"; g.beginPath();
-  const n = levels.length, shown = levels.slice(-W);
-  const scale = 1 / Math.max(0.05, ...shown.map((l) => Math.max(-l[0], l[1]))); // the loudest in view fills it
-  for (let x = 0; x < Math.min(W, n); x++) {
-    const [lo, hi] = levels[n - 1 - x], px = W - 1 - x;
-    g.moveTo(px, H / 2 - hi * scale * H / 2); g.lineTo(px, H / 2 - lo * scale * H / 2 + 1);
+function draw(now) {
+  requestAnimationFrame(draw);
+  if (!fresh || document.hidden || now - lastDraw < 1000 / DRAW_FPS) return;
+  fresh = false; lastDraw = now;
+  const w = $("wave"), g = w.getContext("2d"), H = w.height, W = Math.min(w.width, COLUMNS), n = Math.min(column, W);
+  let loudest = 0.05; // the loudest in view fills it
+  for (let x = 0; x < n; x++) { const i = (column - 1 - x) % COLUMNS; loudest = Math.max(loudest, -lows[i], highs[i]); }
+  const scale = H / 2 / loudest;
+  g.fillStyle = "#000"; g.fillRect(0, 0, w.width, H); g.strokeStyle = "#6c6"; g.beginPath();
+  for (let x = 0; x < n; x++) {
+    const i = (column - 1 - x) % COLUMNS, px = W - 1 - x;
+    g.moveTo(px, H / 2 - highs[i] * scale); g.lineTo(px, H / 2 - lows[i] * scale + 1);
   }
   g.stroke();
-  const m = $("meter"), mg = m.getContext("2d"), last = levels.slice(-5);
-  const rms = last.length ? Math.max(...last.map((l) => l[2])) : 0, peak = last.length ? Math.max(...last.map((l) => Math.max(-l[0], l[1]))) : 0;
+  let rms = 0, peak = 0;
+  for (let x = 0; x < Math.min(column, 5); x++) { const i = (column - 1 - x) % COLUMNS; rms = Math.max(rms, rmss[i]); peak = Math.max(peak, -lows[i], highs[i]); }
+  const m = $("meter"), mg = m.getContext("2d");
   mg.fillStyle = "#222"; mg.fillRect(0, 0, m.width, m.height);
   mg.fillStyle = peak >= 1 ? "#c33" : "#3a6"; mg.fillRect(0, 0, Math.min(1, rms * 2) * m.width, m.height);
   mg.fillStyle = "#ddd"; mg.fillRect(Math.min(1, peak) * m.width - 2, 0, 2, m.height);
-  requestAnimationFrame(draw);
+}
+function offer() { // only what this checkpoint can do: melody and style rows for their checkpoints
+  $("melodyRow").hidden = !model.melody; $("styleRow").hidden = !model.style;
 }
 async function startAudio() {
   if (ctx) return;
+  $("start").textContent = "Listening…"; $("start").disabled = true;
   ctx = new AudioContext({ sampleRate: st.rate });
   await ctx.audioWorklet.addModule("worklet.js");
   node = new AudioWorkletNode(ctx, "jitter-player", { outputChannelCount: [2], processorOptions: { channels: st.channels, targetMs: 150 } });
   node.port.onmessage = (e) => { st.bufferMs = e.data.bufferMs; st.underflows = e.data.underflows; };
   node.connect(ctx.destination);
   await ctx.resume();
+  $("start").textContent = "Listening"; $("start").classList.add("on");
+  subscribeAudio();
 }
 
 // -- continue from an uploaded or dropped file -------------------------------------------------------
@@ -254,6 +283,7 @@ $("melodyOff").onclick = () => send({ type: "melody.set", source: "off" });
 $("styleHistory").onclick = () => send({ type: "style.set", source: "history", seconds: 3 });
 $("styleOff").onclick = () => send({ type: "style.set", source: "off" });
 buildSlots(); showHistory(); connect(); show(); requestAnimationFrame(draw);
+if (params.get("listen")) setTimeout(startAudio, 500); // ?listen=1: play at once (where autoplay is allowed)
 
 // ?selftest=1: for automated browser tests - play, send a prompt, report what arrived in the title.
 if (params.get("selftest")) {

@@ -46,7 +46,12 @@ def test_the_instrument_follows_the_server_and_plays_it(tiny, tmp_path):
             "Object.fromEntries([...document.querySelectorAll('#controls input[type=range]')]"
             ".map((e) => [e.id, [Number(e.min), Number(e.max)]]))"
         )
-        assert faders == {name: [ctl.lo, ctl.hi] for name, ctl in CONTROLS.items()}
+        # every control of the server's table but what this checkpoint cannot do (cfg_beta: a style
+        # checkpoint's double guidance) and the seed, a number typed in, not a 2^31-wide fader
+        assert faders == {name: [ctl.lo, ctl.hi] for name, ctl in CONTROLS.items() if name not in ("cfg_beta", "seed")}
+        assert page.eval("document.getElementById('seed').type") == "number"
+        assert page.eval("document.getElementById('cfg_beta')") is None
+        assert page.eval("document.getElementById('melodyRow').hidden && document.getElementById('styleRow').hidden")
         assert page.eval("document.getElementById('temperature').value") == "1.5"
         page.eval(
             "(() => { const e = document.getElementById('top_k'); e.value = 0; "
@@ -82,7 +87,10 @@ def test_the_instrument_follows_the_server_and_plays_it(tiny, tmp_path):
         stack.session.submit(c.Set("top_p", 0.9)).wait(10)
         page.wait_for("Number(document.getElementById('top_p').value) === 0.9")
 
-        # the audio keeps coming (the page subscribes without a gesture) and the meter draws it
+        # Listen: the audio comes (only then: a page nobody listens to costs nothing) and the meter draws it
+        assert page.eval("document.getElementById('status').textContent.match(/audio frames (\\d+)/)[1]") == "0"
+        page.eval("document.getElementById('start').click()")
+        page.wait_for("document.getElementById('start').textContent === 'Listening'")
         frames = page.wait_for("window.musicgenView && document.getElementById('status').textContent")
         assert "position" in frames
         page.wait_for("document.getElementById('status').textContent.match(/audio frames (\\d+)/)[1] > 50")
