@@ -405,7 +405,19 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--bound", type=_positive_float, default=5.0, help="RSS growth after the warm-up, %% (default 5)")
     sk.add_argument("--browser", action="store_true", help="the browser page plays in headless Chromium as well")
     sk.add_argument("--seed", type=int, default=1, help="the random requests' seed (default 1)")
+    sk.add_argument(
+        "--serve-from", type=Path, help="serve from another checkout's engine/, streamer/, bridges/ (before/after)"
+    )
     sk.add_argument("serve_args", nargs=argparse.REMAINDER, help="after --: more serve options (--precision int8 ...)")
+
+    bp = sub.add_parser(
+        "bench-page",
+        help="what the browser page costs beside a playing serve: Chromium's CPU time and serve's underruns, "
+        "no browser / a blank page / the page listening",
+    )
+    bp.add_argument("--model", default="tiny", help="the model serve plays (default tiny)")
+    bp.add_argument("--seconds", type=_positive_float, default=60.0, help="each phase (default 60)")
+    bp.add_argument("--serve-from", type=Path, help="serve (and its page) from another checkout (before/after)")
 
     bh = sub.add_parser("bench-hostile", help="floods of bad input against a serve stack: the music's pace; a soak")
     _add_model(bh)
@@ -880,9 +892,19 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     extra = [a for a in args.serve_args if a != "--"]
-    result = run_soak(args.model, args.minutes, args.scenario, args.warmup, extra, args.browser, say, args.seed)
+    result = run_soak(
+        args.model, args.minutes, args.scenario, args.warmup, extra, args.browser, say, args.seed, args.serve_from
+    )
     print(format_soak(result, args.bound))
     return 1 if result.problems(args.bound) else 0
+
+
+def cmd_bench_page(args: argparse.Namespace) -> int:
+    from musicgen_live.bridges.bench_page import format_page_bench, run_page_bench
+
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    print(format_page_bench(run_page_bench(args.model, args.seconds, say, args.serve_from)))
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -1013,6 +1035,7 @@ COMMANDS = {
     "bench-bridges": cmd_bench_bridges,
     "bench-hostile": cmd_bench_hostile,
     "soak": cmd_soak,
+    "bench-page": cmd_bench_page,
     "devices": cmd_devices,
     "config": cmd_config,
 }

@@ -115,16 +115,28 @@ class SoakResult:
 
 
 class Serve:
-    """`musicgen-live serve` in a process of its own, on free ports, its stderr kept."""
+    """`musicgen-live serve` in a process of its own, on free ports, its stderr kept. `code`:
+    another checkout whose engine/, streamer/ and bridges/ serve instead of these (before/after)."""
 
-    def __init__(self, model: str, audio_dir: Path, extra: list[str], log: Path) -> None:
+    def __init__(self, model: str, audio_dir: Path, extra: list[str], log: Path, code: Path | None = None) -> None:
         self.osc_port = _free_port(socket.SOCK_DGRAM)
         self.ws_port = _free_port(socket.SOCK_STREAM)
         self.log = log.open("w")
+        env = dict(os.environ)
+        if code is not None:  # lay it out under its installed name; PYTHONPATH wins over the editable install
+            shim = Path(tempfile.mkdtemp(prefix="musicgen-code-")) / "musicgen_live"
+            shim.mkdir()
+            for part in ("engine", "streamer", "bridges", "config.toml"):
+                (shim / part).symlink_to(code.resolve() / part)
+            env["PYTHONPATH"] = str(shim.parent)
         cmd = [sys.executable, "-m", "musicgen_live.bridges.cli", "serve", "--model", model, "--output", "null"]
         cmd += ["--audio-dir", str(audio_dir), "--osc-port", str(self.osc_port), "--ws-port", str(self.ws_port)]
         self.proc = subprocess.Popen(
-            [*cmd, "--status-every", "30", *extra], stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT
+            [*cmd, "--status-every", "30", *extra],
+            stdin=subprocess.PIPE,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
     def wait_ready(self, timeout_s: float = 600) -> None:
@@ -421,11 +433,12 @@ def run_soak(
     browser: bool,
     say: Callable[[str], None],
     seed: int = 1,
+    code: Path | None = None,
 ) -> SoakResult:
     result = SoakResult(model, scenario, minutes, warmup_minutes)
     folder = Path(tempfile.mkdtemp(prefix="musicgen-soak-"))
     make_audio_dir(folder)
-    serve = Serve(model, folder, extra, folder / "serve.log")
+    serve = Serve(model, folder, extra, folder / "serve.log", code)
     chromium: subprocess.Popen[bytes] | None = None
     try:
         serve.wait_ready()
@@ -501,8 +514,9 @@ async def _play(serve: Serve, result: SoakResult, scenario: str, seed: int, say:
         osc.close()
 
 
-def _browser(port: int, folder: Path) -> subprocess.Popen[bytes] | None:
-    """The browser page, playing, in headless Chromium (None when there is no Chromium)."""
+def _browser(port: int, folder: Path, url: str | None = None) -> subprocess.Popen[bytes] | None:
+    """The browser page, listening, in headless Chromium (None when there is no Chromium); `url`:
+    another page instead."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         return None
@@ -510,7 +524,8 @@ def _browser(port: int, folder: Path) -> subprocess.Popen[bytes] | None:
         [
             exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-            f"--user-data-dir={folder / 'chromium'}", "--remote-debugging-port=0", f"http://127.0.0.1:{port}/",
+            f"--user-data-dir={folder / 'chromium'}", "--remote-debugging-port=0",
+            url if url is not None else f"http://127.0.0.1:{port}/?listen=1",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

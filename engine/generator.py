@@ -352,8 +352,10 @@ class Generator:
         self._require().generator.manual_seed(seed)
 
     @torch.no_grad()
-    def set_prompts(self, prompts: list[tuple[Condition, float]], fade_frames: int = 0) -> None:
-        """Blend to `prompts` (weights normalised to sum 1) over `fade_frames` frames.
+    def set_prompts(self, prompts: list[tuple[Condition, float]], fade_frames: int = 0) -> int:
+        """Blend to `prompts` (weights normalised to sum 1) over `fade_frames` frames. Returns how
+        many old prompts stopped at once instead of fading out (0 unless old and new together are
+        more than the rows a stream has: the quietest leaving ones go first).
 
         Rows already playing keep their history; a new prompt's row starts from a copy of the
         currently loudest row's history, so it continues the music rather than starting over.
@@ -376,6 +378,10 @@ class Generator:
         old = {r.condition.text: i for i, r in enumerate(st.rows)}
         kept = [i for i, r in enumerate(st.rows) if r.condition.text in target or fade_frames > 0]
         new = [t for t in target if t not in old]
+        excess = len(kept) + len(new) - self._max_rows()
+        leaving = sorted((i for i in kept if st.rows[i].condition.text not in target), key=lambda i: st.rows[i].weight)
+        cut = set(leaving[: max(0, excess)])  # no room to fade these out: they stop at once
+        kept = [i for i in kept if i not in cut]
         n_cond = len(kept) + len(new)
         if n_cond > self._max_rows():
             raise ContextError(
@@ -397,6 +403,7 @@ class Generator:
                 r.weight = w
             st.fade = None
             self._drop_silent_rows()
+        return len(cut)
 
     @torch.no_grad()
     def set_condition(self, condition: Condition) -> PrefixKV:

@@ -747,17 +747,22 @@ class Session:
             self._prompt = None
         known = [k for t, _ in prompts if (k := self.model.conditioner.lookup(t)) is not None]
         if len(known) == len(prompts) and ticket.beat is None:
-            self._set_prompts(prompts, fade, known, board)
+            self._set_prompts(ticket, prompts, fade, known, board)
             return Heard()
         job: Job[list[Condition]] = Job(_conditions(self.model, [t for t, _ in prompts]), "prompt")
         self._prompt = PendingPrompt(ticket, prompts, fade, job, board)
         return DEFERRED
 
     def _set_prompts(
-        self, prompts: list[tuple[str, float]], fade_s: float, conds: list[Condition], board: Board
+        self, ticket: c.Ticket, prompts: list[tuple[str, float]], fade_s: float, conds: list[Condition], board: Board
     ) -> None:
         fade = self.model.spec.seconds_to_frames(fade_s)
-        self.gen.set_prompts(list(zip(conds, (w for _, w in prompts))), fade)
+        cut = self.gen.set_prompts(list(zip(conds, (w for _, w in prompts))), fade)
+        if cut:
+            ticket.note = (
+                f"{cut} prompt{'s' if cut > 1 else ''} stopped at once: a crossfade sounds at most "
+                f"{MAX_PROMPTS} prompts, old and new together"
+            )
         self.prompts = prompts
         self.board = board
 
@@ -776,7 +781,7 @@ class Session:
         try:
             if p.job.error is not None:
                 raise p.job.error
-            self._set_prompts(p.prompts, p.fade_s, p.job.result or [], p.board or fit(self.board, p.prompts))
+            self._set_prompts(p.ticket, p.prompts, p.fade_s, p.job.result or [], p.board or fit(self.board, p.prompts))
         except (EngineError, ValueError) as e:
             self._refuse(p.ticket, str(e))
             return
@@ -836,6 +841,7 @@ class Session:
         if seconds < float(cmd.seconds):
             ticket.note = f"continuing from the last {seconds:.1f} s (the context keeps {context_s:.1f} s)"
         source = self._clip_source(cmd, seconds)  # refuses at once what cannot work, starts reading the rest
+        _drop_upload(ticket)
         job = Job(_continuation_codes(self.model, source, seconds, ticket), "continue")
         self._begin_continuation(PendingContinuation(ticket, job, read=source))
         return DEFERRED
@@ -1011,6 +1017,7 @@ class Session:
             raise ContextError(f"a {want} clip must be longer than 0 s, got {cmd.seconds}")
         seconds = min(float(cmd.seconds), MAX_MELODY_S if want == "melody" else MAX_STYLE_S)
         source = self._clip_source(cmd, seconds)  # refuses at once what cannot work
+        _drop_upload(ticket)
         kind = c.command_name(cmd).split("/")[1]  # history, input, file, upload
         name = f" {Path(cmd.path).name}" if isinstance(cmd, (c.MelodyFile, c.StyleFile)) else ""
         label = f"{kind}{name} {seconds:g} s"
@@ -1230,6 +1237,16 @@ def pace_line(model: str, device: str, precision: str, pace: float) -> str:
     ]
     tips = unused + ["a shorter --window", "fewer sessions"] + (["a GPU"] if cpu else [])
     return line + ": expect gaps - try " + ", ".join(tips[:-1]) + " or " + tips[-1]
+
+
+NO_AUDIO = np.zeros((0, 1), dtype=np.float32)
+
+
+def _drop_upload(ticket: c.Ticket) -> None:
+    """An upload's samples are the read's now: the ticket (kept until its change is heard, up to
+    probes.MAX_PROBES of them while the output is paused) keeps the command without them."""
+    if isinstance(ticket.command, (c.ContinueAudio, c.MelodyAudio, c.StyleAudio)):
+        ticket.command = replace(ticket.command, audio=NO_AUDIO)
 
 
 def _why(e: BaseException, doing: str) -> str:

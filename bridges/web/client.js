@@ -169,7 +169,7 @@ function connect() {
     show();
   };
 }
-setInterval(() => send({ type: "state.get" }), 1000); // position, buffer, underruns, latency, Link
+setInterval(() => { if (!document.hidden) send({ type: "state.get" }); }, 1000); // position, buffer, underruns, latency, Link
 
 // -- audio, the meter and the scrolling waveform ------------------------------------------------------
 // The page shares the CPU with the engine on a performer's laptop, so it draws little: the meter and
@@ -177,7 +177,7 @@ setInterval(() => send({ type: "state.get" }), 1000); // position, buffer, under
 // (no allocation per chunk or frame), nothing while the tab is hidden (BENCHMARKS.md: the page's cost).
 const DRAW_FPS = 15, COLUMNS = 600;
 const lows = new Float32Array(COLUMNS), highs = new Float32Array(COLUMNS), rmss = new Float32Array(COLUMNS);
-let column = 0, fresh = false, lastDraw = 0; // column: chunks arrived so far (the ring's write position)
+let column = 0, fresh = false; // column: chunks arrived so far (the ring's write position)
 function subscribeAudio() { send({ type: "audio.subscribe", enabled: true, codec: "f32" }); }
 function onAudio(buf) {
   const dv = new DataView(buf);
@@ -190,10 +190,9 @@ function onAudio(buf) {
   fresh = true;
   if (node) node.port.postMessage(pcm, [pcm.buffer]); // handed over, not copied
 }
-function draw(now) {
-  requestAnimationFrame(draw);
-  if (!fresh || document.hidden || now - lastDraw < 1000 / DRAW_FPS) return;
-  fresh = false; lastDraw = now;
+function draw() { // DRAW_FPS times a second once listening (no animation-frame loop: a page at rest costs nothing)
+  if (!fresh || document.hidden) return;
+  fresh = false;
   const w = $("wave"), g = w.getContext("2d"), H = w.height, W = Math.min(w.width, COLUMNS), n = Math.min(column, W);
   let loudest = 0.05; // the loudest in view fills it
   for (let x = 0; x < n; x++) { const i = (column - 1 - x) % COLUMNS; loudest = Math.max(loudest, -lows[i], highs[i]); }
@@ -224,7 +223,7 @@ async function startAudio() {
   node.connect(ctx.destination);
   await ctx.resume();
   $("start").textContent = "Listening"; $("start").classList.add("on");
-  subscribeAudio();
+  subscribeAudio(); setInterval(draw, 1000 / DRAW_FPS);
 }
 
 // -- continue from an uploaded or dropped file -------------------------------------------------------
@@ -282,7 +281,7 @@ $("melodyHistory").onclick = () => send({ type: "melody.set", source: "history",
 $("melodyOff").onclick = () => send({ type: "melody.set", source: "off" });
 $("styleHistory").onclick = () => send({ type: "style.set", source: "history", seconds: 3 });
 $("styleOff").onclick = () => send({ type: "style.set", source: "off" });
-buildSlots(); showHistory(); connect(); show(); requestAnimationFrame(draw);
+buildSlots(); showHistory(); connect(); show();
 if (params.get("listen")) setTimeout(startAudio, 500); // ?listen=1: play at once (where autoplay is allowed)
 
 // ?selftest=1: for automated browser tests - play, send a prompt, report what arrived in the title.

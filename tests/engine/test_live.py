@@ -139,6 +139,21 @@ def test_live_controls_reject_bad_values(model):
         gen.set_params(SamplingParams(temperature=0))
 
 
+def test_a_crossfade_with_no_room_stops_the_quietest_leaving_prompts_at_once(model):
+    """Four rows: [x 0.7, y 0.3] -> [a, b, c] over a fade needs five; y (the quietest leaving) stops
+    at once, x fades out, and the fade ends on the three new prompts alone."""
+    gen = Generator(model, GREEDY)
+    cond = model.conditioner.condition
+    gen.start([(cond("x"), 0.7), (cond("y"), 0.3)], capacity_frames=100, guided=True, max_prompts=4)
+    gen.step()
+    assert gen.set_prompts([(cond(t), 1.0) for t in "abc"], fade_frames=5) == 1
+    assert [r.condition.text for r in gen.state.rows] == ["x", "a", "b", "c"]
+    for _ in range(8):
+        gen.step()
+    assert sorted(r.condition.text for r in gen.state.rows) == ["a", "b", "c"]
+    assert gen.set_prompts([(cond("a"), 1.0)], fade_frames=5) == 0  # room enough: nothing cut
+
+
 # -- phases: a change at any step of a slide (the bug that silenced streams for good) ----------------
 
 WINDOW, CONTEXT, CHUNK = 60, 20, 4  # a slide every ~40 frames, ~8 steps long
