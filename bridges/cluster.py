@@ -38,6 +38,7 @@ from musicgen_live.engine.stats import percentile
 from musicgen_live.streamer import commands as c
 from musicgen_live.streamer.controls import CONTROLS
 from musicgen_live.streamer.outputs import make_output
+from musicgen_live.streamer.slots import as_board, sounding
 
 from .config import BridgesConfig, ClusterConfig, WebSocketConfig
 from .protocol import Vocabulary
@@ -361,7 +362,11 @@ class Engine:
         view = state.get("view") or {}
         prompts = _prompts(view)
         tickets = []
-        if len(prompts) > 1 or (prompts and prompts[0][1] != 1.0):
+        board = tuple((str(p["text"]), float(p["weight"])) for p in view.get("slots") or [])
+        if board:  # the blend board first (its texts in place), then what sounded if that differs
+            tickets.append(s.submit(c.SetWeightedPrompts(board, fade_s=0.0, slots=True), source="restore"))
+        blended = len(prompts) > 1 or (prompts and prompts[0][1] != 1.0)  # a single prompt: the session's own
+        if prompts and (prompts != sounding(as_board(board)) if board else blended):
             tickets.append(s.submit(c.SetWeightedPrompts(tuple(prompts), fade_s=0.0), source="restore"))
         for name in RESTORED:
             if name in view and view[name] != s.controls[name]:

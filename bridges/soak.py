@@ -55,7 +55,7 @@ PROMPTS = [
 SAMPLE_S = 30.0  # seconds between memory samples
 ROTATE_S = 3.0  # an OSC change this often
 CONTINUE_EVERY_S = 60.0  # a continuation this often (rotation)
-ANSWER_S = 60.0  # a request not answered by then counts as unanswered
+ANSWER_S = 90.0  # a request not answered by then counts as unanswered (the server itself answers by 60 s)
 
 
 @dataclass

@@ -860,11 +860,14 @@ class Session:
         )
         return DEFERRED
 
-    def _begin_continuation(self, pending: PendingContinuation) -> None:
-        """The latest continuation wins - once its audio, if any, has been read."""
+    def _begin_continuation(self, pending: PendingContinuation, staged: bool = False) -> None:
+        """The latest continuation wins - once its audio, if any, has been read. `staged`: one
+        whose read has just succeeded (`_promote`), not a new request."""
         if pending.read is not None and not pending.read.settled:
             self._staged_continuations.append(pending)
             return
+        if not staged:  # a new request with nothing to read: it is newer than every staged one
+            self._staged_continuations = self._drop_staged(self._staged_continuations, pending.ticket)
         self._cancel_continuation("superseded by a newer continuation", by=pending.ticket)
         self._continuation = pending
 
@@ -1032,11 +1035,14 @@ class Session:
     def _follows(self) -> str:
         return self.style if self.model.style is not None else self.melody
 
-    def _begin_condition(self, pending: PendingCondition) -> None:
-        """The latest prompt, melody or style wins - once its audio, if any, has been read."""
+    def _begin_condition(self, pending: PendingCondition, staged: bool = False) -> None:
+        """The latest prompt, melody or style wins - once its audio, if any, has been read.
+        `staged`: one whose read has just succeeded (`_promote`), not a new request."""
         if pending.read is not None and not pending.read.settled:
             self._staged_conditions.append(pending)
             return
+        if not staged:  # a new request with nothing to read: it is newer than every staged one
+            self._staged_conditions = self._drop_staged(self._staged_conditions, pending.ticket)
         old = self._condition
         if old is not None:
             old.job.close()
@@ -1053,9 +1059,9 @@ class Session:
         kind = self._prefix_kind() or "condition"
         self._staged_conditions = self._promote(self._staged_conditions, self._begin_condition, f"read the {kind}")
 
-    def _promote(self, staged: list[Any], begin: Callable[[Any], None], doing: str) -> list[Any]:
+    def _promote(self, staged: list[Any], begin: Callable[..., None], doing: str) -> list[Any]:
         """`staged` after promotion (see `_promote_staged`): the ones still waiting for their reads."""
-        waiting = []
+        waiting: list[Any] = []
         for pending in staged:
             if not pending.read.settled:
                 waiting.append(pending)
@@ -1064,12 +1070,16 @@ class Session:
                 pending.job.close()
                 self._refuse(pending.ticket, _why(problem, f"could not {doing}"))
                 continue
-            for older in waiting:
-                older.job.close()
-                self._supersede(older.ticket, pending.ticket, "superseded by a newer one whose audio was read first")
-            waiting = []
-            begin(pending)
+            waiting = self._drop_staged(waiting, pending.ticket)
+            begin(pending, staged=True)
         return waiting
+
+    def _drop_staged(self, older: list[Any], newer: c.Ticket) -> list[Any]:
+        """Supersede the staged requests `older` (waiting for reads) by `newer`; returns []."""
+        for pending in older:
+            pending.job.close()
+            self._supersede(pending.ticket, newer, "superseded by a newer request")
+        return []
 
     def _finish_condition(self) -> None:
         """Prefill the window under the new condition once it is built; answer once it plays."""

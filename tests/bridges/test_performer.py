@@ -199,3 +199,33 @@ def test_a_websocket_continuation_is_answered_by_its_name(stack):
         while (m := json.loads(ws.recv(timeout=30))).get("event_id") != 5:
             pass
     assert m["type"] == "session.updated" and m["applied"] == ["continue"]
+
+
+def test_a_newer_request_wins_over_an_older_one_still_being_read(tiny, tmp_path, monkeypatch):
+    """continue/file (its read held) then continue from history: the history one plays, and the
+    file's read finishing later changes nothing."""
+    import musicgen_live.streamer.session as session_module
+
+    release, real = threading.Event(), session_module.read_audio_file
+
+    def held(path, *args, **kwargs):
+        release.wait(30)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(session_module, "read_audio_file", held)
+    sf.write(str(tmp_path / "slow.wav"), np.random.default_rng(0).uniform(-0.2, 0.2, (32000 * 3, 1)), 32000)
+    stack = Stack(tiny, tmp_path)
+    try:
+        _until(lambda: stack.session.steps > 60)
+        vocab = Vocabulary({}, [str(tmp_path)])
+        older = stack.session.submit(vocab.handle("continue/file", ["slow.wav", 2]).commands[0], source="osc 1")
+        _until(lambda: stack.session.snapshot()["pending"] == ["continue/file"])
+        newer = stack.session.submit(vocab.handle("continue", [1]).commands[0], source="osc 1")
+        assert older.wait(10) and older.superseded and "superseded" in (older.error or "")
+        release.set()
+        assert newer.wait(30) and newer.error is None
+        time.sleep(0.5)
+        assert stack.session.snapshot()["pending"] == []
+    finally:
+        release.set()
+        stack.close()
