@@ -217,6 +217,10 @@ class Osc:
             if name == "error" and len(self.result.errors) < 20 and m.params and not m.params[0]:
                 self.result.errors.append(str(m.params[1]))
 
+    def waiting_count(self) -> int:
+        with self.lock:
+            return sum(len(items) for items in self.waiting.values())
+
     def overdue(self, now: float) -> list[str]:
         with self.lock:
             out = []
@@ -506,8 +510,10 @@ async def _play(serve: Serve, result: SoakResult, scenario: str, seed: int, say:
             if serve.proc.poll() is not None:
                 raise RuntimeError(f"serve exited with {serve.proc.returncode}")
             await asyncio.sleep(0.05)
-        await asyncio.sleep(5.0)  # the last requests' answers
-        result.unanswered += osc.overdue(time.monotonic() + ANSWER_S) + web.overdue(time.monotonic() + ANSWER_S)
+        end = time.monotonic() + ANSWER_S  # the last requests get their whole deadline too
+        while (osc.waiting_count() or web.pending) and time.monotonic() < end:
+            await asyncio.sleep(0.5)
+        result.unanswered += osc.overdue(end + ANSWER_S) + web.overdue(end + ANSWER_S)
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
