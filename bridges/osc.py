@@ -324,7 +324,7 @@ class OscBridge(asyncio.DatagramProtocol):
 
     def _subscribe(self, addr: Peer, args: tuple[object, ...]) -> None:
         """`/subscribe [port] [host]`: the host must be a numeric address (no name lookups)."""
-        reply_to = self._reply_to(addr)
+        reply_to = self._reply_to(addr, listening=False)
         try:
             if isinstance(addr, TcpPeer) and not args:
                 who: Peer = addr
@@ -354,15 +354,16 @@ class OscBridge(asyncio.DatagramProtocol):
             return
         self._send(who, "subscribed", (0 if isinstance(who, TcpPeer) else who[1],))
 
-    def _reply_to(self, addr: Peer) -> Peer:
+    def _reply_to(self, addr: Peer, listening: bool = True) -> Peer:
         """Where answers to `addr`'s requests go: `[osc] reply_port` when set; the sender itself when
-        it is subscribed; else the port its host said it listens on (`/subscribe PORT`); else the
-        sender (most OSC tools listen where they send from)."""
+        it is subscribed; else (`listening`) the port its host said it listens on (`/subscribe
+        PORT`); else the sender (most OSC tools listen where they send from). A subscribe's own
+        answer goes to its sender (`listening=False`)."""
         if isinstance(addr, TcpPeer):
             return addr
         if self.cfg.reply_port:
             return (addr[0], self.cfg.reply_port)
-        port = self.listen_ports.get(addr[0])
+        port = self.listen_ports.get(addr[0]) if listening else None
         if addr in self.subscribers or port is None or (addr[0], port) not in self.subscribers:
             return addr
         return (addr[0], port)

@@ -866,6 +866,10 @@ class Session:
         if pending.read is not None and not pending.read.settled:
             self._staged_continuations.append(pending)
             return
+        if pending.read is not None and (problem := pending.read.problem()) is not None:  # failed at once
+            pending.job.close()
+            self._refuse(pending.ticket, _why(problem, "could not continue"))
+            return
         if not staged:  # a new request with nothing to read: it is newer than every staged one
             self._staged_continuations = self._drop_staged(self._staged_continuations, pending.ticket)
         self._cancel_continuation("superseded by a newer continuation", by=pending.ticket)
@@ -1040,6 +1044,10 @@ class Session:
         `staged`: one whose read has just succeeded (`_promote`), not a new request."""
         if pending.read is not None and not pending.read.settled:
             self._staged_conditions.append(pending)
+            return
+        if pending.read is not None and (problem := pending.read.problem()) is not None:  # failed at once
+            pending.job.close()
+            self._refuse(pending.ticket, _why(problem, f"could not read the {self._prefix_kind()}"))
             return
         if not staged:  # a new request with nothing to read: it is newer than every staged one
             self._staged_conditions = self._drop_staged(self._staged_conditions, pending.ticket)

@@ -99,6 +99,7 @@ def test_the_browser_instrument_plays_through_the_ingress(cluster):
             "(() => { const e = document.getElementById('cfg'); e.value = 6; e.dispatchEvent(new Event('change')); })()"
         )
         page.wait_for("window.musicgenView.cfg === 6")  # the server's state.changed, back on the page
+        page.eval("document.getElementById('start').click()")  # Listen: the audio comes from then on
         page.wait_for("document.getElementById('status').textContent.match(/audio frames (\\d+)/)[1] > 25", timeout=60)
     finally:
         page.close()

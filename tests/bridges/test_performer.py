@@ -120,7 +120,7 @@ def test_a_refused_request_leaves_pending_work_and_state_untouched(tiny, tmp_pat
         ]
         for name, args, words in bad:
             assert words in _ask(stack, bridge, name, args)
-        assert not good.done.is_set()  # the good continuation still waits for its file
+        assert not good.done.is_set(), good.error  # the good continuation still waits for its file
         assert stack.session.snapshot()["pending"] == ["continue/file"]
         assert stack.session.view() == before
         release.set()

@@ -38,9 +38,10 @@ class Clients:
                 self.osc["state"] = reply.args[0]
             elif reply.name == "prompt":
                 self.osc["prompts"] = [{"text": reply.args[0], "weight": 1.0}]
-            elif reply.name == "prompt/weighted":
+            elif reply.name in ("prompt/weighted", "slots"):
                 a = reply.args
-                self.osc["prompts"] = [{"text": a[i], "weight": a[i + 1]} for i in range(0, len(a), 2)]
+                pairs = [{"text": a[i], "weight": a[i + 1]} for i in range(0, len(a), 2)]
+                self.osc["prompts" if reply.name == "prompt/weighted" else "slots"] = pairs
             else:
                 self.osc[reply.name] = reply.args[0]
 
