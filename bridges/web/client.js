@@ -80,13 +80,17 @@ function buildSlots() {
 function board() { // every slot in order, empty texts and weights of 0 included
   return [...Array(SLOTS).keys()].map((i) => [$(`slot${i}`).value.trim(), Number($(`w${i}`).value)]);
 }
+// While a blend is queued or on its way, the server's slots are older than the page's: not shown
+let blendQueued = false, blendInFlight = null;
 function sendBlend() { // the board as it stands: a short glide, a few times a second
-  throttled("blend", 100, () => send({ type: "session.update", slots: board(), fade: 0.5 }));
+  blendQueued = true;
+  throttled("blend", 100, () => { blendQueued = false; blendInFlight = send({ type: "session.update", slots: board(), fade: 0.5 }); });
 }
 function showPrompts(prompts) { // the prompt line: what sounds
   if (document.activeElement !== $("prompt")) $("prompt").value = prompts.map((p) => p.text).join(" | ");
 }
 function showSlots(slots) {
+  if (blendQueued || blendInFlight) return;
   if ([...Array(SLOTS).keys()].some((i) => dragging.has(`w${i}`) || document.activeElement === $(`slot${i}`))) return;
   for (let i = 0; i < SLOTS; i++) {
     const p = slots[i] || { text: "", weight: 0 };
@@ -165,6 +169,7 @@ function connect() {
     if (m.type === "state") applyState(m.state);
     if (m.type === "state.changed") applyState(m.changes);
     if (m.type === "session.updated") { st.updated++; if (sent.has(m.event_id)) st.lastLatency = performance.now() - sent.get(m.event_id); }
+    if ((m.type === "session.updated" || m.type === "error") && m.event_id === blendInFlight) { blendInFlight = null; if (view.slots) showSlots(view.slots); }
     if (m.type === "error" || m.type === "warning") $("log").textContent = `${m.type}: ${m.message}`;
     show();
   };
