@@ -47,9 +47,7 @@ class Job(Generic[T]):
         elif self.unit_s is None:
             amount = 1  # the first pieces measure what a unit costs (the very first may do no real work)
         else:
-            # the dearest recent unit: stay in budget, in a power of two of units - a piece's tensor
-            # shapes then repeat, and each new shape of a convolution costs a compiled kernel (openmp.py)
-            amount = 1 << (max(1, int(budget_s / self.unit_s)).bit_length() - 1)
+            amount = max(1, int(budget_s / self.unit_s))  # the dearest recent unit: stay in budget
         t0 = time.perf_counter()
         self.awaiting = None
         try:
