@@ -65,22 +65,18 @@ class Read(Generic[T]):
 
     def problem(self) -> BaseException | None:
         """Once `settled`: what went wrong (its error, or the timeout), None when it succeeded."""
-        try:
-            if not self._done.is_set() or self._error is not None:
-                self.outcome()
-        except BaseException as e:
-            return e
-        return None
+        return self._error if self._done.is_set() else self._timeout()
+
+    def _timeout(self) -> AudioInputError:
+        return AudioInputError(
+            f"{self.what} took longer than {self.timeout_s:g} s ([stream] read_timeout_s): given up, "
+            "the music played on"
+        )
 
     def outcome(self) -> T:
         """The value, or the read's error, or a timeout: call once `settled`."""
-        if not self._done.is_set():
-            raise AudioInputError(
-                f"{self.what} took longer than {self.timeout_s:g} s ([stream] read_timeout_s): given up, "
-                "the music played on"
-            )
-        if self._error is not None:
-            raise self._error
+        if (problem := self.problem()) is not None:
+            raise problem
         value, self._value = self._value, None  # the job owns it now: no second reference to a clip
         return value  # type: ignore[return-value]
 
