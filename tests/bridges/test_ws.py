@@ -181,20 +181,31 @@ def test_binding_beyond_loopback_without_a_token_is_refused(stack):
 
 
 def test_eight_clients_receive_audio_at_once(stack):
+    """Eight listeners each get the one stream: contiguous chunks, the same bytes at the same sample
+    positions. (What fanning out costs the generator - underruns with many clients - is a figure of
+    `musicgen-live bench-bridges`, not an assertion: a loaded host spoils it.)"""
+
     async def one():
         async with connect(url(stack), compression=None) as ws:
             await ws.send(json.dumps({"type": "audio.subscribe"}))
-            got = 0
-            while got < 40:
-                if isinstance(await asyncio.wait_for(ws.recv(), 10), bytes):
-                    got += 1
-            return got
+            chunks = []
+            while len(chunks) < 40:
+                if isinstance(m := await asyncio.wait_for(ws.recv(), 10), bytes):
+                    chunks.append(m)
+            return chunks
 
     async def go():
         return await asyncio.gather(*[one() for _ in range(8)])
 
-    assert run(go()) == [40] * 8
-    assert stack.session.output.underruns == 0
+    received = run(go())
+    at: dict[int, bytes] = {}  # sample position -> the chunk every client must have got there
+    for chunks in received:
+        heads = [HEADER.unpack(c[: HEADER.size]) for c in chunks]
+        assert len(chunks) == 40
+        for a, b in zip(heads, heads[1:]):
+            assert b[6] == a[6] + a[7]  # contiguous
+        for head, chunk in zip(heads, chunks):
+            assert at.setdefault(head[6], chunk) == chunk
 
 
 def test_a_slow_client_loses_its_oldest_audio_and_is_warned(stack):
