@@ -119,7 +119,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=["float32", "bfloat16", "float16", "int8"],
+        choices=["float32", "bfloat16", "float16", "int8", "int4"],
         help="how the live path stores the decoder's weights ([model] precision, float32); int8 is CPU only",
     )
     p.add_argument(
@@ -441,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--seconds", type=_positive_float, nargs="+", default=[5.0, 15.0, 30.0])
     cb.add_argument("--chunk-frames", type=_positive_int, default=1)
 
+    bx = sub.add_parser(
+        "bench-matrices", help="a decoder's matrices at each weight format, read from memory as a live step reads them"
+    )
+    bx.add_argument("--model", default="small", help="a built-in size (its shapes; random weights)")
+    bx.add_argument("--formats", nargs="+", default=["int8", "int4"], help="weight formats (--precision values)")
+    bx.add_argument("--rows", type=_positive_int, nargs="+", default=[2, 3, 8], help="rows a call (2: a guided stream)")
+
     bw = sub.add_parser(
         "bench-window",
         help="what a shorter live window (and the context it keeps) does to the predictions, against one long window",
@@ -727,6 +734,19 @@ def cmd_bench_window(args: argparse.Namespace) -> int:
     print(f"window quality of {args.model} ({model.lm.precision}, kv {model.lm.kv}), teacher-forced, cfg 3:")
     for q in results:
         print(format_window_quality(q))
+    return 0
+
+
+def cmd_bench_matrices(args: argparse.Namespace) -> int:
+    from musicgen_live.engine.bench_matrices import format_matrix_bench, run_matrix_bench
+    from musicgen_live.engine.linear import PRECISIONS
+
+    bad = [f for f in args.formats if f not in PRECISIONS]
+    if bad:
+        print(f"error: unknown format {', '.join(bad)} (choose from {', '.join(PRECISIONS)})", file=sys.stderr)
+        return 2
+    bench = run_matrix_bench(args.model, tuple(args.formats), tuple(args.rows), say=print)
+    print(format_matrix_bench(bench))
     return 0
 
 
@@ -1025,6 +1045,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "bench-codec": cmd_bench_codec,
     "bench-window": cmd_bench_window,
+    "bench-matrices": cmd_bench_matrices,
     "serve": cmd_serve,
     "cluster": cmd_cluster,
     "bench-cluster": cmd_bench_cluster,

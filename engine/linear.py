@@ -8,7 +8,7 @@ never comes here: it stays fp32 with the reference's matmul shapes.
 Precisions (measured on the 2-core EPYC, GB/s of fp32-equivalent weights per second, see
 BENCHMARKS.md): float32 ~21 (MKL, `linear_skinny`); float16 / bfloat16 ~40-45 for one row but ~20
 for the CFG pair (MKL's half GEMM does not reuse the weights across rows); int8 ~105 for 1-4 rows
-(fbgemm).
+(fbgemm); int4 (`engine.int4`, our kernel) reads 4.5 bits a weight.
 
 The int8 path is fbgemm's dynamically quantised GEMM: weights int8 per output channel (symmetric),
 activations quantised to 7 bits on the fly (reduce_range, so AVX2's 16-bit pair sums cannot
@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import EngineError
+from .int4 import Int4Linear, check_int4
 
-PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int4")
 SKINNY_MIN_IN = 512  # input width from which `linear_skinny` beats F.linear for a few rows (measured)
 _HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -111,6 +112,8 @@ def check_precision(precision: str, device: torch.device, exact: bool = False) -
         raise EngineError(f"the exact (parity) kernels run in float32 only, not {precision}")
     if precision not in PRECISIONS:
         raise EngineError(f"unknown precision '{precision}' (choose one of {', '.join(PRECISIONS)})")
+    if precision == "int4":
+        check_int4(device)
     if precision == "int8":
         if device.type != "cpu":
             raise EngineError("int8 weights run on the CPU only (fbgemm); on a GPU use float16 or bfloat16")
@@ -123,4 +126,6 @@ def make_linear(w: torch.Tensor, precision: str) -> Linear:
     """The live-path multiply for weight `w` (out, in) at `precision` (one of PRECISIONS)."""
     if precision == "int8":
         return Int8Linear(w)
+    if precision == "int4":
+        return Int4Linear(w)
     return DenseLinear(w, _HALF.get(precision, torch.float32))

@@ -9,7 +9,7 @@ calls, same summation order) so greedy codes are token-exact with `transformers`
 Shapes: B = batch rows (cond rows first, then uncond rows for CFG), K = codebooks, T = columns in
 this call, D = hidden, H = heads, d = head dim, S = text tokens, V = codebook size.
 
-With int8 weights over float16 caches every fast-path forward runs the same ops in C++ in one call
+With int8 or int4 weights over float16 caches every fast-path forward runs the same ops in C++ in one call
 (`kernels/decoder_step.cpp`): Python's per-op dispatch was a quarter of a musicgen-small step on a
 2-core CPU.
 """
@@ -25,7 +25,9 @@ from typing import Protocol, TypeVar, cast
 import torch
 import torch.nn.functional as F
 
-from .kvcache import KV_DTYPES, AttentionKernel, attention_kernel, check_kv, kernels
+from .cpu_kernels import kernels
+from .int4 import Int4Linear
+from .kvcache import KV_DTYPES, AttentionKernel, attention_kernel, check_kv
 from .linear import Int8Linear, Linear, check_precision, make_linear
 from .pieces import run
 from .spec import LMSpec
@@ -338,13 +340,13 @@ class LanguageModel:
 
     def _compiled_step(self) -> CompiledStep | None:
         """The decoder's layers and heads in C++ (`kernels/decoder_step.cpp`) where the fast path
-        runs int8 weights over float16 caches: the same ATen ops as `_forward` (batch-independent
+        runs int8 or int4 weights over float16 caches: the same ATen ops as `_forward` (batch-independent
         rows included), without Python between them (bit-identical logits; ~25 % off a
         musicgen-small step on 2 cores)."""
-        if self.exact or self.precision != "int8" or self.kv != "float16":
+        if self.exact or self.precision not in ("int8", "int4") or self.kv != "float16":
             return None
         norms: list[torch.Tensor | None] = []
-        mats: list[tuple[object, torch.Tensor] | None] = []
+        mats: list[tuple[object, ...] | None] = []
         for lw, f in zip(self.w.layers, self.fast):
             norms += [lw.sa_ln_w, lw.sa_ln_b, lw.ca_ln_w, lw.ca_ln_b, lw.ff_ln_w, lw.ff_ln_b]
             mats += [_packed(m) for m in (f.qkv, f.o, f.cq, f.co, f.fc1, f.fc2)]
@@ -811,11 +813,13 @@ def _cross_lists(conds: list[CrossKV]) -> tuple[list[torch.Tensor], list[torch.T
     return [c.k for c in conds], [c.v for c in conds]
 
 
-def _packed(m: Linear | None) -> tuple[object, torch.Tensor] | None:
-    """An int8 matrix's fbgemm-packed weights and anchor row (None stays None: a decoder without
-    cross-attention)."""
+def _packed(m: Linear | None) -> tuple[object, ...] | None:
+    """A matrix as the compiled step takes it: int8's fbgemm-packed weights and anchor row, int4's
+    four tensors (None stays None: a decoder without cross-attention)."""
     if m is None:
         return None
+    if isinstance(m, Int4Linear):
+        return m.qs, m.sc, m.ds, m.wc
     if not isinstance(m, Int8Linear):
-        raise TypeError("the compiled step multiplies int8 matrices only")
+        raise TypeError("the compiled step multiplies int8 or int4 matrices only")
     return m.packed, m.anchor

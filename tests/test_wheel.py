@@ -46,8 +46,8 @@ def test_the_wheel_installs_and_serves_the_page(tmp_path):
     where = python("import musicgen_live.bridges.ws as w; print(w.__file__)")
     assert str(env) in where and str(REPO) not in where  # from the wheel, not from this checkout
     # the CPU kernels' sources and headers ship with the package
-    shipped = python("from musicgen_live.engine.kvcache import KERNELS; print([p.name for p in KERNELS.iterdir()])")
-    want = ["decode_attention.cpp", "decoder_step.cpp", "decoder_step.h", "kernels.h", "module.cpp"]
+    shipped = python("from musicgen_live.engine.cpu_kernels import KERNELS; print([p.name for p in KERNELS.iterdir()])")
+    want = ["decode_attention.cpp", "int4_linear.cpp", "decoder_step.cpp", "decoder_step.h", "kernels.h", "module.cpp"]
     assert all(name in shipped for name in want), shipped
     shown = subprocess.run([exe, "config"], cwd=elsewhere, capture_output=True, text=True, check=True).stdout
     assert "site-packages/musicgen_live/config.toml" in shown and 'name = "tiny"' in shown

@@ -12,18 +12,26 @@ using Packed = c10::intrusive_ptr<LinearPackedParamsBase>;
 
 at::Tensor tensor(const py::object& obj) { return obj.is_none() ? at::Tensor() : obj.cast<at::Tensor>(); }
 
-Int8Matrix matrix(const py::object& obj) {
-  if (obj.is_none()) return Int8Matrix{};
-  auto pair = obj.cast<py::tuple>();
-  auto ivalue = torch::jit::toIValue(pair[0], c10::getCustomClassType<Packed>());
-  return Int8Matrix{ivalue.toCustomClass<LinearPackedParamsBase>(), pair[1].cast<at::Tensor>()};
+Matrix matrix(const py::object& obj) {
+  if (obj.is_none()) return Matrix{};
+  auto parts = obj.cast<py::tuple>();
+  if (parts.size() == 4) {  // int4
+    Matrix m;
+    m.qs = parts[0].cast<at::Tensor>(), m.sc = parts[1].cast<at::Tensor>();
+    m.ds = parts[2].cast<at::Tensor>(), m.wc = parts[3].cast<at::Tensor>();
+    return m;
+  }
+  auto ivalue = torch::jit::toIValue(parts[0], c10::getCustomClassType<Packed>());
+  return Matrix{ivalue.toCustomClass<LinearPackedParamsBase>(), parts[1].cast<at::Tensor>()};
 }
 
 }  // namespace
 
-// `Int8Linear.__call__`: with `independent`, each row scaled to max-abs 1 and the anchor row
-// appended, so that fbgemm's one activation range is [-1, 1] whatever the other rows hold
-at::Tensor Int8Matrix::operator()(const at::Tensor& x, bool independent) const {
+// `Int4Linear.__call__`, or `Int8Linear.__call__`: with `independent`, each row scaled to max-abs 1
+// and the anchor row appended, so that fbgemm's one activation range is [-1, 1] whatever the other
+// rows hold
+at::Tensor Matrix::operator()(const at::Tensor& x, bool independent) const {
+  if (qs.defined()) return int4_linear(x, qs, sc, ds, wc, 0);
   if (!independent) return packed->apply_dynamic(x, /*reduce_range=*/true);
   const double inf = std::numeric_limits<double>::infinity();
   auto s = at::linalg_vector_norm(x, inf, at::IntArrayRef{1}, /*keepdim=*/true).clamp_min_(1e-30);  // zero rows stay 0

@@ -1,4 +1,4 @@
-// A forward of the decoder in one call (int8 weights, float16 KV caches).
+// A forward of the decoder in one call (int8 or int4 weights, float16 KV caches).
 //
 // Why: a musicgen-small step is ~1 100 small torch calls from Python (layer norms, views, cache
 // writes, residual adds); their dispatch costs milliseconds a step on a 2-core CPU. This runs the
@@ -12,18 +12,20 @@
 #include <optional>
 #include <vector>
 
-// One int8 matrix as `engine.linear.Int8Linear` multiplies by it: fbgemm's packed weights, and the
-// anchor row that pins the activations' range when rows must not depend on each other.
-struct Int8Matrix {
-  c10::intrusive_ptr<LinearPackedParamsBase> packed;  // null: a matrix this decoder does not have
-  at::Tensor anchor;                                 // (1, in): -1 first, 1 last
-  explicit operator bool() const { return static_cast<bool>(packed); }
+// One matrix as the live path multiplies by it: int8 as `engine.linear.Int8Linear` (fbgemm's packed
+// weights, and the anchor row that pins the activations' range when rows must not depend on each
+// other), or int4 as `engine.int4.Int4Linear` (its four tensors; rows independent by construction).
+struct Matrix {
+  c10::intrusive_ptr<LinearPackedParamsBase> packed;  // int8; null for int4
+  at::Tensor anchor;                                 // int8: (1, in): -1 first, 1 last
+  at::Tensor qs, sc, ds, wc;                         // int4; undefined for int8
+  explicit operator bool() const { return static_cast<bool>(packed) || qs.defined(); }
   at::Tensor operator()(const at::Tensor& x, bool independent) const;
 };
 
 struct StepLayer {
   at::Tensor sa_w, sa_b, ca_w, ca_b, ff_w, ff_b;  // layer norms (ca_*: undefined without cross-attention)
-  Int8Matrix qkv, o, cq, co, fc1, fc2;             // (cq / co: none without cross-attention)
+  Matrix qkv, o, cq, co, fc1, fc2;             // (cq / co: none without cross-attention)
 };
 
 // One stream's rows in a forward (`engine.lm.Segment`): `rows` rows of `columns` columns each, in
@@ -39,7 +41,7 @@ class DecoderStep {
  public:
   // norms: per layer sa_w, sa_b, ca_w, ca_b, ff_w, ff_b (ca_*: None without cross-attention), then
   // the final norm's w, b; mats: per layer qkv, o, cq, co, fc1, fc2 (cq / co: None), then the heads,
-  // each an (fbgemm packed weights, anchor row) pair.
+  // each an (fbgemm packed weights, anchor row) pair or int4's (qs, sc, ds, wc).
   static std::shared_ptr<DecoderStep> create(const std::vector<py::object>& norms, const std::vector<py::object>& mats,
                                              int64_t heads, double eps);
   // x (N, D) float32: the inputs (embeddings + positions) of every segment's tokens, padding rows
@@ -59,7 +61,7 @@ class DecoderStep {
 
   std::vector<StepLayer> layers_;
   at::Tensor ln_w_, ln_b_;
-  Int8Matrix head_;
+  Matrix head_;
   int64_t heads_ = 0;
   double eps_ = 1e-5;
 };

@@ -4,6 +4,9 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "attention of query columns against a float16 KV cache");
+  m.def("int4_linear", &int4_linear, "x @ W.T, W in 4-bit blocks", py::call_guard<py::gil_scoped_release>());
+  m.def("int4_quantize_rows", &int4_quantize_rows, "x's rows as int4_linear quantizes them: int8 blocks, scales");
+  m.def("int4_path", &int4_path, "the path int4_linear takes for an isa choice on this CPU");
   py::class_<StepSegment>(m, "StepSegment")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, at::Tensor, at::Tensor, std::vector<at::Tensor>,
                     std::vector<at::Tensor>>());

@@ -2,8 +2,8 @@
 
 Protects: a stream's codes do not depend on who shares its batch - streams with other prompts,
 guidance, sampling, seeds and positions joining and leaving, a crossfade that overflows one forward,
-a continuation restarting another stream, window slides - for fp32 and int8 weights (int8 over a
-float16 cache: the compiled step), guidance in one forward and in two; int8 rows do not
+a continuation restarting another stream, window slides - for fp32, int8 and int4 weights (over a
+float16 cache: the compiled step), guidance in one forward and in two; int8 and int4 rows do not
 even depend on the batch's size; sampled streams stay reproducible from their seed inside a batch."""
 
 import pytest
@@ -17,11 +17,13 @@ from musicgen_live.engine.sampling import SamplingParams
 GREEDY = SamplingParams(greedy=True, cfg=3.0)
 
 
-KERNELS = {  # precision, guidance, KV cache (int8 over float16: the compiled decoder step)
+KERNELS = {  # precision, guidance, KV cache (int8 / int4 over float16: the compiled decoder step)
     "float32": ("float32", "batched", "float32"),
     "int8": ("int8", "batched", "float32"),
     "float32-two-step": ("float32", "two-step", "float32"),
     "int8-kv16": ("int8", "batched", "float16"),
+    "int4": ("int4", "batched", "float32"),
+    "int4-kv16": ("int4", "batched", "float16"),
 }
 
 
@@ -105,8 +107,8 @@ def test_sampled_stream_reproducible_in_a_batch(model):
 
 
 def test_int8_rows_do_not_depend_on_the_batch_size(model):
-    if model.lm.precision != "int8":
-        pytest.skip("fp32 matmul bits depend on the row count; int8 rows (integer sums) do not")
+    if model.lm.precision not in ("int8", "int4"):
+        pytest.skip("fp32 matmul bits depend on the row count; int8 and int4 rows (integer sums) do not")
     small, _ = run_a(model, Batch(model, rows=2), lambda i: [], steps=80)
     large, _ = run_a(model, Batch(model, rows=9), lambda i: [], steps=80)
     assert torch.equal(small, large)

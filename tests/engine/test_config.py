@@ -30,8 +30,8 @@ def test_partial_file_keeps_defaults(tmp_path):
         ("[sampling]\ncfg = 99\n", "[sampling] cfg: expected a number <= 20, got 99"),
         ("[model]\nexact = 1\n", "[model] exact: expected true or false, got 1"),
         (
-            "[model]\nprecision = 'int4'\n",
-            "[model] precision: expected one of float32, bfloat16, float16, int8, got 'int4'",
+            "[model]\nprecision = 'int3'\n",
+            "[model] precision: expected one of float32, bfloat16, float16, int8, int4, got 'int3'",
         ),
         ("[stream]\nbuffer_ms = -1\n", "[stream] buffer_ms: expected a number > 0, got -1"),
         ("[stream]\nsessions = 2\nextra_outputs = ['null', 'null']\n", "[stream] extra_outputs: 2 given for 1"),

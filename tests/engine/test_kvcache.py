@@ -85,12 +85,12 @@ def test_where_a_float16_cache_cannot_run_it_says_so():
 
 
 def test_a_machine_without_a_compiler_is_told_what_to_install(monkeypatch):
-    import musicgen_live.engine.kvcache as kvcache
+    import musicgen_live.engine.cpu_kernels as cpu_kernels
 
-    monkeypatch.setattr(kvcache.shutil, "which", lambda tool: None)
+    monkeypatch.setattr(cpu_kernels.shutil, "which", lambda tool: None)
     monkeypatch.setitem(sys.modules, "ninja", None)  # no pip ninja either
     with pytest.raises(EngineError, match="needs c\\+\\+ and ninja .*apt install g\\+\\+ ninja-build"):
-        kvcache._load.__wrapped__()
+        cpu_kernels._load.__wrapped__()
 
 
 def test_a_melody_stream_on_a_float16_cache_prefills_its_prefix_and_slides(tmp_path):

@@ -44,7 +44,7 @@ def test_int8_independent_rows_do_not_depend_on_the_other_rows():
 
 def test_unknown_or_impossible_precision_gets_one_sentence():
     assert "int8" in PRECISIONS
-    with pytest.raises(EngineError, match="unknown precision 'int4'"):
-        check_precision("int4", torch.device("cpu"))
+    with pytest.raises(EngineError, match="unknown precision 'int3'"):
+        check_precision("int3", torch.device("cpu"))
     with pytest.raises(EngineError, match="CPU only"):
         check_precision("int8", torch.device("cuda"))

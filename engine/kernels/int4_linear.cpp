@@ -1,0 +1,261 @@
+// x @ W.T with W in 4-bit blocks, for the handful of rows a live step carries, on the CPU.
+//
+// Why: a musicgen-small step reads every weight once; at int8 that is ~310 MB a guided step, ~15 ms
+// at this host's ~21 GB/s. Four bits a weight, plus the scales (4.625 bits in all), read 0.58x that.
+//
+// The format (`engine/int4.py` packs it and holds the plain-PyTorch reference of this arithmetic),
+// per output row: blocks of 32 weights, qs (N, nb, 16) uint8: byte j holds weight j in its low nibble
+// and weight j + 16 in its high nibble, each stored + 8 ([-8, 7] -> [0, 15]); each block's scale is
+// an integer sc (N, nb) int16 (|sc| <= 16383) times its superblock's float scale ds (N, ns) float32,
+// a superblock being 8 blocks (256 weights; the last one may be shorter); wc (N, ns) int32: each
+// superblock's sum of sc x (sum of the block's weights). The input's K columns are padded with
+// zeros to nb * 32.
+//
+// The arithmetic: every row of x is quantized once per call to int8 with one float scale per
+// superblock (amax x (1/127), rounded to nearest-even: `quantize_rows`); within a superblock the sum
+// of sc x (block's dot product) is an exact integer, scaled by (ds x row scale) and summed in float32.
+// A row's result depends on that row alone (no scale is shared between rows): batch-invariant by
+// construction. A weight block is unpacked once and used for every row of the call.
+//
+// Why superblocks with integer scales (ggml's Q4_K idea; its Q4_0 shape, a float16 scale per 32,
+// measured first): two cores are too few to convert and scale every block's sum in float - that
+// kernel ran at 0.56-0.98x fbgemm's int8 for the guidance pair (BENCHMARKS.md). Here a block costs
+// `maddubs` (unsigned nibbles x int8 rows) and `madd` by its scale into int32 lanes, which hold 8
+// blocks (<= 8 x 2 x 2 x 255 x 8 x 16383 < 2^31); the rows go in + 128 (unsigned), whose share,
+// 128 x sum(sc x sum(w)) a superblock, the packing computed (wc). AVX2 where the CPU has it, chosen at run time; a portable scalar loop
+// otherwise (and on request, for the tests).
+#include "kernels.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+#include <immintrin.h>
+#define MGL_AVX2 1
+#endif
+
+namespace {
+
+constexpr int64_t QK = 32;               // weights per block
+constexpr int64_t SB = 8;                // blocks per superblock
+constexpr int64_t MAX_ROWS = 8;          // rows a pass of the scalar loop serves
+constexpr float INV127 = 1.0f / 127.0f;  // one multiply, the same in the reference
+
+// The rows of x as int8 blocks: q (M, nb * 32), the same + 128 as unsigned bytes u (for
+// `maddubs`), a scale per superblock s (M, ns).
+struct Rows {
+  int64_t M, nb, ns;
+  const int8_t* q;
+  const uint8_t* u;
+  const float* s;
+};
+
+// row of x (K floats) -> nb blocks of 32 int8 (zero-padded), the same + 128, ns scales. Outside
+// -ffast-math: the reference (`engine/int4.py`) rounds the same float operations in the same order.
+#pragma GCC push_options
+#pragma GCC optimize("no-fast-math")
+void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* q, uint8_t* u, float* s) {
+  for (int64_t sb = 0; sb * SB < nb; ++sb) {
+    const int64_t lo = sb * SB * QK, hi = std::min(K, lo + SB * QK);
+    float amax = 0.0f;
+    for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float scale = amax * INV127;
+    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    s[sb] = scale;
+    for (int64_t i = lo; i < hi; ++i) q[i] = static_cast<int8_t>(std::nearbyint(x[i] * inv));
+  }
+  for (int64_t i = K; i < nb * QK; ++i) q[i] = 0;
+  for (int64_t i = 0; i < nb * QK; ++i) u[i] = static_cast<uint8_t>(q[i] + 128);
+}
+#pragma GCC pop_options
+
+// out[r] for rows 0 .. R-1 against one output row, in plain C++ (the same integers and floats)
+void dot_scalar(const uint8_t* qs, const int16_t* sc, const float* ds, const Rows& x, int64_t r0, int64_t R,
+                float* out) {
+  for (int64_t r = 0; r < R; ++r) out[r] = 0.0f;
+  int8_t w[QK];
+  for (int64_t sb = 0; sb < x.ns; ++sb) {
+    int64_t acc[MAX_ROWS] = {};
+    for (int64_t b = sb * SB; b < std::min(x.nb, (sb + 1) * SB); ++b) {
+      const uint8_t* blk = qs + b * 16;
+      for (int j = 0; j < 16; ++j) {
+        w[j] = static_cast<int8_t>((blk[j] & 0x0F) - 8);
+        w[j + 16] = static_cast<int8_t>((blk[j] >> 4) - 8);
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        const int8_t* y = x.q + ((r0 + r) * x.nb + b) * QK;
+        int32_t dot = 0;
+        for (int j = 0; j < QK; ++j) dot += static_cast<int32_t>(w[j]) * y[j];
+        acc[r] += static_cast<int64_t>(sc[b]) * dot;
+      }
+    }
+    for (int64_t r = 0; r < R; ++r) out[r] += static_cast<float>(acc[r]) * (ds[sb] * x.s[(r0 + r) * x.ns + sb]);
+  }
+}
+
+#ifdef MGL_AVX2
+inline float hsum(__m256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline __m256i nibbles(const uint8_t* blk) {  // bytes 0..15: low nibbles, 16..31: high ones
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk));
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+}
+
+// Rows r0 .. r0 + R - 1 against output rows n (qs, sc, ds, wc) and n + 1 (the same + the strides;
+// a stride of 0 repeats row n, whose second result is then not wanted). `maddubs` takes the rows
+// + 128 (unsigned) against the signed weights: the + 128 adds 128 x sum(w) x sc per block, which
+// the packing summed per superblock (wc) and comes off once per superblock.
+template <int R>
+void dot_avx2(const uint8_t* qs, const int16_t* sc, const float* ds, const int32_t* wc, int64_t sq, int64_t ss,
+              int64_t sd, const Rows& x, int64_t r0, float* out0, float* out1) {
+  __m256 f0[R], f1[R];
+  float c0[R] = {}, c1[R] = {};
+  for (int r = 0; r < R; ++r) f0[r] = f1[r] = _mm256_setzero_ps();
+  const uint8_t* qs1 = qs + sq;
+  const int16_t* sc1 = sc + ss;
+  const float* ds1 = ds + sd;
+  const int32_t* wc1 = wc + sd;
+  const __m256i eight = _mm256_set1_epi8(8);
+  const uint8_t* rows[R];
+  for (int r = 0; r < R; ++r) rows[r] = x.u + (r0 + r) * x.nb * QK;
+  for (int64_t sb = 0; sb < x.ns; ++sb) {
+    __m256i i0[R], i1[R];
+    for (int r = 0; r < R; ++r) i0[r] = i1[r] = _mm256_setzero_si256();
+    const int64_t end = std::min(x.nb, (sb + 1) * SB);
+    for (int64_t b = sb * SB; b < end; ++b) {
+      const __m256i w0 = _mm256_sub_epi8(nibbles(qs + b * 16), eight);
+      const __m256i w1 = _mm256_sub_epi8(nibbles(qs1 + b * 16), eight);
+      const __m256i s0 = _mm256_set1_epi16(sc[b]), s1 = _mm256_set1_epi16(sc1[b]);
+      for (int r = 0; r < R; ++r) {
+        const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + b * QK));
+        i0[r] = _mm256_add_epi32(i0[r], _mm256_madd_epi16(_mm256_maddubs_epi16(y, w0), s0));
+        i1[r] = _mm256_add_epi32(i1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(y, w1), s1));
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float xs = x.s[(r0 + r) * x.ns + sb];
+      const float g0 = ds[sb] * xs, g1 = ds1[sb] * xs;
+      f0[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0[r]), _mm256_set1_ps(g0), f0[r]);
+      f1[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1[r]), _mm256_set1_ps(g1), f1[r]);
+      c0[r] += static_cast<float>(128 * wc[sb]) * g0;
+      c1[r] += static_cast<float>(128 * wc1[sb]) * g1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    out0[r] = hsum(f0[r]) - c0[r];
+    if (out1) out1[r] = hsum(f1[r]) - c1[r];
+  }
+}
+#endif
+
+bool have_avx2() {
+#ifdef MGL_AVX2
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+struct Quantized {
+  torch::Tensor q, u, s;
+  Rows rows() const {
+    return Rows{q.size(0), q.size(1) / QK, s.size(1), q.data_ptr<int8_t>(), u.data_ptr<uint8_t>(), s.data_ptr<float>()};
+  }
+};
+
+Quantized quantize(const torch::Tensor& x, int64_t nb) {
+  const int64_t M = x.size(0), K = x.size(1), ns = (nb + SB - 1) / SB;
+  Quantized out{torch::empty({M, nb * QK}, x.options().dtype(at::kChar)),
+                torch::empty({M, nb * QK}, x.options().dtype(at::kByte)), torch::empty({M, ns}, x.options())};
+  for (int64_t r = 0; r < M; ++r)
+    quantize_row(x.data_ptr<float>() + r * K, K, nb, out.q.data_ptr<int8_t>() + r * nb * QK,
+                 out.u.data_ptr<uint8_t>() + r * nb * QK, out.s.data_ptr<float>() + r * ns);
+  return out;
+}
+
+}  // namespace
+
+std::tuple<torch::Tensor, torch::Tensor> int4_quantize_rows(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (M, K) float32");
+  auto q = quantize(x.contiguous(), (x.size(1) + QK - 1) / QK);
+  return {q.q, q.s};
+}
+
+std::string int4_path(int64_t isa) {
+  if (isa == 1) return "scalar";
+  TORCH_CHECK(isa != 2 || have_avx2(), "this CPU (or this build) has no AVX2 path");
+  return have_avx2() ? "avx2" : "scalar";
+}
+
+torch::Tensor int4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor sc, torch::Tensor ds, torch::Tensor wc,
+                          int64_t isa) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2, "x must be (M, K) float32");
+  TORCH_CHECK(qs.scalar_type() == at::kByte && qs.dim() == 3 && qs.size(2) == 16 && qs.is_contiguous(),
+              "qs must be contiguous (N, nb, 16) uint8");
+  const int64_t N = qs.size(0), nb = qs.size(1), ns = (nb + SB - 1) / SB, M = x.size(0), K = x.size(1);
+  TORCH_CHECK(sc.scalar_type() == at::kShort && sc.is_contiguous() && sc.dim() == 2 && sc.size(0) == N &&
+                  sc.size(1) == nb,
+              "sc must be contiguous (N, nb) int16");
+  TORCH_CHECK(ds.scalar_type() == at::kFloat && ds.is_contiguous() && ds.dim() == 2 && ds.size(0) == N &&
+                  ds.size(1) == ns,
+              "ds must be contiguous (N, ns) float32");
+  TORCH_CHECK(wc.scalar_type() == at::kInt && wc.is_contiguous() && wc.sizes() == ds.sizes(),
+              "wc must be contiguous (N, ns) int32");
+  TORCH_CHECK((K + QK - 1) / QK == nb, "x's width does not match the blocks");
+  auto out = torch::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return out;
+  // the rows' int8 blocks: ~M * K bytes, once per call
+  const Quantized xq = quantize(x.contiguous(), nb);
+  const Rows rows = xq.rows();
+  const bool avx2 = int4_path(isa) == "avx2";
+  const uint8_t* qp = qs.data_ptr<uint8_t>();
+  const int16_t* sp = sc.data_ptr<int16_t>();
+  const float* dp = ds.data_ptr<float>();
+  const int32_t* cp = wc.data_ptr<int32_t>();
+  float* op = out.data_ptr<float>();
+#ifdef MGL_AVX2
+  if (avx2) {
+    // pairs of output rows a pass (both rows' nibbles against each loaded row block); grain: 8
+    // pairs (~37 KB of a 4096-wide matrix)
+    at::parallel_for(0, (N + 1) / 2, 8, [&](int64_t p0, int64_t p1) {
+      float part0[2], part1[2];
+      for (int64_t pair = p0; pair < p1; ++pair) {
+        const int64_t n = 2 * pair;
+        const bool two = n + 1 < N;  // the last row alone: its "second" row is itself, not written
+        const int64_t sq = two ? nb * 16 : 0, ss = two ? nb : 0, sd = two ? ns : 0;
+        for (int64_t r0 = 0; r0 < M; r0 += 2) {  // rows past 2: another pass over rows now in L1
+          const uint8_t* q = qp + n * nb * 16;
+          if (M - r0 >= 2)
+            dot_avx2<2>(q, sp + n * nb, dp + n * ns, cp + n * ns, sq, ss, sd, rows, r0, part0, two ? part1 : nullptr);
+          else
+            dot_avx2<1>(q, sp + n * nb, dp + n * ns, cp + n * ns, sq, ss, sd, rows, r0, part0, two ? part1 : nullptr);
+          for (int64_t r = 0; r < std::min<int64_t>(2, M - r0); ++r) {
+            op[(r0 + r) * N + n] = part0[r];
+            if (two) op[(r0 + r) * N + n + 1] = part1[r];
+          }
+        }
+      }
+    });
+    return out;
+  }
+#endif
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    float part[MAX_ROWS];
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t r0 = 0; r0 < M; r0 += MAX_ROWS) {
+        const int64_t R = std::min(MAX_ROWS, M - r0);
+        dot_scalar(qp + n * nb * 16, sp + n * nb, dp + n * ns, rows, r0, R, part);
+        for (int64_t r = 0; r < R; ++r) op[(r0 + r) * N + n] = part[r];
+      }
+  });
+  return out;
+}
