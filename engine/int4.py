@@ -7,9 +7,10 @@ scale per block (4.625 bits a weight, the shape of ggml's Q4_K) read 0.58x that.
 The format: blocks of 32 weights; a block's ideal scale is its largest-magnitude weight / -8 (so
 that weight is -8 steps), stored as an integer (|sc| <= 16383) times a float per superblock of 8
 blocks: a block 100x quieter than its superblock's loudest keeps its scale within 0.3 %. Weights
-round (to nearest even) into [-8, 7] at the stored scale and are kept + 8 as nibbles: byte j of a
-block holds weight j (low nibble) and weight j + 16 (high nibble). A width that is not a multiple
-of 32 is padded with zero weights. 4.625 bits a weight in all.
+round (to nearest even) into [-8, 7] at the stored scale and are kept + 8 as nibbles, blocks in
+pairs: byte j of a pair holds weight j of the first block (low nibble) and of the second (high
+nibble), so one 32-byte load serves two blocks. A width that is not a multiple of 64 is padded with
+zero weights. 4.625 bits a weight in all.
 
 The multiply (`kernels/int4_linear.cpp`): each row of x is quantized once per call to int8 with a
 scale per superblock (amax x (1/127), rounded to nearest even); a superblock's sum of (block scale x
@@ -35,8 +36,8 @@ ISAS = {"auto": 0, "scalar": 1, "avx2": 2}  # int4_linear's `isa` argument
 
 
 def blocks(k: int) -> int:
-    """Blocks of 32 in a width of k columns (the last one zero-padded)."""
-    return (k + QK - 1) // QK
+    """Blocks of 32 in a width of k columns, in whole pairs (k zero-padded to a multiple of 64)."""
+    return 2 * ((k + 2 * QK - 1) // (2 * QK))
 
 
 def _superblocks(t: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
@@ -47,7 +48,8 @@ def _superblocks(t: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
 
 
 def quantize_weights(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """w (N, K) float -> qs (N, nb, 16) uint8 (two weights a byte, + 8), sc (N, nb) int16 (the
+    """w (N, K) float -> qs (N, nb / 2, 32) uint8 (a pair of blocks: the first's weights in the low
+    nibbles, the second's in the high ones, + 8), sc (N, nb) int16 (the
     blocks' integer scales), ds (N, ns) float32 (the superblocks' scales). `weight_sums` gives
     the kernel's fourth tensor."""
     w = w.detach().float().cpu()
@@ -62,8 +64,8 @@ def quantize_weights(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     sc = (_superblocks(block) * inv.unsqueeze(2)).round().clamp(-SC_MAX, SC_MAX).flatten(1)[:, :nb]
     scale = sc * ds.repeat_interleave(SB, dim=1)[:, :nb]  # what the format stores
     step = torch.where(scale != 0, 1 / scale, torch.zeros_like(scale))
-    q = (wb * step.unsqueeze(2)).round().clamp(-8, 7).to(torch.int16) + 8
-    qs = (q[:, :, :16] | (q[:, :, 16:] << 4)).to(torch.uint8)
+    q = ((wb * step.unsqueeze(2)).round().clamp(-8, 7).to(torch.int16) + 8).view(n, nb // 2, 2, QK)
+    qs = (q[:, :, 0] | (q[:, :, 1] << 4)).to(torch.uint8)
     return qs.contiguous(), sc.to(torch.int16).contiguous(), ds.contiguous()
 
 
@@ -75,14 +77,14 @@ def weight_sums(qs: torch.Tensor, sc: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_weights(qs: torch.Tensor) -> torch.Tensor:
-    """qs (N, nb, 16) -> the weights' steps (N, nb, 32) int8 in [-8, 7]."""
+    """qs (N, nb / 2, 32) -> the weights' steps (N, nb, 32) int8 in [-8, 7]."""
     q = qs.to(torch.int16)
-    return (torch.cat([q & 0x0F, q >> 4], dim=2) - 8).to(torch.int8)
+    return (torch.stack([q & 0x0F, q >> 4], dim=2) - 8).to(torch.int8).flatten(1, 2)
 
 
 def dequantize(qs: torch.Tensor, sc: torch.Tensor, ds: torch.Tensor, k: int) -> torch.Tensor:
     """The weights the format stores, (N, k) float32."""
-    nb = qs.shape[1]
+    nb = sc.shape[1]
     scale = sc.float() * ds.repeat_interleave(SB, dim=1)[:, :nb]
     w = unpack_weights(qs).float() * scale.unsqueeze(2)
     return w.reshape(qs.shape[0], -1)[:, :k]
@@ -106,7 +108,7 @@ def reference_linear(x: torch.Tensor, qs: torch.Tensor, sc: torch.Tensor, ds: to
     each superblock's integer scaled by (ds x row scale) in float32, as the kernel does."""
     m = x.shape[0]
     xq, xs = quantize_rows(x)
-    nb = qs.shape[1]
+    nb = sc.shape[1]
     wq = unpack_weights(qs).double()
     dots = torch.einsum("mbk,nbk->mnb", xq.view(m, nb, QK).double(), wq) * sc.double().unsqueeze(0)  # (M, N, nb)
     ints = _superblocks(dots).sum(dim=3)  # (M, N, ns), exact
@@ -119,7 +121,7 @@ def term_magnitude(x: torch.Tensor, qs: torch.Tensor, sc: torch.Tensor, ds: torc
     its rounding: |kernel - reference| <= a few float32 epsilons times this."""
     m = x.shape[0]
     xq, xs = quantize_rows(x)
-    nb = qs.shape[1]
+    nb = sc.shape[1]
     w = unpack_weights(qs).double().abs()
     dots = torch.einsum("mbk,nbk->mnb", xq.view(m, nb, QK).double().abs() + 128, w) * sc.double().abs().unsqueeze(0)
     return (_superblocks(dots).sum(dim=3) * (ds.unsqueeze(0) * xs.unsqueeze(1)).double()).sum(dim=2)

@@ -4,12 +4,12 @@
 // at this host's ~21 GB/s. Four bits a weight, plus the scales (4.625 bits in all), read 0.58x that.
 //
 // The format (`engine/int4.py` packs it and holds the plain-PyTorch reference of this arithmetic),
-// per output row: blocks of 32 weights, qs (N, nb, 16) uint8: byte j holds weight j in its low nibble
-// and weight j + 16 in its high nibble, each stored + 8 ([-8, 7] -> [0, 15]); each block's scale is
+// per output row: blocks of 32 weights in pairs, qs (N, nb / 2, 32) uint8: byte j of a pair holds
+// weight j of its first block in its low nibble and weight j of its second block in its high
+// nibble, each stored + 8 ([-8, 7] -> [0, 15]); each block's scale is
 // an integer sc (N, nb) int16 (|sc| <= 16383) times its superblock's float scale ds (N, ns) float32,
 // a superblock being 8 blocks (256 weights; the last one may be shorter); wc (N, ns) int32: each
-// superblock's sum of sc x (sum of the block's weights). The input's K columns are padded with
-// zeros to nb * 32.
+// superblock's sum of sc x (sum of the block's weights). K is padded with zeros to nb * 32, nb even.
 //
 // The arithmetic: every row of x is quantized once per call to int8 with one float scale per
 // superblock (amax x (1/127), rounded to nearest-even: `quantize_rows`); within a superblock the sum
@@ -45,6 +45,9 @@ constexpr int64_t SB = 8;                // blocks per superblock
 constexpr int64_t MAX_ROWS = 8;          // rows a pass of the scalar loop serves
 constexpr float INV127 = 1.0f / 127.0f;  // one multiply, the same in the reference
 
+// blocks of 32 in a width of K, in whole pairs (K padded with zeros to a multiple of 64)
+int64_t blocks(int64_t K) { return 2 * ((K + 2 * QK - 1) / (2 * QK)); }
+
 // The rows of x as int8 blocks: q (M, nb * 32), the same + 128 as unsigned bytes u (for
 // `maddubs`), a scale per superblock s (M, ns).
 struct Rows {
@@ -56,20 +59,50 @@ struct Rows {
 
 // row of x (K floats) -> nb blocks of 32 int8 (zero-padded), the same + 128, ns scales. Outside
 // -ffast-math: the reference (`engine/int4.py`) rounds the same float operations in the same order.
+// Vectorized where a block lies whole inside K (a call's rows were ~20 us of a 1024-wide matrix's
+// ~70 us when this was a scalar loop through libm's nearbyint).
 #pragma GCC push_options
 #pragma GCC optimize("no-fast-math")
 void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* q, uint8_t* u, float* s) {
   for (int64_t sb = 0; sb * SB < nb; ++sb) {
     const int64_t lo = sb * SB * QK, hi = std::min(K, lo + SB * QK);
     float amax = 0.0f;
-    for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(x[i]));
+    int64_t i = lo;
+#ifdef MGL_AVX2
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (; i + 8 <= hi; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, m);
+    for (float v : lanes) amax = std::max(amax, v);
+#endif
+    for (; i < hi; ++i) amax = std::max(amax, std::fabs(x[i]));
     const float scale = amax * INV127;
     const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
     s[sb] = scale;
-    for (int64_t i = lo; i < hi; ++i) q[i] = static_cast<int8_t>(std::nearbyint(x[i] * inv));
+    i = lo;
+#ifdef MGL_AVX2
+    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+    auto whole = [&](int64_t at) {  // x[at .. at + 8) rounded to nearest-even int32
+      const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + at), vinv);
+      return _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    };
+    for (; i + QK <= hi; i += QK) {
+      const __m256i ab = _mm256_packs_epi32(whole(i), whole(i + 8));
+      const __m256i cd = _mm256_packs_epi32(whole(i + 16), whole(i + 24));
+      const __m256i b8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), b8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(u + i), _mm256_xor_si256(b8, flip));
+    }
+#endif
+    for (; i < hi; ++i) {
+      q[i] = static_cast<int8_t>(std::nearbyint(x[i] * inv));
+      u[i] = static_cast<uint8_t>(q[i] + 128);
+    }
   }
-  for (int64_t i = K; i < nb * QK; ++i) q[i] = 0;
-  for (int64_t i = 0; i < nb * QK; ++i) u[i] = static_cast<uint8_t>(q[i] + 128);
+  for (int64_t i = K; i < nb * QK; ++i) q[i] = 0, u[i] = 128;
 }
 #pragma GCC pop_options
 
@@ -81,11 +114,9 @@ void dot_scalar(const uint8_t* qs, const int16_t* sc, const float* ds, const Row
   for (int64_t sb = 0; sb < x.ns; ++sb) {
     int64_t acc[MAX_ROWS] = {};
     for (int64_t b = sb * SB; b < std::min(x.nb, (sb + 1) * SB); ++b) {
-      const uint8_t* blk = qs + b * 16;
-      for (int j = 0; j < 16; ++j) {
-        w[j] = static_cast<int8_t>((blk[j] & 0x0F) - 8);
-        w[j + 16] = static_cast<int8_t>((blk[j] >> 4) - 8);
-      }
+      const uint8_t* pair = qs + (b / 2) * QK;
+      const int shift = 4 * (b % 2);
+      for (int j = 0; j < QK; ++j) w[j] = static_cast<int8_t>(((pair[j] >> shift) & 0x0F) - 8);
       for (int64_t r = 0; r < R; ++r) {
         const int8_t* y = x.q + ((r0 + r) * x.nb + b) * QK;
         int32_t dot = 0;
@@ -105,13 +136,9 @@ inline float hsum(__m256 a) {
   return _mm_cvtss_f32(s);
 }
 
-inline __m256i nibbles(const uint8_t* blk) {  // bytes 0..15: low nibbles, 16..31: high ones
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk));
-  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
-}
-
 // Rows r0 .. r0 + R - 1 against output rows n (qs, sc, ds, wc) and n + 1 (the same + the strides;
-// a stride of 0 repeats row n, whose second result is then not wanted). `maddubs` takes the rows
+// a stride of 0 repeats row n, whose second result is then not wanted). A pair of blocks a step:
+// one 32-byte load holds both (low nibbles: the first, high: the second). `maddubs` takes the rows
 // + 128 (unsigned) against the signed weights: the + 128 adds 128 x sum(w) x sc per block, which
 // the packing summed per superblock (wc) and comes off once per superblock.
 template <int R>
@@ -124,21 +151,33 @@ void dot_avx2(const uint8_t* qs, const int16_t* sc, const float* ds, const int32
   const int16_t* sc1 = sc + ss;
   const float* ds1 = ds + sd;
   const int32_t* wc1 = wc + sd;
-  const __m256i eight = _mm256_set1_epi8(8);
+  const __m256i low = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
   const uint8_t* rows[R];
   for (int r = 0; r < R; ++r) rows[r] = x.u + (r0 + r) * x.nb * QK;
+  const int64_t ahead = 2 * x.nb * 16;  // bytes from row n to row n + 2
   for (int64_t sb = 0; sb < x.ns; ++sb) {
     __m256i i0[R], i1[R];
     for (int r = 0; r < R; ++r) i0[r] = i1[r] = _mm256_setzero_si256();
     const int64_t end = std::min(x.nb, (sb + 1) * SB);
-    for (int64_t b = sb * SB; b < end; ++b) {
-      const __m256i w0 = _mm256_sub_epi8(nibbles(qs + b * 16), eight);
-      const __m256i w1 = _mm256_sub_epi8(nibbles(qs1 + b * 16), eight);
-      const __m256i s0 = _mm256_set1_epi16(sc[b]), s1 = _mm256_set1_epi16(sc1[b]);
-      for (int r = 0; r < R; ++r) {
-        const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + b * QK));
-        i0[r] = _mm256_add_epi32(i0[r], _mm256_madd_epi16(_mm256_maddubs_epi16(y, w0), s0));
-        i1[r] = _mm256_add_epi32(i1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(y, w1), s1));
+    for (int64_t b = sb * SB; b < end; b += 2) {
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + b * 16));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs1 + b * 16));
+      // the next pair of output rows' same bytes: from memory, the weights streamed at ~9 GB/s
+      // without this (the hardware's prefetch does not run far enough ahead of this loop)
+      _mm_prefetch(reinterpret_cast<const char*>(qs + ahead + b * 16), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(qs1 + ahead + b * 16), _MM_HINT_T0);
+      // the pair's first block (low nibbles), then its second (high): fewer live registers than
+      // both at once (16 ymm: no spills in this loop)
+      for (int half = 0; half < 2; ++half) {
+        const __m256i n0 = half ? _mm256_srli_epi16(v0, 4) : v0, n1 = half ? _mm256_srli_epi16(v1, 4) : v1;
+        const __m256i w0 = _mm256_sub_epi8(_mm256_and_si256(n0, low), eight);
+        const __m256i w1 = _mm256_sub_epi8(_mm256_and_si256(n1, low), eight);
+        const __m256i s0 = _mm256_set1_epi16(sc[b + half]), s1 = _mm256_set1_epi16(sc1[b + half]);
+        for (int r = 0; r < R; ++r) {
+          const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + (b + half) * QK));
+          i0[r] = _mm256_add_epi32(i0[r], _mm256_madd_epi16(_mm256_maddubs_epi16(y, w0), s0));
+          i1[r] = _mm256_add_epi32(i1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(y, w1), s1));
+        }
       }
     }
     for (int r = 0; r < R; ++r) {
@@ -186,7 +225,7 @@ Quantized quantize(const torch::Tensor& x, int64_t nb) {
 
 std::tuple<torch::Tensor, torch::Tensor> int4_quantize_rows(torch::Tensor x) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (M, K) float32");
-  auto q = quantize(x.contiguous(), (x.size(1) + QK - 1) / QK);
+  auto q = quantize(x.contiguous(), blocks(x.size(1)));
   return {q.q, q.s};
 }
 
@@ -199,9 +238,9 @@ std::string int4_path(int64_t isa) {
 torch::Tensor int4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor sc, torch::Tensor ds, torch::Tensor wc,
                           int64_t isa) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2, "x must be (M, K) float32");
-  TORCH_CHECK(qs.scalar_type() == at::kByte && qs.dim() == 3 && qs.size(2) == 16 && qs.is_contiguous(),
-              "qs must be contiguous (N, nb, 16) uint8");
-  const int64_t N = qs.size(0), nb = qs.size(1), ns = (nb + SB - 1) / SB, M = x.size(0), K = x.size(1);
+  TORCH_CHECK(qs.scalar_type() == at::kByte && qs.dim() == 3 && qs.size(2) == QK && qs.is_contiguous(),
+              "qs must be contiguous (N, nb / 2, 32) uint8");
+  const int64_t N = qs.size(0), nb = 2 * qs.size(1), ns = (nb + SB - 1) / SB, M = x.size(0), K = x.size(1);
   TORCH_CHECK(sc.scalar_type() == at::kShort && sc.is_contiguous() && sc.dim() == 2 && sc.size(0) == N &&
                   sc.size(1) == nb,
               "sc must be contiguous (N, nb) int16");
@@ -210,7 +249,7 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor sc, t
               "ds must be contiguous (N, ns) float32");
   TORCH_CHECK(wc.scalar_type() == at::kInt && wc.is_contiguous() && wc.sizes() == ds.sizes(),
               "wc must be contiguous (N, ns) int32");
-  TORCH_CHECK((K + QK - 1) / QK == nb, "x's width does not match the blocks");
+  TORCH_CHECK(blocks(K) == nb, "x's width does not match the blocks");
   auto out = torch::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
   // the rows' int8 blocks: ~M * K bytes, once per call
