@@ -448,6 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
     bx.add_argument("--formats", nargs="+", default=["int8", "int4"], help="weight formats (--precision values)")
     bx.add_argument("--rows", type=_positive_int, nargs="+", default=[2, 3, 8], help="rows a call (2: a guided stream)")
 
+    bt = sub.add_parser(
+        "bench-step", help="where a live step's time goes (forward, codec, the rest), weight formats side by side"
+    )
+    bt.add_argument("--model", default="small", help="a built-in size, a directory or a hub id (default small)")
+    bt.add_argument("--precisions", nargs="+", default=["int8", "int4"], help="weight formats, interleaved")
+    bt.add_argument("--kv", default="float16", help="KV cache type for every format (default float16)")
+    bt.add_argument("--codec", default="int8", help="codec precision for every format (default int8)")
+    bt.add_argument("--rounds", type=_positive_int, default=6, help="interleaved rounds (default 6)")
+    bt.add_argument("--steps", type=_positive_int, default=50, help="steps a format a round (default 50)")
+
     bw = sub.add_parser(
         "bench-window",
         help="what a shorter live window (and the context it keeps) does to the predictions, against one long window",
@@ -750,6 +760,20 @@ def cmd_bench_matrices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_step(args: argparse.Namespace) -> int:
+    from musicgen_live.engine.bench_step import format_step_bench, run_step_bench
+    from musicgen_live.engine.errors import EngineError
+
+    try:
+        say = lambda line: print(line, flush=True)  # noqa: E731
+        splits = run_step_bench(args.model, args.precisions, args.kv, args.codec, args.rounds, args.steps, say=say)
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_step_bench(args.model, args.kv, args.codec, splits))
+    return 0
+
+
 def cmd_bench_codec(args: argparse.Namespace) -> int:
     from musicgen_live.engine.codec_bench import codec_fidelity, format_codec_bench, format_fidelity, run_codec_bench
 
@@ -1046,6 +1070,7 @@ COMMANDS = {
     "bench-codec": cmd_bench_codec,
     "bench-window": cmd_bench_window,
     "bench-matrices": cmd_bench_matrices,
+    "bench-step": cmd_bench_step,
     "serve": cmd_serve,
     "cluster": cmd_cluster,
     "bench-cluster": cmd_bench_cluster,

@@ -113,3 +113,17 @@ def test_bench_matrices_times_every_shape_of_a_decoder_at_each_format():
     assert b.read_gbs > 0.1
     text = format_matrix_bench(b)
     assert "a step's matrices at 2 rows: float32" in text and "floor" in text
+
+
+def test_bench_step_splits_each_formats_steps_into_forward_codec_and_the_rest():
+    from musicgen_live.engine.bench_step import format_step_bench, run_step_bench
+
+    said: list[str] = []
+    splits = run_step_bench("tiny", ["int8", "int4"], rounds=2, steps=5, say=said.append)
+    assert [s.precision for s in splits] == ["int8", "int4"]
+    for s in splits:
+        assert len(s.step_ms) == 10 and len(s.forward_ms) >= 10 and len(s.codec_ms) >= 10
+        assert sum(s.forward_ms) + sum(s.codec_ms) < sum(s.step_ms)  # parts of the step, timed inside it
+    assert splits[1].weight_mb < splits[0].weight_mb  # int4 reads fewer bytes
+    assert sum("round" in line for line in said) == 2
+    assert "| int4 |" in format_step_bench("tiny", "float16", "int8", splits)
