@@ -227,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--codec int8: the codec's SNR against float32",
     )
 
+    b.add_argument(
+        "--outliers",
+        action="store_true",
+        help="give the decoder the outlier channels of trained models first (4 per layer norm, 30x louder, the "
+        "same function in exact arithmetic): what breaks naive quantization; ours only (not --peer)",
+    )
+
     sv = sub.add_parser("serve", help="play endlessly; control it with lines on stdin (see README)")
     _add_model(sv)
     sv.add_argument("--output", help="default | null | file:PATH | a device name or index ([stream] output)")
@@ -722,6 +729,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         decode_chunk=args.decode_chunk,
         streams=args.streams,
         quality=args.quality,
+        outliers=args.outliers,
         say=lambda m: print(m, file=sys.stderr),
         **_kernels(args),
     )

@@ -27,7 +27,7 @@ from .codec_bench import CodecFidelity, codec_fidelity, format_fidelity
 from .kvcache import attention_kernel
 from .model import MusicGen
 from .presets import BUILT_IN_MODELS, arch_for, random_hf_model, random_tokenizer
-from .quality import Quality, compare_precision, format_quality
+from .quality import Quality, compare_precision, format_quality, with_outlier_channels
 from .render import decode_streamed, render, render_batch
 from .sampling import SamplingParams
 from .stats import percentile
@@ -105,9 +105,11 @@ def run_bench(
     codec: str = "float32",
     streams: int | list[int] = 1,
     quality: bool = False,
+    outliers: bool = False,
     say: Callable[[str], None] = print,
 ) -> list[BenchResult]:
-    """One result per stream count in `streams` (the checkpoint is built or loaded once)."""
+    """One result per stream count in `streams` (the checkpoint is built or loaded once).
+    `outliers`: the decoder given outlier channels first (`engine.quality.with_outlier_channels`)."""
     hf = None
     if source in BUILT_IN_MODELS:
         say(f"building a random '{source}'-sized checkpoint in memory")
@@ -121,6 +123,9 @@ def run_bench(
             melody = ckpt.spec.lm.prefix_conditioned
             cls = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
             hf = cls.from_pretrained(source).eval()
+    if outliers:
+        say("giving the decoder outlier channels (4 per layer norm, 30x)")
+        ckpt = with_outlier_channels(ckpt)
     say(f"preparing our model ({'float32 exact' if exact else precision})")
     if kv == "float16":
         attention_kernel(say)

@@ -9,6 +9,10 @@ how many frames a free-running greedy stream plays before its first differing to
 Random checkpoints have flatter distributions than trained ones (many near-ties), so argmax
 agreement here is a pessimistic figure; the KL is the better guide.
 
+`with_outlier_channels` gives a random checkpoint the outlier structure of trained transformers (a
+few hidden channels tens of times louder than the rest, entering every matrix), which is what breaks
+naive 4-bit and per-tensor int8; the float model is unchanged by it.
+
 `compare_windows` does the same for the live window (`[stream] window_s` / `context_s`, a speed
 setting: a shorter window reads fewer cached keys a step) against one window holding every frame.
 On a random checkpoint the sinusoidal positions dominate the hidden states, so the positions a
@@ -19,16 +23,56 @@ checkpoint.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from .checkpoint import Checkpoint
 from .errors import ContextError
 from .generator import Generator
 from .lm import KVCache
 from .model import MusicGen
 from .sampling import SamplingParams, guide
 from .stats import percentile
+
+_DECODER = "decoder.model.decoder."
+# each layer norm of a decoder layer, and the matrices that read its output (their input columns)
+_NORM_READERS = {
+    "self_attn_layer_norm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "encoder_attn_layer_norm": ("encoder_attn.q_proj",),
+    "final_layer_norm": ("fc1",),
+}
+
+
+def with_outlier_channels(ckpt: Checkpoint, channels: int = 4, factor: float = 30.0, seed: int = 0) -> Checkpoint:
+    """A copy of `ckpt` whose decoder carries `channels` outlier channels per layer norm: the norm's
+    weight and bias `factor` x larger there, the columns of the matrices reading it `factor` x
+    smaller - the same function in exact arithmetic, but activations with a few channels `factor` x
+    louder than the rest and weight rows with a few near-silent columns, as trained models have."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = dict(ckpt.tensors)
+    hidden = ckpt.spec.lm.hidden
+
+    def scale(norm: str, readers: list[str]) -> None:
+        if f"{norm}.weight" not in tensors:
+            return  # a decoder without this norm (a melody checkpoint has no cross-attention)
+        picked = torch.randperm(hidden, generator=gen)[:channels]
+        for part in ("weight", "bias"):
+            t = tensors[f"{norm}.{part}"].clone()
+            t[picked] *= factor
+            tensors[f"{norm}.{part}"] = t
+        for r in readers:
+            w = tensors[r].clone()
+            w[:, picked] /= factor
+            tensors[r] = w
+
+    for layer in range(ckpt.spec.lm.layers):
+        at = f"{_DECODER}layers.{layer}."
+        for norm, readers in _NORM_READERS.items():
+            scale(at + norm, [f"{at}{r}.weight" for r in readers])
+    heads = sorted(k for k in tensors if k.startswith("decoder.lm_heads.") and k.endswith(".weight"))
+    scale(f"{_DECODER}layer_norm", heads)
+    return replace(ckpt, tensors=tensors)
 
 
 @dataclass

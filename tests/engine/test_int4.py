@@ -127,3 +127,27 @@ def test_bench_step_splits_each_formats_steps_into_forward_codec_and_the_rest():
     assert splits[1].weight_mb < splits[0].weight_mb  # int4 reads fewer bytes
     assert sum("round" in line for line in said) == 2
     assert "| int4 |" in format_step_bench("tiny", "float16", "int8", splits)
+
+
+def test_outlier_channels_keep_the_float_model_and_make_a_few_channels_loud():
+    from musicgen_live.engine.checkpoint import load_checkpoint
+    from musicgen_live.engine.generator import Generator
+    from musicgen_live.engine.model import MusicGen
+    from musicgen_live.engine.quality import with_outlier_channels
+    from musicgen_live.engine.sampling import SamplingParams
+
+    ckpt = load_checkpoint("tiny", None)
+    loud = with_outlier_channels(ckpt, channels=4, factor=30.0)
+    norm = "decoder.model.decoder.layers.0.final_layer_norm.weight"
+    ratio = loud.tensors[norm] / ckpt.tensors[norm]
+    assert sorted(ratio.tolist()).count(30.0) == 4 and torch.allclose(ratio.sort().values[:-4], torch.ones(60))
+    assert torch.equal(ckpt.tensors[norm], load_checkpoint("tiny", None).tensors[norm])  # the original untouched
+    codes = []
+    for c in (ckpt, loud):
+        m = MusicGen(c)
+        g = Generator(m, SamplingParams(greedy=True, cfg=3.0), seed=0)
+        g.start(m.conditioner.condition("pads"), total_frames=30)
+        for _ in range(30):
+            g.step()
+        codes.append(g.codes())
+    assert torch.equal(codes[0], codes[1])  # the same function: float32 greedy codes unchanged
