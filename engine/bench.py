@@ -24,7 +24,7 @@ import torch
 
 from .checkpoint import BUILTIN_SEED, from_hf_model, load_checkpoint
 from .codec_bench import CodecFidelity, codec_fidelity, format_fidelity
-from .kvcache import attention_kernel
+from .kvcache import cache_kernels
 from .model import MusicGen
 from .presets import BUILT_IN_MODELS, arch_for, random_hf_model, random_tokenizer
 from .quality import Quality, compare_precision, format_quality, with_outlier_channels
@@ -127,8 +127,7 @@ def run_bench(
         say("giving the decoder outlier channels (4 per layer norm, 30x)")
         ckpt = with_outlier_channels(ckpt)
     say(f"preparing our model ({'float32 exact' if exact else precision})")
-    if kv == "float16":
-        attention_kernel(say)
+    cache_kernels(kv, say)
     model = MusicGen(ckpt, device=device, exact=exact, precision=precision, guidance=guidance, kv=kv, codec=codec)
     if peer and hf is not None:
         hf.to(device)
@@ -215,7 +214,10 @@ def _run_side_by_side(
         ratio=(ours_res.frames_per_s / peer_res.frames_per_s) if peer_res else None,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         weights_mb=sum(v.numel() * v.element_size() for v in ckpt.tensors.values()) / 1e6,
-        kv_cache_mb=(cache.k.numel() + cache.v.numel()) * cache.k.element_size() / 1e6,
+        kv_cache_mb=sum(
+            t.numel() * t.element_size() for t in (cache.k, cache.v, cache.k_scale, cache.v_scale) if t is not None
+        )
+        / 1e6,
         step_weights_mb=model.lm.step_weight_bytes / 1e6,
         guidance=model.guidance,
         kv=model.lm.kv,

@@ -38,7 +38,7 @@ class ModelConfig:
     exact: bool = False  # parity kernels (token-exact with transformers), slower
     precision: Literal["float32", "bfloat16", "float16", "int8", "int4"] = "float32"  # live-path weights (int8/4: CPU)
     guidance: Literal["auto", "batched", "two-step"] = "auto"  # CFG rows in one forward or two (auto: as trained)
-    kv: Literal["float32", "float16"] = "float32"  # self-attention cache (float16: half the bytes, CPU kernel)
+    kv: Literal["float32", "float16", "int8"] = "float32"  # self-attention cache (float16 / int8: CPU kernels)
     codec: Literal["float32", "int8"] = "float32"  # streaming decoder's large matrices (int8: CPU)
 
 

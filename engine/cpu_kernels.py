@@ -19,7 +19,8 @@ from .errors import EngineError
 
 KERNELS = Path(__file__).parent / "kernels"
 SOURCES = [
-    KERNELS / name for name in ("decode_attention.cpp", "int4_linear.cpp", "decoder_step.cpp", "module.cpp")
+    KERNELS / name
+    for name in ("decode_attention.cpp", "kv8_attention.cpp", "int4_linear.cpp", "decoder_step.cpp", "module.cpp")
 ]  # one module
 
 
@@ -36,7 +37,8 @@ def _cpu_tag() -> str:
 
 
 def kernels(say: Callable[[str], None] | None = None, need: str = "this format") -> ModuleType:
-    """The compiled CPU kernels' module: `decode_attention` (`engine.kvcache`), `int4_linear`
+    """The compiled CPU kernels' module: `decode_attention`, `decode_attention_q8` and
+    `kv_quantize` (`engine.kvcache`), `int4_linear`
     (`engine.int4`) and `DecoderStep` (`engine.lm`). `say` hears a word before the first build or
     load; `need` names what asked for them (in the sentence a missing compiler gets)."""
     if say is not None and _load.cache_info().currsize == 0:

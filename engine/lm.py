@@ -9,7 +9,7 @@ calls, same summation order) so greedy codes are token-exact with `transformers`
 Shapes: B = batch rows (cond rows first, then uncond rows for CFG), K = codebooks, T = columns in
 this call, D = hidden, H = heads, d = head dim, S = text tokens, V = codebook size.
 
-With int8 or int4 weights over float16 caches every fast-path forward runs the same ops in C++ in one call
+With int8 or int4 weights over float16 or int8 caches every fast-path forward runs the same ops in C++ in one call
 (`kernels/decoder_step.cpp`): Python's per-op dispatch was a quarter of a musicgen-small step on a
 2-core CPU.
 """
@@ -27,7 +27,15 @@ import torch.nn.functional as F
 
 from .cpu_kernels import kernels
 from .int4 import Int4Linear
-from .kvcache import KV_DTYPES, AttentionKernel, attention_kernel, check_kv
+from .kvcache import (
+    KV_DTYPES,
+    Attention8Kernel,
+    AttentionKernel,
+    attention8_kernel,
+    attention_kernel,
+    check_kv,
+    quantize,
+)
 from .linear import Int8Linear, Linear, check_precision, make_linear
 from .pieces import run
 from .spec import LMSpec
@@ -162,11 +170,15 @@ class KVCache:
     """Self-attention keys/values for `batch` rows and `capacity` columns, allocated once.
 
     `k[i]` / `v[i]` are layer i's (batch, H, capacity, d) buffers. Column t of the stream lives at
-    slot t; nothing is ever appended or reallocated.
+    slot t; nothing is ever appended or reallocated. An int8 cache (`engine.kvcache`) keeps a float32
+    scale per head vector in `k_scale[i]` / `v_scale[i]` (batch, H, capacity); writes go through
+    `write`, which quantizes.
     """
 
     k: torch.Tensor
     v: torch.Tensor
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
 
     @property
     def capacity(self) -> int:
@@ -178,13 +190,30 @@ class KVCache:
 
     def rows(self, first: int, end: int) -> KVCache:
         """A view of rows first..end-1 (writes land in this cache): one pass of two-step guidance."""
-        return KVCache(k=self.k[:, first:end], v=self.v[:, first:end])
+        if self.k_scale is None or self.v_scale is None:
+            return KVCache(k=self.k[:, first:end], v=self.v[:, first:end])
+        return KVCache(
+            self.k[:, first:end], self.v[:, first:end], self.k_scale[:, first:end], self.v_scale[:, first:end]
+        )
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keys and values (n, H, T, d) into rows 0..n-1, columns start..start+T-1 of `layer`."""
+        n, end = k.shape[0], start + k.shape[2]
+        if self.k_scale is None or self.v_scale is None:
+            self.k[layer][:n, :, start:end] = k
+            self.v[layer][:n, :, start:end] = v
+            return
+        for values, scales, x in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
+            q, s = quantize(x)
+            values[layer][:n, :, start:end] = q
+            scales[layer][:n, :, start:end] = s
 
     def rearrange_rows(self, rows: list[int], filled: int) -> None:
         """Row r becomes old row rows[r], over the first `filled` columns (a prompt row added by
         copying another's history, rows dropped after a crossfade)."""
         moves = {dst: src for dst, src in enumerate(rows) if dst != src}  # rows in place are not touched
-        for buf in (self.k, self.v):
+        scales = [t for t in (self.k_scale, self.v_scale) if t is not None]
+        for buf in (self.k, self.v, *scales):  # (layers, batch, H, capacity[, d]): rows are dim 1
             pending = dict(moves)
             while pending:
                 # a row is overwritten only once no pending move still reads it: one copy each, no temporary
@@ -319,6 +348,7 @@ class LanguageModel:
         self.kv = kv
         self.kv_dtype = KV_DTYPES[kv] if kv != "float32" else self.dtype
         self._attend16: AttentionKernel | None = attention_kernel() if kv == "float16" else None
+        self._attend8: Attention8Kernel | None = attention8_kernel() if kv == "int8" else None
         self.positions = sinusoidal_positions(spec.max_positions, spec.hidden).to(self.device, self.dtype)
         self.scale = spec.head_dim**-0.5
         rows = weights.embed_cat.shape[0] // spec.num_codebooks  # V + 1 per codebook
@@ -340,10 +370,10 @@ class LanguageModel:
 
     def _compiled_step(self) -> CompiledStep | None:
         """The decoder's layers and heads in C++ (`kernels/decoder_step.cpp`) where the fast path
-        runs int8 or int4 weights over float16 caches: the same ATen ops as `_forward` (batch-independent
+        runs int8 or int4 weights over float16 or int8 caches: the same ATen ops as `_forward` (batch-independent
         rows included), without Python between them (bit-identical logits; ~25 % off a
         musicgen-small step on 2 cores)."""
-        if self.exact or self.precision not in ("int8", "int4") or self.kv != "float16":
+        if self.exact or self.precision not in ("int8", "int4") or self.kv not in ("float16", "int8"):
             return None
         norms: list[torch.Tensor | None] = []
         mats: list[tuple[object, ...] | None] = []
@@ -372,10 +402,11 @@ class LanguageModel:
         s = self.spec
         capacity = min(capacity, s.max_positions)
         shape = (s.layers, batch, s.heads, capacity, s.head_dim)
-        return KVCache(
-            k=torch.zeros(shape, device=self.device, dtype=self.kv_dtype),
-            v=torch.zeros(shape, device=self.device, dtype=self.kv_dtype),
-        )
+        k, v = (torch.zeros(shape, device=self.device, dtype=self.kv_dtype) for _ in range(2))
+        if self.kv != "int8":
+            return KVCache(k=k, v=v)
+        k_scale, v_scale = (torch.zeros(shape[:-1], device=self.device) for _ in range(2))
+        return KVCache(k, v, k_scale, v_scale)
 
     def project_condition(self, text_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """T5 states (n, S, text_hidden) -> decoder-width states, zeroed where `mask` is 0.
@@ -482,7 +513,7 @@ class LanguageModel:
                 pos = self.positions[seg.slot : seg.slot + seg.columns].repeat(seg.rows, 1)
                 x[o : o + seg.tokens] = seg.states.to(self.device, self.dtype).reshape(seg.tokens, D) + pos
         ind = batched or layout.total > sum(seg.tokens for seg in segments)  # rows must not see each other
-        if self._step is not None and all(seg.cache.k.dtype == torch.float16 for seg in segments):
+        if self._step is not None and all(seg.cache.k.dtype in (torch.float16, torch.int8) for seg in segments):
             return self._compiled(x, tokens, segments, layout, ind).view(-1, s.num_codebooks, s.card)
         # prefill chunks after the first attend causally within themselves and to the whole past
         masks = [
@@ -547,7 +578,17 @@ class LanguageModel:
             last = torch.arange(T - 1, R * T, T, device=self.device)
         step_segment = self._kernels.StepSegment
         parts = [
-            step_segment(o, seg.rows, seg.columns, seg.slot, seg.cache.k, seg.cache.v, *_cross_lists(seg.conds))
+            step_segment(
+                o,
+                seg.rows,
+                seg.columns,
+                seg.slot,
+                seg.cache.k,
+                seg.cache.v,
+                seg.cache.k_scale,
+                seg.cache.v_scale,
+                *_cross_lists(seg.conds),
+            )
             for seg, o in zip(segments, layout.offsets)
         ]
         return self._step(x, parts, layout.cond, last, independent, self.scale)
@@ -633,7 +674,7 @@ class LanguageModel:
                 q, k, v = (F.linear(h, m).view(B, n, H, d).transpose(1, 2) for m in (lw.q, lw.k, lw.v))
             else:
                 q, k, v = fast.qkv(h).view(B, n, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
-            cache.k[i][:B, :, :n], cache.v[i][:B, :, :n] = k, v
+            cache.write(i, 0, k, v)
             # the reference's first forward attends to the fresh keys / values
             a = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1, scale=self.scale)
             a = a.transpose(1, 2).reshape(B * n, D)
@@ -736,10 +777,15 @@ class LanguageModel:
             else:
                 qs, ks, vs = (m[o : o + n * T].view(n, T, H, d).transpose(1, 2) for m in qkv)
             end = start + T
-            kc, vc = seg.cache.k[layer], seg.cache.v[layer]
-            kc[:n, :, start:end] = ks
-            vc[:n, :, start:end] = vs
-            if start > 0 and self._attend16 is not None and kc.dtype == torch.float16:
+            cache = seg.cache
+            cache.write(layer, start, ks, vs)
+            kc, vc = cache.k[layer], cache.v[layer]
+            if start > 0 and self._attend8 is not None and cache.k_scale is not None and cache.v_scale is not None:
+                # an int8 cache, by the same kernel as the compiled step's
+                a = self._attend8(
+                    qs, kc[:n], cache.k_scale[layer][:n], vc[:n], cache.v_scale[layer][:n], start, self.scale
+                )
+            elif start > 0 and self._attend16 is not None and kc.dtype == torch.float16:
                 # a float16 cache: query column j sees cache columns 0..start+j, as `mask` says
                 a = self._attend16(qs, kc[:n], vc[:n], start, self.scale)
             else:

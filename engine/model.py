@@ -15,7 +15,7 @@ from .checkpoint import Checkpoint, Progress, load_checkpoint, stderr_progress
 from .codec import Codec, check_codec_precision
 from .conditioning import Condition, TextConditioner
 from .errors import CheckpointError, ContextError
-from .kvcache import attention_kernel, check_kv
+from .kvcache import cache_kernels, check_kv
 from .lm import LanguageModel, lm_weights_from_state_dict
 from .melody import ChromaExtractor, ChromaSettings, prefix_states_steps
 from .pattern import DelayPattern
@@ -98,8 +98,7 @@ class MusicGen:
     ) -> MusicGen:
         check_kv(kv, torch.device(device), exact)  # before minutes of loading
         check_codec_precision(codec, torch.device(device), exact)
-        if kv == "float16":
-            attention_kernel(progress)  # built (once) or loaded now, with a word on the console
+        cache_kernels(kv, progress)  # built (once) or loaded now, with a word on the console
         return cls(load_checkpoint(source, progress), device, dtype, exact, precision, guidance, kv, codec)
 
     @property

@@ -71,10 +71,21 @@ at::Tensor DecoderStep::self_attention(size_t layer, const at::Tensor& qkv, cons
     auto parts = qkv.narrow(0, s.offset, n * T).view({n, T, 3, H, d}).permute({2, 0, 3, 1, 4});
     auto q = parts.select(0, 0), k = parts.select(0, 1), v = parts.select(0, 2);
     auto kc = s.k.select(0, layer).narrow(0, 0, n), vc = s.v.select(0, layer).narrow(0, 0, n);
-    kc.narrow(2, start, T).copy_(k);
-    vc.narrow(2, start, T).copy_(v);
+    at::Tensor ksc, vsc;  // an 8-bit cache's scales (`KVCache.write`)
+    if (s.k_scale.defined()) {
+      ksc = s.k_scale.select(0, layer).narrow(0, 0, n), vsc = s.v_scale.select(0, layer).narrow(0, 0, n);
+      auto [kq, kd] = kv_quantize(k);
+      auto [vq, vd] = kv_quantize(v);
+      kc.narrow(2, start, T).copy_(kq), ksc.narrow(2, start, T).copy_(kd);
+      vc.narrow(2, start, T).copy_(vq), vsc.narrow(2, start, T).copy_(vd);
+    } else {
+      kc.narrow(2, start, T).copy_(k);
+      vc.narrow(2, start, T).copy_(v);
+    }
     at::Tensor a;
-    if (start > 0) {  // query column j sees cache columns 0 .. start + j
+    if (start > 0 && ksc.defined()) {  // query column j sees cache columns 0 .. start + j
+      a = decode_attention_q8(q, kc, ksc, vc, vsc, start, scale);
+    } else if (start > 0) {
       a = decode_attention(q, kc, vc, start, scale);
     } else {  // the window's first columns attend to the fresh tensors, causally
       a = at::scaled_dot_product_attention(q, k, v, {}, 0.0, T > 1, scale);

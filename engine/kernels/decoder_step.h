@@ -1,4 +1,4 @@
-// A forward of the decoder in one call (int8 or int4 weights, float16 KV caches).
+// A forward of the decoder in one call (int8 or int4 weights, float16 or int8 KV caches).
 //
 // Why: a musicgen-small step is ~1 100 small torch calls from Python (layer norms, views, cache
 // writes, residual adds); their dispatch costs milliseconds a step on a 2-core CPU. This runs the
@@ -29,11 +29,13 @@ struct StepLayer {
 };
 
 // One stream's rows in a forward (`engine.lm.Segment`): `rows` rows of `columns` columns each, in
-// x's rows from `offset` on (row-major); its cache (layers, >= rows, H, capacity, d) float16; the
-// first column's slot; one condition's cross-attention k / v (layers, 1, H, S, d) per conditional row.
+// x's rows from `offset` on (row-major); its cache (layers, >= rows, H, capacity, d) float16, or
+// int8 with its scales k_scale / v_scale (layers, >= rows, H, capacity) float32 (undefined for
+// float16); the first column's slot; one condition's cross-attention k / v (layers, 1, H, S, d) per
+// conditional row.
 struct StepSegment {
   int64_t offset, rows, columns, slot;
-  at::Tensor k, v;
+  at::Tensor k, v, k_scale, v_scale;
   std::vector<at::Tensor> cross_k, cross_v;
 };
 

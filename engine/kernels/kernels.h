@@ -14,3 +14,10 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor sc, t
 std::tuple<torch::Tensor, torch::Tensor> int4_quantize_rows(torch::Tensor x);
 // the path int4_linear takes for `isa` on this CPU: "avx2" or "scalar"
 std::string int4_path(int64_t isa);
+
+// kv8_attention.cpp: an 8-bit KV cache. x (..., d) float32 -> (int8 values, float32 scale per
+// vector); and query columns against it (q (R, H, T, d) float32; k, v (R, H, >= start + T, d) int8;
+// ks, vs (R, H, >= start + T) float32) -> (R, H, T, d) float32.
+std::tuple<torch::Tensor, torch::Tensor> kv_quantize(torch::Tensor x);
+torch::Tensor decode_attention_q8(torch::Tensor q, torch::Tensor k, torch::Tensor ks, torch::Tensor v,
+                                  torch::Tensor vs, int64_t start, double scale);

@@ -24,6 +24,7 @@ KERNELS = {  # precision, guidance, KV cache (int8 / int4 over float16: the comp
     "int8-kv16": ("int8", "batched", "float16"),
     "int4": ("int4", "batched", "float32"),
     "int4-kv16": ("int4", "batched", "float16"),
+    "int4-kv8": ("int4", "batched", "int8"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The compiled decoder step (`kernels/decoder_step.cpp`): with int8 or int4 weights over float16 caches,
+"""The compiled decoder step (`kernels/decoder_step.cpp`): with int8 or int4 weights over float16 or int8 caches,
 every fast-path forward runs in one C++ call. Protects: it gives the Python fast path's logits bit
 for bit through every phase of a live stream (the prefill, slides and continuations prefilled in
 chunks inside the live steps, a crossfade between prompts, a melody prefix, two-step guidance) and
@@ -101,18 +101,23 @@ def _both(m: MusicGen, run: Callable[[MusicGen], torch.Tensor]) -> list[int]:
         ("tiny", "two-step", "int8"),
         ("tiny", "batched", "int4"),
         ("tiny-melody", "auto", "int4"),
+        ("tiny", "batched", "int4-kv8"),
+        ("tiny-melody", "auto", "int8-kv8"),
+        ("tiny", "two-step", "int4-kv8"),
     ],
 )
 def test_the_compiled_step_gives_the_python_steps_logits_bit_for_bit(name, guidance, precision):
-    m = MusicGen.load(name, progress=None, precision=precision, kv="float16", guidance=guidance)
+    precision, _, kv = precision.partition("-kv")
+    kv = {"": "float16", "8": "int8"}[kv]
+    m = MusicGen.load(name, progress=None, precision=precision, kv=kv, guidance=guidance)
     calls = _both(m, _stream)
     assert len(calls) >= 200  # every step took it
     assert calls.count(2) >= 5  # steps carrying a slide's or a continuation's chunk (two segments) too
 
 
-@pytest.mark.parametrize("precision", ["int8", "int4"])
-def test_a_batch_of_streams_gets_the_python_batchs_logits_bit_for_bit(precision):
-    calls = _both(MusicGen.load("tiny", progress=None, precision=precision, kv="float16"), _batch)
+@pytest.mark.parametrize(("precision", "kv"), [("int8", "float16"), ("int4", "float16"), ("int4", "int8")])
+def test_a_batch_of_streams_gets_the_python_batchs_logits_bit_for_bit(precision, kv):
+    calls = _both(MusicGen.load("tiny", progress=None, precision=precision, kv=kv), _batch)
     assert len(calls) >= 120  # every batched step took it, padding rows and all
 
 
@@ -120,6 +125,8 @@ def test_only_int8_or_int4_weights_over_a_float16_cache_get_the_compiled_step():
     assert MusicGen.load("tiny", progress=None, precision="int8", kv="float16").lm._step is not None
     assert MusicGen.load("tiny", progress=None, precision="int4", kv="float16").lm._step is not None
     assert MusicGen.load("tiny", progress=None, precision="int4").lm._step is None
+    assert MusicGen.load("tiny", progress=None, precision="int4", kv="int8").lm._step is not None
+    assert MusicGen.load("tiny", progress=None, kv="int8").lm._step is None
     assert MusicGen.load("tiny", progress=None, precision="int8").lm._step is None
     assert MusicGen.load("tiny", progress=None, kv="float16").lm._step is None
     assert MusicGen.load("tiny", progress=None, exact=True).lm._step is None

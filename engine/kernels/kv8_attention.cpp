@@ -1,0 +1,153 @@
+// An 8-bit KV cache: its quantizer, and the attention of a few query columns that reads it.
+//
+// Why: late in a 30 s window a guided musicgen-small step reads ~300 MB of cached keys and values
+// at float16 (24 layers, two rows, 16 heads, ~1 500 columns, 64 values each), as much as its int4
+// weights; at 8 bits with one float scale per head vector (64 values) it reads 0.53x that. (ggml's
+// q8_0 cache cost LLaMA-3-8B +0.005 perplexity; its 4-bit cache broke a 0.6B model: we stay at 8.)
+//
+// The format: a head's key (or value) at one column is 64 int8 values (round-to-nearest-even of
+// x / s) and one float32 s = max|x| / 127 (0 for an all-zero vector). Keys and values alike.
+//
+// The attention (`decode_attention_q8`): q (R, H, T, d) float32 against k, v (R, H, >= start + T, d)
+// int8 with ks, vs (R, H, >= start + T) float32 scales; query column j attends to cache columns
+// 0 .. start + j (causal). Scores: s_t * (q . k_t) * scale in float32; the softmax; the output:
+// sum_t p_t * vs_t * v_t, divided by sum_t p_t. Parallel over (row, head) on torch's pool.
+#include "kernels.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define KV8_AVX2 1
+#endif
+
+namespace {
+
+#ifdef KV8_AVX2
+inline __m256 load8(const int8_t* p) {  // 8 int8 -> 8 float32
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline float hsum(__m256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+// q . k for one cached column (d values)
+inline float dot_q8(const float* q, const int8_t* k, int64_t d) {
+  int64_t i = 0;
+  float s = 0.f;
+#ifdef KV8_AVX2
+  __m256 a = _mm256_setzero_ps();
+  for (; i + 8 <= d; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), a);
+  s = hsum(a);
+#endif
+  for (; i < d; ++i) s += q[i] * static_cast<float>(k[i]);
+  return s;
+}
+
+// acc += p * v for one cached column
+inline void axpy_q8(float* acc, float p, const int8_t* v, int64_t d) {
+  int64_t i = 0;
+#ifdef KV8_AVX2
+  const __m256 pp = _mm256_set1_ps(p);
+  for (; i + 8 <= d; i += 8) _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(pp, load8(v + i), _mm256_loadu_ps(acc + i)));
+#endif
+  for (; i < d; ++i) acc[i] += p * static_cast<float>(v[i]);
+}
+
+}  // namespace
+
+// x (..., d) float32 -> (q (..., d) int8, s (...) float32). Outside -ffast-math: the reference
+// (`engine/kvcache.py`) rounds the same float operations in the same order.
+#pragma GCC push_options
+#pragma GCC optimize("no-fast-math")
+std::tuple<torch::Tensor, torch::Tensor> kv_quantize(torch::Tensor x) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() >= 1, "x must be float32 (..., d)");
+  auto xc = x.contiguous();
+  const int64_t d = x.size(-1), n = d ? x.numel() / d : 0;
+  auto q = torch::empty(x.sizes(), x.options().dtype(torch::kChar));
+  auto s = torch::empty(x.sizes().slice(0, x.dim() - 1), x.options());
+  const float* xp = xc.data_ptr<float>();
+  int8_t* qp = q.data_ptr<int8_t>();
+  float* sp = s.data_ptr<float>();
+  for (int64_t r = 0; r < n; ++r) {
+    const float* v = xp + r * d;
+    float amax = 0.f;
+    for (int64_t i = 0; i < d; ++i) amax = std::max(amax, std::fabs(v[i]));
+    const float scale = amax / 127.0f;
+    const float inv = scale != 0.f ? 1.0f / scale : 0.f;
+    sp[r] = scale;
+    for (int64_t i = 0; i < d; ++i) qp[r * d + i] = static_cast<int8_t>(std::nearbyint(v[i] * inv));
+  }
+  return {q, s};
+}
+#pragma GCC pop_options
+
+torch::Tensor decode_attention_q8(torch::Tensor q, torch::Tensor k, torch::Tensor ks, torch::Tensor v,
+                                  torch::Tensor vs, int64_t start, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be (rows, heads, columns, head_dim)");
+  TORCH_CHECK(q.scalar_type() == torch::kFloat, "q must be float32");
+  TORCH_CHECK(k.scalar_type() == torch::kChar && v.scalar_type() == torch::kChar, "the cache must be int8");
+  TORCH_CHECK(ks.scalar_type() == torch::kFloat && vs.scalar_type() == torch::kFloat, "the scales must be float32");
+  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "the cache needs unit stride in head_dim");
+  TORCH_CHECK(ks.dim() == 3 && vs.dim() == 3, "the scales must be (rows, heads, columns)");
+  const int64_t R = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3);
+  TORCH_CHECK(k.size(0) >= R && k.size(1) == H && k.size(3) == d && k.size(2) >= start + T, "cache too small");
+  TORCH_CHECK(v.size(0) >= R && v.size(1) == H && v.size(3) == d && v.size(2) >= start + T, "cache too small");
+  TORCH_CHECK(ks.size(0) >= R && ks.size(1) == H && ks.size(2) >= start + T, "key scales too small");
+  TORCH_CHECK(vs.size(0) >= R && vs.size(1) == H && vs.size(2) >= start + T, "value scales too small");
+  auto qc = q.contiguous();
+  auto out = torch::empty({R, H, T, d}, q.options());
+  const float* qp = qc.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int8_t* kp = k.data_ptr<int8_t>();
+  const int8_t* vp = v.data_ptr<int8_t>();
+  const float* ksp = ks.data_ptr<float>();
+  const float* vsp = vs.data_ptr<float>();
+  const int64_t k0 = k.stride(0), k1 = k.stride(1), k2 = k.stride(2);
+  const int64_t v0 = v.stride(0), v1 = v.stride(1), v2 = v.stride(2);
+  const int64_t ks0 = ks.stride(0), ks1 = ks.stride(1), ks2 = ks.stride(2);
+  const int64_t vs0 = vs.stride(0), vs1 = vs.stride(1), vs2 = vs.stride(2);
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, R * H, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> s(start + T);
+    std::vector<float> acc(d);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r = b / H, h = b % H;
+      const int8_t* kb = kp + r * k0 + h * k1;
+      const int8_t* vb = vp + r * v0 + h * v1;
+      const float* ksb = ksp + r * ks0 + h * ks1;
+      const float* vsb = vsp + r * vs0 + h * vs1;
+      for (int64_t j = 0; j < T; ++j) {
+        const float* qq = qp + ((r * H + h) * T + j) * d;
+        const int64_t n = start + j + 1;
+        float m = -FLT_MAX;
+        for (int64_t t = 0; t < n; ++t) {
+          const float x = dot_q8(qq, kb + t * k2, d) * ksb[t * ks2] * sc;
+          s[t] = x;
+          m = x > m ? x : m;
+        }
+        float sum = 0.f;
+        for (int64_t t = 0; t < n; ++t) {
+          const float e = std::exp(s[t] - m);
+          s[t] = e;
+          sum += e;
+        }
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t t = 0; t < n; ++t) axpy_q8(acc.data(), s[t] * vsb[t * vs2], vb + t * v2, d);
+        float* o = op + ((r * H + h) * T + j) * d;
+        const float inv = 1.f / sum;
+        for (int64_t i = 0; i < d; ++i) o[i] = acc[i] * inv;
+      }
+    }
+  });
+  return out;
+}
