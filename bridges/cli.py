@@ -459,7 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bench-step", help="where a live step's time goes (forward, codec, the rest), weight formats side by side"
     )
     bt.add_argument("--model", default="small", help="a built-in size, a directory or a hub id (default small)")
-    bt.add_argument("--precisions", nargs="+", default=["int8", "int4"], help="weight formats, interleaved")
+    bt.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["int8", "int4"],
+        help="weight formats, interleaved; PRECISION/KV for a cache type other than --kv (e.g. int4/int8)",
+    )
+    bt.add_argument("--warmup", type=_positive_int, default=20, help="untimed steps first (1200: late in the window)")
     bt.add_argument("--kv", default="float16", help="KV cache type for every format (default float16)")
     bt.add_argument("--codec", default="int8", help="codec precision for every format (default int8)")
     bt.add_argument("--rounds", type=_positive_int, default=6, help="interleaved rounds (default 6)")
@@ -774,7 +780,9 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
 
     try:
         say = lambda line: print(line, flush=True)  # noqa: E731
-        splits = run_step_bench(args.model, args.precisions, args.kv, args.codec, args.rounds, args.steps, say=say)
+        splits = run_step_bench(
+            args.model, args.precisions, args.kv, args.codec, args.rounds, args.steps, warmup=args.warmup, say=say
+        )
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

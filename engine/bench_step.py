@@ -23,7 +23,7 @@ from .sampling import SamplingParams
 
 @dataclass
 class StepSplit:
-    precision: str
+    precision: str  # weights, or "weights/kv" where the cache type differs from the run's
     weight_mb: float  # decoder matrices a step reads
     step_ms: list[float] = field(default_factory=list)
     forward_ms: list[float] = field(default_factory=list)
@@ -51,15 +51,19 @@ def run_step_bench(
     rounds: int = 6,
     steps: int = 50,
     window_frames: int = 1500,
+    warmup: int = 20,
     say: Callable[[str], None] | None = None,
 ) -> list[StepSplit]:
-    """`rounds` x `steps` timed steps per precision, after 20 untimed ones."""
+    """`rounds` x `steps` timed steps per format, after `warmup` untimed ones (frames: a large one
+    times the late window, where the cache is long, and its slide). A format is a weight precision,
+    or "precision/kv" for a cache type other than `kv`."""
     splits, gens = [], []
-    for p in precisions:
+    for fmt in precisions:
+        p, _, own_kv = fmt.partition("/")
         if say:
-            say(f"loading {model} with {p} weights, kv {kv}, codec {codec}")
-        m = MusicGen.load(model, progress=None, precision=p, kv=kv, codec=codec)
-        split = StepSplit(p, m.lm.step_weight_bytes / 1e6)
+            say(f"loading {model} with {p} weights, kv {own_kv or kv}, codec {codec}")
+        m = MusicGen.load(model, progress=None, precision=p, kv=own_kv or kv, codec=codec)
+        split = StepSplit(fmt, m.lm.step_weight_bytes / 1e6)
         # the instance's own attributes, read by the step: the model is this bench's alone
         if m.lm._step is not None:
             m.lm._step = _timed(m.lm._step, split.forward_ms)  # type: ignore[assignment]
@@ -73,7 +77,7 @@ def run_step_bench(
             context_frames=min(window_frames, m.max_frames) // 3,
             guided=True,
         )
-        for _ in range(20):
+        for _ in range(warmup):
             g.step()
         split.forward_ms.clear()
         split.codec_ms.clear()
