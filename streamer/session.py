@@ -1247,8 +1247,8 @@ def pace_line(model: str, device: str, precision: str, pace: float) -> str:
         tip
         for tip, useful in (
             ("--guidance batched", "two-step" in precision),  # first: it halves the weight reads
-            ("--precision int8", cpu and not precision.startswith("int8")),
-            ("--kv float16", cpu and "kv float16" not in precision),
+            ("--precision int8", cpu and not precision.startswith(("int8", "int4"))),
+            ("--kv float16", cpu and "kv float16" not in precision and "kv int8" not in precision),
             ("--codec int8", cpu and "codec int8" not in precision),
         )
         if useful

@@ -176,6 +176,8 @@ def test_continuation_with_no_history_yet_is_refused(tiny):
         ("cpu", "int8, kv float16, codec int8", 0.4, "try a shorter --window, fewer sessions or a GPU", "--kv"),
         ("cuda", "float16", 0.8, "try a shorter --window or fewer sessions", "GPU"),
         ("cpu", "int8, two-step guidance", 0.3, "try --guidance batched, --kv float16", "--precision int8"),
+        ("cpu", "int4, kv int8, codec int8", 0.6, "try a shorter --window, fewer sessions or a GPU", "--kv"),
+        ("cpu", "int4", 0.6, "try --kv float16, --codec int8", "--precision"),
     ],
 )
 def test_the_start_up_line_says_what_to_try_and_only_what_is_not_in_use(device, precision, pace, says, not_says):
