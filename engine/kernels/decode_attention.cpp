@@ -10,6 +10,7 @@
 // cache); query column j (0-based) attends to cache columns 0 .. start + j (causal). Returns
 // (R, H, T, d) float32. Parallel over (row, head) on torch's intra-op pool.
 #include "kernels.h"
+#include "attend_column.h"
 
 #include <ATen/Parallel.h>
 
@@ -159,23 +160,10 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
           continue;
         }
 #endif
-        float m = -FLT_MAX;
-        for (int64_t t = 0; t < n; ++t) {
-          const float x = dot_row(qq, kb + t * ks2, d) * sc;
-          s[t] = x;
-          m = x > m ? x : m;
-        }
-        float sum = 0.f;
-        for (int64_t t = 0; t < n; ++t) {
-          const float e = std::exp(s[t] - m);
-          s[t] = e;
-          sum += e;
-        }
-        std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t t = 0; t < n; ++t) axpy_row(acc.data(), s[t], vb + t * vs2, d);
-        float* o = op + ((r * H + h) * T + j) * d;
-        const float inv = 1.f / sum;
-        for (int64_t i = 0; i < d; ++i) o[i] = acc[i] * inv;
+        attend_column(
+            n, d, s.data(), acc.data(), op + ((r * H + h) * T + j) * d,
+            [&](int64_t t) { return dot_row(qq, kb + t * ks2, d) * sc; },
+            [&](float* a, float p, int64_t t) { axpy_row(a, p, vb + t * vs2, d); });
       }
     }
   });

@@ -13,6 +13,7 @@
 // 0 .. start + j (causal). Scores: s_t * (q . k_t) * scale in float32; the softmax; the output:
 // sum_t p_t * vs_t * v_t, divided by sum_t p_t. Parallel over (row, head) on torch's pool.
 #include "kernels.h"
+#include "attend_column.h"
 
 #include <ATen/Parallel.h>
 
@@ -129,23 +130,10 @@ torch::Tensor decode_attention_q8(torch::Tensor q, torch::Tensor k, torch::Tenso
       for (int64_t j = 0; j < T; ++j) {
         const float* qq = qp + ((r * H + h) * T + j) * d;
         const int64_t n = start + j + 1;
-        float m = -FLT_MAX;
-        for (int64_t t = 0; t < n; ++t) {
-          const float x = dot_q8(qq, kb + t * k2, d) * ksb[t * ks2] * sc;
-          s[t] = x;
-          m = x > m ? x : m;
-        }
-        float sum = 0.f;
-        for (int64_t t = 0; t < n; ++t) {
-          const float e = std::exp(s[t] - m);
-          s[t] = e;
-          sum += e;
-        }
-        std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t t = 0; t < n; ++t) axpy_q8(acc.data(), s[t] * vsb[t * vs2], vb + t * v2, d);
-        float* o = op + ((r * H + h) * T + j) * d;
-        const float inv = 1.f / sum;
-        for (int64_t i = 0; i < d; ++i) o[i] = acc[i] * inv;
+        attend_column(
+            n, d, s.data(), acc.data(), op + ((r * H + h) * T + j) * d,
+            [&](int64_t t) { return dot_q8(qq, kb + t * k2, d) * ksb[t * ks2] * sc; },
+            [&](float* a, float p, int64_t t) { axpy_q8(a, p * vsb[t * vs2], vb + t * v2, d); });
       }
     }
   });
