@@ -4,7 +4,8 @@
 // column; in float32 that is the largest single cost of a musicgen-small step late in a window.
 // Stored in float16 the cache is half the bytes, but torch's CPU attention on float16 runs no faster
 // than on float32 (it is bound by converting, not by reading). This kernel converts in registers
-// (F16C / AVX-512) and accumulates in float32, reading each cached byte once.
+// (F16C / AVX-512) and accumulates in float32, reading each cached byte once. For head_dim 64 (every
+// MusicGen) the query and the output stay in registers and four cached columns share a reduction.
 //
 // q (R, H, T, d) float32; k, v (R, H, >= start + T, d) float16, unit stride in d (views of the
 // cache); query column j (0-based) attends to cache columns 0 .. start + j (causal). Returns
@@ -116,6 +117,62 @@ static inline void axpy_row(float* acc, float p, const at::Half* v, int64_t d) {
                                               _mm256_loadu_ps(acc + i)));
   for (; i < d; ++i) acc[i] += p * static_cast<float>(v[i]);
 }
+static inline __m256 load8h(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+// q . k for 64 values, in two chains (an FMA's latency would otherwise serialize eight)
+static inline __m256 dot64(const __m256* q, const at::Half* k) {
+  __m256 a = _mm256_mul_ps(q[0], load8h(k)), b = _mm256_mul_ps(q[1], load8h(k + 8));
+  a = _mm256_fmadd_ps(q[2], load8h(k + 16), a), b = _mm256_fmadd_ps(q[3], load8h(k + 24), b);
+  a = _mm256_fmadd_ps(q[4], load8h(k + 32), a), b = _mm256_fmadd_ps(q[5], load8h(k + 40), b);
+  a = _mm256_fmadd_ps(q[6], load8h(k + 48), a), b = _mm256_fmadd_ps(q[7], load8h(k + 56), b);
+  return _mm256_add_ps(a, b);
+}
+static inline __m128 halves(__m256 a) { return _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)); }
+// the four sums of a0..a3, as one vector: one reduction for four cached columns
+static inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  return _mm_hadd_ps(_mm_hadd_ps(halves(a0), halves(a1)), _mm_hadd_ps(halves(a2), halves(a3)));
+}
+// head_dim 64 (every MusicGen size): the query and the output in registers, scores four columns a
+// reduction (the per-column `dot_row` / `axpy_row` reduced every column and kept the output in
+// memory: that was most of a late-window step's attention)
+static void attend64(const float* qq, const at::Half* kb, const at::Half* vb, int64_t ks, int64_t vs, int64_t n,
+                     float sc, float* s, float* o) {
+  __m256 q[8];
+  for (int j = 0; j < 8; ++j) q[j] = _mm256_loadu_ps(qq + 8 * j);
+  __m128 mx = _mm_set1_ps(-FLT_MAX);
+  const __m128 scale = _mm_set1_ps(sc);
+  int64_t t = 0;
+  for (; t + 4 <= n; t += 4) {
+    const at::Half* k = kb + t * ks;
+    const __m128 x = _mm_mul_ps(sum4(dot64(q, k), dot64(q, k + ks), dot64(q, k + 2 * ks), dot64(q, k + 3 * ks)), scale);
+    _mm_storeu_ps(s + t, x);
+    mx = _mm_max_ps(mx, x);
+  }
+  float m = std::max(std::max(mx[0], mx[1]), std::max(mx[2], mx[3]));
+  for (; t < n; ++t) {
+    const __m128 h = halves(dot64(q, kb + t * ks));
+    const float x = (h[0] + h[1] + h[2] + h[3]) * sc;
+    s[t] = x;
+    m = x > m ? x : m;
+  }
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = std::exp(s[i] - m);
+    s[i] = e;
+    sum += e;
+  }
+  __m256 acc[8];
+  for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; ++i) {
+    const __m256 p = _mm256_set1_ps(s[i]);
+    const at::Half* v = vb + i * vs;
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(p, load8h(v + 8 * j), acc[j]);
+  }
+  const __m256 inv = _mm256_set1_ps(1.f / sum);
+  for (int j = 0; j < 8; ++j) _mm256_storeu_ps(o + 8 * j, _mm256_mul_ps(acc[j], inv));
+}
+#define HAVE_ATTEND64 1
 #else  // portable: the compiler vectorises what it can
 static inline float dot_row(const float* q, const at::Half* k, int64_t d) {
   float s = 0.f;

@@ -39,6 +39,56 @@ inline float hsum(__m256 a) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+// q . k for 64 int8 values (unscaled), in two chains
+inline __m256 dot64_q8(const __m256* q, const int8_t* k) {
+  __m256 a = _mm256_mul_ps(q[0], load8(k)), b = _mm256_mul_ps(q[1], load8(k + 8));
+  a = _mm256_fmadd_ps(q[2], load8(k + 16), a), b = _mm256_fmadd_ps(q[3], load8(k + 24), b);
+  a = _mm256_fmadd_ps(q[4], load8(k + 32), a), b = _mm256_fmadd_ps(q[5], load8(k + 40), b);
+  a = _mm256_fmadd_ps(q[6], load8(k + 48), a), b = _mm256_fmadd_ps(q[7], load8(k + 56), b);
+  return _mm256_add_ps(a, b);
+}
+inline __m128 halves(__m256 a) { return _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)); }
+
+// head_dim 64: the query and the output in registers, four columns' scores a reduction (as the
+// float16 cache's `attend64`); the scales of four columns loaded at once (unit stride)
+void attend64_q8(const float* qq, const int8_t* kb, const float* ksb, const int8_t* vb, const float* vsb, int64_t k2,
+                 int64_t v2, int64_t n, float sc, float* s, float* o) {
+  __m256 q[8];
+  for (int j = 0; j < 8; ++j) q[j] = _mm256_loadu_ps(qq + 8 * j);
+  __m128 mx = _mm_set1_ps(-FLT_MAX);
+  const __m128 scale = _mm_set1_ps(sc);
+  int64_t t = 0;
+  for (; t + 4 <= n; t += 4) {
+    const int8_t* k = kb + t * k2;
+    const __m128 d = _mm_hadd_ps(_mm_hadd_ps(halves(dot64_q8(q, k)), halves(dot64_q8(q, k + k2))),
+                                 _mm_hadd_ps(halves(dot64_q8(q, k + 2 * k2)), halves(dot64_q8(q, k + 3 * k2))));
+    const __m128 x = _mm_mul_ps(_mm_mul_ps(d, _mm_loadu_ps(ksb + t)), scale);
+    _mm_storeu_ps(s + t, x);
+    mx = _mm_max_ps(mx, x);
+  }
+  float m = std::max(std::max(mx[0], mx[1]), std::max(mx[2], mx[3]));
+  for (; t < n; ++t) {
+    const __m128 h = halves(dot64_q8(q, kb + t * k2));
+    const float x = (h[0] + h[1] + h[2] + h[3]) * ksb[t] * sc;
+    s[t] = x;
+    m = x > m ? x : m;
+  }
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = std::exp(s[i] - m);
+    s[i] = e;
+    sum += e;
+  }
+  __m256 acc[8];
+  for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; ++i) {
+    const __m256 p = _mm256_set1_ps(s[i] * vsb[i]);
+    const int8_t* v = vb + i * v2;
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(p, load8(v + 8 * j), acc[j]);
+  }
+  const __m256 inv = _mm256_set1_ps(1.f / sum);
+  for (int j = 0; j < 8; ++j) _mm256_storeu_ps(o + 8 * j, _mm256_mul_ps(acc[j], inv));
+}
 #endif
 
 // q . k for one cached column (d values)
@@ -130,6 +180,12 @@ torch::Tensor decode_attention_q8(torch::Tensor q, torch::Tensor k, torch::Tenso
       for (int64_t j = 0; j < T; ++j) {
         const float* qq = qp + ((r * H + h) * T + j) * d;
         const int64_t n = start + j + 1;
+#ifdef KV8_AVX2
+        if (d == 64 && ks2 == 1 && vs2 == 1) {
+          attend64_q8(qq, kb, ksb, vb, vsb, k2, v2, n, sc, s.data(), op + ((r * H + h) * T + j) * d);
+          continue;
+        }
+#endif
         attend_column(
             n, d, s.data(), acc.data(), op + ((r * H + h) * T + j) * d,
             [&](int64_t t) { return dot_q8(qq, kb + t * k2, d) * ksb[t * ks2] * sc; },
