@@ -136,7 +136,20 @@ std::tuple<torch::Tensor, torch::Tensor> kv_quantize(torch::Tensor x) {
     const float scale = amax / 127.0f;
     const float inv = scale != 0.f ? 1.0f / scale : 0.f;
     sp[r] = scale;
-    for (int64_t i = 0; i < d; ++i) qp[r * d + i] = static_cast<int8_t>(std::nearbyint(v[i] * inv));
+    int64_t i = 0;
+#ifdef KV8_AVX2
+    // 8 at a time, the same float multiply and round-to-nearest-even as the scalar tail (a libm
+    // `nearbyint` a value cost the int4 rows' quantizer ~6x its time)
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (; i + 8 <= d; i += 8) {
+      const __m256 x = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + i), vinv),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(_mm256_cvtps_epi32(x)),
+                                        _mm256_extracti128_si256(_mm256_cvtps_epi32(x), 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(qp + r * d + i), _mm_packs_epi16(w, w));
+    }
+#endif
+    for (; i < d; ++i) qp[r * d + i] = static_cast<int8_t>(std::nearbyint(v[i] * inv));
   }
   return {q, s};
 }
