@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precisions",
         nargs="+",
         default=["int8", "int4"],
-        help="weight formats, interleaved; PRECISION/KV for a cache type other than --kv (e.g. int4/int8)",
+        help="weight formats, interleaved; PRECISION/KV for a cache type other than --kv (e.g. int4/int8), "
+        "PRECISION/KV/python or .../compiled for how the codec runs (e.g. int4/float16/python)",
     )
     bt.add_argument("--warmup", type=_positive_int, default=20, help="untimed steps first (1200: late in the window)")
     bt.add_argument("--kv", default="float16", help="KV cache type for every format (default float16)")

@@ -16,9 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import EngineError
 from .generator import Generator
 from .model import MusicGen
 from .sampling import SamplingParams
+
+# a format's third field: how the codec runs ("": as a live session runs it)
+CODEC_DECODERS: dict[str, bool | None] = {"": None, "python": False, "compiled": True}
 
 
 @dataclass
@@ -56,13 +60,19 @@ def run_step_bench(
 ) -> list[StepSplit]:
     """`rounds` x `steps` timed steps per format, after `warmup` untimed ones (frames: a large one
     times the late window, where the cache is long, and its slide). A format is a weight precision,
-    or "precision/kv" for a cache type other than `kv`."""
+    "precision/kv" for a cache type other than `kv`, and "precision/kv/python" or ".../compiled"
+    to choose how the codec runs (`Codec(compiled=...)`; by default as a live session runs it)."""
     splits, gens = [], []
     for fmt in precisions:
-        p, _, own_kv = fmt.partition("/")
+        p, _, rest = fmt.partition("/")
+        own_kv, _, decoder = rest.partition("/")
+        if decoder not in CODEC_DECODERS:
+            raise EngineError(f"'{decoder}' in '{fmt}' is not a codec decoder ({', '.join(CODEC_DECODERS)})")
         if say:
-            say(f"loading {model} with {p} weights, kv {own_kv or kv}, codec {codec}")
+            say(f"loading {model} with {p} weights, kv {own_kv or kv}, codec {codec} {decoder}".rstrip())
         m = MusicGen.load(model, progress=None, precision=p, kv=own_kv or kv, codec=codec)
+        if decoder:
+            m.codec = m.codec.with_precision(codec, compiled=CODEC_DECODERS[decoder])
         split = StepSplit(fmt, m.lm.step_weight_bytes / 1e6)
         # the instance's own attributes, read by the step: the model is this bench's alone
         if m.lm._step is not None:

@@ -2,15 +2,9 @@
 
 The decoder is non-causal (reflect-padded convolutions), yet every layer's right context is
 finite, so a stateful decoder can emit each sample as soon as no future code can change it and
-still equal the whole-sequence decode. Each layer is a small object with immutable weights and an
-explicit per-stream state (`init` / `push` / `flush`), in the manner of moshi's streaming modules:
-
-- stride-1 conv: keeps the last K_eff-1 inputs; on the first chunk it waits for enough samples to
-  reflect-pad the left edge; `flush` appends the right edge's padding.
-- transposed conv: keeps the overlapping output tail (no bias) and adds it to the next output;
-  trims the left padding at the start and emits the tail minus the right trim at `flush`.
-- residual block: the identity path is delayed to line up with the conv path.
-- LSTM: carries (h, c).
+still equal the whole-sequence decode. Its layers, each with an explicit per-stream state, are in
+`engine.codec_layers`; past a few frames of warm-up, a stream's pushes can run compiled
+(`engine.codec_step`).
 
 Units: codes arrive in frames (hop = prod(ratios) samples each); everything else is in samples at
 the rate of the layer it flows through. `hold_back_samples` is how many output samples stay
@@ -21,286 +15,28 @@ unreleased after a push (2402 for MusicGen's 32 kHz codec: frames 0..F make samp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .codec_layers import (
+    CODEC_PRECISIONS,
+    ELU,
+    LSTMState,
+    StreamConv1d,
+    StreamConvTranspose1d,
+    StreamLSTM,
+    StreamResBlock,
+    flush_chain,
+    pad_edges,
+)
+from .codec_step import CodecStream, CompiledCodec, steady
 from .errors import CodesError, EngineError
-from .linear import Int8Linear, linear_skinny
 from .pieces import run
 from .spec import CodecSpec
-
-# How the streaming decoder multiplies by its large matrices (the LSTM's and the transposed
-# convolutions' kernels, ~100 MB of fp32 for the 32 kHz codec, most of what a push reads):
-# `float32` is exact; `int8` reads a quarter of the bytes through fbgemm (each row's activations
-# quantised on their own, so a stream's audio does not depend on what shares its push), at an SNR
-# measured by `musicgen-live bench-codec --precision int8`. The whole-clip encoder and `decode`
-# stay float32.
-CODEC_PRECISIONS = ("float32", "int8")
-MatMul = Callable[[torch.Tensor], torch.Tensor]  # x (rows, in) -> x @ W.T (rows, out)
-
-
-def weight_mul(w: torch.Tensor, precision: str = "float32") -> MatMul:
-    """x @ w.T for the few rows a push carries, at `precision` (one of CODEC_PRECISIONS)."""
-    if precision == "int8":
-        lin = Int8Linear(w)
-        return lambda x: lin(x, independent_rows=True)
-    return lambda x: linear_skinny(x, w)
-
-
-# -- layers ------------------------------------------------------------------------------------
-
-
-@dataclass
-class ConvState:
-    buf: torch.Tensor | None = None  # inputs not yet consumed (at most K_eff - 1 once started)
-    started: bool = False
-
-
-class StreamConv1d:
-    """Stride-1 Conv1d with EnCodec's padding (reflect or constant), streamed exactly."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, dilation: int, spec: CodecSpec) -> None:
-        self.weight, self.bias, self.dilation, self.spec = weight, bias, dilation, spec
-        k_eff = (weight.shape[-1] - 1) * dilation + 1
-        total = k_eff - 1
-        if spec.causal:
-            self.left, self.right = total, 0
-        else:
-            self.right = total // 2
-            self.left = total - self.right
-        self.context = total  # inputs kept between pushes
-        self.mode = spec.pad_mode
-        self.lookahead = self.right  # input samples needed beyond an output's position
-
-    def init(self) -> ConvState:
-        return ConvState()
-
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.weight, self.bias, dilation=self.dilation)
-
-    def push(self, st: ConvState, x: torch.Tensor) -> torch.Tensor:
-        x = x if st.buf is None else torch.cat([st.buf, x], dim=-1)
-        if not st.started:
-            # the left edge is padded from the first samples, so wait until there are enough
-            if x.shape[-1] < max(self.left, self.right) + 1:
-                st.buf = x
-                return x[..., :0].new_empty(x.shape[0], self.weight.shape[0], 0)
-            x = _pad(x, (self.left, 0), self.mode)
-            st.started = True
-        st.buf = x[..., x.shape[-1] - self.context :] if self.context else x[..., :0]
-        if x.shape[-1] <= self.context:
-            return x.new_empty(x.shape[0], self.weight.shape[0], 0)
-        return self._conv(x)
-
-    def flush(self, st: ConvState, whole: torch.Tensor | None = None) -> torch.Tensor:
-        if st.buf is None or not st.started:
-            raise RuntimeError("flush before the stream started: decode short sequences whole")
-        x = _pad(st.buf, (0, self.right), self.mode) if self.right else st.buf
-        st.buf = None
-        if x.shape[-1] <= self.context:
-            return x.new_empty(x.shape[0], self.weight.shape[0], 0)
-        return self._conv(x)
-
-
-@dataclass
-class ConvTransposeState:
-    tail: torch.Tensor | None = None  # overlapping outputs without bias, length stride
-    to_trim: int = 0  # left-trim samples still to drop
-
-
-class StreamConvTranspose1d:
-    """ConvTranspose1d(k, stride) with EnCodec's fixed trims, streamed by overlap-add."""
-
-    def __init__(
-        self, weight: torch.Tensor, bias: torch.Tensor, stride: int, spec: CodecSpec, precision: str = "float32"
-    ) -> None:
-        self.weight, self.bias, self.stride = weight, bias, stride
-        k = weight.shape[-1]
-        total = k - stride
-        self.right = math.ceil(total * spec.trim_right_ratio) if spec.causal else total // 2
-        self.left = total - self.right
-        self.overlap = k - stride
-        self._bias = bias.view(1, -1, 1)
-        # (Cout * k, Cin): the kernel as one matrix, so a push is one GEMM plus an overlap-add
-        w_mat = weight.permute(1, 2, 0).reshape(-1, weight.shape[0]).contiguous() if k % stride == 0 else None
-        self._mul = None if w_mat is None else weight_mul(w_mat, precision)
-
-    def _transpose_conv(self, x: torch.Tensor) -> torch.Tensor:
-        """conv_transpose1d without bias. oneDNN plans a slow kernel for the few-sample inputs a
-        stream pushes; the GEMM (row-major input, `linear_skinny`) runs at memory bandwidth."""
-        if self._mul is None:
-            return F.conv_transpose1d(x, self.weight, None, stride=self.stride)
-        B, _, T = x.shape
-        S, cout, k = self.stride, self.weight.shape[1], self.weight.shape[2]
-        cols = self._mul(x.transpose(1, 2).reshape(B * T, -1).contiguous())
-        cols = cols.view(B, T, cout, k).permute(0, 2, 3, 1)  # (B, Cout, k, T)
-        y = x.new_zeros(B, cout, (T + k // S - 1) * S)
-        for j in range(k // S):
-            y[..., j * S : j * S + T * S] += cols[:, :, j * S : (j + 1) * S].transpose(2, 3).reshape(B, cout, T * S)
-        return y
-
-    def init(self) -> ConvTransposeState:
-        return ConvTransposeState(to_trim=self.left)
-
-    def push(self, st: ConvTransposeState, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] == 0:
-            return x.new_empty(x.shape[0], self.weight.shape[1], 0)
-        y = self._transpose_conv(x)
-        if st.tail is not None:
-            y[..., : self.overlap] += st.tail
-        n = y.shape[-1] - self.overlap
-        st.tail = y[..., n:]
-        return self._emit(st, y[..., :n])
-
-    def _emit(self, st: ConvTransposeState, y: torch.Tensor) -> torch.Tensor:
-        if st.to_trim:
-            cut = min(st.to_trim, y.shape[-1])
-            y = y[..., cut:]
-            st.to_trim -= cut
-        return y + self._bias
-
-    def flush(self, st: ConvTransposeState) -> torch.Tensor:
-        tail = st.tail
-        st.tail = None
-        if tail is None:
-            raise RuntimeError("flush before any input")
-        return self._emit(st, tail[..., : tail.shape[-1] - self.right])
-
-
-@dataclass
-class LSTMState:
-    h: torch.Tensor | None = None  # (layers, B, C)
-    c: torch.Tensor | None = None
-
-
-class StreamLSTM:
-    """EnCodec's LSTM with its `+ x` skip; (h, c) carry across pushes.
-
-    The recurrence is written out: oneDNN's LSTM kernel re-plans on every short call and costs ~10x
-    more than these matmuls for the one or two frames a push carries. The whole-clip encoder keeps
-    torch's LSTM (`self.lstm`) so prompt codes match the reference bit for bit.
-    """
-
-    def __init__(self, lstm: torch.nn.LSTM, precision: str = "float32") -> None:
-        self.lstm = lstm
-        n = lstm.num_layers
-        w_ih = [getattr(lstm, f"weight_ih_l{i}").detach() for i in range(n)]
-        w_hh = [getattr(lstm, f"weight_hh_l{i}").detach() for i in range(n)]
-        self.layers = n
-        self.bias = [(getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}")).detach() for i in range(n)]
-        self.ih = [weight_mul(w, precision) for w in w_ih]
-        self.hh = [weight_mul(w, precision) for w in w_hh]
-        # [W_ih | W_hh]: a one-frame push reads each layer's weights in one GEMV
-        self.cat = [weight_mul(torch.cat([a, b], dim=1).contiguous(), precision) for a, b in zip(w_ih, w_hh)]
-
-    def init(self) -> LSTMState:
-        return LSTMState()
-
-    def push(self, st: LSTMState, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] == 0:
-            return x
-        seq = x.permute(2, 0, 1)  # (T, B, C)
-        T, B, C = seq.shape
-        if st.h is None or st.c is None:
-            st.h = seq.new_zeros(self.layers, B, C)
-            st.c = seq.new_zeros(self.layers, B, C)
-        hs, cs = st.h, st.c
-        inp = seq
-        for layer, bias in enumerate(self.bias):
-            h, c = hs[layer], cs[layer]
-            if T == 1:
-                pre = [self.cat[layer](torch.cat([inp[0], h], dim=-1)) + bias]
-            else:  # (T, B, 4C), gate order i, f, g, o
-                pre = self.ih[layer](inp.reshape(T * B, C)).view(T, B, -1) + bias
-            outs = []
-            for t in range(T):
-                gates = pre[t] if T == 1 else pre[t] + self.hh[layer](h)
-                i, f, g, o = gates.chunk(4, dim=-1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                outs.append(h)
-            hs[layer], cs[layer] = h, c
-            inp = torch.stack(outs)
-        return (inp + seq).permute(1, 2, 0)
-
-    def flush(self, st: LSTMState) -> torch.Tensor | None:
-        return None
-
-
-@dataclass
-class ResState:
-    block: list[Any]
-    shortcut: Any
-    pending: torch.Tensor | None = None  # shortcut outputs waiting for the conv path to catch up
-
-
-class StreamResBlock:
-    """ELU -> conv(k, dilation) -> ELU -> conv(1), plus a shortcut delayed to line up."""
-
-    def __init__(self, convs: list[StreamConv1d], shortcut: StreamConv1d | None) -> None:
-        self.convs = convs
-        self.shortcut = shortcut
-
-    def init(self) -> ResState:
-        return ResState(block=[c.init() for c in self.convs], shortcut=self.shortcut.init() if self.shortcut else None)
-
-    def push(self, st: ResState, x: torch.Tensor) -> torch.Tensor:
-        skip = self.shortcut.push(st.shortcut, x) if self.shortcut else x
-        y = x
-        for conv, cst in zip(self.convs, st.block):
-            y = conv.push(cst, F.elu(y))
-        return self._align(st, skip, y)
-
-    def flush(self, st: ResState) -> torch.Tensor:
-        skip = self.shortcut.flush(st.shortcut) if self.shortcut else None
-        tail = flush_chain(zip(self.convs, st.block), F.elu)
-        assert tail is not None  # a block's convs always hold a tail to flush
-        return self._align(st, skip, tail)
-
-    @staticmethod
-    def _align(st: ResState, skip: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
-        pending = st.pending
-        if skip is not None:
-            pending = skip if pending is None else torch.cat([pending, skip], -1)
-        if pending is None:
-            raise RuntimeError("the residual path has no samples to add")
-        n = y.shape[-1]
-        st.pending = pending[..., n:]
-        return pending[..., :n] + y
-
-
-def flush_chain(chain: Any, before: Any = None) -> torch.Tensor | None:
-    """Flush a chain of streaming layers: each layer gets the previous one's tail pushed through
-    it (after `before`, e.g. the ELU in front of a resblock's convs), then flushes its own."""
-    x: torch.Tensor | None = None
-    for layer, state in chain:
-        head = layer.push(state, before(x) if before else x) if x is not None and x.shape[-1] else None
-        tail = layer.flush(state)
-        parts = [p for p in (head, tail) if p is not None]
-        x = torch.cat(parts, dim=-1) if parts else x
-    return x
-
-
-class ELU:
-    def init(self) -> None:
-        return None
-
-    def push(self, st: None, x: torch.Tensor) -> torch.Tensor:
-        return F.elu(x)
-
-    def flush(self, st: None) -> None:
-        return None
-
-
-def _pad(x: torch.Tensor, pads: tuple[int, int], mode: str) -> torch.Tensor:
-    if mode == "reflect":
-        return F.pad(x, pads, mode="reflect")
-    return F.pad(x, pads, mode=mode, value=0.0) if mode == "constant" else F.pad(x, pads, mode=mode)
-
 
 # -- several streams' layer states as one batch (Codec.push_many) --------------------------------
 
@@ -372,6 +108,7 @@ class DecoderState:
     frames_in: int = 0
     samples_out: int = 0
     pending_codes: list[torch.Tensor] = field(default_factory=list)  # codes held until warm-up is possible
+    compiled: CodecStream | None = None  # past the warm-up, with a compiled codec: `layers` are stale
 
 
 class Codec:
@@ -383,8 +120,12 @@ class Codec:
         tensors: dict[str, torch.Tensor],
         device: torch.device | str = "cpu",
         precision: str = "float32",
+        compiled: bool | None = None,
     ) -> None:
-        """`precision`: the streaming decoder's large matrices (CODEC_PRECISIONS); int8 is CPU only."""
+        """`precision`: the streaming decoder's large matrices (CODEC_PRECISIONS); int8 is CPU only.
+        `compiled`: streams past their warm-up push through `engine.codec_step`'s kernel (True; an
+        EngineError where it cannot be built), never (False), or where the precision is int8 and
+        the kernel builds (None: the live CPU format; the Python decoder otherwise)."""
         check_codec_precision(precision, torch.device(device))
         self.spec = spec
         self.precision = precision
@@ -396,13 +137,26 @@ class Codec:
         self.hold_back = self._hold_back()
         # shortest code sequence the streaming path handles; shorter ones are decoded whole
         self.min_stream_frames = self.decoder_layers[0].right + 1
+        self.compiled = self._compile(compiled, torch.device(device))
+
+    def _compile(self, want: bool | None, device: torch.device) -> CompiledCodec | None:
+        if want is False or (want is None and (self.precision != "int8" or device.type != "cpu")):
+            return None
+        if device.type != "cpu":
+            raise EngineError("the compiled codec runs on the CPU only")
+        try:
+            return CompiledCodec(self.decoder_layers, self.codebooks, self.precision)
+        except EngineError:
+            if want:
+                raise
+            return None  # no compiler here: the Python decoder plays (MusicGen.load says so)
 
     # construction walks the layer list in the same order transformers builds it, so the i-th
     # entry maps to the i-th `layers.{i}` key of the checkpoint.
-    def with_precision(self, precision: str) -> Codec:
+    def with_precision(self, precision: str, compiled: bool | None = None) -> Codec:
         """The same weights with the streaming decoder at another precision (to compare them)."""
         tensors = {"audio_encoder." + k: v for k, v in self._t.items()}
-        return Codec(self.spec, tensors, self.codebooks[0].device, precision)
+        return Codec(self.spec, tensors, self.codebooks[0].device, precision, compiled)
 
     def _conv(self, t: dict[str, torch.Tensor], key: str, dilation: int = 1) -> StreamConv1d:
         return StreamConv1d(t[key + ".conv.weight"], t[key + ".conv.bias"], dilation, self.spec)
@@ -500,10 +254,16 @@ class Codec:
         st.layers = [layer.init() for layer in self.decoder_layers]
         st.frames_in = st.samples_out = 0
         st.pending_codes = []
+        st.compiled = None
 
     @torch.no_grad()
     def push(self, st: DecoderState, codes: torch.Tensor) -> torch.Tensor:
         """Feed (B, K, T) code frames; return (B, channels, n) samples that just became final."""
+        if st.compiled is not None:
+            st.frames_in += codes.shape[-1]
+            out = st.compiled.push(codes)
+            st.samples_out += out.shape[-1]
+            return out
         st.frames_in += codes.shape[-1]
         st.pending_codes.append(codes)
         if st.frames_in < self.min_stream_frames:
@@ -513,6 +273,8 @@ class Codec:
         for layer, lst in zip(self.decoder_layers, st.layers):
             x = layer.push(lst, x)
         st.samples_out += x.shape[-1]
+        if self.compiled is not None and steady(self.decoder_layers, st.layers):
+            st.compiled = self.compiled.start(st.layers, st.batch)  # the next push runs compiled
         return x
 
     @torch.no_grad()
@@ -521,7 +283,10 @@ class Codec:
         same number of frames go through the layers as one batch, so each weight matrix is read
         once for all of them (the decoder's cost is mostly reading ~100 MB of fp32 weights per
         push). The samples equal separate pushes up to float rounding (a GEMM's last bits depend
-        on its row count); the rest are pushed one by one."""
+        on its row count); the rest are pushed one by one. With a compiled codec every stream is
+        pushed on its own: its kernel is faster alone than the Python layers are batched."""
+        if self.compiled is not None:
+            return [self.push(st, c) for st, c in zip(states, codes)]
         out: list[torch.Tensor | None] = [None] * len(states)
         groups: dict[int, list[int]] = {}
         for i, (st, c) in enumerate(zip(states, codes)):
@@ -559,6 +324,9 @@ class Codec:
                 return torch.zeros((st.batch, self.spec.channels, 0))
             st.samples_out += out.shape[-1]
             return out
+        if st.compiled is not None and self.compiled is not None:  # the edge is Python's
+            st.layers = self.compiled.stop(st.compiled)
+            st.compiled = None
         x = flush_chain(zip(self.decoder_layers, st.layers))
         assert x is not None
         st.samples_out += x.shape[-1]
@@ -725,7 +493,7 @@ def _conv_whole(
 def _pad_whole(x: torch.Tensor, pads: tuple[int, int], mode: str) -> torch.Tensor:
     """Reflect padding that also works on inputs shorter than the pad (zero-extends first)."""
     if mode != "reflect":
-        return _pad(x, pads, mode)
+        return pad_edges(x, pads, mode)
     length = x.shape[-1]
     max_pad = max(pads)
     extra = 0

@@ -20,7 +20,14 @@ from .errors import EngineError
 KERNELS = Path(__file__).parent / "kernels"
 SOURCES = [
     KERNELS / name
-    for name in ("decode_attention.cpp", "kv8_attention.cpp", "int4_linear.cpp", "decoder_step.cpp", "module.cpp")
+    for name in (
+        "decode_attention.cpp",
+        "kv8_attention.cpp",
+        "int4_linear.cpp",
+        "decoder_step.cpp",
+        "codec_step.cpp",
+        "module.cpp",
+    )
 ]  # one module
 
 
@@ -38,9 +45,9 @@ def _cpu_tag() -> str:
 
 def kernels(say: Callable[[str], None] | None = None, need: str = "this format") -> ModuleType:
     """The compiled CPU kernels' module: `decode_attention`, `decode_attention_q8` and
-    `kv_quantize` (`engine.kvcache`), `int4_linear`
-    (`engine.int4`) and `DecoderStep` (`engine.lm`). `say` hears a word before the first build or
-    load; `need` names what asked for them (in the sentence a missing compiler gets)."""
+    `kv_quantize` (`engine.kvcache`), `int4_linear` (`engine.int4`), `DecoderStep` (`engine.lm`)
+    and `CodecStep` (`engine.codec_step`). `say` hears a word before the first build or load;
+    `need` names what asked for them (in the sentence a missing compiler gets)."""
     if say is not None and _load.cache_info().currsize == 0:
         say(f"{need}: loading the CPU kernels (built for this CPU the first time, ~1 min)")
     try:

@@ -13,6 +13,7 @@ import torch
 
 from .checkpoint import Checkpoint, Progress, load_checkpoint, stderr_progress
 from .codec import Codec, check_codec_precision
+from .codec_step import cache_codec_kernels
 from .conditioning import Condition, TextConditioner
 from .errors import CheckpointError, ContextError
 from .kvcache import cache_kernels, check_kv
@@ -99,6 +100,7 @@ class MusicGen:
         check_kv(kv, torch.device(device), exact)  # before minutes of loading
         check_codec_precision(codec, torch.device(device), exact)
         cache_kernels(kv, progress)  # built (once) or loaded now, with a word on the console
+        cache_codec_kernels(codec, torch.device(device), progress)
         return cls(load_checkpoint(source, progress), device, dtype, exact, precision, guidance, kv, codec)
 
     @property

@@ -12,6 +12,8 @@ using Packed = c10::intrusive_ptr<LinearPackedParamsBase>;
 
 at::Tensor tensor(const py::object& obj) { return obj.is_none() ? at::Tensor() : obj.cast<at::Tensor>(); }
 
+}  // namespace
+
 Matrix matrix(const py::object& obj) {
   if (obj.is_none()) return Matrix{};
   auto parts = obj.cast<py::tuple>();
@@ -24,8 +26,6 @@ Matrix matrix(const py::object& obj) {
   auto ivalue = torch::jit::toIValue(parts[0], c10::getCustomClassType<Packed>());
   return Matrix{ivalue.toCustomClass<LinearPackedParamsBase>(), parts[1].cast<at::Tensor>()};
 }
-
-}  // namespace
 
 // `Int4Linear.__call__`, or `Int8Linear.__call__`: with `independent`, each row scaled to max-abs 1
 // and the anchor row appended, so that fbgemm's one activation range is [-1, 1] whatever the other

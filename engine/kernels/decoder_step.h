@@ -23,6 +23,10 @@ struct Matrix {
   at::Tensor operator()(const at::Tensor& x, bool independent) const;
 };
 
+// A matrix from Python: None (no matrix), int8's (fbgemm packed weights, anchor row) or int4's
+// (qs, sc, ds, wc)
+Matrix matrix(const py::object& obj);
+
 struct StepLayer {
   at::Tensor sa_w, sa_b, ca_w, ca_b, ff_w, ff_b;  // layer norms (ca_*: undefined without cross-attention)
   Matrix qkv, o, cq, co, fc1, fc2;             // (cq / co: none without cross-attention)

@@ -1,4 +1,5 @@
 // The Python module of the CPU kernels: one build for all of them.
+#include "codec_step.h"
 #include "decoder_step.h"
 #include "kernels.h"
 
@@ -22,4 +23,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init(&DecoderStep::create))
       .def("__call__", &DecoderStep::run, py::call_guard<py::gil_scoped_release>(),
            "a forward of the decoder's fast path: logits of the `last` rows (all when undefined)");
+  py::class_<CodecStream, std::shared_ptr<CodecStream>>(m, "CodecStream")
+      .def("push", &CodecStream::push, py::call_guard<py::gil_scoped_release>(),
+           "codes (B, K, T) -> the (B, channels, T * hop) samples they make final")
+      .def("state", &CodecStream::state, "the layers' state as engine.codec_step lays it out (copies)");
+  py::class_<CodecStep, std::shared_ptr<CodecStep>>(m, "CodecStep")
+      .def(py::init(&CodecStep::create))
+      .def("stream", &CodecStep::stream, "a stream from its layers' steady state");
 }

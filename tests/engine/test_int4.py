@@ -119,14 +119,18 @@ def test_bench_step_splits_each_formats_steps_into_forward_codec_and_the_rest():
     from musicgen_live.engine.bench_step import format_step_bench, run_step_bench
 
     said: list[str] = []
-    splits = run_step_bench("tiny", ["int8", "int4"], rounds=2, steps=5, say=said.append)
-    assert [s.precision for s in splits] == ["int8", "int4"]
+    formats = ["int8", "int4", "int8/float16/python"]  # the last: the codec's Python decoder, not the kernel
+    splits = run_step_bench("tiny", formats, rounds=2, steps=5, say=said.append)
+    assert [s.precision for s in splits] == formats
     for s in splits:
         assert len(s.step_ms) == 10 and len(s.forward_ms) >= 10 and len(s.codec_ms) >= 10
         assert sum(s.forward_ms) + sum(s.codec_ms) < sum(s.step_ms)  # parts of the step, timed inside it
     assert splits[1].weight_mb < splits[0].weight_mb  # int4 reads fewer bytes
     assert sum("round" in line for line in said) == 2
     assert "| int4 |" in format_step_bench("tiny", "float16", "int8", splits)
+    assert any("codec int8 python" in line for line in said)
+    with pytest.raises(EngineError, match="'numba' in 'int8/float16/numba' is not a codec decoder"):
+        run_step_bench("tiny", ["int8/float16/numba"], rounds=1, steps=1)
 
 
 def test_outlier_channels_keep_the_float_model_and_make_a_few_channels_loud():
