@@ -139,7 +139,7 @@ def test_a_link_peer_on_this_machine_leads_the_tempo_and_the_beat(tiny):
     from musicgen_live.bridges.config import LinkConfig
     from musicgen_live.bridges.link import LinkClock
 
-    async def run() -> tuple[float, float, dict, float]:
+    async def run() -> tuple[float, float, dict, float, float]:
         peer = Link(97.0)
         peer.quantum = 4
         peer.enabled = True
@@ -159,21 +159,28 @@ def test_a_link_peer_on_this_machine_leads_the_tempo_and_the_beat(tiny):
             ticket = s.submit(c.Set("cfg", 7.0))
             while ticket.audible is None:
                 await asyncio.sleep(0.01)
-            # the peer's beat when it was heard, against its bar
-            peer_beat = float(peer.beat) + (ticket.audible - time.perf_counter()) * float(peer.tempo) / 60
+            # the peer's beat when it was heard, against its bar: the clock read on both sides of the
+            # peer's beat, so a switch to the generation thread between the two reads is measured
+            # (the GIL's 5 ms switch interval), not mistaken for the bar's error
+            before = time.perf_counter()
+            now_beat = float(peer.beat)
+            after = time.perf_counter()
+            read_s = after - before
+            peer_beat = now_beat + (ticket.audible - (before + after) / 2) * float(peer.tempo) / 60
         finally:
             s.close()
             clock.close()
             peer.enabled = False
-        return peer_beat, float(peer.tempo), seen, float(ticket.beat or math.nan)
+        return peer_beat, float(peer.tempo), seen, float(ticket.beat or math.nan), read_s
 
-    peer_beat, tempo, seen, beat = asyncio.run(asyncio.wait_for(run(), 60))
+    peer_beat, tempo, seen, beat, read_s = asyncio.run(asyncio.wait_for(run(), 60))
     assert seen["peers"] >= 1 and seen["tempo"] == pytest.approx(97.0, abs=0.01)
     off_bar = (peer_beat + 2) % 4 - 2  # beats from the nearest bar line of the peer's timeline
     block_beats = (256 / 48000) * tempo / 60
     # one frame, one output block, and the wake-up jitter of the paced output's thread on a busy host
     # (CI once measured 26 ms here with no host stall; bench-quantize gives the figures over many bars)
-    assert abs(off_bar) <= (FRAME_S + WAKE_JITTER_S) * tempo / 60 + block_beats, (peer_beat, beat)
+    tolerance = (FRAME_S + WAKE_JITTER_S + read_s / 2) * tempo / 60 + block_beats
+    assert abs(off_bar) <= tolerance, (peer_beat, beat, read_s)
 
 
 def test_link_unavailable_is_one_sentence_and_the_music_plays_unquantized(monkeypatch):
