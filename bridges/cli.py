@@ -454,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     bx.add_argument("--model", default="small", help="a built-in size (its shapes; random weights)")
     bx.add_argument("--formats", nargs="+", default=["int8", "int4"], help="weight formats (--precision values)")
     bx.add_argument("--rows", type=_positive_int, nargs="+", default=[2, 3, 8], help="rows a call (2: a guided stream)")
+    bx.add_argument(
+        "--threads",
+        type=_positive_int,
+        nargs="+",
+        help="instead: a step's matrices at the first --rows with each of these thread counts, interleaved",
+    )
 
     bt = sub.add_parser(
         "bench-step", help="where a live step's time goes (forward, codec, the rest), weight formats side by side"
@@ -770,6 +776,12 @@ def cmd_bench_matrices(args: argparse.Namespace) -> int:
     if bad:
         print(f"error: unknown format {', '.join(bad)} (choose from {', '.join(PRECISIONS)})", file=sys.stderr)
         return 2
+    if args.threads:
+        from musicgen_live.engine.bench_matrices import format_thread_line, run_thread_bench
+
+        for n, b in run_thread_bench(args.model, tuple(args.formats), args.rows[0], tuple(args.threads)):
+            print(format_thread_line(n, b), flush=True)
+        return 0
     bench = run_matrix_bench(args.model, tuple(args.formats), tuple(args.rows), say=print)
     print(format_matrix_bench(bench))
     return 0

@@ -127,3 +127,29 @@ def format_matrix_bench(b: MatrixBench) -> str:
             cells.append(f"{f} {b.step_ms(f, r):6.1f} ms ({mb:.0f} MB, floor {floor:.1f} ms)")
         lines.append(f"a step's matrices at {r} rows: " + "  ".join(cells))
     return "\n".join(lines)
+
+
+def run_thread_bench(
+    model: str, formats: tuple[str, ...], rows: int, threads: tuple[int, ...], rounds: int = 2
+) -> list[tuple[int, MatrixBench]]:
+    """A step's matrices with torch's (and our kernels') pool at each of `threads`, interleaved for
+    `rounds` rounds: whether one core reads most of what two do (then the codec could run beside
+    the decoder on the other). The pool's size is put back after."""
+    before = torch.get_num_threads()
+    out: list[tuple[int, MatrixBench]] = []
+    try:
+        for _ in range(rounds):
+            for n in threads:
+                torch.set_num_threads(n)
+                out.append((n, run_matrix_bench(model, formats, (rows,))))
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def format_thread_line(n: int, b: MatrixBench) -> str:
+    rows = b.points[0].rows
+    cells = "  ".join(
+        f"{f} {b.step_ms(f, rows):5.1f} ms ({b.step_bytes(f) / b.step_ms(f, rows) / 1e6:4.1f} GB/s)" for f in b.formats
+    )
+    return f"{n} thread{'s' if n > 1 else ''}: read {b.read_gbs:4.1f} GB/s; a step's matrices at {rows} rows: {cells}"

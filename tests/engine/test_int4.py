@@ -115,6 +115,16 @@ def test_bench_matrices_times_every_shape_of_a_decoder_at_each_format():
     assert "a step's matrices at 2 rows: float32" in text and "floor" in text
 
 
+def test_bench_matrices_times_a_step_at_each_thread_count_and_puts_the_pool_back():
+    from musicgen_live.engine.bench_matrices import format_thread_line, run_thread_bench
+
+    before = torch.get_num_threads()
+    runs = run_thread_bench("tiny", ("float32", "int4"), 2, (1, 2), rounds=1)
+    assert [n for n, _ in runs] == [1, 2] and torch.get_num_threads() == before
+    assert all(b.step_ms("int4", 2) > 0 and b.points[0].rows == 2 for _, b in runs)
+    assert format_thread_line(*runs[0]).startswith("1 thread: read")
+
+
 def test_bench_step_splits_each_formats_steps_into_forward_codec_and_the_rest():
     from musicgen_live.engine.bench_step import format_step_bench, run_step_bench
 
