@@ -63,9 +63,16 @@ def test_same_seed_same_tokens():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_guidance_uses_the_reference_op_order():
-    c, u = logits(1), logits(2)
-    assert torch.equal(guide(c, u, 3.0), u + (c - u) * 3.0)
+def test_guidance_is_transformers_guidance_to_the_bit():
+    """transformers' own CFG processor (the conditional rows first, the unconditional after), not a
+    restatement of our formula: a different op order would differ in the last bits."""
+    from transformers.generation.logits_process import ClassifierFreeGuidanceLogitsProcessor
+
+    c, u = torch.stack([logits(1), logits(3)]), torch.stack([logits(2), logits(4)])
+    for cfg in (1.5, 3.0, 7.25):
+        want = ClassifierFreeGuidanceLogitsProcessor(cfg)(torch.zeros(2, 1, dtype=torch.long), torch.cat([c, u]))
+        assert torch.equal(guide(c, u, cfg), want)
+        assert not torch.equal(guide(c, u, cfg), c * cfg - u * (cfg - 1))  # the bits do tell op orders apart
 
 
 @pytest.mark.parametrize("bad", [dict(temperature=0), dict(top_k=-1), dict(top_p=1.5), dict(cfg=-1)])

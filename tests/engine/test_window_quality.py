@@ -26,7 +26,9 @@ def test_a_window_that_slides_is_compared_after_its_first_slide(tiny):
     assert q.slides == 4 and q.frames == 300
     assert q.columns == 300 + 3 - 103  # every column from the first slide's to the last
     assert q.kl_before == 0.0  # the same history read the same way
-    assert 0.0 <= q.top1_agreement <= 1.0
+    # tiny's near-flat distributions: a shorter history moves nearly every greedy token (0.5 %
+    # agree), never all of them the same way as the long window's
+    assert 0.0 <= q.top1_agreement < 0.5
     assert 0.0 < q.kl_mean <= q.kl_p99 <= q.kl_max and math.isfinite(q.kl_max)
     assert again == first  # the same seed, the same codes, the same figures
     assert (q.window_s, q.context_s) == (2.0, 0.8)
@@ -38,6 +40,7 @@ def test_the_more_context_a_window_keeps_the_more_often_it_slides(tiny):
     short, long = compare_windows(tiny, "dub", [(100, 10), (100, 90)], 200)
     assert (short.slides, long.slides) == (2, 10)
     assert short.columns == long.columns == 200 + 3 - 103
+    assert long.kl_mean < short.kl_mean  # more of the history kept: closer to the long window
     assert short.kl_before == long.kl_before == 0.0
 
 

@@ -2,7 +2,11 @@
 
 `Driven.turn()` is one turn of the generation loop (`SessionGroup.turn`): commands are applied, and
 a step is taken whenever the output wants audio - which, drained before every turn, it always does
-while playing. Everything is deterministic, so a failing random walk replays exactly.
+while playing. The commands, the turns they arrive at and the sampling are deterministic, so a
+failing random walk replays the same commands at the same offsets; a job's pieces (T5 blocks,
+encoder frames) are sized from measured time (`streamer.jobs`), so a replay may split a job
+differently and a prompt or continuation may land some turns earlier or later. The walk's checks
+hold for any split.
 """
 
 from __future__ import annotations

@@ -76,23 +76,32 @@ def test_a_gain_change_quantized_to_a_bar_is_heard_within_a_frame_of_it(tiny, tm
     assert not loud[int(bar_sample + FRAME_S * rate) :].any()  # silent from the bar on
 
 
-@pytest.mark.parametrize("command", [c.Set("cfg", 6.0), c.SetPrompt("a prompt never heard before, quantized")])
-def test_a_change_is_heard_within_a_frame_of_its_beat(tiny, command):
+@pytest.mark.parametrize("kind", ["cfg", "prompt"])
+def test_a_change_is_heard_within_a_frame_of_its_beat(tiny, kind):
+    """A new prompt's T5 may outrun a beat that falls a few ms after the request (or any beat, on a
+    loaded host): then it is said ("late for beat") and heard after the beat, and the next never-
+    heard prompt is tried; one of three must land within a frame of its beat."""
     s, clock = _session(tiny, "null", quantize=1.0, tempo=97.0)
+    block_s = s.output.blocksize / s.output.rate  # the read clock ticks once a block
+    misses = []
     try:
         _wait_playing(s)
-        ticket = s.submit(command)
-        assert ticket.wait(10) and ticket.error is None, ticket.error
-        deadline = time.monotonic() + 5
-        while ticket.audible is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        for attempt in range(3):
+            fresh = c.SetPrompt(f"a prompt never heard before, take {attempt}")
+            ticket = s.submit(c.Set("cfg", 6.0 + attempt) if kind == "cfg" else fresh)
+            assert ticket.wait(10) and ticket.error is None, ticket.error
+            deadline = time.monotonic() + 5
+            while ticket.audible is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert ticket.beat is not None and ticket.audible is not None
+            if "late for beat" not in (ticket.note or ""):
+                break
+            assert kind == "prompt" and ticket.audible > clock.time_at(ticket.beat)  # said, and after it
+            misses.append(ticket.note)
+        else:
+            pytest.fail(f"three prompts in a row missed their beats: {misses}")
     finally:
         s.close()
-    assert ticket.beat is not None and ticket.audible is not None
-    if "late for beat" in (ticket.note or ""):  # a new prompt's T5 outran its beat (a loaded machine): said so
-        assert isinstance(command, c.SetPrompt) and ticket.audible > clock.time_at(ticket.beat)
-        return
-    block_s = s.output.blocksize / s.output.rate  # the read clock ticks once a block
     assert abs(ticket.audible - clock.time_at(ticket.beat)) <= FRAME_S + block_s
 
 
