@@ -14,7 +14,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the engine (and torch) load only when a command needs them
+    from musicgen_live.engine.model import Kernels
 
 EXIT_USAGE = 2
 # command-line options (argparse dest) and the setting each stands for: an option left out takes the
@@ -597,18 +600,14 @@ def _load(args: argparse.Namespace, streaming: bool = False):  # -> MusicGen
     return threads.on_pool_thread(load)
 
 
-class Kernels(TypedDict):
-    """The settings that choose how a model computes, as `MusicGen.load` and `run_bench` take them."""
-
-    exact: bool
-    precision: str
-    guidance: str
-    kv: str
-    codec: str
-
-
 def _kernels(args: argparse.Namespace) -> Kernels:
-    return Kernels(exact=args.exact, precision=args.precision, guidance=args.guidance, kv=args.kv, codec=args.codec)
+    return {
+        "exact": args.exact,
+        "precision": args.precision,
+        "guidance": args.guidance,
+        "kv": args.kv,
+        "codec": args.codec,
+    }
 
 
 def _check_precision(args: argparse.Namespace) -> None:

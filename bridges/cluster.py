@@ -46,12 +46,10 @@ from .ws import HEADER, MAGIC, Client, WebSocketBridge, join_audio_frames
 
 if TYPE_CHECKING:
     from musicgen_live.engine.config import SamplingConfig
-    from musicgen_live.engine.model import MusicGen
+    from musicgen_live.engine.model import Kernels, MusicGen
     from musicgen_live.streamer.config import StreamConfig
     from musicgen_live.streamer.group import SessionGroup
     from musicgen_live.streamer.session import Session
-
-    from .cli import Kernels
 
 try:
     import ray

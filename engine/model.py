@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -27,6 +27,17 @@ from .style import StyleConditioner, style_prefix_steps
 # how guidance runs the conditional and unconditional rows: `batched` in one forward (transformers'
 # way, the fastest), `two-step` in two (audiocraft's `two_step_cfg`), `auto` as the checkpoint says
 GUIDANCE: tuple[str, ...] = ("auto", "batched", "two-step")
+
+
+class Kernels(TypedDict):
+    """The settings that choose how a model computes, as `MusicGen.load` and `run_bench` take them
+    (the CLI builds one from its flags, a cluster's replicas load with it)."""
+
+    exact: bool
+    precision: str
+    guidance: str
+    kv: str
+    codec: str
 
 
 class MusicGen:

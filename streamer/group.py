@@ -18,14 +18,54 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from musicgen_live.engine.batch import Batch
+from musicgen_live.engine.generator import Generator as StreamGenerator
 from musicgen_live.engine.generator import Phase, StepResult
 from musicgen_live.engine.model import MusicGen
 
 from . import threads
-from .session import PLAYING, Session
 from .watchdog import Watchdog
+
+
+class Member(Protocol):
+    """What the generation thread asks of a session it steps (`streamer.session.Session`): the
+    group knows sessions only through this, so the session may start a group of its own."""
+
+    gen: StreamGenerator
+    wake: threading.Event  # set when a command arrives; the group shares its own among its sessions
+
+    def playing(self) -> bool: ...  # not paused or stopped
+
+    def open(self) -> None: ...  # prefill and audio, on a group whose thread is not running yet
+
+    def open_audio(self) -> None: ...  # the audio half (the thread prefilled: `prepare_stream`)
+
+    def service(self) -> bool: ...  # commands, finished preparations, output health; wants a step?
+
+    def deliver(self, result: StepResult, seconds: float, phase_before: Phase) -> None: ...
+
+    def headroom_s(self) -> float: ...
+
+    def idle(self, seconds: float) -> None: ...
+
+    def idle_wait(self) -> float: ...
+
+    def prepare_stream(self) -> None: ...
+
+    def step_failed(self, e: Exception) -> None: ...
+
+    def report_error(self, e: Exception) -> None: ...
+
+    def release(self) -> None: ...
+
+    def median_step_s(self) -> float: ...
+
+    def stall_began(self, where: str, seconds: float) -> None: ...
+
+    def stall_ended(self, seconds: float) -> None: ...
+
 
 ROWS_PER_SESSION = 2  # one prompt and the unconditional row; a crossfade's extra row spills over
 
@@ -41,9 +81,9 @@ class SessionGroup:
         self.model = model
         self.max_sessions = max_sessions
         self.batch = Batch(model, rows=ROWS_PER_SESSION * max_sessions) if batched else None
-        self.sessions: list[Session] = []
+        self.sessions: list[Member] = []
         self.step_ms: list[float] = []
-        self._changes: queue.SimpleQueue[tuple[str, Session]] = queue.SimpleQueue()
+        self._changes: queue.SimpleQueue[tuple[str, Member]] = queue.SimpleQueue()
         self._opening: queue.SimpleQueue[Opening] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._quit = threading.Event()
@@ -58,7 +98,7 @@ class SessionGroup:
         self._thread.start()
         self.watchdog.start()
 
-    def add(self, session: Session, timeout_s: float = 600.0) -> None:
+    def add(self, session: Member, timeout_s: float = 600.0) -> None:
         """Open `session` (prefill, output) and have it join at the next step boundary. Once the
         generation thread runs, the session's prefill and measurements run there (on the thread
         that owns torch's pool, `threads`) while this waits; its audio is opened here. A failure
@@ -82,7 +122,7 @@ class SessionGroup:
         self._changes.put(("add", session))
         self._wake.set()
 
-    def remove(self, session: Session) -> None:
+    def remove(self, session: Member) -> None:
         """Leave at the next step boundary; the session's output is then closed."""
         self._changes.put(("remove", session))
         self._wake.set()
@@ -105,7 +145,7 @@ class SessionGroup:
         return self._thread
 
     def playing(self) -> bool:
-        return any(s.state == PLAYING for s in list(self.sessions))
+        return any(s.playing() for s in list(self.sessions))
 
     def median_step_s(self) -> float:
         """The slowest session's median step, seconds (0 before any)."""
@@ -162,7 +202,7 @@ class SessionGroup:
                 s.report_error(e)
         return wait
 
-    def _step(self, sessions: list[Session]) -> None:
+    def _step(self, sessions: list[Member]) -> None:
         phases = [s.gen.phase for s in sessions]
         if self.batch is None:  # each alone: the lean single-stream step
             for s, phase in zip(sessions, phases):
@@ -190,7 +230,7 @@ class SessionGroup:
             self._deliver(s, r, dt, phase)
 
     @staticmethod
-    def _deliver(s: Session, result: StepResult, seconds: float, phase: Phase) -> None:
+    def _deliver(s: Member, result: StepResult, seconds: float, phase: Phase) -> None:
         try:
             s.deliver(result, seconds, phase)
         except Exception as e:
@@ -230,6 +270,6 @@ class SessionGroup:
 class Opening:
     """A session whose stream `add` asked the generation thread to prepare, and how that went."""
 
-    session: Session
+    session: Member
     done: threading.Event = field(default_factory=threading.Event)
     error: Exception | None = None

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +61,7 @@ from .controls import (
     QUANTIZED_CONTROLS,
     SAMPLING,
 )
+from .group import SessionGroup
 from .jobs import Job
 from .outputs import DeviceOutput, InputCapture, RingOutput
 from .probes import LatencyProbes
@@ -68,9 +69,6 @@ from .quantize import BeatClock, next_boundary, ring_position
 from .reads import Read, Reader, wait
 from .sink import AudioSink
 from .slots import Board, as_board, empty_board, fit, sounding
-
-if TYPE_CHECKING:
-    from .group import SessionGroup
 
 PLAYING, PAUSED, STOPPED = "playing", "paused", "stopped"
 SWITCH_INTERVAL_S = 0.0005
@@ -235,8 +233,6 @@ class Session:
     # -- public API (any thread) ---------------------------------------------------------------
     def start(self) -> None:
         """Open the output and start stepping on a generation thread of this session's own."""
-        from .group import SessionGroup
-
         self._group = SessionGroup(self.model, max_sessions=1, batched=False, stall_s=self.cfg.stall_s)
         self._group.start()
         self._group.add(self)
@@ -452,6 +448,10 @@ class Session:
         self._service_s = 0.0
         self.step_log.append((time.perf_counter(), dt, phase_before.value, job.label if job else ""))
         self.resolve_probes()
+
+    def playing(self) -> bool:
+        """Playing (not paused or stopped): what the watchdog asks of the group's sessions."""
+        return self.state == PLAYING
 
     def headroom_s(self) -> float:
         """Seconds of buffered audio beyond half the target: how long this session's steps could

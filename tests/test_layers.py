@@ -1,6 +1,7 @@
 """The layering the design card asks for: `bridges` -> `streamer` -> `engine`, one way. Protects:
 no module of the engine imports the streamer or the bridges, and no module of the streamer imports
-the bridges - at the top of a file or inside a function (lazy imports count)."""
+the bridges - at the top of a file or inside a function (lazy imports count); and no two modules
+import each other round a cycle (type-only imports count too: a reader follows them)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,65 @@ def test_the_check_sees_an_upward_import(tmp_path):
         assert _imports(fake) == [(2, "musicgen_live.bridges"), (3, "musicgen_live.streamer")]
     finally:
         ROOT = saved
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (lazy and type-only imports count: a reader
+    follows them all), e.g. "streamer.session" -> {"streamer.group", "engine.model", ...}."""
+    modules = {
+        f"{layer}.{path.stem}": path
+        for layer in ("engine", "streamer", "bridges")
+        for path in (ROOT / layer).glob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        layer = name.split(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.removeprefix("musicgen_live.") for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level == 1:
+                    base = f"{layer}.{node.module}" if node.module else layer
+                elif node.level >= 2:
+                    base = node.module or ""
+                else:
+                    base = (node.module or "").removeprefix("musicgen_live.")
+                found.add(base)
+                found |= {f"{base}.{alias.name}" for alias in node.names}  # `from . import commands`
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle (its modules in order, the first again at the end), or []."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str]:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return path[path.index(n) :] + [n]
+            if n not in state and (found := visit(n)):
+                return found
+        state[m] = 2
+        path.pop()
+        return []
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return []
+
+
+def test_no_module_imports_itself_round_a_cycle():
+    graph = _graph()
+    assert "streamer.group" in graph["streamer.session"] and "engine.model" in graph["bridges.cluster"]
+    assert _cycle(graph) == [], " -> ".join(_cycle(graph))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []
