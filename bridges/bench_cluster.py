@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from musicgen_live.engine.stats import percentile
+from musicgen_live.engine.stats import median, percentile
 
 from .cluster import ClusterSpec
 
@@ -194,7 +194,7 @@ def run_cluster_bench(
         clients = replicas
         while clients <= most_clients:
             rates = sorted(asyncio.run(_load_stage(url, clients, stage_s)))
-            load.append((clients, replicas, rates[0], rates[len(rates) // 2]))
+            load.append((clients, replicas, rates[0], median(rates)))
             say(f"{clients} clients on {replicas} replica(s): slowest {rates[0]:.2f}x real time")
             if rates[0] < 0.98:
                 break
@@ -245,10 +245,10 @@ def format_cluster_bench(r: ClusterBench) -> str:
             f"-> its first audio at the client p50 {p(lat.heard_ms, 0.5)} ms p99 {p(lat.heard_ms, 0.99)} ms "
             f"({len(lat.heard_ms)} changes)"
         )
-    for clients, replicas, slowest, median in r.load:
+    for clients, replicas, slowest, middle in r.load:
         lines.append(
             f"  {clients} clients on {replicas} replica(s) ({clients / replicas:g} per replica): "
-            f"slowest {slowest:.2f}x real time, median {median:.2f}x"
+            f"slowest {slowest:.2f}x real time, median {middle:.2f}x"
         )
     for gap, after in r.recoveries:
         lines.append(f"  replica lost: client silent {gap:.1f} s, session restored after {after:.1f} s")

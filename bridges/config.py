@@ -124,3 +124,14 @@ class ClusterConfig:
     def check(self) -> None:
         if self.max_replicas and self.max_replicas < self.replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bridge bound to `host` is reachable from this machine only (no token or allow list
+    needed): "localhost" or a loopback address; "" (every interface) and names are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

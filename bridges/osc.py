@@ -36,7 +36,7 @@ from pythonosc.osc_packet import OscPacket
 if TYPE_CHECKING:  # `send` imports this module to encode one message: it must not load torch
     from musicgen_live.streamer.session import Session
 
-from .config import OscConfig
+from .config import OscConfig, is_loopback
 from .limits import Budget, Budgets
 from .protocol import Outcome, ProtocolError, Vocabulary, state_replies
 
@@ -468,7 +468,7 @@ def _peer_address(peer: TcpPeer) -> tuple[str, int]:
 async def start_osc(session: Session, vocab: Vocabulary, cfg: OscConfig) -> tuple[OscBridge, asyncio.DatagramTransport]:
     from musicgen_live.engine.errors import EngineError
 
-    if not _is_loopback(cfg.host) and not cfg.allow:
+    if not is_loopback(cfg.host) and not cfg.allow:
         raise EngineError(
             f"OSC would listen on {cfg.host}, beyond loopback, with no authentication: list the "
             'peers allowed to control it in [osc] allow (addresses or networks, e.g. "192.168.1.0/24")'
@@ -494,15 +494,6 @@ async def start_osc(session: Session, vocab: Vocabulary, cfg: OscConfig) -> tupl
         bridge.tcp_server = server
     asyncio.ensure_future(bridge.notify_forever())
     return bridge, transport
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _PythonOscWarnings(logging.Filter):

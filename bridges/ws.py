@@ -48,7 +48,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from .config import WebSocketConfig
+from .config import WebSocketConfig, is_loopback
 from .limits import Budget
 from .protocol import Outcome, ProtocolError, Vocabulary, continue_seconds, melody_seconds, style_seconds
 
@@ -145,7 +145,7 @@ class Gate:
 
     def __init__(self, cfg: WebSocketConfig) -> None:
         self.cfg = cfg
-        self.loopback = _is_loopback(cfg.host)
+        self.loopback = is_loopback(cfg.host)
         if not self.loopback and not cfg.token:
             raise EngineError(f"the WebSocket server binds to {cfg.host}, beyond loopback: set [websocket] token")
 
@@ -553,15 +553,6 @@ class WebSocketBridge:
 def _response(status: HTTPStatus, body: bytes, ctype: str) -> Response:
     headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
     return Response(status.value, status.phrase, headers, body)
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def start_ws(session: Session, vocab: Vocabulary, cfg: WebSocketConfig) -> tuple[WebSocketBridge, Any]:

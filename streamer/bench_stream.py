@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from musicgen_live.engine.config import SamplingConfig
 from musicgen_live.engine.model import MusicGen
-from musicgen_live.engine.stats import percentile
+from musicgen_live.engine.stats import median, percentile
 
 from . import commands as c
 from .config import StreamConfig
@@ -137,17 +137,17 @@ def run_stream_bench(
         group.close()
     log = list(session.step_log)
     plain = sorted(ms for _, ms, phase, job in log if phase == "playing" and not job)
-    median = plain[len(plain) // 2] if plain else 0.0
+    plain_median = median(plain)
     worst: dict[str, list[float]] = {}
     worst_ratio: dict[str, list[float]] = {}
     p90_ratio: dict[str, list[float]] = {}
     ready: dict[str, list[float]] = {}
 
     def cost(kind: str, during: list[float], before: float) -> None:
-        local = sorted(
+        local = [
             ms for end, ms, phase, job in log if before - LOCAL_S <= end < before and phase == "playing" and not job
-        )
-        base = local[len(local) // 2] if local else median
+        ]
+        base = median(local, empty=plain_median)
         worst.setdefault(kind, []).append(max(during))
         worst_ratio.setdefault(kind, []).append(max(during) / max(base, 1e-9))
         p90_ratio.setdefault(kind, []).append((percentile(sorted(during), 0.9) or 0.0) / max(base, 1e-9))
@@ -186,7 +186,7 @@ def run_stream_bench(
         slides=snap["slides"],
         command_latency_ms=latency,
         first_audio_ms=first_audio,
-        plain_step_ms=median,
+        plain_step_ms=plain_median,
         plain_p99_ms=percentile(plain, 0.99) or 0.0,
         plain_max_ms=plain[-1] if plain else 0.0,
         worst_ms=worst,

@@ -21,6 +21,7 @@ import torch
 from musicgen_live.engine.generator import MIN_CHUNK
 from musicgen_live.engine.lm import Segment
 from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.stats import median
 
 CANDIDATES = (16, 8, 6, 4, 3, 2, 1)
 LIMIT = 1.5  # a preparing step may cost this much of a plain one (the live-safe bound)
@@ -107,7 +108,7 @@ def _interleaved_ms(calls: dict[int, Callable[[], object]], repeats: int) -> dic
             t0 = time.perf_counter()
             fn()
             times[k].append(1000 * (time.perf_counter() - t0))
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {k: median(v) for k, v in times.items()}
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -117,4 +118,4 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(1000 * (time.perf_counter() - t0))
-    return sorted(times)[len(times) // 2]
+    return median(times)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
+from musicgen_live.engine.stats import median
+
 from .commands import Ticket
 
 MAX_PROBES = 256  # probes waiting at once; older ones are dropped (a stalled output)
@@ -55,5 +57,4 @@ class LatencyProbes:
         """Median of the recent healthy command -> audible latencies (None before the first)."""
         if not self.recent_ms:
             return None
-        values = sorted(self.recent_ms.copy())  # copy(): atomic, while the generation thread appends
-        return values[len(values) // 2]
+        return median(self.recent_ms.copy())  # copy(): atomic, while the generation thread appends

@@ -45,7 +45,7 @@ from musicgen_live.engine.lm import PrefixKV
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.pieces import run
 from musicgen_live.engine.sampling import SamplingParams
-from musicgen_live.engine.stats import percentile
+from musicgen_live.engine.stats import median, percentile
 
 from . import commands as c
 from .calibrate import LIMIT as STEP_LIMIT
@@ -372,8 +372,7 @@ class Session:
     # -- the watchdog (its own thread: `watchdog`) ---------------------------------------------------
     def median_step_s(self) -> float:
         """The median of the recent steps, seconds (0 before any)."""
-        recent = sorted(self._recent_ms.copy())  # copy(): atomic, while the generation thread appends
-        return recent[len(recent) // 2] / 1000 if recent else 0.0
+        return median(self._recent_ms.copy()) / 1000  # copy(): atomic, while the generation thread appends
 
     def stall_began(self, where: str, seconds: float) -> None:
         """The generation thread has made no step for `seconds`: say so, and where it is stuck."""
@@ -430,7 +429,7 @@ class Session:
         self._idle_piece = False
         if job is not None:
             recent = self._plain_ms or self._recent_ms
-            plain = sorted(recent)[len(recent) // 2]
+            plain = median(recent)
             if self._below_real_time:  # sooner, in bigger pieces (SLOW_JOB_SHARE)
                 room = SLOW_JOB_SHARE * plain
             else:
@@ -554,7 +553,7 @@ class Session:
                 self.sink.push(result.audio)
         if not self.cfg.autoplay:
             self._restart(keep_audio=False)
-        typical = sorted(times[2:])[len(times[2:]) // 2]  # past the first calls' kernel choices
+        typical = median(times[2:])  # past the first calls' kernel choices
         pace = 1 / (typical * self.model.spec.frame_rate)
         lm = self.model.lm
         kernels = (
