@@ -22,6 +22,7 @@ must be quick and must not raise (an exception is swallowed and counted).
 from __future__ import annotations
 
 import collections
+import enum
 import math
 import queue
 import sys
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -104,8 +105,26 @@ NEEDS = {  # the checkpoints a melody or style command needs
     "melody": "MusicGen-Melody checkpoint (--model tiny-melody, facebook/musicgen-melody)",
     "style": "MusicGen-Style checkpoint (--model tiny-style, or facebook/musicgen-style in audiocraft's format)",
 }
-DEFERRED = "deferred"  # a handler's answer: the command is answered later (its job, its prefill)
-Answer = Heard | None | str
+
+
+class Deferred(enum.Enum):
+    """A handler's answer when the command is answered later: by its job, or once the window
+    prefilled under it plays (the one member, `DEFERRED`)."""
+
+    DEFERRED = "deferred"
+
+
+DEFERRED = Deferred.DEFERRED
+Answer = Heard | None | Deferred  # where the change is heard from (None: the next frame), or later
+
+
+class StepRecord(NamedTuple):
+    """One step as `bench-stream` and the tests read it back (`Session.step_log`)."""
+
+    end: float  # perf_counter seconds when it ended
+    ms: float  # all the generation thread spent on it: commands applied just before, a job's piece
+    phase: str  # the generator's phase before it (`engine.generator.Phase` values)
+    job: str  # the label of the job whose piece rode in it ("" for none)
 
 
 Clip = tuple[torch.Tensor, int]  # audio as (channels, samples) at the model's rate, and its source's channels
@@ -144,6 +163,16 @@ class PendingContinuation:
 
 
 class Session:
+    """One performer's stream: its generator, output, controls and pending preparations.
+
+    Phases: `state` is STOPPED, PLAYING or PAUSED (the transport); while playing, `gen.phase` says
+    what the stream is doing (playing, sliding its window, continuing), and at most one prompt, one
+    continuation and one condition are pending (`_prompt`, `_continuation`, `_condition`), each a
+    job run a piece per step and answered when it is heard. Any thread may `submit` and `snapshot`
+    (bridges append to `listeners` before the session starts); everything else runs on the
+    generation thread, between two steps.
+    """
+
     def __init__(
         self,
         model: MusicGen,
@@ -199,9 +228,7 @@ class Session:
         self.step_ms: collections.deque[float] = collections.deque(maxlen=2000)
         self.prepare_step_ms: collections.deque[float] = collections.deque(maxlen=500)  # slide / continuation
         self.job_step_ms: collections.deque[float] = collections.deque(maxlen=500)  # a job's piece included
-        # every step: (perf_counter at its end, ms including the commands applied just before it and a job's
-        # piece - all the generation thread spent on it -, phase before it, the job's label)
-        self.step_log: collections.deque[tuple[float, float, str, str]] = collections.deque(maxlen=STEP_LOG)
+        self.step_log: collections.deque[StepRecord] = collections.deque(maxlen=STEP_LOG)  # every step
         self._recent_ms: collections.deque[float] = collections.deque(maxlen=50)  # every step, the latest
         self._plain_ms: collections.deque[float] = collections.deque(maxlen=50)  # steps preparing nothing
         self._job_waited = 0  # steps a pending job has waited for room in a step
@@ -445,7 +472,7 @@ class Session:
                 job = None
         dt += 1000 * self._service_s  # a command applied right before the step held the music up as much
         self._service_s = 0.0
-        self.step_log.append((time.perf_counter(), dt, phase_before.value, job.label if job else ""))
+        self.step_log.append(StepRecord(time.perf_counter(), dt, phase_before.value, job.label if job else ""))
         self.resolve_probes()
 
     def playing(self) -> bool:
@@ -589,7 +616,7 @@ class Session:
             self._refuse(ticket, f"internal error: {type(e).__name__}: {e}")
             self.report_error(e)
             return
-        if answer != DEFERRED:
+        if answer is not DEFERRED:
             self._applied(ticket, answer, before)
 
     # -- quantized changes: held until the step whose audio starts nearest their beat ------------
