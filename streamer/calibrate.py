@@ -119,3 +119,25 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(1000 * (time.perf_counter() - t0))
     return median(times)
+
+
+def pace_line(model: str, device: str, precision: str, pace: float) -> str:
+    """The start-up line: how fast this model plays here and, below real time, what to try (only
+    what is not in use already). `precision`: the kernels, e.g. "int8" or "int8, kv float16, two-step
+    guidance"."""
+    line = f"{model} on {device} ({precision}) plays at {pace:.1f}x real time here"
+    if pace >= 1.1:
+        return line
+    cpu = device == "cpu"
+    unused = [
+        tip
+        for tip, useful in (
+            ("--guidance batched", "two-step" in precision),  # first: it halves the weight reads
+            ("--precision int8", cpu and not precision.startswith(("int8", "int4"))),
+            ("--kv float16", cpu and "kv float16" not in precision and "kv int8" not in precision),
+            ("--codec int8", cpu and "codec int8" not in precision),
+        )
+        if useful
+    ]
+    tips = unused + ["a shorter --window", "fewer sessions"] + (["a GPU"] if cpu else [])
+    return line + ": expect gaps - try " + ", ".join(tips[:-1]) + " or " + tips[-1]

@@ -28,7 +28,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,10 +39,8 @@ from musicgen_live.engine.audiofile import prepare_audio, read_audio_file
 from musicgen_live.engine.conditioning import Condition
 from musicgen_live.engine.config import SamplingConfig
 from musicgen_live.engine.errors import ContextError, EngineError
-from musicgen_live.engine.generator import Continuation as Handle
 from musicgen_live.engine.generator import Generator as StreamGenerator
 from musicgen_live.engine.generator import Phase, StepResult
-from musicgen_live.engine.lm import PrefixKV
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.pieces import run
 from musicgen_live.engine.sampling import SamplingParams
@@ -50,7 +48,7 @@ from musicgen_live.engine.stats import median, percentile
 
 from . import commands as c
 from .calibrate import LIMIT as STEP_LIMIT
-from .calibrate import continuation_chunk, prefill_chunk, step_costs
+from .calibrate import continuation_chunk, pace_line, prefill_chunk, step_costs
 from .config import MAX_DECODE_FRAMES, StreamConfig
 from .controls import (
     CONTROLS,
@@ -65,9 +63,19 @@ from .controls import (
 from .group import SessionGroup
 from .jobs import Job
 from .outputs import DeviceOutput, InputCapture, RingOutput
+from .preparations import (
+    Clip,
+    PendingCondition,
+    PendingContinuation,
+    PendingPrompt,
+    conditions,
+    continuation_codes,
+    given,
+    prefix_condition,
+)
 from .probes import LatencyProbes
 from .quantize import BeatClock, next_boundary, ring_position
-from .reads import Read, Reader, wait
+from .reads import Read, Reader
 from .sink import AudioSink
 from .slots import Board, as_board, empty_board, fit, sounding
 
@@ -125,41 +133,6 @@ class StepRecord(NamedTuple):
     ms: float  # all the generation thread spent on it: commands applied just before, a job's piece
     phase: str  # the generator's phase before it (`engine.generator.Phase` values)
     job: str  # the label of the job whose piece rode in it ("" for none)
-
-
-Clip = tuple[torch.Tensor, int]  # audio as (channels, samples) at the model's rate, and its source's channels
-
-
-@dataclass
-class PendingPrompt:
-    ticket: c.Ticket
-    prompts: list[tuple[str, float]]
-    fade_s: float
-    job: Job[list[Condition]]
-    board: Board | None = None  # the blend board it sets (a `slots` request), else fitted to its prompts
-
-
-@dataclass
-class PendingCondition:
-    """A melody or style stream's new condition (a prompt, a melody, a style): built a piece per step, then the
-    window is prefilled under it (`handle`) and it is answered once that window plays."""
-
-    ticket: c.Ticket
-    job: Job[tuple[Condition, torch.Tensor | None]]
-    prompts: list[tuple[str, float]]
-    follows: str  # how the state will describe the melody or style ("off", "history 8 s", ...)
-    features: torch.Tensor | None = None  # the melody's one-hot chroma or the style's states, once built
-    handle: PrefixKV | None = None
-    board: Board | None = None
-    read: Read[Clip] | None = None  # its audio, being read (it waits, staged, until that succeeded)
-
-
-@dataclass
-class PendingContinuation:
-    ticket: c.Ticket
-    job: Job[torch.Tensor]
-    handle: Handle | None = None
-    read: Read[Clip] | None = None  # its audio, being read (it waits, staged, until that succeeded)
 
 
 class Session:
@@ -543,7 +516,7 @@ class Session:
         window = min(m.spec.seconds_to_frames(self.cfg.window_s), m.max_frames)
         context = min(m.spec.seconds_to_frames(self.cfg.context_s), window // 2)
         if m.spec.lm.prefix_conditioned:  # one condition: the prompt's text and the melody or style, as a prefix
-            conds = [(run(_prefix_condition(m, self.prompts[0][0], self._features, None))[0], 1.0)]
+            conds = [(run(prefix_condition(m, self.prompts[0][0], self._features, None))[0], 1.0)]
         else:
             conds = [(m.conditioner.condition(t, guided=True), w) for t, w in self.prompts]
         chunk = self.cfg.slide_chunk or prefill_chunk(m)
@@ -775,7 +748,7 @@ class Session:
         if len(known) == len(prompts) and ticket.beat is None:
             self._set_prompts(ticket, prompts, fade, known, board)
             return Heard()
-        job: Job[list[Condition]] = Job(_conditions(self.model, [t for t, _ in prompts]), "prompt")
+        job: Job[list[Condition]] = Job(conditions(self.model, [t for t, _ in prompts]), "prompt")
         self._prompt = PendingPrompt(ticket, prompts, fade, job, board)
         return DEFERRED
 
@@ -868,7 +841,7 @@ class Session:
             ticket.note = f"continuing from the last {seconds:.1f} s (the context keeps {context_s:.1f} s)"
         source = self._clip_source(cmd, seconds)  # refuses at once what cannot work, starts reading the rest
         _drop_upload(ticket)
-        job = Job(_continuation_codes(self.model, source, seconds, ticket), "continue")
+        job = Job(continuation_codes(self.model, source, seconds, ticket), "continue")
         self._begin_continuation(PendingContinuation(ticket, job, read=source))
         return DEFERRED
 
@@ -882,7 +855,7 @@ class Session:
         if codes.min() < 0 or codes.max() >= card:
             raise ContextError(f"codes to continue from must lie in 0..{card - 1}")
         self._begin_continuation(
-            PendingContinuation(ticket, Job(_given(torch.from_numpy(codes.astype(np.int64))), "continue"))
+            PendingContinuation(ticket, Job(given(torch.from_numpy(codes.astype(np.int64))), "continue"))
         )
         return DEFERRED
 
@@ -1029,7 +1002,7 @@ class Session:
             ticket.note = f"a {kind} checkpoint changes prompt at a re-prefill of its window, without a crossfade"
         text = prompts[0][0]
         job: Job[tuple[Condition, torch.Tensor | None]] = Job(
-            _prefix_condition(self.model, text, self._features, None), "prompt"
+            prefix_condition(self.model, text, self._features, None), "prompt"
         )
         self._begin_condition(PendingCondition(ticket, job, [(text, 1.0)], self._follows(), board=board))
         return DEFERRED
@@ -1043,7 +1016,7 @@ class Session:
             raise ValueError(f"'{self.model.source}' has no {want} conditioning: {want} commands need a {NEEDS[want]}")
         text = self.prompts[0][0]
         if isinstance(cmd, (c.MelodyOff, c.StyleOff)):
-            job = Job(_prefix_condition(self.model, text, None, None), want)
+            job = Job(prefix_condition(self.model, text, None, None), want)
             self._begin_condition(PendingCondition(ticket, job, self.prompts, "off"))
             return DEFERRED
         if not cmd.seconds > 0:
@@ -1054,7 +1027,7 @@ class Session:
         kind = c.command_name(cmd).split("/")[1]  # history, input, file, upload
         name = f" {Path(cmd.path).name}" if isinstance(cmd, (c.MelodyFile, c.StyleFile)) else ""
         label = f"{kind}{name} {seconds:g} s"
-        job = Job(_prefix_condition(self.model, text, None, source), want)
+        job = Job(prefix_condition(self.model, text, None, source), want)
         self._begin_condition(PendingCondition(ticket, job, self.prompts, label, read=source))
         return DEFERRED
 
@@ -1198,91 +1171,6 @@ HANDLERS: dict[type, Callable[[Session, c.Ticket], Answer]] = {
 }
 
 
-def _conditions(model: MusicGen, texts: list[str]) -> Generator[None, int | None, list[Condition]]:
-    """The prompts' conditions, a T5 block per piece (prompts heard before cost nothing)."""
-    amount = yield
-    conds = []
-    for text in texts:
-        conds.append((yield from _delegate(model.conditioner.condition_steps(text, guided=True), amount)))
-        amount = yield
-    return conds
-
-
-def _prefix_condition(
-    model: MusicGen, text: str, features: torch.Tensor | None, source: Read[Clip] | None
-) -> Generator[Any, int | None, tuple[Condition, torch.Tensor | None]]:
-    """A melody or style stream's condition: `text` and the melody (chroma) or style of `source`'s
-    audio (waited for, then its features: chroma in one piece, the style a layer per piece) or the
-    given `features` (None: text alone); then T5 a block per piece. Returns the condition and the
-    features it used."""
-    amount = yield
-    if source is not None:
-        clip, _ = yield from wait(source)
-        amount = yield
-        if model.style is not None:
-            features = yield from _delegate(model.style.states_steps(clip), amount)
-        else:
-            if model.chroma is None:
-                raise ContextError("this checkpoint has no melody or style conditioning")
-            rate = model.chroma.settings.sample_rate
-            if rate != model.sample_rate:
-                clip = prepare_audio(clip.T.numpy(), model.sample_rate, rate, 1)
-            features = model.chroma(clip)
-        amount = yield
-    if model.style is not None:
-        steps = model.style_condition_steps(text or None, features, guided=True, double=True)
-    else:
-        steps = model.melody_condition_steps(text or None, features, guided=True)
-    cond = yield from _delegate(steps, amount)
-    return cond, features
-
-
-def _continuation_codes(
-    model: MusicGen, source: Read[Clip], seconds: float, ticket: c.Ticket
-) -> Generator[Any, int | None, torch.Tensor]:
-    """Audio -> the codes to continue from: wait for the read, then encode a few frames per piece.
-    A source of other channels than the model's is mixed, and `ticket` notes it."""
-    yield
-    clip, have = yield from wait(source)
-    mixed = _channel_note(have, model.audio_channels)
-    if mixed:
-        ticket.note = f"{ticket.note}; {mixed}" if ticket.note else mixed
-    clip = clip[:, -int(seconds * model.sample_rate) :]
-    if clip.shape[-1] < model.spec.codec.hop:
-        raise ContextError("the audio to continue from is shorter than one frame")
-    amount = yield
-    codes = yield from _delegate(model.codec.encode_steps(clip.to(model.device).unsqueeze(1)), amount)
-    return model.codec_to_codes(codes)
-
-
-def _given(codes: torch.Tensor) -> Generator[None, int | None, torch.Tensor]:
-    """Codes handed in: nothing to encode."""
-    yield
-    return codes
-
-
-def pace_line(model: str, device: str, precision: str, pace: float) -> str:
-    """The start-up line: how fast this model plays here and, below real time, what to try (only
-    what is not in use already). `precision`: the kernels, e.g. "int8" or "int8, kv float16, two-step
-    guidance"."""
-    line = f"{model} on {device} ({precision}) plays at {pace:.1f}x real time here"
-    if pace >= 1.1:
-        return line
-    cpu = device == "cpu"
-    unused = [
-        tip
-        for tip, useful in (
-            ("--guidance batched", "two-step" in precision),  # first: it halves the weight reads
-            ("--precision int8", cpu and not precision.startswith(("int8", "int4"))),
-            ("--kv float16", cpu and "kv float16" not in precision and "kv int8" not in precision),
-            ("--codec int8", cpu and "codec int8" not in precision),
-        )
-        if useful
-    ]
-    tips = unused + ["a shorter --window", "fewer sessions"] + (["a GPU"] if cpu else [])
-    return line + ": expect gaps - try " + ", ".join(tips[:-1]) + " or " + tips[-1]
-
-
 NO_AUDIO = np.zeros((0, 1), dtype=np.float32)
 
 
@@ -1296,24 +1184,3 @@ def _drop_upload(ticket: c.Ticket) -> None:
 def _why(e: BaseException, doing: str) -> str:
     """A failed preparation's sentence: a user error's own, else what failed."""
     return str(e) if isinstance(e, (EngineError, ValueError)) else f"{doing} ({type(e).__name__}: {e})"
-
-
-def _channel_note(have: int, want: int) -> str | None:
-    """What a continuation's sender should know when its audio is mixed to the model's channels."""
-    if have == want:
-        return None
-    if want > have:
-        return f"{have}-channel audio up-mixed to {want} channels (each channel the same)"
-    return f"{have}-channel audio mixed down to {want} channel{'s' if want > 1 else ''}"
-
-
-def _delegate(steps: Generator[None, Any, Any], amount: int | None) -> Generator[None, int | None, Any]:
-    """`yield from` an engine generator (whose first yield only primes it), passing it the amount
-    the current piece was given, so every piece this job yields has done work."""
-    try:
-        next(steps)
-        while True:
-            steps.send(amount)
-            amount = yield
-    except StopIteration as done:
-        return done.value

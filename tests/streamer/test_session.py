@@ -186,7 +186,7 @@ def test_continuation_with_no_history_yet_is_refused(tiny):
     ],
 )
 def test_the_start_up_line_says_what_to_try_and_only_what_is_not_in_use(device, precision, pace, says, not_says):
-    from musicgen_live.streamer.session import pace_line
+    from musicgen_live.streamer.calibrate import pace_line
 
     line = pace_line("small", device, precision, pace)
     assert says in line
