@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from .lm import CrossKV, LanguageModel
+from .kvcache import CrossKV
+from .lm import LanguageModel
 from .pieces import run
 
 

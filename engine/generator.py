@@ -44,7 +44,8 @@ import torch
 from .codec import DecoderState
 from .conditioning import Condition
 from .errors import ContextError
-from .lm import CrossKV, KVCache, PrefixKV, Segment
+from .kvcache import CrossKV, KVCache, PrefixKV
+from .lm import Segment
 from .model import MusicGen
 from .sampling import SamplingParams, guide, guide_double, sample
 

@@ -1,4 +1,6 @@
-"""How the live path stores the self-attention KV cache: float32, or float16 / int8 read by our kernels.
+"""The caches a stream's decoder reads (`KVCache` for self-attention, `CrossKV` for a condition,
+`PrefixKV` for a melody or style prefix), and how the self-attention one is stored: float32, or
+float16 / int8 read by our kernels.
 
 Late in a 30 s window a musicgen-small step reads ~0.4 GB of cached keys and values (24 layers, two
 CFG rows, ~1 000 columns, fp32) - more than its int8 weights. float16 halves those bytes. torch's CPU
@@ -18,6 +20,7 @@ measures it against float32. The exact path keeps float32.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -82,3 +85,99 @@ def attention8_kernel(say: Callable[[str], None] | None = None) -> Attention8Ker
     """The compiled int8-cache attention."""
     fn: Attention8Kernel = kernels(say, "an int8 KV cache").decode_attention_q8
     return fn
+
+
+# -- the caches a stream's decoder reads: self-attention, cross-attention, a prefix --------------
+
+
+@dataclass
+class KVCache:
+    """Self-attention keys/values for `batch` rows and `capacity` columns, allocated once.
+
+    `k[i]` / `v[i]` are layer i's (batch, H, capacity, d) buffers. Column t of the stream lives at
+    slot t; nothing is ever appended or reallocated. An int8 cache (`engine.kvcache`) keeps a float32
+    scale per head vector in `k_scale[i]` / `v_scale[i]` (batch, H, capacity); writes go through
+    `write`, which quantizes.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    def rows(self, first: int, end: int) -> KVCache:
+        """A view of rows first..end-1 (writes land in this cache): one pass of two-step guidance."""
+        if self.k_scale is None or self.v_scale is None:
+            return KVCache(k=self.k[:, first:end], v=self.v[:, first:end])
+        return KVCache(
+            self.k[:, first:end], self.v[:, first:end], self.k_scale[:, first:end], self.v_scale[:, first:end]
+        )
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keys and values (n, H, T, d) into rows 0..n-1, columns start..start+T-1 of `layer`."""
+        n, end = k.shape[0], start + k.shape[2]
+        if self.k_scale is None or self.v_scale is None:
+            self.k[layer][:n, :, start:end] = k
+            self.v[layer][:n, :, start:end] = v
+            return
+        for values, scales, x in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
+            q, s = quantize(x)
+            values[layer][:n, :, start:end] = q
+            scales[layer][:n, :, start:end] = s
+
+    def rearrange_rows(self, rows: list[int], filled: int) -> None:
+        """Row r becomes old row rows[r], over the first `filled` columns (a prompt row added by
+        copying another's history, rows dropped after a crossfade)."""
+        moves = {dst: src for dst, src in enumerate(rows) if dst != src}  # rows in place are not touched
+        scales = [t for t in (self.k_scale, self.v_scale) if t is not None]
+        for buf in (self.k, self.v, *scales):  # (layers, batch, H, capacity[, d]): rows are dim 1
+            pending = dict(moves)
+            while pending:
+                # a row is overwritten only once no pending move still reads it: one copy each, no temporary
+                ready = [d for d in pending if d not in pending.values()]
+                if not ready:  # rows trading places: through a temporary of just those rows
+                    dst = list(pending)
+                    src = torch.tensor([pending[d] for d in dst], device=buf.device)
+                    buf[:, dst, :, :filled] = buf[:, src, :, :filled]
+                    break
+                for d in ready:
+                    buf[:, d, :, :filled].copy_(buf[:, pending.pop(d), :, :filled])
+
+
+@dataclass
+class CrossKV:
+    """Cross-attention keys/values of the conditional rows, computed once per condition.
+
+    `k` / `v`: (layers, n_cond, H, S, d). Unconditional rows have none: their cross-attention
+    output is exactly zero (null condition, all-zero mask), so it is skipped, not computed.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def rows(self) -> int:
+        return self.k.shape[1]
+
+
+@dataclass
+class PrefixKV:
+    """A prefix-conditioned (MusicGen-Melody) stream's conditioning as its decoder sees it: the
+    projected prefix states (rows, L, D) - conditional rows first, then the unconditional one -
+    that precede the codes in the sequence. The stream's first forward (`forward_prefixed`) puts
+    their keys/values in the first L slots of its KV cache; later columns sit after them
+    (`Segment.offset`)."""
+
+    states: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return int(self.states.shape[1])

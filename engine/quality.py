@@ -30,7 +30,7 @@ import torch
 from .checkpoint import Checkpoint
 from .errors import ContextError
 from .generator import Generator
-from .lm import KVCache
+from .kvcache import KVCache
 from .model import MusicGen
 from .sampling import SamplingParams, guide
 from .stats import percentile

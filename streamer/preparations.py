@@ -17,7 +17,7 @@ from musicgen_live.engine.audiofile import prepare_audio
 from musicgen_live.engine.conditioning import Condition
 from musicgen_live.engine.errors import ContextError
 from musicgen_live.engine.generator import Continuation as Handle
-from musicgen_live.engine.lm import PrefixKV
+from musicgen_live.engine.kvcache import PrefixKV
 from musicgen_live.engine.model import MusicGen
 
 from . import commands as c

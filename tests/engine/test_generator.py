@@ -65,7 +65,7 @@ def test_cache_rows_rearrange_as_an_indexed_copy_would():
     must give what the plain indexed copy gives."""
     import itertools
 
-    from musicgen_live.engine.lm import KVCache
+    from musicgen_live.engine.kvcache import KVCache
 
     for n in (1, 2, 3, 4):
         for order in itertools.product(range(4), repeat=n):

@@ -65,7 +65,7 @@ def test_a_prefix_prefilled_in_chunks_equals_one_prefilled_at_once(model):
     assert prefix is not None
     L = prefix.shape[1]
     tokens = torch.randint(0, 2048, (2, 4, 1), generator=torch.Generator().manual_seed(0))
-    from musicgen_live.engine.lm import PrefixKV
+    from musicgen_live.engine.kvcache import PrefixKV
 
     one = model.lm.new_cache(2, L + 8)
     model.lm.forward_prefixed(tokens, one, PrefixKV(prefix))
