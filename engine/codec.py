@@ -4,7 +4,8 @@ The decoder is non-causal (reflect-padded convolutions), yet every layer's right
 finite, so a stateful decoder can emit each sample as soon as no future code can change it and
 still equal the whole-sequence decode. Its layers, each with an explicit per-stream state, are in
 `engine.codec_layers`; past a few frames of warm-up, a stream's pushes can run compiled
-(`engine.codec_step`).
+(`engine.codec_step`). The encoder (audio -> codes, whole clip or in pieces) is
+`engine.codec_encoder`; `Codec` holds both halves over one checkpoint's weights.
 
 Units: codes arrive in frames (hop = prod(ratios) samples each); everything else is in samples at
 the rate of the layer it flows through. `hold_back_samples` is how many output samples stay
@@ -14,7 +15,6 @@ unreleased after a push (2402 for MusicGen's 32 kHz codec: frames 0..F make samp
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .codec_encoder import Encoder
 from .codec_layers import (
     CODEC_PRECISIONS,
     ELU,
@@ -30,12 +31,11 @@ from .codec_layers import (
     StreamConvTranspose1d,
     StreamLSTM,
     StreamResBlock,
+    conv_whole,
     flush_chain,
-    pad_edges,
 )
 from .codec_step import CodecStream, CompiledCodec, steady
 from .errors import CodesError, EngineError
-from .pieces import run
 from .spec import CodecSpec
 
 # -- several streams' layer states as one batch (Codec.push_many) --------------------------------
@@ -133,7 +133,9 @@ class Codec:
         self.codebooks = [t[f"quantizer.layers.{q}.codebook.embed"].float() for q in range(spec.num_quantizers)]
         self._t = t
         self.decoder_layers = self._build_decoder(t)
-        self.encoder_layers = self._build_encoder(t)
+        lstm_key = f"encoder.layers.{len(spec.ratios) * (spec.num_residual_layers + 2) + 1}"
+        scale = 2 ** len(spec.ratios)
+        self.encoder = Encoder(spec, t, self.codebooks, self._lstm(t, lstm_key, scale * spec.num_filters))
         self.hold_back = self._hold_back()
         # shortest code sequence the streaming path handles; shorter ones are decoded whole
         self.min_stream_frames = self.decoder_layers[0].right + 1
@@ -192,24 +194,6 @@ class Codec:
         layers.append(ELU())
         layers.append(self._conv(t, f"decoder.layers.{i + 1}"))
         return layers
-
-    def _build_encoder(self, t: dict[str, torch.Tensor]) -> list[tuple[str, Any]]:
-        """The encoder as (kind, params) steps, run whole-clip exactly as the reference does."""
-        s = self.spec
-        steps: list[tuple[str, Any]] = [("conv", ("encoder.layers.0", 1, 1))]
-        i, scaling = 1, 1
-        for ratio in reversed(s.ratios):
-            for j in range(s.num_residual_layers):
-                steps.append(("res", (f"encoder.layers.{i}", s.dilation_growth_rate**j)))
-                i += 1
-            steps.append(("elu", None))
-            steps.append(("conv", (f"encoder.layers.{i + 1}", ratio, 1)))
-            i += 2
-            scaling *= 2
-        steps.append(("lstm", self._lstm(t, f"encoder.layers.{i}", scaling * s.num_filters)))
-        steps.append(("elu", None))
-        steps.append(("conv", (f"encoder.layers.{i + 2}", 1, 1)))
-        return steps
 
     def _hold_back(self) -> int:
         """Output samples that stay unreleased after a push, from the layers' lookahead and trims."""
@@ -333,6 +317,15 @@ class Codec:
         return x
 
     @torch.no_grad()
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio (B, channels, samples) at the codec rate -> codes (B, K, frames), whole clip, exactly
+        as the reference computes it (`engine.codec_encoder`)."""
+        return self.encoder.encode(audio)
+
+    def encode_steps(self, audio: torch.Tensor) -> Generator[None, int | None, torch.Tensor]:
+        """`encode` a piece at a time (`Encoder.encode_steps`)."""
+        return self.encoder.encode_steps(audio)
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Whole-sequence decode (B, K, T) -> (B, channels, T * hop), as the reference computes it."""
         x = self.embed(codes)
@@ -340,174 +333,11 @@ class Codec:
             x = _whole(layer, x)
         return x
 
-    # -- encode ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode(self, audio: torch.Tensor) -> torch.Tensor:
-        """Audio (B, channels, samples) at the codec rate -> codes (B, K, frames), whole clip, exactly
-        as the reference computes it."""
-        return run(self.encode_steps(audio))
-
-    def encode_steps(self, audio: torch.Tensor) -> Generator[None, int | None, torch.Tensor]:
-        """`encode`, a piece at a time for a live stream that must not stall: each piece covers the
-        number of frames sent in (`steps.send(n)`; None or `next()` = all the rest).
-
-        A piece runs the convolutions before the LSTM on its frames' receptive field only (a window
-        starting on a frame boundary, so every layer's frame grid and the clip's own edge padding
-        are the reference's), the LSTM carries its state across pieces, and the last convolution
-        and the quantizer follow piece by piece over the finished latents. Exhausted in one piece
-        it is the whole-clip computation; in pieces it differs only in float rounding."""
-        x = audio.float()
-        n, hop = x.shape[-1], self.spec.hop
-        pre = self.encoder_layers[: self._lstm_index]
-        lstm: StreamLSTM = self.encoder_layers[self._lstm_index][1]
-        post = self.encoder_layers[self._lstm_index + 1 :]
-        frames = self._encoded_frames(n)
-        left, right = self._pre_span
-        latents, state = [], lstm.init()
-        f = 0
-        amount = yield
-        while f < frames:
-            f1 = frames if amount is None else min(frames, f + max(1, amount))
-            a = max(0, (f * hop - left) // hop * hop)  # a frame boundary: the clip's grid
-            b = min(n, (f1 - 1) * hop + right + 1)
-            with torch.no_grad():
-                y = self._run_encoder_steps(pre, x[..., a:b])[..., f - a // hop : f1 - a // hop]
-                if f == 0 and f1 == frames:  # one piece: torch's LSTM, as the reference runs it
-                    seq = y.permute(2, 0, 1)
-                    latents.append((lstm.lstm(seq)[0] + seq).permute(1, 2, 0))
-                else:  # torch's LSTM re-plans on every short call; the written-out one carries (h, c)
-                    latents.append(lstm.push(state, y))
-            f = f1
-            amount = yield
-        z = torch.cat(latents, dim=-1)
-        codes = []
-        reach = self._post_reach
-        g = 0
-        while g < frames:
-            g1 = frames if amount is None else min(frames, g + max(1, 4 * amount))  # cheap: 4x the frames
-            a = max(0, g - reach)
-            with torch.no_grad():
-                y = self._run_encoder_steps(post, z[..., a : min(frames, g1 + reach)])[..., g - a : g1 - a]
-                codes.append(self.quantize(y))
-            g = g1
-            if g < frames:
-                amount = yield
-        return torch.cat(codes, dim=-1)
-
-    def _run_encoder_steps(self, steps: list[tuple[str, Any]], x: torch.Tensor) -> torch.Tensor:
-        t = self._t
-        for kind, arg in steps:
-            if kind == "conv":
-                key, stride, dilation = arg
-                x = _conv_whole(x, t[key + ".conv.weight"], t[key + ".conv.bias"], stride, dilation, self.spec)
-            elif kind == "res":
-                key, dilation = arg
-                y = _conv_whole(
-                    F.elu(x), t[key + ".block.1.conv.weight"], t[key + ".block.1.conv.bias"], 1, dilation, self.spec
-                )
-                y = _conv_whole(
-                    F.elu(y), t[key + ".block.3.conv.weight"], t[key + ".block.3.conv.bias"], 1, 1, self.spec
-                )
-                skip = x
-                if self.spec.use_conv_shortcut:
-                    skip = _conv_whole(
-                        x, t[key + ".shortcut.conv.weight"], t[key + ".shortcut.conv.bias"], 1, 1, self.spec
-                    )
-                x = skip + y
-            elif kind == "elu":
-                x = F.elu(x)
-            else:
-                raise ValueError(f"cannot run encoder step {kind} piecewise")
-        return x
-
-    @property
-    def _lstm_index(self) -> int:
-        return next(i for i, (kind, _) in enumerate(self.encoder_layers) if kind == "lstm")
-
-    def _encoded_frames(self, samples: int) -> int:
-        """Frames the encoder makes of `samples` samples (each strided conv rounds up)."""
-        n = samples
-        for kind, arg in self.encoder_layers:
-            if kind == "conv":
-                key, stride, dilation = arg
-                k_eff = (self._t[key + ".conv.weight"].shape[-1] - 1) * dilation + 1
-                n = math.ceil((n - k_eff + (k_eff - stride)) / stride + 1)
-        return n
-
-    def _reach(self, steps: list[tuple[str, Any]]) -> tuple[int, int]:
-        """(left, right): the inputs output 0 of `steps` depends on span input samples -left..right."""
-        lo, hi = 0, 0
-        for kind, arg in reversed(steps):
-            if kind == "elu":
-                continue
-            key, stride, dilation = (arg[0] + ".block.1", 1, arg[1]) if kind == "res" else arg
-            k_eff = (self._t[key + ".conv.weight"].shape[-1] - 1) * dilation + 1
-            total = k_eff - stride
-            pad_left = total if self.spec.causal else total - total // 2
-            lo, hi = lo * stride - pad_left, hi * stride - pad_left + k_eff - 1
-        return -lo, hi
-
-    @property
-    def _pre_span(self) -> tuple[int, int]:
-        return self._reach(self.encoder_layers[: self._lstm_index])
-
-    @property
-    def _post_reach(self) -> int:
-        return max(self._reach(self.encoder_layers[self._lstm_index + 1 :]))
-
-    def quantize(self, latents: torch.Tensor) -> torch.Tensor:
-        """Residual VQ: nearest codeword per quantizer on the running residual (reference distance)."""
-        residual = latents
-        codes = []
-        for embed in self.codebooks:
-            states = residual.permute(0, 2, 1)
-            shape = states.shape
-            flat = states.reshape(-1, shape[-1])
-            et = embed.t()
-            dist = -(flat.pow(2).sum(1, keepdim=True) - 2 * flat @ et + et.pow(2).sum(0, keepdim=True))
-            idx = dist.max(dim=-1).indices.view(*shape[:-1])
-            codes.append(idx)
-            residual = residual - F.embedding(idx, embed).permute(0, 2, 1)
-        return torch.stack(codes, dim=1)
-
-
-def _conv_whole(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, dilation: int, spec: CodecSpec
-) -> torch.Tensor:
-    """One EnCodec Conv1d over a whole signal, padded exactly as the reference pads it."""
-    k_eff = (w.shape[-1] - 1) * dilation + 1
-    total = k_eff - stride
-    length = x.shape[-1]
-    n_frames = math.ceil((length - k_eff + total) / stride + 1) - 1
-    extra = n_frames * stride + k_eff - total - length
-    if spec.causal:
-        left, right = total, extra
-    else:
-        right = total // 2
-        left = total - right
-        right += extra
-    x = _pad_whole(x, (left, right), spec.pad_mode)
-    return F.conv1d(x, w, b, stride=stride, dilation=dilation)
-
-
-def _pad_whole(x: torch.Tensor, pads: tuple[int, int], mode: str) -> torch.Tensor:
-    """Reflect padding that also works on inputs shorter than the pad (zero-extends first)."""
-    if mode != "reflect":
-        return pad_edges(x, pads, mode)
-    length = x.shape[-1]
-    max_pad = max(pads)
-    extra = 0
-    if length <= max_pad:
-        extra = max_pad - length + 1
-        x = F.pad(x, (0, extra))
-    padded = F.pad(x, pads, mode="reflect")
-    return padded[..., : padded.shape[-1] - extra]
-
 
 def _whole(layer: Any, x: torch.Tensor) -> torch.Tensor:
     """Run one streaming layer over a whole sequence in one go (for short sequences and tests)."""
     if isinstance(layer, StreamConv1d):
-        return _conv_whole(x, layer.weight, layer.bias, 1, layer.dilation, layer.spec)
+        return conv_whole(x, layer.weight, layer.bias, 1, layer.dilation, layer.spec)
     if isinstance(layer, StreamConvTranspose1d):
         y = F.conv_transpose1d(x, layer.weight, layer.bias, stride=layer.stride)
         return y[..., layer.left : y.shape[-1] - layer.right]

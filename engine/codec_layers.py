@@ -292,3 +292,39 @@ def pad_edges(x: torch.Tensor, pads: tuple[int, int], mode: str) -> torch.Tensor
     if mode == "reflect":
         return F.pad(x, pads, mode="reflect")
     return F.pad(x, pads, mode=mode, value=0.0) if mode == "constant" else F.pad(x, pads, mode=mode)
+
+
+# -- whole-signal convolutions, padded as the reference pads (the encoder, short decodes) -------
+
+
+def conv_whole(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, dilation: int, spec: CodecSpec
+) -> torch.Tensor:
+    """One EnCodec Conv1d over a whole signal, padded exactly as the reference pads it."""
+    k_eff = (w.shape[-1] - 1) * dilation + 1
+    total = k_eff - stride
+    length = x.shape[-1]
+    n_frames = math.ceil((length - k_eff + total) / stride + 1) - 1
+    extra = n_frames * stride + k_eff - total - length
+    if spec.causal:
+        left, right = total, extra
+    else:
+        right = total // 2
+        left = total - right
+        right += extra
+    x = pad_whole(x, (left, right), spec.pad_mode)
+    return F.conv1d(x, w, b, stride=stride, dilation=dilation)
+
+
+def pad_whole(x: torch.Tensor, pads: tuple[int, int], mode: str) -> torch.Tensor:
+    """Reflect padding that also works on inputs shorter than the pad (zero-extends first)."""
+    if mode != "reflect":
+        return pad_edges(x, pads, mode)
+    length = x.shape[-1]
+    max_pad = max(pads)
+    extra = 0
+    if length <= max_pad:
+        extra = max_pad - length + 1
+        x = F.pad(x, (0, extra))
+    padded = F.pad(x, pads, mode="reflect")
+    return padded[..., : padded.shape[-1] - extra]
