@@ -147,7 +147,7 @@ class Codec:
         if device.type != "cpu":
             raise EngineError("the compiled codec runs on the CPU only")
         try:
-            return CompiledCodec(self.decoder_layers, self.codebooks, self.precision)
+            return CompiledCodec(self.decoder_layers, self.codebooks)  # the layers' own matrices
         except EngineError:
             if want:
                 raise

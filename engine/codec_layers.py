@@ -15,7 +15,6 @@ samples). `engine.codec` chains them; `engine.codec_step` runs their steady stat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,15 +31,30 @@ from .spec import CodecSpec
 # measured by `musicgen-live bench-codec --precision int8`. The whole-clip encoder and `decode`
 # stay float32.
 CODEC_PRECISIONS = ("float32", "int8")
-MatMul = Callable[[torch.Tensor], torch.Tensor]  # x (rows, in) -> x @ W.T (rows, out)
 
 
-def weight_mul(w: torch.Tensor, precision: str = "float32") -> MatMul:
-    """x @ w.T for the few rows a push carries, at `precision` (one of CODEC_PRECISIONS)."""
-    if precision == "int8":
-        lin = Int8Linear(w)
-        return lambda x: lin(x, independent_rows=True)
-    return lambda x: linear_skinny(x, w)
+class WeightMul:
+    """x @ w.T for the few rows a push carries, at `precision` (one of CODEC_PRECISIONS). The
+    compiled codec multiplies by the same matrix (`kernel_form`): int8 weights quantised once for
+    both decoders."""
+
+    def __init__(self, w: torch.Tensor, precision: str = "float32") -> None:
+        self.lin = Int8Linear(w) if precision == "int8" else None
+        self.w = None if self.lin is not None else w  # int8 keeps only its packed weights
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lin is not None:
+            return self.lin(x, independent_rows=True)
+        assert self.w is not None
+        return linear_skinny(x, self.w)
+
+    def kernel_form(self) -> Any:
+        """The matrix as `kernels.CodecStep` takes it: int8's (fbgemm packed weights, anchor row),
+        or float32 w (out, in)."""
+        if self.lin is not None:
+            return (self.lin.packed, self.lin.anchor)
+        assert self.w is not None
+        return self.w.float().contiguous()
 
 
 # -- layers ------------------------------------------------------------------------------------
@@ -117,19 +131,20 @@ class StreamConvTranspose1d:
         self.left = total - self.right
         self.overlap = k - stride
         self._bias = bias.view(1, -1, 1)
-        # (Cout * k, Cin): the kernel as one matrix, so a push is one GEMM plus an overlap-add
-        w_mat = weight.permute(1, 2, 0).reshape(-1, weight.shape[0]).contiguous() if k % stride == 0 else None
-        self._mul = None if w_mat is None else weight_mul(w_mat, precision)
+        # (k * Cout, Cin), rows tap-major: the kernel as one matrix, so a push is one GEMM plus an
+        # overlap-add (the compiled codec multiplies by the same one)
+        w_mat = weight.permute(2, 1, 0).reshape(-1, weight.shape[0]).contiguous() if k % stride == 0 else None
+        self.mul = None if w_mat is None else WeightMul(w_mat, precision)
 
     def _transpose_conv(self, x: torch.Tensor) -> torch.Tensor:
         """conv_transpose1d without bias. oneDNN plans a slow kernel for the few-sample inputs a
         stream pushes; the GEMM (row-major input, `linear_skinny`) runs at memory bandwidth."""
-        if self._mul is None:
+        if self.mul is None:
             return F.conv_transpose1d(x, self.weight, None, stride=self.stride)
         B, _, T = x.shape
         S, cout, k = self.stride, self.weight.shape[1], self.weight.shape[2]
-        cols = self._mul(x.transpose(1, 2).reshape(B * T, -1).contiguous())
-        cols = cols.view(B, T, cout, k).permute(0, 2, 3, 1)  # (B, Cout, k, T)
+        cols = self.mul(x.transpose(1, 2).reshape(B * T, -1).contiguous())
+        cols = cols.view(B, T, k, cout).permute(0, 3, 2, 1)  # (B, Cout, k, T)
         y = x.new_zeros(B, cout, (T + k // S - 1) * S)
         for j in range(k // S):
             y[..., j * S : j * S + T * S] += cols[:, :, j * S : (j + 1) * S].transpose(2, 3).reshape(B, cout, T * S)
@@ -184,10 +199,10 @@ class StreamLSTM:
         w_hh = [getattr(lstm, f"weight_hh_l{i}").detach() for i in range(n)]
         self.layers = n
         self.bias = [(getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}")).detach() for i in range(n)]
-        self.ih = [weight_mul(w, precision) for w in w_ih]
-        self.hh = [weight_mul(w, precision) for w in w_hh]
+        self.ih = [WeightMul(w, precision) for w in w_ih]
+        self.hh = [WeightMul(w, precision) for w in w_hh]
         # [W_ih | W_hh]: a one-frame push reads each layer's weights in one GEMV
-        self.cat = [weight_mul(torch.cat([a, b], dim=1).contiguous(), precision) for a, b in zip(w_ih, w_hh)]
+        self.cat = [WeightMul(torch.cat([a, b], dim=1).contiguous(), precision) for a, b in zip(w_ih, w_hh)]
 
     def init(self) -> LSTMState:
         return LSTMState()

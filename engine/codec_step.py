@@ -43,7 +43,6 @@ from .codec_layers import (
 )
 from .cpu_kernels import kernels
 from .errors import EngineError
-from .linear import Int8Linear
 
 
 class CodecStream(Protocol):
@@ -67,14 +66,6 @@ def cache_codec_kernels(precision: str, device: torch.device, say: Callable[[str
             say(f"{e}; the Python codec plays instead (about 2x slower a frame)")
 
 
-def _matrix(w: torch.Tensor, precision: str) -> Any:
-    """A matrix as the kernel takes it: int8's (fbgemm packed weights, anchor), or float32 w."""
-    if precision == "int8":
-        lin = Int8Linear(w)
-        return (lin.packed, lin.anchor)
-    return w.float().contiguous()
-
-
 def _rows(x: torch.Tensor | None) -> torch.Tensor:
     """(B, C, n) <-> (B, n, C); a state is exported only once `steady` holds (no None in it)."""
     assert x is not None, "a layer's state was exported before its warm-up ended"
@@ -86,13 +77,13 @@ def _rows(x: torch.Tensor | None) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _Kind:
-    describe: Callable[[Any, str], tuple[Any, ...]]  # (layer, precision) -> the kernel's tuple
+    describe: Callable[[Any], tuple[Any, ...]]  # layer -> the kernel's tuple (its matrices as built)
     steady: Callable[[Any, Any], bool]  # (layer, state): past its warm-up
     export: Callable[[Any, Any], list[torch.Tensor]]  # (layer, state) -> its part of the flat list
     restore: Callable[[Any, Iterator[torch.Tensor]], Any]  # (layer, the flat list) -> its state
 
 
-def _conv(c: StreamConv1d, _precision: str = "float32") -> tuple[Any, ...]:
+def _conv(c: StreamConv1d) -> tuple[Any, ...]:
     taps = c.weight.permute(2, 1, 0).contiguous()  # (k, Cin, Cout)
     return ("conv", taps, c.bias.contiguous(), c.dilation, c.context)
 
@@ -105,19 +96,15 @@ def _conv_restore(_c: StreamConv1d, it: Iterator[torch.Tensor]) -> ConvState:
     return ConvState(buf=_rows(next(it)), started=True)
 
 
-def _convt(c: StreamConvTranspose1d, precision: str) -> tuple[Any, ...]:
-    cin, cout, k = c.weight.shape  # rows ordered (tap, Cout)
-    rows = c.weight.permute(2, 1, 0).reshape(k * cout, cin)
-    return ("convt", _matrix(rows, precision), c.bias.contiguous(), c.stride, k, cin, cout)
+def _convt(c: StreamConvTranspose1d) -> tuple[Any, ...]:
+    if c.mul is None:
+        raise TypeError("the compiled codec needs a transposed conv's kernel to be a multiple of its stride")
+    cin, cout, k = c.weight.shape  # the matrix's rows are ordered (tap, Cout)
+    return ("convt", c.mul.kernel_form(), c.bias.contiguous(), c.stride, k, cin, cout)
 
 
-def _lstm(layer: StreamLSTM, precision: str) -> tuple[Any, ...]:
-    lstm = layer.lstm
-    cats = [
-        torch.cat([getattr(lstm, f"weight_ih_l{i}"), getattr(lstm, f"weight_hh_l{i}")], 1).detach()
-        for i in range(layer.layers)
-    ]
-    return ("lstm", [_matrix(w, precision) for w in cats], layer.bias, lstm.hidden_size)
+def _lstm(layer: StreamLSTM) -> tuple[Any, ...]:
+    return ("lstm", [m.kernel_form() for m in layer.cat], layer.bias, layer.lstm.hidden_size)
 
 
 def _res_lag(block: StreamResBlock) -> int:
@@ -126,7 +113,7 @@ def _res_lag(block: StreamResBlock) -> int:
     return ahead - (block.shortcut.lookahead if block.shortcut else 0)
 
 
-def _res(block: StreamResBlock, _precision: str) -> tuple[Any, ...]:
+def _res(block: StreamResBlock) -> tuple[Any, ...]:
     shortcut = [_conv(block.shortcut)] if block.shortcut else []
     dim = block.convs[-1].weight.shape[0]
     return ("res", [_conv(c) for c in block.convs], shortcut, _res_lag(block), dim)
@@ -166,7 +153,7 @@ _KINDS: dict[type, _Kind] = {
         lambda c, st: [st.h.contiguous(), st.c.contiguous()],
         lambda c, it: LSTMState(h=next(it), c=next(it)),
     ),
-    ELU: _Kind(lambda c, p: ("elu",), lambda c, st: True, lambda c, st: [], lambda c, it: None),
+    ELU: _Kind(lambda c: ("elu",), lambda c, st: True, lambda c, st: [], lambda c, it: None),
     StreamResBlock: _Kind(_res, _res_steady, _res_export, _res_restore),
 }
 
@@ -178,9 +165,9 @@ def _kind(layer: Any) -> _Kind:
     return kind
 
 
-def describe(layers: list[Any], precision: str) -> list[tuple[Any, ...]]:
+def describe(layers: list[Any]) -> list[tuple[Any, ...]]:
     """The decoder's layers as `kernels.CodecStep` takes them (see `kernels/codec_step.cpp`)."""
-    return [_kind(layer).describe(layer, precision) for layer in layers]
+    return [_kind(layer).describe(layer) for layer in layers]
 
 
 def steady(layers: list[Any], states: list[Any]) -> bool:
@@ -202,10 +189,10 @@ def restore(layers: list[Any], flat: list[torch.Tensor]) -> list[Any]:
 class CompiledCodec:
     """The kernel's immutable half (weights, layer plan) for one codec; `start` makes streams."""
 
-    def __init__(self, layers: list[Any], codebooks: list[torch.Tensor], precision: str) -> None:
+    def __init__(self, layers: list[Any], codebooks: list[torch.Tensor]) -> None:
         self.layers = layers
         self.step = kernels(need="the compiled codec").CodecStep(
-            describe(layers, precision), torch.stack([b.float() for b in codebooks]).contiguous()
+            describe(layers), torch.stack([b.float() for b in codebooks]).contiguous()
         )
 
     def start(self, states: list[Any], batch: int) -> CodecStream:

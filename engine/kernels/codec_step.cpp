@@ -33,13 +33,10 @@ CodecConv conv_from(const py::tuple& t) {  // ("conv", taps (k, Cin, Cout), bias
 
 CodecMatrix matrix_from(const py::object& obj) {  // int8's (packed, anchor), or float32 w (out, in)
   CodecMatrix m;
-  if (py::isinstance<py::tuple>(obj)) {
+  if (py::isinstance<py::tuple>(obj))
     m.q = matrix(obj);
-    m.out = -1;
-  } else {
-    auto w = obj.cast<at::Tensor>();
-    m.wt = w.t().contiguous(), m.out = w.size(0);
-  }
+  else
+    m.wt = obj.cast<at::Tensor>().t().contiguous();
   return m;
 }
 
@@ -133,7 +130,8 @@ CodecStream::CodecStream(std::shared_ptr<const CodecStep> step, const std::vecto
   auto rows = [&](int64_t n, int64_t width) { return at::zeros({B, n, width}, opts); };
   auto conv_buffers = [&](const CodecConv& c, Buffers& b) {
     b.state.push_back(rows(c.context, c.cin)), b.keep.push_back(c.context), b.out.push_back(rows(0, c.cout));
-    b.cols.push_back(rows(0, c.k * c.cin));
+    // the windows' matrix: not for a 1-tap conv (its inputs are the matrix) or one to a single channel
+    b.cols.push_back(c.k > 1 && c.cout > 1 ? rows(0, c.k * c.cin) : at::Tensor());
   };
   for (const CodecLayer& l : step_->layers_) {
     Buffers b;
@@ -196,7 +194,8 @@ void CodecStream::reserve(int64_t frames) {
     switch (l.kind) {
       case CodecKind::Conv: {
         const CodecConv& c = step_->convs_[l.index];
-        b.state[0] = regrow(b.state[0], c.context + n, c.context), fit(b.out[0], n), fit(b.cols[0], n);
+        b.state[0] = regrow(b.state[0], c.context + n, c.context), fit(b.out[0], n);
+        if (b.cols[0].defined()) fit(b.cols[0], n);
         break;
       }
       case CodecKind::ConvT: {

@@ -19,7 +19,6 @@
 struct CodecMatrix {
   Matrix q;
   at::Tensor wt;  // float32: w.T (in, out), contiguous
-  int64_t out = 0;
   at::Tensor operator()(const at::Tensor& x) const;  // x (M, in) -> (M, out)
 };
 
@@ -93,7 +92,7 @@ class CodecStream {
   struct Buffers {
     std::vector<at::Tensor> state, out;
     std::vector<int64_t> keep;
-    std::vector<at::Tensor> cols;  // a conv's windows side by side (B, n, k Cin) (beside its state)
+    std::vector<at::Tensor> cols;  // a conv's windows side by side (B, n, k Cin); undefined where unused
   };
   at::Tensor conv(const CodecConv& c, at::Tensor& buf, at::Tensor& cols, at::Tensor& out, const at::Tensor& x,
                   bool act);
