@@ -450,6 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(cb)
     cb.add_argument("--seconds", type=_positive_float, nargs="+", default=[5.0, 15.0, 30.0])
     cb.add_argument("--chunk-frames", type=_positive_int, default=1)
+    cb.add_argument(
+        "--encode-pieces",
+        type=_nonneg_int,
+        nargs="+",
+        help="time the encoder instead: ms a frame at these frames a piece (0 = the whole clip), interleaved",
+    )
+    cb.add_argument("--encode-seconds", type=_positive_float, default=12.0, help="audio the encoder bench encodes")
 
     bx = sub.add_parser(
         "bench-matrices", help="a decoder's matrices at each weight format, read from memory as a live step reads them"
@@ -803,9 +810,20 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_codec(args: argparse.Namespace) -> int:
-    from musicgen_live.engine.codec_bench import codec_fidelity, format_codec_bench, format_fidelity, run_codec_bench
+    from musicgen_live.engine.codec_bench import (
+        codec_fidelity,
+        format_codec_bench,
+        format_encoder_bench,
+        format_fidelity,
+        run_codec_bench,
+        run_encoder_bench,
+    )
 
     model = _load(args)
+    if args.encode_pieces:
+        costs = run_encoder_bench(model.codec, args.encode_seconds, args.encode_pieces)
+        print(format_encoder_bench(args.encode_seconds, costs))
+        return 0
     print(format_codec_bench(run_codec_bench(model.codec, args.seconds, args.chunk_frames)))
     if model.codec.precision != "float32":
         print(format_fidelity(codec_fidelity(model.codec.with_precision("float32"), model.codec)))

@@ -1,8 +1,12 @@
-"""`musicgen-live bench-codec`: streaming decode cost per frame against re-decoding the history.
+"""`musicgen-live bench-codec`: streaming decode cost per frame against re-decoding the history,
+and the encoder's cost a frame by the size of the pieces a continuation encodes in.
 
 The widely used `MusicgenStreamer` re-decodes everything generated so far at every chunk, so its
 cost per chunk grows with the length of the piece; ours keeps per-layer state and costs the same
 at second 5 and second 30. Both are timed here on random codes at a few history lengths.
+
+A live continuation encodes its audio a few frames between two steps (`Codec.encode_steps`); what
+a frame costs at each piece size against the whole clip at once is `run_encoder_bench`.
 """
 
 from __future__ import annotations
@@ -52,6 +56,33 @@ def format_codec_bench(points: list[CodecPoint]) -> str:
     lines = [f"{'history':>8} | {'ours ms/frame':>14} | {'re-decode ms/chunk':>19}"]
     for p in points:
         lines.append(f"{p.seconds:7.0f}s | {p.ours_ms_per_frame:14.2f} | {p.redecode_ms_per_chunk:19.1f}")
+    return "\n".join(lines)
+
+
+def run_encoder_bench(codec: Codec, seconds: float, pieces: list[int], rounds: int = 3) -> dict[int, float]:
+    """ms a frame to encode `seconds` of noise at each piece size (frames a piece; 0 = the whole
+    clip in one call), the sizes interleaved in `rounds` rounds; the median round of each."""
+    g = torch.Generator().manual_seed(0)
+    audio = 0.3 * torch.randn(1, codec.spec.channels, int(seconds * codec.spec.sample_rate), generator=g)
+    times: dict[int, list[float]] = {n: [] for n in pieces}
+    for _ in range(rounds):
+        for n in pieces:
+            steps = codec.encode_steps(audio)
+            t0 = time.perf_counter()
+            next(steps)
+            try:
+                while True:
+                    steps.send(n or None)
+            except StopIteration as done:
+                frames = done.value.shape[-1]
+            times[n].append(1000 * (time.perf_counter() - t0) / frames)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def format_encoder_bench(seconds: float, costs: dict[int, float]) -> str:
+    lines = [f"encoding {seconds:g} s of audio | frames a piece | ms a frame"]
+    for n, ms in costs.items():
+        lines.append(f"{'':>25} | {'whole clip' if n == 0 else n:>14} | {ms:10.2f}")
     return "\n".join(lines)
 
 
