@@ -1,8 +1,8 @@
 """EnCodec's encoder: audio to codes for a continuation or a prompt, whole clip or a piece at a time.
 
 The whole-clip path runs the reference's layers exactly (the same codes, bit for bit); `encode_steps`
-spreads the same computation over pieces a live stream can afford between two steps (see its
-docstring for what a piece recomputes). The residual vector quantizer (`quantize`) ends both.
+spreads the same computation over pieces a live stream can afford between two steps, each layer
+fed as a stream (`EncoderFeed`). The residual vector quantizer (`quantize`) ends both.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .codec_layers import StreamLSTM, conv_whole
-from .pieces import run
+from .codec_layers import StreamLSTM, conv_whole, pad_edges
 from .spec import CodecSpec
 
 
@@ -53,54 +52,35 @@ class Encoder:
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
         """Audio (B, channels, samples) at the codec rate -> codes (B, K, frames), whole clip, exactly
         as the reference computes it."""
-        return run(self.encode_steps(audio))
+        lstm_at = next(i for i, (kind, _) in enumerate(self.layers) if kind == "lstm")
+        lstm: StreamLSTM = self.layers[lstm_at][1]
+        seq = self._run_encoder_steps(self.layers[:lstm_at], audio.float()).permute(2, 0, 1)
+        latents = (lstm.lstm(seq)[0] + seq).permute(1, 2, 0)
+        return self.quantize(self._run_encoder_steps(self.layers[lstm_at + 1 :], latents))
 
     def encode_steps(self, audio: torch.Tensor) -> Generator[None, int | None, torch.Tensor]:
-        """`encode`, a piece at a time for a live stream that must not stall: each piece covers the
-        number of frames sent in (`steps.send(n)`; None or `next()` = all the rest).
+        """`encode`, a piece at a time for a live stream that must not stall: each piece feeds the
+        audio of the number of frames sent in (`steps.send(n)`; None or `next()` = all the rest).
 
-        A piece runs the convolutions before the LSTM on its frames' receptive field only (a window
-        starting on a frame boundary, so every layer's frame grid and the clip's own edge padding
-        are the reference's), the LSTM carries its state across pieces, and the last convolution
-        and the quantizer follow piece by piece over the finished latents. Exhausted in one piece
-        it is the whole-clip computation; in pieces it differs only in float rounding."""
+        Sent None at once it is the whole-clip computation, bit for bit. In pieces the audio flows
+        through the layers as a stream (`EncoderFeed`): every layer keeps the inputs it has not
+        used yet and computes each output once, with the clip's own edge padding and frame grid,
+        so a frame costs about what it costs whole at any piece size; the codes differ from the
+        whole clip's only where float rounding moves a latent across a codeword boundary."""
         x = audio.float()
-        n, hop = x.shape[-1], self.spec.hop
-        pre = self.layers[: self._lstm_index]
-        lstm: StreamLSTM = self.layers[self._lstm_index][1]
-        post = self.layers[self._lstm_index + 1 :]
-        frames = self._encoded_frames(n)
-        left, right = self._pre_span
-        latents, state = [], lstm.init()
-        f = 0
         amount = yield
-        while f < frames:
-            f1 = frames if amount is None else min(frames, f + max(1, amount))
-            a = max(0, (f * hop - left) // hop * hop)  # a frame boundary: the clip's grid
-            b = min(n, (f1 - 1) * hop + right + 1)
+        if amount is None or not EncoderFeed.streams(self, x.shape[-1]):
+            return self.encode(x)
+        feed = EncoderFeed(self, x.shape[-1])
+        codes, fed, n = [], 0, x.shape[-1]
+        while True:
+            end = n if amount is None else min(n, fed + max(1, amount) * self.spec.hop)
             with torch.no_grad():
-                y = self._run_encoder_steps(pre, x[..., a:b])[..., f - a // hop : f1 - a // hop]
-                if f == 0 and f1 == frames:  # one piece: torch's LSTM, as the reference runs it
-                    seq = y.permute(2, 0, 1)
-                    latents.append((lstm.lstm(seq)[0] + seq).permute(1, 2, 0))
-                else:  # torch's LSTM re-plans on every short call; the written-out one carries (h, c)
-                    latents.append(lstm.push(state, y))
-            f = f1
+                codes.append(self.quantize(feed.push(x[..., fed:end], final=end == n)))
+            fed = end
+            if fed == n:
+                return torch.cat(codes, dim=-1)
             amount = yield
-        z = torch.cat(latents, dim=-1)
-        codes = []
-        reach = self._post_reach
-        g = 0
-        while g < frames:
-            g1 = frames if amount is None else min(frames, g + max(1, 4 * amount))  # cheap: 4x the frames
-            a = max(0, g - reach)
-            with torch.no_grad():
-                y = self._run_encoder_steps(post, z[..., a : min(frames, g1 + reach)])[..., g - a : g1 - a]
-                codes.append(self.quantize(y))
-            g = g1
-            if g < frames:
-                amount = yield
-        return torch.cat(codes, dim=-1)
 
     def _run_encoder_steps(self, steps: list[tuple[str, Any]], x: torch.Tensor) -> torch.Tensor:
         t = self._t
@@ -128,10 +108,6 @@ class Encoder:
                 raise ValueError(f"cannot run encoder step {kind} piecewise")
         return x
 
-    @property
-    def _lstm_index(self) -> int:
-        return next(i for i, (kind, _) in enumerate(self.layers) if kind == "lstm")
-
     def _encoded_frames(self, samples: int) -> int:
         """Frames the encoder makes of `samples` samples (each strided conv rounds up)."""
         n = samples
@@ -141,27 +117,6 @@ class Encoder:
                 k_eff = (self._t[key + ".conv.weight"].shape[-1] - 1) * dilation + 1
                 n = math.ceil((n - k_eff + (k_eff - stride)) / stride + 1)
         return n
-
-    def _reach(self, steps: list[tuple[str, Any]]) -> tuple[int, int]:
-        """(left, right): the inputs output 0 of `steps` depends on span input samples -left..right."""
-        lo, hi = 0, 0
-        for kind, arg in reversed(steps):
-            if kind == "elu":
-                continue
-            key, stride, dilation = (arg[0] + ".block.1", 1, arg[1]) if kind == "res" else arg
-            k_eff = (self._t[key + ".conv.weight"].shape[-1] - 1) * dilation + 1
-            total = k_eff - stride
-            pad_left = total if self.spec.causal else total - total // 2
-            lo, hi = lo * stride - pad_left, hi * stride - pad_left + k_eff - 1
-        return -lo, hi
-
-    @property
-    def _pre_span(self) -> tuple[int, int]:
-        return self._reach(self.layers[: self._lstm_index])
-
-    @property
-    def _post_reach(self) -> int:
-        return max(self._reach(self.layers[self._lstm_index + 1 :]))
 
     def quantize(self, latents: torch.Tensor) -> torch.Tensor:
         """Residual VQ: nearest codeword per quantizer on the running residual (reference distance)."""
@@ -177,3 +132,149 @@ class Encoder:
             codes.append(idx)
             residual = residual - F.embedding(idx, embed).permute(0, 2, 1)
         return torch.stack(codes, dim=1)
+
+
+class ConvFeed:
+    """One EnCodec Conv1d over a signal of known length `length` (samples) that arrives in pieces:
+    `conv_whole`'s padding and frame grid, each output computed once. It keeps the inputs its next
+    output needs and the last `right + 1` for the right edge's padding, made at the final piece."""
+
+    def __init__(
+        self, w: torch.Tensor, b: torch.Tensor, stride: int, dilation: int, length: int, spec: CodecSpec
+    ) -> None:
+        self.w, self.b, self.stride, self.dilation, self.mode = w, b, stride, dilation, spec.pad_mode
+        self.k_eff = (w.shape[-1] - 1) * dilation + 1
+        total = self.k_eff - stride
+        frames = math.ceil((length - self.k_eff + total) / stride + 1) - 1
+        extra = frames * stride + self.k_eff - total - length
+        if spec.causal:
+            self.left, self.right = total, extra
+        else:
+            self.right = total // 2
+            self.left = total - self.right
+            self.right += extra
+        self.outputs = frames + 1  # what the whole signal gives
+        self.length = length
+        self._buf: torch.Tensor | None = None  # padded inputs not yet consumed
+        self._tail: torch.Tensor | None = None  # the last right + 1 inputs
+        self._seen = 0
+        self._started = False
+
+    @staticmethod
+    def fits(length: int, w: torch.Tensor, stride: int, dilation: int, spec: CodecSpec) -> bool:
+        """Whether a signal of `length` samples is longer than the layer's padding (else the
+        reference zero-extends it first, which only the whole-clip path does)."""
+        probe = ConvFeed(w, w.new_zeros(0), stride, dilation, length, spec)
+        return length > max(probe.left, probe.right)
+
+    def push(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+        """The outputs (B, C_out, n) that the inputs so far complete (all the rest if `final`)."""
+        self._seen += x.shape[-1]
+        if self.right:
+            self._tail = x if self._tail is None else torch.cat([self._tail, x], dim=-1)
+            self._tail = self._tail[..., -(self.right + 1) :]
+        buf = x if self._buf is None else torch.cat([self._buf, x], dim=-1)
+        if not self._started:
+            if buf.shape[-1] <= self.left and not final:
+                self._buf = buf
+                return self._none(x)
+            if self.left:
+                head = pad_edges(buf[..., : self.left + 1], (self.left, 0), self.mode)[..., : self.left]
+                buf = torch.cat([head, buf], dim=-1)
+            self._started = True
+        if final:
+            if self._seen != self.length:
+                raise ValueError(f"fed {self._seen} samples to a layer built for {self.length}")
+            if self.right:
+                assert self._tail is not None
+                edge = pad_edges(self._tail, (0, self.right), self.mode)[..., -self.right :]
+                buf = torch.cat([buf, edge], dim=-1)
+        n = (buf.shape[-1] - self.k_eff) // self.stride + 1 if buf.shape[-1] >= self.k_eff else 0
+        self._buf = buf[..., n * self.stride :]
+        if n == 0:
+            return self._none(x)
+        used = buf[..., : (n - 1) * self.stride + self.k_eff]
+        return F.conv1d(used, self.w, self.b, stride=self.stride, dilation=self.dilation)
+
+    def _none(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_empty(x.shape[0], self.w.shape[0], 0)
+
+
+class ResFeed:
+    """A residual block fed in pieces: ELU -> conv -> ELU -> conv, plus the skip held back until
+    the convolutions' outputs catch up (their lookahead)."""
+
+    def __init__(self, convs: list[ConvFeed], shortcut: ConvFeed | None) -> None:
+        self.convs, self.shortcut = convs, shortcut
+        self._held: torch.Tensor | None = None
+
+    def push(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+        y = x
+        for conv in self.convs:
+            y = conv.push(F.elu(y), final)
+        skip = self.shortcut.push(x, final) if self.shortcut is not None else x
+        held = skip if self._held is None else torch.cat([self._held, skip], dim=-1)
+        n = y.shape[-1]
+        self._held = held[..., n:]
+        return held[..., :n] + y
+
+
+class EncoderFeed:
+    """The encoder's layers as streams for one clip of `samples` samples: `push` takes the next
+    audio and gives the latents (B, D, frames) it completes; the final push gives the rest."""
+
+    def __init__(self, encoder: Encoder, samples: int) -> None:
+        t, spec = encoder._t, encoder.spec
+        self._steps: list[tuple[str, Any]] = []
+        n = samples
+        for kind, arg in encoder.layers:
+            if kind == "conv":
+                key, stride, dilation = arg
+                feed = ConvFeed(t[key + ".conv.weight"], t[key + ".conv.bias"], stride, dilation, n, spec)
+                self._steps.append(("feed", feed))
+                n = feed.outputs
+            elif kind == "res":
+                key, dilation = arg
+                convs = [
+                    ConvFeed(t[f"{key}.block.1.conv.weight"], t[f"{key}.block.1.conv.bias"], 1, dilation, n, spec),
+                    ConvFeed(t[f"{key}.block.3.conv.weight"], t[f"{key}.block.3.conv.bias"], 1, 1, n, spec),
+                ]
+                shortcut = None
+                if spec.use_conv_shortcut:
+                    shortcut = ConvFeed(t[f"{key}.shortcut.conv.weight"], t[f"{key}.shortcut.conv.bias"], 1, 1, n, spec)
+                self._steps.append(("feed", ResFeed(convs, shortcut)))
+            elif kind == "lstm":
+                self._steps.append(("lstm", (arg, arg.init())))
+            else:
+                self._steps.append((kind, arg))
+
+    @staticmethod
+    def streams(encoder: Encoder, samples: int) -> bool:
+        """Whether a clip of `samples` is long enough for every layer to stream it (a clip of a
+        few frames is encoded whole: the reference zero-extends signals shorter than a pad)."""
+        t, n = encoder._t, samples
+        for kind, arg in encoder.layers:
+            if kind == "conv":
+                key, stride, dilation = arg
+                w = t[key + ".conv.weight"]
+                if not ConvFeed.fits(n, w, stride, dilation, encoder.spec):
+                    return False
+                n = ConvFeed(w, w.new_zeros(0), stride, dilation, n, encoder.spec).outputs
+            elif kind == "res":
+                key, dilation = arg
+                if not ConvFeed.fits(n, t[f"{key}.block.1.conv.weight"], 1, dilation, encoder.spec):
+                    return False
+        return True
+
+    def push(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+        for kind, arg in self._steps:
+            if kind == "feed":
+                x = arg.push(x, final)
+            elif kind == "lstm":
+                lstm, state = arg
+                x = lstm.push(state, x)
+            elif kind == "elu":
+                x = F.elu(x)
+            else:
+                raise ValueError(f"cannot feed encoder step {kind}")
+        return x
