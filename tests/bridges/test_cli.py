@@ -215,7 +215,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 
 
 def test_shipped_config_parses_with_every_layers_sections_to_the_defaults():
-    from musicgen_live.bridges.cli import _schema
+    from musicgen_live.bridges.cli.settings import schema as _schema
     from musicgen_live.engine.config import load_sections
 
     sections = load_sections(None, _schema())

@@ -44,7 +44,7 @@ def test_partial_file_keeps_defaults(tmp_path):
     ],
 )
 def test_bad_config_is_one_sentence_with_file_key_and_value(tmp_path, text, message):
-    from musicgen_live.bridges.cli import _schema
+    from musicgen_live.bridges.cli.settings import schema as _schema
     from musicgen_live.engine.config import load_sections
 
     p = tmp_path / "c.toml"
