@@ -12,20 +12,24 @@ ROOT = Path(__file__).resolve().parents[1]
 BELOW = {"engine": ("streamer", "bridges"), "streamer": ("bridges",)}  # what each layer may not import
 
 
+def _resolve(path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module an import-from names, relative ones resolved from the file's package
+    (`from ..config import x` in bridges/cluster/spec.py -> musicgen_live.bridges.config)."""
+    if node.level == 0:
+        return node.module or ""
+    package = path.relative_to(ROOT).parent.parts
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(["musicgen_live", *base, *([node.module] if node.module else [])])
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
     """(line, module) of every import in the file, relative ones resolved within the package."""
-    layer = path.relative_to(ROOT).parts[0]
     out = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            name = node.module or ""
-            if node.level == 1:  # from .x import y: the same layer
-                name = f"musicgen_live.{layer}.{name}"
-            elif node.level >= 2:
-                name = f"musicgen_live.{name}"
-            out.append((node.lineno, name))
+            out.append((node.lineno, _resolve(path, node)))
     return out
 
 
@@ -58,24 +62,18 @@ def _graph() -> dict[str, set[str]]:
     """Module -> the package's modules it imports (lazy and type-only imports count: a reader
     follows them all), e.g. "streamer.session" -> {"streamer.group", "engine.model", ...}."""
     modules = {
-        f"{layer}.{path.stem}": path
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
         for layer in ("engine", "streamer", "bridges")
-        for path in (ROOT / layer).glob("*.py")
+        for path in (ROOT / layer).rglob("*.py")
     }
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
-        layer = name.split(".")[0]
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 found |= {alias.name.removeprefix("musicgen_live.") for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
-                if node.level == 1:
-                    base = f"{layer}.{node.module}" if node.module else layer
-                elif node.level >= 2:
-                    base = node.module or ""
-                else:
-                    base = (node.module or "").removeprefix("musicgen_live.")
+                base = _resolve(path, node).removeprefix("musicgen_live.")
                 found.add(base)
                 found |= {f"{base}.{alias.name}" for alias in node.names}  # `from . import commands`
         graph[name] = {m for m in found if m in modules and m != name}
@@ -107,7 +105,8 @@ def _cycle(graph: dict[str, set[str]]) -> list[str]:
 
 def test_no_module_imports_itself_round_a_cycle():
     graph = _graph()
-    assert "streamer.group" in graph["streamer.session"] and "engine.model" in graph["bridges.cluster"]
+    assert "streamer.group" in graph["streamer.session"] and "engine.model" in graph["bridges.cluster.spec"]
+    assert "bridges.config" in graph["bridges.cluster.spec"] and "bridges.cli.settings" in graph["bridges.cli"]
     assert _cycle(graph) == [], " -> ".join(_cycle(graph))
 
 

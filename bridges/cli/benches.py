@@ -392,7 +392,7 @@ def cmd_bench_hostile(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_cluster(args: argparse.Namespace) -> int:
-    from musicgen_live.bridges.bench_cluster import format_cluster_bench, run_cluster_bench
+    from musicgen_live.bridges.cluster.bench import format_cluster_bench, run_cluster_bench
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     spec = cluster_spec(args)

@@ -187,7 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from musicgen_live.bridges.cluster_app import start_cluster
+    from musicgen_live.bridges.cluster.app import start_cluster
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     cluster = start_cluster(cluster_spec(args), say)
@@ -280,7 +280,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cluster_spec(args: argparse.Namespace):  # -> ClusterSpec (Ray is imported only by the cluster commands)
-    from musicgen_live.bridges.cluster import ClusterSpec
+    from musicgen_live.bridges.cluster.spec import ClusterSpec
 
     check_precision(args)
     sec = args.sections

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 ray = pytest.importorskip("ray")
-from musicgen_live.bridges.bench_cluster import replica_pids  # noqa: E402
-from musicgen_live.bridges.cluster import NAMESPACE, ClusterSpec  # noqa: E402
-from musicgen_live.bridges.cluster_app import Cluster, start_cluster  # noqa: E402
+from musicgen_live.bridges.cluster.app import Cluster, start_cluster  # noqa: E402
+from musicgen_live.bridges.cluster.bench import replica_pids  # noqa: E402
+from musicgen_live.bridges.cluster.spec import NAMESPACE, ClusterSpec  # noqa: E402
 from musicgen_live.bridges.config import BridgesConfig, ClusterConfig, WebSocketConfig  # noqa: E402
 from musicgen_live.engine.config import SamplingConfig  # noqa: E402
 from musicgen_live.streamer.config import StreamConfig  # noqa: E402

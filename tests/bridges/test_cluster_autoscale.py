@@ -10,8 +10,8 @@ import time
 import pytest
 
 ray = pytest.importorskip("ray")
-from musicgen_live.bridges.cluster import NAMESPACE, ClusterSpec  # noqa: E402
-from musicgen_live.bridges.cluster_app import start_cluster  # noqa: E402
+from musicgen_live.bridges.cluster.app import start_cluster  # noqa: E402
+from musicgen_live.bridges.cluster.spec import NAMESPACE, ClusterSpec  # noqa: E402
 from musicgen_live.bridges.config import BridgesConfig, ClusterConfig, WebSocketConfig  # noqa: E402
 from musicgen_live.engine.config import SamplingConfig  # noqa: E402
 from musicgen_live.streamer.config import StreamConfig  # noqa: E402

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("ray")
-from musicgen_live.bridges.cluster import PLACEMENT_S, SessionRouter  # noqa: E402
+from musicgen_live.bridges.cluster.router import PLACEMENT_S, SessionRouter  # noqa: E402
 from musicgen_live.bridges.ws import audio_frame, join_audio_frames  # noqa: E402
 
 
@@ -91,10 +91,10 @@ def test_a_session_whose_replica_is_gone_is_placed_anew(monkeypatch):
 
 
 def test_sessions_that_ended_free_their_slots(monkeypatch):
-    import musicgen_live.bridges.cluster as cluster
+    import musicgen_live.bridges.cluster.router as placing
 
     clock = [100.0]
-    monkeypatch.setattr(cluster.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(placing.time, "monotonic", lambda: clock[0])
     a = Replica("a", stats([], capacity=1))
     r = router(capacity=1)
     assert place(r, [a], "s1") == "a"

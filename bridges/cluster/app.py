@@ -1,4 +1,4 @@
-"""The Serve application of `musicgen-live cluster` (`bridges.cluster` holds its parts): the
+"""The Serve application of `musicgen-live cluster` (this package holds its parts): the
 ingress, the engine deployment's settings, and starting it all.
 
 No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations (Request,
@@ -13,8 +13,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs
 
-from .cluster import APP, NAMESPACE, STORE, ClusterSpec, Engine, Relay, SessionRouter, require_ray, store
-from .ws import Gate, static_file
+from ..ws import Gate, static_file
+from .relay import Relay
+from .replica import Replica
+from .router import SessionRouter
+from .spec import APP, NAMESPACE, STORE, ClusterSpec, require_ray
+from .store import store
 
 RESUME_TOKEN = re.compile("[0-9a-f]{32}")  # what session.created's `resume` looks like
 
@@ -83,7 +87,7 @@ if ray is not None:
 
 
 def build_app(spec: ClusterSpec) -> Any:
-    """The Serve application: ingress + engine replicas (the store is made on first use)."""
+    """The Serve application: ingress + replicas (the store is made on first use)."""
     require_ray()
     cl = spec.cluster
     autoscaling = (
@@ -110,8 +114,8 @@ def build_app(spec: ClusterSpec) -> Any:
         "request_routing_stats_timeout_s": 2.0,
     }
     engine: Any = serve.deployment(
-        Engine,
-        name="Engine",
+        Replica,
+        name="Replica",
         num_replicas=None if autoscaling else cl.replicas,
         autoscaling_config=autoscaling,
         ray_actor_options=actor,
@@ -140,7 +144,7 @@ class Cluster:
         app = serve.status().applications.get(APP)
         if app is None:
             return "cluster: the application is gone"
-        engine = app.deployments.get("Engine")
+        engine = app.deployments.get("Replica")
         states = ", ".join(f"{n} {s.lower()}" for s, n in (engine.replica_states if engine else {}).items())
         return f"cluster {app.status.lower()}: replicas {states or 'none'}; {self.sessions()} session(s)"
 

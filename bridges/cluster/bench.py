@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from musicgen_live.engine.stats import median, percentile
 
-from .cluster import ClusterSpec
+from .spec import ClusterSpec
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ClusterBench:
     recoveries: list[tuple[float, float]]  # (longest silence at a client, restored after) seconds
 
 
-def replica_pids(deployment: str = "Engine") -> list[int]:
+def replica_pids(deployment: str = "Replica") -> list[int]:
     """The processes of this machine's replicas of `deployment` (Ray names them in their command line)."""
     name = f"ServeReplica:musicgen-live:{deployment}".encode()
     pids = []
@@ -178,8 +178,8 @@ def run_cluster_bench(
 ) -> ClusterBench:
     import ray
 
-    from .cluster import NAMESPACE
-    from .cluster_app import start_cluster
+    from .app import start_cluster
+    from .spec import NAMESPACE
 
     serve_lat = _serve_latencies(spec, changes, say)
     ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
