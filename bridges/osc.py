@@ -383,7 +383,7 @@ class OscBridge(asyncio.DatagramProtocol):
             return
         ticket = data["ticket"]
         reply_to, address = self.pending.pop(ticket.id, (None, ""))
-        continuation = isinstance(ticket.command, (*c.CONTINUATIONS, *c.FOLLOWS))  # answered when heard
+        continuation = isinstance(ticket.command, (*c.CONTINUATIONS, c.Follow))  # answered when heard
         if kind == "refused":
             if reply_to is not None and not ticket.superseded:  # replaced by the sender's own newer one: no error
                 self._send(reply_to, "error", (address, ticket.error))

@@ -112,11 +112,11 @@ class Vocabulary:
             "melody/history": self._clip,
             "melody/input": self._clip,
             "melody/file": self._clip_file,
-            "melody/off": lambda n, a: Outcome(commands=[c.MelodyOff()] if _fires(a, n) else []),
+            "melody/off": lambda n, a: Outcome(commands=[c.Follow("melody")] if _fires(a, n) else []),
             "style/history": self._clip,
             "style/input": self._clip,
             "style/file": self._clip_file,
-            "style/off": lambda n, a: Outcome(commands=[c.StyleOff()] if _fires(a, n) else []),
+            "style/off": lambda n, a: Outcome(commands=[c.Follow("style")] if _fires(a, n) else []),
             "ping": lambda _n, a: Outcome(replies=[Reply("pong", tuple(a[:1]))]),
             "info": lambda _n, _a: Outcome(replies=[Reply("info", (json.dumps(self.info),))]),
             "subscribe": lambda _n, a: Outcome(subscribe=tuple(a[:2])),
@@ -308,15 +308,15 @@ _Seconds = Callable[[Sequence[object], int, str], tuple[float, list[str]]]
 _CLIPS: dict[str, tuple[Callable[[float], c.Command], _Seconds]] = {
     "continue": (c.ContinueHistory, lambda a, i, w: continue_seconds(a, i, w)),
     "continue/input": (c.ContinueInput, lambda a, i, w: continue_seconds(a, i, w)),
-    "melody/history": (c.MelodyHistory, lambda a, i, w: melody_seconds(a, i, w)),
-    "melody/input": (c.MelodyInput, lambda a, i, w: melody_seconds(a, i, w)),
-    "style/history": (c.StyleHistory, lambda a, i, w: style_seconds(a, i, w)),
-    "style/input": (c.StyleInput, lambda a, i, w: style_seconds(a, i, w)),
+    "melody/history": (lambda s: c.Follow("melody", c.FromHistory(s)), lambda a, i, w: melody_seconds(a, i, w)),
+    "melody/input": (lambda s: c.Follow("melody", c.FromInput(s)), lambda a, i, w: melody_seconds(a, i, w)),
+    "style/history": (lambda s: c.Follow("style", c.FromHistory(s)), lambda a, i, w: style_seconds(a, i, w)),
+    "style/input": (lambda s: c.Follow("style", c.FromInput(s)), lambda a, i, w: style_seconds(a, i, w)),
 }
 _CLIP_FILES: dict[str, tuple[Callable[[str, float, tuple[str, ...]], c.Command], _Seconds]] = {
     "continue/file": (c.ContinueFile, lambda a, i, w: continue_seconds(a, i, w)),
-    "melody/file": (c.MelodyFile, lambda a, i, w: melody_seconds(a, i, w)),
-    "style/file": (c.StyleFile, lambda a, i, w: style_seconds(a, i, w)),
+    "melody/file": (lambda p, s, d: c.Follow("melody", c.FromFile(p, s, d)), lambda a, i, w: melody_seconds(a, i, w)),
+    "style/file": (lambda p, s, d: c.Follow("style", c.FromFile(p, s, d)), lambda a, i, w: style_seconds(a, i, w)),
 }
 
 

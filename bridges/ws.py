@@ -491,10 +491,10 @@ class WebSocketBridge:
         use = msg.get("use", "continue")
         if use == "melody":
             seconds, notes = melody_seconds([msg.get("seconds", DEFAULT_MELODY_S)], 0, "input_audio.commit")
-            return Outcome(commands=[c.MelodyAudio(audio, fmt.rate, seconds)], notes=notes)
+            return Outcome(commands=[c.Follow("melody", c.FromUpload(audio, fmt.rate, seconds))], notes=notes)
         if use == "style":
             seconds, notes = style_seconds([msg.get("seconds", DEFAULT_STYLE_S)], 0, "input_audio.commit")
-            return Outcome(commands=[c.StyleAudio(audio, fmt.rate, seconds)], notes=notes)
+            return Outcome(commands=[c.Follow("style", c.FromUpload(audio, fmt.rate, seconds))], notes=notes)
         if use != "continue":
             raise ProtocolError("input_audio.commit use must be continue, melody or style")
         seconds, notes = continue_seconds([msg.get("seconds", DEFAULT_CONTINUE_S)], 0, "input_audio.commit")

@@ -108,11 +108,11 @@ def run_stream_bench(
                 continue
             if n % 5 == 0 and model.melody:  # a melody checkpoint: the melody of what just played, re-prefilled
                 if session.sink.history.seconds >= MELODY_S:
-                    timed.append(("melody change", session.submit(c.MelodyHistory(MELODY_S))))
+                    timed.append(("melody change", session.submit(c.Follow("melody", c.FromHistory(MELODY_S)))))
                 continue
             if n % 5 == 0 and model.style is not None:  # a style checkpoint: the style of what just played
                 if session.sink.history.seconds >= STYLE_S:
-                    timed.append(("style change", session.submit(c.StyleHistory(STYLE_S))))
+                    timed.append(("style change", session.submit(c.Follow("style", c.FromHistory(STYLE_S)))))
                 continue
             if n % 5 == 0:  # every other one crossfades: the new prompt's row is copied in, the old one's out
                 fade = FADE_S if n % 10 == 5 else 0.0

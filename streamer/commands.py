@@ -12,9 +12,9 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-if TYPE_CHECKING:  # bridges import this to build commands; only the `...Audio` commands hold an array
+if TYPE_CHECKING:  # bridges import this to build commands; only ContinueAudio and FromUpload hold an array
     import numpy as np
 
 
@@ -101,76 +101,64 @@ class ContinueCodes:
     codes: np.ndarray
 
 
+# Where a melody or style clip comes from (`Follow.source`).
 @dataclass(frozen=True)
-class MelodyHistory:
-    """Follow the melody (chroma) of the last `seconds` of the session's own output (a melody
-    checkpoint): that loop conditions every window from the next re-prefill on."""
+class FromHistory:
+    """The last `seconds` of the session's own output (what was just played)."""
 
-    seconds: float = 8.0
-
-
-@dataclass(frozen=True)
-class MelodyInput:
-    """Follow the melody of the last `seconds` captured from the input device."""
-
-    seconds: float = 8.0
+    seconds: float
 
 
 @dataclass(frozen=True)
-class MelodyFile:
+class FromInput:
+    """The last `seconds` captured from the input device."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FromFile:
+    """The first `seconds` of a file (a riff, a loop)."""
+
     path: str
-    seconds: float = 8.0  # the first `seconds` of the file (a riff, a loop)
+    seconds: float
     folders: tuple[str, ...] = ()  # where it must lie; () = anywhere
 
 
 @dataclass(frozen=True, eq=False)
-class MelodyAudio:
-    """Follow the melody of audio handed in by a bridge: (samples, channels) float32 at `rate`."""
+class FromUpload:
+    """The first `seconds` of audio handed in by a bridge: (samples, channels) float32 at `rate`."""
 
     audio: np.ndarray
     rate: int
-    seconds: float = 8.0
+    seconds: float
+
+
+FollowSource = FromHistory | FromInput | FromFile | FromUpload
+FollowKind = Literal["melody", "style"]
+FOLLOW_KINDS: tuple[FollowKind, ...] = ("melody", "style")
 
 
 @dataclass(frozen=True)
-class MelodyOff:
-    """Text alone conditions the music again."""
+class Follow:
+    """What a melody or style checkpoint's prefix follows from the next re-prefill of its window
+    on: the melody (chroma) or the style of a clip from `source`; None: text alone again."""
+
+    kind: FollowKind
+    source: FollowSource | None = None
+
+    @property
+    def name(self) -> str:
+        """melody/history, style/file, melody/off, ..."""
+        return f"{self.kind}/{'off' if self.source is None else source_name(self.source)}"
 
 
-@dataclass(frozen=True)
-class StyleHistory:
-    """Play in the style of the last `seconds` of the session's own output (a MusicGen-Style
-    checkpoint; the middle of the clip, the model's excerpt long, is what it hears)."""
-
-    seconds: float = 3.0
+_SOURCE_NAMES: dict[type, str] = {FromHistory: "history", FromInput: "input", FromFile: "file", FromUpload: "upload"}
 
 
-@dataclass(frozen=True)
-class StyleInput:
-    """Play in the style of the last `seconds` captured from the input device."""
-
-    seconds: float = 3.0
-
-
-@dataclass(frozen=True)
-class StyleFile:
-    path: str
-    seconds: float = 3.0  # the first `seconds` of the file
-    folders: tuple[str, ...] = ()  # where it must lie; () = anywhere
-
-
-@dataclass(frozen=True, eq=False)
-class StyleAudio:
-    """Play in the style of audio handed in by a bridge: (samples, channels) float32 at `rate`."""
-
-    audio: np.ndarray
-    rate: int
-    seconds: float = 3.0
-
-
-@dataclass(frozen=True)
-class StyleOff:
-    """Text alone conditions the music again (a MusicGen-Style checkpoint)."""
+def source_name(source: FollowSource) -> str:
+    """history, input, file or upload: as requests name where a clip comes from."""
+    return _SOURCE_NAMES[type(source)]
 
 
 @dataclass(frozen=True)
@@ -190,23 +178,15 @@ AudioContinuation = ContinueHistory | ContinueInput | ContinueFile | ContinueAud
 AUDIO_CONTINUATIONS = (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio)
 Continuation = AudioContinuation | ContinueCodes
 CONTINUATIONS = (ContinueHistory, ContinueInput, ContinueFile, ContinueAudio, ContinueCodes)
-Melody = MelodyHistory | MelodyInput | MelodyFile | MelodyAudio | MelodyOff
-MELODIES = (MelodyHistory, MelodyInput, MelodyFile, MelodyAudio, MelodyOff)
-Style = StyleHistory | StyleInput | StyleFile | StyleAudio | StyleOff
-STYLES = (StyleHistory, StyleInput, StyleFile, StyleAudio, StyleOff)
-Follow = Melody | Style  # what a melody or style checkpoint's prefix follows
-FOLLOWS = MELODIES + STYLES
-# commands that read audio
-Clip = (
-    AudioContinuation | MelodyHistory | MelodyInput | MelodyFile | MelodyAudio
-    | StyleHistory | StyleInput | StyleFile | StyleAudio
-)  # fmt: skip
-HISTORY_CLIPS = (ContinueHistory, MelodyHistory, StyleHistory)
-INPUT_CLIPS = (ContinueInput, MelodyInput, StyleInput)
+# what a clip is read from: a continuation's command, or a melody's or style's source
+Clip = AudioContinuation | FollowSource
+HISTORY_CLIPS = (ContinueHistory, FromHistory)
+INPUT_CLIPS = (ContinueInput, FromInput)
+FILE_CLIPS = (ContinueFile, FromFile)
+UPLOADS = (ContinueAudio, FromUpload)
 Command = (
-    SetPrompt | SetWeightedPrompts | Set | Play | Pause | Stop | Reset | Continuation | Melody | Style | Query
-    | RecentCodes
-)  # fmt: skip
+    SetPrompt | SetWeightedPrompts | Set | Play | Pause | Stop | Reset | Continuation | Follow | Query | RecentCodes
+)
 
 _ids = itertools.count(1)
 
@@ -255,20 +235,10 @@ _NAMES: dict[type, str] = {
     ContinueFile: "continue/file",
     ContinueAudio: "continue/upload",
     ContinueCodes: "continue/codes",
-    MelodyHistory: "melody/history",
-    MelodyInput: "melody/input",
-    MelodyFile: "melody/file",
-    MelodyAudio: "melody/upload",
-    MelodyOff: "melody/off",
-    StyleHistory: "style/history",
-    StyleInput: "style/input",
-    StyleFile: "style/file",
-    StyleAudio: "style/upload",
-    StyleOff: "style/off",
     Query: "get",
     RecentCodes: "codes",
 }
 
 
 def command_name(command: Command) -> str:
-    return command.name if isinstance(command, Set) else _NAMES[type(command)]
+    return command.name if isinstance(command, (Set, Follow)) else _NAMES[type(command)]

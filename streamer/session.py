@@ -892,7 +892,7 @@ class Session:
                 raise ContextError("there is no output history yet")
             clip = torch.from_numpy(np.ascontiguousarray(self.sink.history.last(seconds).T))
             return Read.ready((clip, channels))
-        if isinstance(cmd, (c.ContinueFile, c.MelodyFile, c.StyleFile)):
+        if isinstance(cmd, c.FILE_CLIPS):
             path, folders, max_bytes = cmd.path, cmd.folders, int(self.cfg.max_file_mb * 1e6)
             tail = isinstance(cmd, c.ContinueFile)
 
@@ -916,7 +916,7 @@ class Session:
             if data.ndim != 2 or len(data) == 0:
                 raise ContextError("uploaded audio must be a non-empty (samples, channels) array")
             data_rate = int(cmd.rate)
-            if isinstance(cmd, (c.MelodyAudio, c.StyleAudio)):
+            if isinstance(cmd, c.FromUpload):
                 data = data[: int(seconds * data_rate)]
             what = "resampling the upload"
         have = int(data.shape[1])
@@ -1010,23 +1010,22 @@ class Session:
     def _on_follow(self, ticket: c.Ticket) -> Answer:
         """melody/... and style/...: what a melody or style checkpoint's prefix follows."""
         cmd = ticket.command
-        assert isinstance(cmd, c.FOLLOWS)
-        want = "style" if isinstance(cmd, c.STYLES) else "melody"
+        assert isinstance(cmd, c.Follow)
+        want, src = cmd.kind, cmd.source
         if self._prefix_kind() != want:
             raise ValueError(f"'{self.model.source}' has no {want} conditioning: {want} commands need a {NEEDS[want]}")
         text = self.prompts[0][0]
-        if isinstance(cmd, (c.MelodyOff, c.StyleOff)):
+        if src is None:
             job = Job(prefix_condition(self.model, text, None, None), want)
             self._begin_condition(PendingCondition(ticket, job, self.prompts, "off"))
             return DEFERRED
-        if not cmd.seconds > 0:
-            raise ContextError(f"a {want} clip must be longer than 0 s, got {cmd.seconds}")
-        seconds = min(float(cmd.seconds), MAX_MELODY_S if want == "melody" else MAX_STYLE_S)
-        source = self._clip_source(cmd, seconds)  # refuses at once what cannot work
+        if not src.seconds > 0:
+            raise ContextError(f"a {want} clip must be longer than 0 s, got {src.seconds}")
+        seconds = min(float(src.seconds), MAX_MELODY_S if want == "melody" else MAX_STYLE_S)
+        source = self._clip_source(src, seconds)  # refuses at once what cannot work
         _drop_upload(ticket)
-        kind = c.command_name(cmd).split("/")[1]  # history, input, file, upload
-        name = f" {Path(cmd.path).name}" if isinstance(cmd, (c.MelodyFile, c.StyleFile)) else ""
-        label = f"{kind}{name} {seconds:g} s"
+        name = f" {Path(src.path).name}" if isinstance(src, c.FromFile) else ""
+        label = f"{c.source_name(src)}{name} {seconds:g} s"
         job = Job(prefix_condition(self.model, text, None, source), want)
         self._begin_condition(PendingCondition(ticket, job, self.prompts, label, read=source))
         return DEFERRED
@@ -1165,7 +1164,7 @@ HANDLERS: dict[type, Callable[[Session, c.Ticket], Answer]] = {
     c.ContinueFile: Session._on_continue,
     c.ContinueAudio: Session._on_continue,
     c.ContinueCodes: Session._on_continue_codes,
-    **{kind: Session._on_follow for kind in c.FOLLOWS},
+    c.Follow: Session._on_follow,
     c.Query: Session._on_query,
     c.RecentCodes: Session._on_recent_codes,
 }
@@ -1177,8 +1176,11 @@ NO_AUDIO = np.zeros((0, 1), dtype=np.float32)
 def _drop_upload(ticket: c.Ticket) -> None:
     """An upload's samples are the read's now: the ticket (kept until its change is heard, up to
     probes.MAX_PROBES of them while the output is paused) keeps the command without them."""
-    if isinstance(ticket.command, (c.ContinueAudio, c.MelodyAudio, c.StyleAudio)):
-        ticket.command = replace(ticket.command, audio=NO_AUDIO)
+    cmd = ticket.command
+    if isinstance(cmd, c.ContinueAudio):
+        ticket.command = replace(cmd, audio=NO_AUDIO)
+    elif isinstance(cmd, c.Follow) and isinstance(cmd.source, c.FromUpload):
+        ticket.command = replace(cmd, source=replace(cmd.source, audio=NO_AUDIO))
 
 
 def _why(e: BaseException, doing: str) -> str:

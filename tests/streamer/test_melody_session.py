@@ -37,15 +37,15 @@ def riff(seconds: float, rate: int = 32000) -> np.ndarray:
 
 def test_the_melody_follows_history_a_file_and_an_upload_and_switches_off(session, tmp_path):
     time.sleep(2.5)
-    t = submit(session, c.MelodyHistory(2.0))
+    t = submit(session, c.Follow("melody", c.FromHistory(2.0)))
     assert t.error is None and t.frame is not None and state(session)["melody"] == "history 2 s"
     path = tmp_path / "riff.wav"
     sf.write(path, riff(3.0), 32000)
-    t = submit(session, c.MelodyFile(str(path), 2.0))
+    t = submit(session, c.Follow("melody", c.FromFile(str(path), 2.0)))
     assert t.error is None and state(session)["melody"] == "file riff.wav 2 s"
-    t = submit(session, c.MelodyAudio(riff(1.0, 48000), 48000, 4.0))
+    t = submit(session, c.Follow("melody", c.FromUpload(riff(1.0, 48000), 48000, 4.0)))
     assert t.error is None and state(session)["melody"] == "upload 4 s"
-    t = submit(session, c.MelodyOff())
+    t = submit(session, c.Follow("melody"))
     assert t.error is None and state(session)["melody"] == "off"
     snap = state(session)
     assert snap["state"] == PLAYING and snap["underruns"] == 0 and snap["errors"] == 0
@@ -53,7 +53,7 @@ def test_the_melody_follows_history_a_file_and_an_upload_and_switches_off(sessio
 
 def test_a_prompt_change_keeps_the_melody_and_a_newer_change_supersedes(session):
     time.sleep(1.5)
-    submit(session, c.MelodyHistory(1.0))
+    submit(session, c.Follow("melody", c.FromHistory(1.0)))
     first = session.submit(c.SetPrompt("a march", fade_s=0))
     second = submit(session, c.SetPrompt("a waltz", fade_s=2.0))
     assert first.wait(5)
@@ -68,7 +68,7 @@ def test_a_continuation_and_a_stop_play_cycle_work_on_a_melody_stream(session):
     t = submit(session, c.ContinueHistory(1.0))
     assert t.error is None and t.frame is not None
     submit(session, c.Stop())
-    t = submit(session, c.MelodyHistory(1.0))  # stopped: prefilled at once, heard from the next play
+    t = submit(session, c.Follow("melody", c.FromHistory(1.0)))  # stopped: prefilled at once, heard from the next play
     assert t.error is None
     submit(session, c.Play())
     time.sleep(1.0)
@@ -79,10 +79,10 @@ def test_a_continuation_and_a_stop_play_cycle_work_on_a_melody_stream(session):
 @pytest.mark.parametrize(
     "cmd, message",
     [
-        (c.MelodyFile("/no/such/riff.wav"), "riff.wav"),
-        (c.MelodyInput(2.0), "no input device"),
+        (c.Follow("melody", c.FromFile("/no/such/riff.wav", 8.0)), "riff.wav"),
+        (c.Follow("melody", c.FromInput(2.0)), "no input device"),
         (c.SetWeightedPrompts((("a", 1.0), ("b", 1.0))), "one prompt at a time"),
-        (c.MelodyAudio(np.zeros((0, 1), np.float32), 32000), "non-empty"),
+        (c.Follow("melody", c.FromUpload(np.zeros((0, 1), np.float32), 32000, 8.0)), "non-empty"),
     ],
 )
 def test_what_cannot_work_is_refused_in_a_sentence_and_the_music_goes_on(session, cmd, message):
@@ -97,6 +97,6 @@ def test_what_cannot_work_is_refused_in_a_sentence_and_the_music_goes_on(session
 def test_a_melody_on_a_text_checkpoint_is_refused_in_a_sentence(tiny):
     with playing(tiny, window_s=4.0, context_s=1.5) as s:
         time.sleep(1.0)
-        t = submit(s, c.MelodyHistory(1.0))
+        t = submit(s, c.Follow("melody", c.FromHistory(1.0)))
         assert t.error and "no melody conditioning" in t.error
         assert state(s)["melody"] == "off"

@@ -41,17 +41,17 @@ def chords(seconds: float, rate: int = 32000) -> np.ndarray:
 def test_the_style_follows_history_mid_stream_a_file_and_an_upload_and_switches_off(session, tmp_path):
     time.sleep(3.5)  # more than the 3 s excerpt of history
     before = session.gen.state.prefix
-    t = submit(session, c.StyleHistory(3.0))
+    t = submit(session, c.Follow("style", c.FromHistory(3.0)))
     assert t.error is None and t.frame is not None, t.error
     assert session.gen.state.prefix is not before  # the window now playing was prefilled under the style
     assert state(session)["style"] == "history 3 s"
     path = tmp_path / "chords.wav"
     sf.write(path, chords(4.0), 32000)
-    t = submit(session, c.StyleFile(str(path), 4.0))
+    t = submit(session, c.Follow("style", c.FromFile(str(path), 4.0)))
     assert t.error is None and state(session)["style"] == "file chords.wav 4 s"
-    t = submit(session, c.StyleAudio(chords(3.5, 48000), 48000, 3.5))
+    t = submit(session, c.Follow("style", c.FromUpload(chords(3.5, 48000), 48000, 3.5)))
     assert t.error is None and state(session)["style"] == "upload 3.5 s"
-    t = submit(session, c.StyleOff())
+    t = submit(session, c.Follow("style"))
     assert t.error is None and state(session)["style"] == "off"
     snap = state(session)
     assert snap["state"] == PLAYING and snap["underruns"] == 0 and snap["errors"] == 0
@@ -59,7 +59,7 @@ def test_the_style_follows_history_mid_stream_a_file_and_an_upload_and_switches_
 
 def test_double_guidance_turns_on_and_off_live_and_a_prompt_keeps_the_style(session):
     time.sleep(3.5)
-    submit(session, c.StyleHistory(3.0))
+    submit(session, c.Follow("style", c.FromHistory(3.0)))
     t = submit(session, c.Set("cfg_beta", 5.0))
     assert t.error is None and session.gen.params.cfg_beta == 5.0
     t = submit(session, c.SetPrompt("minimal techno", fade_s=0))
@@ -75,10 +75,13 @@ def test_double_guidance_turns_on_and_off_live_and_a_prompt_keeps_the_style(sess
 @pytest.mark.parametrize(
     "cmd, message",
     [
-        (c.StyleAudio(np.zeros((32000, 1), np.float32), 32000, 1.0), "style needs at least 3 s of audio; got 1.00 s"),
-        (c.StyleFile("/no/such/chords.wav"), "chords.wav"),
-        (c.StyleInput(3.0), "no input device"),
-        (c.MelodyHistory(2.0), "has no melody conditioning"),
+        (
+            c.Follow("style", c.FromUpload(np.zeros((32000, 1), np.float32), 32000, 1.0)),
+            "style needs at least 3 s of audio; got 1.00 s",
+        ),
+        (c.Follow("style", c.FromFile("/no/such/chords.wav", 3.0)), "chords.wav"),
+        (c.Follow("style", c.FromInput(3.0)), "no input device"),
+        (c.Follow("melody", c.FromHistory(2.0)), "has no melody conditioning"),
         (c.SetWeightedPrompts((("a", 1.0), ("b", 1.0))), "one prompt at a time"),
     ],
 )
@@ -94,7 +97,7 @@ def test_what_cannot_work_is_refused_in_a_sentence_and_the_music_goes_on(session
 def test_a_text_checkpoint_refuses_style_and_double_guidance_in_a_sentence(tiny):
     with playing(tiny, window_s=4.0, context_s=1.5) as s:
         time.sleep(1.0)
-        t = submit(s, c.StyleHistory(3.0))
+        t = submit(s, c.Follow("style", c.FromHistory(3.0)))
         assert t.error and "has no style conditioning: style commands need a MusicGen-Style checkpoint" in t.error
         t = submit(s, c.Set("cfg_beta", 4.0))
         assert t.error and "cfg_beta (double guidance) needs a MusicGen-Style checkpoint" in t.error

@@ -15,6 +15,7 @@ commands (MUSICGEN_LIVE_WALK=10000; MUSICGEN_LIVE_WALK_SEED picks the seed).
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import shutil
@@ -43,13 +44,9 @@ KNOB_VALUES = (-5.0, 40.0)  # out-of-range values must be refused in a sentence
 TRANSPORT = [c.Play, c.Pause, c.Stop, c.Reset, c.Play, c.Play]
 SOURCES = ["history", "input", "file", "missing file", "audio"]
 MELODIES = [*SOURCES, "off"]  # a text checkpoint refuses them all; a melody (style) one re-prefills
-# melody and style commands by source: a checkpoint takes one kind and refuses the other
-FOLLOW: dict[str, dict[str, type]] = {
-    "melody": dict(
-        history=c.MelodyHistory, input=c.MelodyInput, audio=c.MelodyAudio, off=c.MelodyOff, file=c.MelodyFile
-    ),
-    "style": dict(history=c.StyleHistory, input=c.StyleInput, audio=c.StyleAudio, off=c.StyleOff, file=c.StyleFile),
-}
+# melody and style commands (a checkpoint takes one kind and refuses the other) by source
+FOLLOW = c.FOLLOW_KINDS
+CLIP_FROM: dict[str, type] = dict(history=c.FromHistory, input=c.FromInput, audio=c.FromUpload, file=c.FromFile)
 SECONDS = (0.05, 40.0)
 BEATS = [0.0, 0.25, 1.0, 4.0, -1.0]  # quantize settings (-1 is refused); 4 beats = 1 s at the walk's 240 bpm
 OWN_BEATS = [None, None, 0.0, 1.0]  # a change's own quantize
@@ -108,16 +105,17 @@ class Walk:
 
     def follow(self, kind: str, source: str, seconds: float) -> None:
         """A melody or style command (`kind`) from `source`."""
-        made = FOLLOW[kind]
+        assert kind in FOLLOW
+        follow = functools.partial(c.Follow, kind)
         if source in ("history", "input"):  # input: no input device, refused
-            self._send(made[source](seconds))
+            self._send(follow(CLIP_FROM[source](seconds)))
         elif source == "audio":
             audio = 0.2 * np.random.default_rng(self.fresh).standard_normal((22050 * 4, 1)).astype(np.float32)
-            self._send(made["audio"](audio, 22050, seconds))
+            self._send(follow(c.FromUpload(audio, 22050, seconds)))
         elif source == "off":
-            self._send(made["off"]())
+            self._send(follow())
         else:
-            self._send(made["file"](self.clip if source == "file" else self.clip + ".nope", seconds))
+            self._send(follow(c.FromFile(self.clip if source == "file" else self.clip + ".nope", seconds)))
 
     def ask(self) -> None:
         self._send(c.Query())
