@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import SetupError
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.stats import percentile
 from musicgen_live.streamer import commands as c
@@ -40,7 +40,7 @@ def run_midi_bench(model: MusicGen, changes: int, seed: int = 0) -> MidiBench:
     try:
         controller = rtmidi.MidiOut(rtapi=rtmidi.API_UNIX_JACK, name="bench controller")
     except Exception as e:
-        raise EngineError(f"bench-midi runs on JACK MIDI: start a JACK server, e.g. jackd -d dummy ({e})") from None
+        raise SetupError(f"bench-midi runs on JACK MIDI: start a JACK server, e.g. jackd -d dummy ({e})") from None
     controller.open_virtual_port("bench-knob")
     session = Session(model, make_output("null", 2, 0.2), StreamConfig(buffer_ms=200))
     bridge = MidiBridge(session, Vocabulary({}), MidiConfig(port="bench-knob", api="jack",

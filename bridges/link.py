@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import UserError
 
 from .config import LinkConfig
 
 
-class LinkUnavailable(EngineError):
+class LinkUnavailable(UserError):
     """Link could not be joined (the binding missing, or no network to run it on)."""
 
 

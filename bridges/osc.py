@@ -466,10 +466,10 @@ def _peer_address(peer: TcpPeer) -> tuple[str, int]:
 
 
 async def start_osc(session: Session, vocab: Vocabulary, cfg: OscConfig) -> tuple[OscBridge, asyncio.DatagramTransport]:
-    from musicgen_live.engine.errors import EngineError
+    from musicgen_live.engine.errors import SetupError
 
     if not is_loopback(cfg.host) and not cfg.allow:
-        raise EngineError(
+        raise SetupError(
             f"OSC would listen on {cfg.host}, beyond loopback, with no authentication: list the "
             'peers allowed to control it in [osc] allow (addresses or networks, e.g. "192.168.1.0/24")'
         )
@@ -477,20 +477,20 @@ async def start_osc(session: Session, vocab: Vocabulary, cfg: OscConfig) -> tupl
         for net in cfg.allow:
             ipaddress.ip_network(net, strict=False)
     except ValueError as e:
-        raise EngineError(f"[osc] allow: {e}") from None
+        raise SetupError(f"[osc] allow: {e}") from None
     _quiet_python_osc()
     loop = asyncio.get_running_loop()
     bridge = OscBridge(session, vocab, cfg)
     try:
         transport, _ = await loop.create_datagram_endpoint(lambda: bridge, local_addr=(cfg.host, cfg.port))
     except OSError as e:
-        raise EngineError(f"cannot listen for OSC on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
+        raise SetupError(f"cannot listen for OSC on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
     if cfg.tcp:
         try:
             server = await loop.create_server(lambda: TcpPeer(bridge), cfg.host, cfg.port)
         except OSError as e:
             transport.close()
-            raise EngineError(f"cannot listen for OSC over TCP on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
+            raise SetupError(f"cannot listen for OSC over TCP on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
         bridge.tcp_server = server
     asyncio.ensure_future(bridge.notify_forever())
     return bridge, transport

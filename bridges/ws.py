@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import SetupError
 from musicgen_live.streamer import commands as c
 from musicgen_live.streamer.controls import CONTROLS, DEFAULT_CONTINUE_S, DEFAULT_MELODY_S, DEFAULT_STYLE_S
 from musicgen_live.streamer.session import Session
@@ -147,7 +147,7 @@ class Gate:
         self.cfg = cfg
         self.loopback = is_loopback(cfg.host)
         if not self.loopback and not cfg.token:
-            raise EngineError(f"the WebSocket server binds to {cfg.host}, beyond loopback: set [websocket] token")
+            raise SetupError(f"the WebSocket server binds to {cfg.host}, beyond loopback: set [websocket] token")
 
     def refusal(self, origin: str | None, query: str, clients: int) -> tuple[HTTPStatus, str] | None:
         """Why this upgrade request is turned away (an HTTP status and a line), or None."""
@@ -570,7 +570,7 @@ async def start_ws(session: Session, vocab: Vocabulary, cfg: WebSocketConfig) ->
             ping_timeout=20,
         )
     except OSError as e:
-        raise EngineError(f"cannot listen for WebSocket on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
+        raise SetupError(f"cannot listen for WebSocket on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
     return bridge, server
 
 

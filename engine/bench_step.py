@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import EngineError
+from .errors import UserError
 from .generator import Generator
 from .model import MusicGen
 from .sampling import SamplingParams
@@ -67,7 +67,7 @@ def run_step_bench(
         p, _, rest = fmt.partition("/")
         own_kv, _, decoder = rest.partition("/")
         if decoder not in CODEC_DECODERS:
-            raise EngineError(f"'{decoder}' in '{fmt}' is not a codec decoder ({', '.join(CODEC_DECODERS)})")
+            raise UserError(f"'{decoder}' in '{fmt}' is not a codec decoder ({', '.join(CODEC_DECODERS)})")
         if say:
             say(f"loading {model} with {p} weights, kv {own_kv or kv}, codec {codec} {decoder}".rstrip())
         m = MusicGen.load(model, progress=None, precision=p, kv=own_kv or kv, codec=codec)

@@ -35,7 +35,7 @@ from .codec_layers import (
     flush_chain,
 )
 from .codec_step import CodecStream, CompiledCodec, steady
-from .errors import CodesError, EngineError
+from .errors import CodesError, UserError
 from .spec import CodecSpec
 
 # -- several streams' layer states as one batch (Codec.push_many) --------------------------------
@@ -124,7 +124,7 @@ class Codec:
     ) -> None:
         """`precision`: the streaming decoder's large matrices (CODEC_PRECISIONS); int8 is CPU only.
         `compiled`: streams past their warm-up push through `engine.codec_step`'s kernel (True; an
-        EngineError where it cannot be built), never (False), or where the precision is int8 and
+        UserError where it cannot be built), never (False), or where the precision is int8 and
         the kernel builds (None: the live CPU format; the Python decoder otherwise)."""
         check_codec_precision(precision, torch.device(device))
         self.spec = spec
@@ -145,10 +145,10 @@ class Codec:
         if want is False or (want is None and (self.precision != "int8" or device.type != "cpu")):
             return None
         if device.type != "cpu":
-            raise EngineError("the compiled codec runs on the CPU only")
+            raise UserError("the compiled codec runs on the CPU only")
         try:
             return CompiledCodec(self.decoder_layers, self.codebooks)  # the layers' own matrices
-        except EngineError:
+        except UserError:
             if want:
                 raise
             return None  # no compiler here: the Python decoder plays (MusicGen.load says so)
@@ -356,8 +356,8 @@ def _whole(layer: Any, x: torch.Tensor) -> torch.Tensor:
 def check_codec_precision(precision: str, device: torch.device, exact: bool = False) -> None:
     """One clear sentence for a codec precision this device or kernel choice cannot run."""
     if exact and precision != "float32":
-        raise EngineError("the exact (parity) path decodes in float32 (codec float32)")
+        raise UserError("the exact (parity) path decodes in float32 (codec float32)")
     if precision not in CODEC_PRECISIONS:
-        raise EngineError(f"unknown codec precision '{precision}' (choose one of {', '.join(CODEC_PRECISIONS)})")
+        raise UserError(f"unknown codec precision '{precision}' (choose one of {', '.join(CODEC_PRECISIONS)})")
     if precision == "int8" and device.type != "cpu":
-        raise EngineError("an int8 codec runs on the CPU only (fbgemm); on a GPU keep codec float32")
+        raise UserError("an int8 codec runs on the CPU only (fbgemm); on a GPU keep codec float32")

@@ -42,7 +42,7 @@ from .codec_layers import (
     StreamResBlock,
 )
 from .cpu_kernels import kernels
-from .errors import EngineError
+from .errors import UserError
 
 
 class CodecStream(Protocol):
@@ -61,7 +61,7 @@ def cache_codec_kernels(precision: str, device: torch.device, say: Callable[[str
         return
     try:
         kernels(say, "the compiled codec")
-    except EngineError as e:
+    except UserError as e:
         if say is not None:
             say(f"{e}; the Python codec plays instead (about 2x slower a frame)")
 

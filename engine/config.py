@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, get_args, get_type_hints
 import msgspec
 from msgspec import Meta
 
-from .errors import EngineError
+from .errors import UserError
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -75,15 +75,15 @@ def load_sections(path: str | Path | None, schema: dict[str, type], strict: bool
         try:
             raw = tomllib.loads(p.read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
-            raise EngineError(f"config file '{p}' is not valid TOML ({e})") from None
+            raise UserError(f"config file '{p}' is not valid TOML ({e})") from None
     elif path is not None:
-        raise EngineError(f"config file '{p}' does not exist")
+        raise UserError(f"config file '{p}' does not exist")
     unknown = set(raw) - set(schema)
     if strict and unknown:
-        raise EngineError(f"config file '{p}': unknown section [{sorted(unknown)[0]}]")
+        raise UserError(f"config file '{p}': unknown section [{sorted(unknown)[0]}]")
     for name in schema:
         if name in raw and not isinstance(raw[name], dict):
-            raise EngineError(f"config file '{p}': [{name}] must be a section")
+            raise UserError(f"config file '{p}': [{name}] must be a section")
     return {name: _section(p, name, cls(), raw.get(name, {})) for name, cls in schema.items()}
 
 
@@ -101,7 +101,7 @@ def _section(path: Path | str, name: str, default: Any, values: dict[str, Any], 
     known = {f.name for f in fields(default)}
     for key in values:
         if key not in known:
-            raise EngineError(f"{what}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
+            raise UserError(f"{what}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
     try:
         section = msgspec.convert(values, cls)
     except msgspec.ValidationError as e:
@@ -111,13 +111,13 @@ def _section(path: Path | str, name: str, default: Any, values: dict[str, Any], 
         sentence = (
             f"expected one of {', '.join(map(str, choices))}" if "enum" in str(e) and choices else _sentence(str(e))
         )
-        raise EngineError(f"{what} {key}: {sentence}{got}") from None
+        raise UserError(f"{what} {key}: {sentence}{got}") from None
     check = getattr(section, "check", None)
     if check is not None:
         try:
             check()
         except ValueError as e:
-            raise EngineError(f"{what} {e}") from None
+            raise UserError(f"{what} {e}") from None
     return section
 
 

@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
-from .errors import EngineError
+from .errors import UserError
 
 KERNELS = Path(__file__).parent / "kernels"
 SOURCES = [
@@ -52,8 +52,8 @@ def kernels(say: Callable[[str], None] | None = None, need: str = "this format")
         say(f"{need}: loading the CPU kernels (built for this CPU the first time, ~1 min)")
     try:
         return _load()
-    except EngineError as e:
-        raise EngineError(f"{need} needs {e}") from e
+    except UserError as e:
+        raise UserError(f"{need} needs {e}") from e
 
 
 def _source_tag() -> str:
@@ -77,7 +77,7 @@ def _load() -> ModuleType:
             pass
     missing = [tool for tool in ("c++", "ninja") if shutil.which(tool) is None]
     if missing:
-        raise EngineError(
+        raise UserError(
             f"our CPU kernels built once, which needs {' and '.join(missing)} "
             "(Debian/Ubuntu: apt install g++ ninja-build; or pip install ninja); or choose another format"
         )
@@ -100,5 +100,5 @@ def _load() -> ModuleType:
             verbose=False,
         )
     except Exception as e:  # a compiler error, a missing header: said in one sentence
-        raise EngineError(f"our CPU kernels, which did not build ({type(e).__name__}: {e})") from e
+        raise UserError(f"our CPU kernels, which did not build ({type(e).__name__}: {e})") from e
     return module

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .cpu_kernels import kernels
-from .errors import EngineError
+from .errors import UserError
 
 QK = 32  # weights per block
 SB = 8  # blocks per superblock
@@ -149,5 +149,5 @@ class Int4Linear:
 def check_int4(device: torch.device) -> None:
     """One sentence for a machine that cannot multiply 4-bit weights (a GPU; no compiler)."""
     if device.type != "cpu":
-        raise EngineError("int4 weights run on the CPU only (our kernel); on a GPU use float16 or bfloat16")
+        raise UserError("int4 weights run on the CPU only (our kernel); on a GPU use float16 or bfloat16")
     kernels(need="int4 weights")

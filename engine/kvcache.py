@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .cpu_kernels import kernels
-from .errors import EngineError
+from .errors import UserError
 
 KV_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
 
@@ -36,13 +36,13 @@ AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, float
 def check_kv(kv: str, device: torch.device, exact: bool = False) -> None:
     """One clear sentence for a cache type this device or kernel choice cannot run."""
     if kv not in KV_DTYPES:
-        raise EngineError(f"unknown KV cache type '{kv}' (choose one of {', '.join(KV_DTYPES)})")
+        raise UserError(f"unknown KV cache type '{kv}' (choose one of {', '.join(KV_DTYPES)})")
     if kv == "float32":
         return
     if exact:
-        raise EngineError("the exact (parity) kernels keep the KV cache in float32")
+        raise UserError("the exact (parity) kernels keep the KV cache in float32")
     if device.type != "cpu":
-        raise EngineError(f"{_named(kv)} is read by a CPU kernel; on {device.type} keep kv float32")
+        raise UserError(f"{_named(kv)} is read by a CPU kernel; on {device.type} keep kv float32")
 
 
 def attention_kernel(say: Callable[[str], None] | None = None) -> AttentionKernel:

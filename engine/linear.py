@@ -30,7 +30,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .errors import EngineError
+from .errors import UserError
 from .int4 import Int4Linear, check_int4
 
 PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int4")
@@ -109,17 +109,17 @@ class Int8Linear:
 def check_precision(precision: str, device: torch.device, exact: bool = False) -> None:
     """One clear sentence for a precision this build, device or kernel choice cannot run."""
     if exact and precision != "float32":
-        raise EngineError(f"the exact (parity) kernels run in float32 only, not {precision}")
+        raise UserError(f"the exact (parity) kernels run in float32 only, not {precision}")
     if precision not in PRECISIONS:
-        raise EngineError(f"unknown precision '{precision}' (choose one of {', '.join(PRECISIONS)})")
+        raise UserError(f"unknown precision '{precision}' (choose one of {', '.join(PRECISIONS)})")
     if precision == "int4":
         check_int4(device)
     if precision == "int8":
         if device.type != "cpu":
-            raise EngineError("int8 weights run on the CPU only (fbgemm); on a GPU use float16 or bfloat16")
+            raise UserError("int8 weights run on the CPU only (fbgemm); on a GPU use float16 or bfloat16")
         engines = torch.backends.quantized.supported_engines
         if not {"fbgemm", "x86"} & set(engines):
-            raise EngineError(f"this PyTorch build has no fbgemm int8 kernels (engines: {', '.join(engines)})")
+            raise UserError(f"this PyTorch build has no fbgemm int8 kernels (engines: {', '.join(engines)})")
 
 
 def make_linear(w: torch.Tensor, precision: str) -> Linear:

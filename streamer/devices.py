@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import UserError
 
 
-class AudioDeviceError(EngineError):
+class AudioDeviceError(UserError):
     """An audio device is missing, busy, or refused the settings asked of it."""
 
 

@@ -38,7 +38,7 @@ import torch
 from musicgen_live.engine.audiofile import prepare_audio, read_audio_file
 from musicgen_live.engine.conditioning import Condition
 from musicgen_live.engine.config import SamplingConfig
-from musicgen_live.engine.errors import ContextError, EngineError
+from musicgen_live.engine.errors import ContextError, UserError
 from musicgen_live.engine.generator import Generator as StreamGenerator
 from musicgen_live.engine.generator import Phase, StepResult
 from musicgen_live.engine.model import MusicGen
@@ -159,12 +159,12 @@ class Session:
         self.output = output
         self.cfg = stream or StreamConfig()
         if not 1 <= self.cfg.decode_frames <= MAX_DECODE_FRAMES:
-            raise EngineError(
+            raise UserError(
                 f"[stream] decode_frames must be between 1 and {MAX_DECODE_FRAMES}, got {self.cfg.decode_frames}"
             )
         s = sampling or SamplingConfig()
         if s.cfg_beta and model.style is None:
-            raise EngineError("[sampling] cfg_beta (double guidance) needs a MusicGen-Style checkpoint; set it to 0")
+            raise UserError("[sampling] cfg_beta (double guidance) needs a MusicGen-Style checkpoint; set it to 0")
         self.params = SamplingParams(
             temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg=s.cfg, cfg_beta=s.cfg_beta or None
         ).validated()
@@ -582,7 +582,7 @@ class Session:
         before = self.view()
         try:
             answer = HANDLERS[type(ticket.command)](self, ticket)
-        except (EngineError, ValueError) as e:
+        except (UserError, ValueError) as e:
             self._refuse(ticket, str(e))
             return
         except Exception as e:  # a bug: the sender hears of it, the music goes on
@@ -781,7 +781,7 @@ class Session:
             if p.job.error is not None:
                 raise p.job.error
             self._set_prompts(p.ticket, p.prompts, p.fade_s, p.job.result or [], p.board or fit(self.board, p.prompts))
-        except (EngineError, ValueError) as e:
+        except (UserError, ValueError) as e:
             self._refuse(p.ticket, str(e))
             return
         except Exception as e:
@@ -933,7 +933,7 @@ class Session:
                 self._refuse(
                     p.ticket,
                     str(e)
-                    if isinstance(e, (EngineError, ValueError))
+                    if isinstance(e, (UserError, ValueError))
                     else f"could not continue ({type(e).__name__}: {e})",
                 )
                 return
@@ -941,7 +941,7 @@ class Session:
                 codes = p.job.result
                 assert codes is not None  # a job that ended without an error has its result
                 p.handle = self.gen.continue_from(codes)
-            except (EngineError, ValueError) as e:
+            except (UserError, ValueError) as e:
                 self._continuation = None
                 self._refuse(p.ticket, str(e))
                 return
@@ -1101,7 +1101,7 @@ class Session:
                 p.handle = self.gen.set_condition(cond)
             except Exception as e:
                 self._condition = None
-                known = isinstance(e, (EngineError, ValueError))
+                known = isinstance(e, (UserError, ValueError))
                 why = str(e) if known else f"could not build the {self._prefix_kind()} ({type(e).__name__}: {e})"
                 self._refuse(p.ticket, why)
                 return
@@ -1185,4 +1185,4 @@ def _drop_upload(ticket: c.Ticket) -> None:
 
 def _why(e: BaseException, doing: str) -> str:
     """A failed preparation's sentence: a user error's own, else what failed."""
-    return str(e) if isinstance(e, (EngineError, ValueError)) else f"{doing} ({type(e).__name__}: {e})"
+    return str(e) if isinstance(e, (UserError, ValueError)) else f"{doing} ({type(e).__name__}: {e})"

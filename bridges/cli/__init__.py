@@ -37,12 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_spinning()  # before anything loads torch
     bound_primitive_cache()
     args = build_parser().parse_args(argv)
-    from musicgen_live.engine.errors import EngineError
+    from musicgen_live.engine.errors import UserError
 
     try:
         apply_config(args)
         return COMMANDS[args.command](args)
-    except EngineError as e:
+    except UserError as e:
         print(f"musicgen-live {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

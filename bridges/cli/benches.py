@@ -269,14 +269,14 @@ def cmd_bench_matrices(args: argparse.Namespace) -> int:
 
 def cmd_bench_step(args: argparse.Namespace) -> int:
     from musicgen_live.engine.bench_step import format_step_bench, run_step_bench
-    from musicgen_live.engine.errors import EngineError
+    from musicgen_live.engine.errors import UserError
 
     try:
         say = lambda line: print(line, flush=True)  # noqa: E731
         splits = run_step_bench(
             args.model, args.precisions, args.kv, args.codec, args.rounds, args.steps, warmup=args.warmup, say=say
         )
-    except EngineError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_step_bench(args.model, args.kv, args.codec, splits))

@@ -208,7 +208,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     import socket
 
     from musicgen_live.bridges.osc import encode
-    from musicgen_live.engine.errors import EngineError
+    from musicgen_live.engine.errors import SetupError
     from pythonosc.osc_message import OscMessage
 
     osc = args.sections["osc"]
@@ -229,7 +229,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         try:
             sock.sendto(encode(address, tuple(values)), (host, port))
         except OSError as e:
-            raise EngineError(f"cannot send to {host}:{port} ({e.strerror or e})") from None
+            raise SetupError(f"cannot send to {host}:{port} ({e.strerror or e})") from None
         errors, replies, end = 0, 0, time.monotonic() + args.timeout
         while (left := end - time.monotonic()) > 0 and (args.count is None or replies < args.count):
             sock.settimeout(left)

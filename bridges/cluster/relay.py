@@ -11,7 +11,7 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any
 
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import UserError
 
 from ..ws import HEADER, MAGIC
 
@@ -226,4 +226,4 @@ def _reason(e: BaseException) -> str:
     cause = getattr(e, "cause", None)
     if isinstance(cause, BaseException):
         e = cause
-    return str(e) if isinstance(e, (EngineError, ValueError)) else f"internal error: {type(e).__name__}: {e}"
+    return str(e) if isinstance(e, (UserError, ValueError)) else f"internal error: {type(e).__name__}: {e}"

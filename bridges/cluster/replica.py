@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import UserError
 from musicgen_live.engine.stats import percentile
 from musicgen_live.streamer import commands as c
 from musicgen_live.streamer.controls import CONTROLS
@@ -126,7 +126,7 @@ class Replica:
                 break
             await asyncio.sleep(0.1)
         else:
-            raise EngineError("this session is already open")
+            raise UserError("this session is already open")
         self.opening.add(sid)  # reported to the router from now on
         try:
             hosted = await self._open(sid, restore)
@@ -190,7 +190,7 @@ class Replica:
         """One message from the client of session `sid`."""
         hosted = self.hosted.get(sid)
         if hosted is None:
-            raise EngineError("this session is not open on this replica")
+            raise UserError("this session is not open on this replica")
         await hosted.bridge.receive(hosted.client, message)
 
     async def _restore(self, sid: str, s: Session, state: dict[str, Any]) -> None:

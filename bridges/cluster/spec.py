@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import SetupError
 
 from ..config import BridgesConfig, ClusterConfig, WebSocketConfig
 
@@ -33,7 +33,7 @@ log = logging.getLogger("ray.serve")
 
 def require_ray() -> None:
     if ray is None:
-        raise EngineError("the cluster needs Ray Serve: pip install 'musicgen-live[cluster]' (or 'ray[serve]')")
+        raise SetupError("the cluster needs Ray Serve: pip install 'musicgen-live[cluster]' (or 'ray[serve]')")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import websockets
 from musicgen_live.bridges.config import OscConfig, WebSocketConfig
 from musicgen_live.bridges.osc import encode, start_osc
 from musicgen_live.bridges.protocol import Vocabulary
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import UserError
 from musicgen_live.streamer import commands as c
 from pythonosc.osc_message import OscMessage
 from websockets.sync.client import connect
@@ -85,9 +85,9 @@ def test_osc_beyond_loopback_needs_an_allow_list_and_drops_other_peers(stack):
         transport.close()
         return bridge
 
-    with pytest.raises(EngineError, match=r"beyond loopback.*\[osc\] allow"):
+    with pytest.raises(UserError, match=r"beyond loopback.*\[osc\] allow"):
         asyncio.run(listen(OscConfig(host="0.0.0.0", port=0)))
-    with pytest.raises(EngineError, match="allow"):
+    with pytest.raises(UserError, match="allow"):
         asyncio.run(listen(OscConfig(host="0.0.0.0", port=0, allow=["not a network"])))
     bridge = asyncio.run(listen(OscConfig(host="0.0.0.0", port=0, allow=["203.0.113.0/24"])))
     assert bridge._peer_allowed(("127.0.0.1", 5000)) and bridge._peer_allowed(("203.0.113.9", 5000))

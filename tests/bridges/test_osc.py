@@ -4,6 +4,7 @@ errors for bad input, and a fuzz of malformed packets that must not stop the mus
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import socket
@@ -208,6 +209,22 @@ def test_send_command_talks_to_a_running_server(stack, capsys):
     assert main(["send", "--port", str(stack.osc_port), "cfg", "7"]) == 0
     time.sleep(0.3)
     assert stack.session.params.cfg == 7.0
+
+
+def test_a_port_taken_is_said_as_setup_trouble(stack):
+    """A second OSC bridge on the port the stack holds: one sentence, as a SetupError (the CLI prints
+    it and exits 2; it is this machine's trouble, not a bad request's), and the music plays on."""
+    from musicgen_live.bridges.osc import start_osc
+    from musicgen_live.bridges.protocol import Vocabulary
+    from musicgen_live.engine.errors import SetupError
+
+    frame = stack.session.snapshot()["frame"]
+    with pytest.raises(SetupError, match=f"cannot listen for OSC on 127.0.0.1:{stack.osc_port}"):
+        asyncio.run(start_osc(stack.session, Vocabulary({}), stack.osc_cfg))
+    deadline = time.monotonic() + 10
+    while stack.session.snapshot()["frame"] <= frame and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stack.session.snapshot()["frame"] > frame
 
 
 def test_osc_over_tcp_with_slip_framing(tiny, tmp_path):

@@ -174,9 +174,9 @@ def test_binding_beyond_loopback_without_a_token_is_refused(stack):
     from musicgen_live.bridges.config import WebSocketConfig
     from musicgen_live.bridges.protocol import Vocabulary
     from musicgen_live.bridges.ws import WebSocketBridge
-    from musicgen_live.engine.errors import EngineError
+    from musicgen_live.engine.errors import UserError
 
-    with pytest.raises(EngineError, match="token"):
+    with pytest.raises(UserError, match="token"):
         WebSocketBridge(stack.session, Vocabulary(dict, {}), WebSocketConfig(host="0.0.0.0"))
 
 

@@ -240,11 +240,11 @@ def test_an_int8_codec_streams_close_to_the_exact_one_and_releases_the_same_samp
 
 def test_where_an_int8_codec_cannot_run_it_says_so():
     from musicgen_live.engine.codec import check_codec_precision
-    from musicgen_live.engine.errors import EngineError
+    from musicgen_live.engine.errors import UserError
 
-    with pytest.raises(EngineError, match="exact .* decodes in float32"):
+    with pytest.raises(UserError, match="exact .* decodes in float32"):
         check_codec_precision("int8", torch.device("cpu"), exact=True)
-    with pytest.raises(EngineError, match="CPU only"):
+    with pytest.raises(UserError, match="CPU only"):
         check_codec_precision("int8", torch.device("cuda"))
-    with pytest.raises(EngineError, match="unknown codec precision 'int4'"):
+    with pytest.raises(UserError, match="unknown codec precision 'int4'"):
         check_codec_precision("int4", torch.device("cpu"))

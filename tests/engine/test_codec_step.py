@@ -17,7 +17,7 @@ import torch
 from musicgen_live.engine.checkpoint import from_hf_model
 from musicgen_live.engine.codec import Codec
 from musicgen_live.engine.codec_step import steady
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import UserError
 from musicgen_live.engine.presets import ENCODEC_32K, Arch, random_hf_model, random_tokenizer
 
 from .test_codec import codes, reference, stream
@@ -149,7 +149,7 @@ def test_a_machine_without_a_compiler_hears_one_sentence_or_plays_the_python_dec
     monkeypatch.setattr(cpu_kernels.shutil, "which", lambda tool: None)
     monkeypatch.setitem(sys.modules, "ninja", None)
     monkeypatch.setattr(cpu_kernels, "_load", cpu_kernels._load.__wrapped__)  # not the cached build
-    with pytest.raises(EngineError, match="the compiled codec needs our CPU kernels built once"):
+    with pytest.raises(UserError, match="the compiled codec needs our CPU kernels built once"):
         python.with_precision("float32", compiled=True)
     fallback = python.with_precision("int8")  # asked for nothing: the Python int8 decoder plays
     assert fallback.compiled is None

@@ -4,7 +4,7 @@ not exist, an unknown section - is one sentence naming the file, the section and
 
 import pytest
 from musicgen_live.engine.config import DEFAULT_PATH, Config, load_config
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import UserError
 
 
 def test_shipped_config_parses_to_the_defaults():
@@ -49,13 +49,13 @@ def test_bad_config_is_one_sentence_with_file_key_and_value(tmp_path, text, mess
 
     p = tmp_path / "c.toml"
     p.write_text(text)
-    with pytest.raises(EngineError) as e:
+    with pytest.raises(UserError) as e:
         load_sections(p, _schema())
     assert str(e.value).startswith(f"config file '{p}'") and message in str(e.value)
 
 
 def test_missing_explicit_config_file(tmp_path):
-    with pytest.raises(EngineError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
 
 
@@ -64,5 +64,5 @@ def test_unknown_sections_are_errors_where_every_section_is_known(tmp_path):
 
     p = tmp_path / "c.toml"
     p.write_text("[sound]\nx = 1\n")
-    with pytest.raises(EngineError, match="unknown section"):
+    with pytest.raises(UserError, match="unknown section"):
         load_sections(p, {"model": ModelConfig})

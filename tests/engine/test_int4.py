@@ -15,7 +15,7 @@ import pytest
 import torch
 from musicgen_live.engine import int4
 from musicgen_live.engine.cpu_kernels import kernels
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import UserError
 from musicgen_live.engine.linear import check_precision, make_linear
 
 SHAPES = [(64, 64, 1), (100, 70, 3), (37, 33, 9), (33, 300, 5), (5, 1000, 2), (256, 512, 8), (7, 31, 4)]
@@ -93,14 +93,14 @@ def test_it_multiplies_like_the_float_matrix_within_four_bit_rounding():
 
 
 def test_a_machine_that_cannot_run_it_hears_one_sentence(monkeypatch):
-    with pytest.raises(EngineError, match="int4 weights run on the CPU only"):
+    with pytest.raises(UserError, match="int4 weights run on the CPU only"):
         check_precision("int4", torch.device("cuda"))
     import musicgen_live.engine.cpu_kernels as cpu_kernels
 
     monkeypatch.setattr(cpu_kernels.shutil, "which", lambda tool: None)
     monkeypatch.setitem(sys.modules, "ninja", None)
     monkeypatch.setattr(cpu_kernels, "_load", cpu_kernels._load.__wrapped__)  # not the cached build
-    with pytest.raises(EngineError, match="int4 weights needs our CPU kernels built once, which needs c\\+\\+"):
+    with pytest.raises(UserError, match="int4 weights needs our CPU kernels built once, which needs c\\+\\+"):
         check_precision("int4", torch.device("cpu"))
 
 
@@ -139,7 +139,7 @@ def test_bench_step_splits_each_formats_steps_into_forward_codec_and_the_rest():
     assert sum("round" in line for line in said) == 2
     assert "| int4 |" in format_step_bench("tiny", "float16", "int8", splits)
     assert any("codec int8 python" in line for line in said)
-    with pytest.raises(EngineError, match="'numba' in 'int8/float16/numba' is not a codec decoder"):
+    with pytest.raises(UserError, match="'numba' in 'int8/float16/numba' is not a codec decoder"):
         run_step_bench("tiny", ["int8/float16/numba"], rounds=1, steps=1)
 
 

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 from musicgen_live.engine.cpu_kernels import kernels
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import UserError
 from musicgen_live.engine.kvcache import check_kv, quantize, reference_quantize
 from musicgen_live.engine.model import MusicGen
 
@@ -69,7 +69,7 @@ def test_an_int8_cache_holds_a_byte_a_value_and_a_scale_a_vector():
 
 
 def test_an_int8_cache_is_refused_where_it_cannot_run():
-    with pytest.raises(EngineError, match="an int8 KV cache is read by a CPU kernel"):
+    with pytest.raises(UserError, match="an int8 KV cache is read by a CPU kernel"):
         check_kv("int8", torch.device("cuda"))
-    with pytest.raises(EngineError, match="keep the KV cache in float32"):
+    with pytest.raises(UserError, match="keep the KV cache in float32"):
         check_kv("int8", torch.device("cpu"), exact=True)

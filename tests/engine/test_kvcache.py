@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import UserError
 from musicgen_live.engine.generator import Generator
 from musicgen_live.engine.kvcache import attention_kernel, check_kv
 from musicgen_live.engine.model import MusicGen
@@ -74,13 +74,13 @@ def test_what_a_float16_cache_costs_is_small_against_float32():
 
 
 def test_where_a_float16_cache_cannot_run_it_says_so():
-    with pytest.raises(EngineError, match="keep the KV cache in float32"):
+    with pytest.raises(UserError, match="keep the KV cache in float32"):
         check_kv("float16", torch.device("cpu"), exact=True)
-    with pytest.raises(EngineError, match="on cuda keep kv float32"):
+    with pytest.raises(UserError, match="on cuda keep kv float32"):
         check_kv("float16", torch.device("cuda"))
-    with pytest.raises(EngineError, match="unknown KV cache type 'int4'"):
+    with pytest.raises(UserError, match="unknown KV cache type 'int4'"):
         check_kv("int4", torch.device("cpu"))
-    with pytest.raises(EngineError, match="keep the KV cache in float32"):
+    with pytest.raises(UserError, match="keep the KV cache in float32"):
         MusicGen.load("tiny", progress=None, exact=True, kv="float16")
 
 
@@ -89,7 +89,7 @@ def test_a_machine_without_a_compiler_is_told_what_to_install(monkeypatch):
 
     monkeypatch.setattr(cpu_kernels.shutil, "which", lambda tool: None)
     monkeypatch.setitem(sys.modules, "ninja", None)  # no pip ninja either
-    with pytest.raises(EngineError, match="needs c\\+\\+ and ninja .*apt install g\\+\\+ ninja-build"):
+    with pytest.raises(UserError, match="needs c\\+\\+ and ninja .*apt install g\\+\\+ ninja-build"):
         cpu_kernels._load.__wrapped__()
 
 

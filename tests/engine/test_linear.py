@@ -6,7 +6,7 @@ one clear sentence."""
 
 import pytest
 import torch
-from musicgen_live.engine.errors import EngineError
+from musicgen_live.engine.errors import UserError
 from musicgen_live.engine.linear import PRECISIONS, SKINNY_MIN_IN, check_precision, make_linear
 
 W = torch.randn(384, 256, generator=torch.Generator().manual_seed(0)) / 16
@@ -44,7 +44,7 @@ def test_int8_independent_rows_do_not_depend_on_the_other_rows():
 
 def test_unknown_or_impossible_precision_gets_one_sentence():
     assert "int8" in PRECISIONS
-    with pytest.raises(EngineError, match="unknown precision 'int3'"):
+    with pytest.raises(UserError, match="unknown precision 'int3'"):
         check_precision("int3", torch.device("cpu"))
-    with pytest.raises(EngineError, match="CPU only"):
+    with pytest.raises(UserError, match="CPU only"):
         check_precision("int8", torch.device("cuda"))
