@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from musicgen_live.engine.model import MusicGen, model_summary
-from musicgen_live.engine.stats import percentile
+from musicgen_live.engine.stats import median, percentile
 from musicgen_live.streamer import commands as c
 from musicgen_live.streamer.config import StreamConfig
 from musicgen_live.streamer.outputs import make_output_or_null
@@ -148,7 +147,7 @@ def format_bridge_bench(r: BridgeBench) -> str:
             f"  WebSocket -> audible: p50 {pct(r.ws_ms, 0.5)} ms, p99 {pct(r.ws_ms, 0.99)} ms "
             f"({len(r.ws_ms)} commands)",
             f"  {r.clients} WebSocket clients for {r.seconds:.0f} s: audio chunks each {r.client_chunks} "
-            f"(median {statistics.median(r.client_chunks) if r.client_chunks else 0:.0f}), "
+            f"(median {median(r.client_chunks) if r.client_chunks else 0:.0f}), "
             f"device underruns {r.underruns}",
         ]
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import platform
 import resource
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ from .presets import BUILT_IN_MODELS, arch_for, random_hf_model, random_tokenize
 from .quality import Quality, compare_precision, format_quality, with_outlier_channels
 from .render import decode_streamed, render, render_batch
 from .sampling import SamplingParams
-from .stats import percentile
+from .stats import median, percentile
 
 PROMPTS = [
     "lo-fi hip hop beat with warm keys and vinyl crackle",
@@ -243,11 +242,11 @@ def _decode_ms(model: MusicGen, hf: Any, codes: torch.Tensor, chunk: int, repeat
             t0 = time.perf_counter()
             hf.audio_encoder.decode(layout, [None] * layout.shape[1])
             theirs.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(ours) / frames, 1000 * statistics.median(theirs) / frames
+    return 1000 * median(ours) / frames, 1000 * median(theirs) / frames
 
 
 def _side(frames: int, seconds: list[float], rate: float, steps: list[float]) -> SideResult:
-    med = statistics.median(seconds)
+    med = median(seconds)
     fps = frames / med
     ordered = [1000 * s for s in sorted(steps)]
     return SideResult(fps, fps / rate, percentile(ordered, 0.5), percentile(ordered, 0.99), seconds)

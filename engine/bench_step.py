@@ -20,6 +20,7 @@ from .errors import UserError
 from .generator import Generator
 from .model import MusicGen
 from .sampling import SamplingParams
+from .stats import median
 
 # a format's third field: how the codec runs ("": as a live session runs it)
 CODEC_DECODERS: dict[str, bool | None] = {"": None, "python": False, "compiled": True}
@@ -112,7 +113,7 @@ def format_step_bench(model: str, kv: str, codec: str, splits: list[StepSplit]) 
     ]
     for s in splits:
         step, fwd, cod = s.mean(s.step_ms), s.mean(s.forward_ms), s.mean(s.codec_ms)
-        p50 = statistics.median(s.step_ms) if s.step_ms else 0.0
+        p50 = median(s.step_ms) if s.step_ms else 0.0
         lines.append(
             f"| {s.precision} | {s.weight_mb:.0f} | {step:.1f} ({p50:.1f}) | {fwd:.1f} | {cod:.1f} | "
             f"{step - fwd - cod:.1f} | {1000 / step if step else 0:.1f} |"

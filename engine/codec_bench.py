@@ -11,13 +11,13 @@ a frame costs at each piece size against the whole clip at once is `run_encoder_
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 
 import torch
 
 from .codec import Codec
+from .stats import median
 
 
 @dataclass
@@ -41,14 +41,14 @@ def run_codec_bench(codec: Codec, seconds: list[float], chunk_frames: int = 1, w
     points = []
     for s in seconds:
         at = int(s * rate) // chunk_frames
-        ours = statistics.median(push_ms[max(0, at - window // chunk_frames) : at + 1])
+        ours = median(push_ms[max(0, at - window // chunk_frames) : at + 1])
         n = int(s * rate)
         redecode = []
         for _ in range(3):
             t0 = time.perf_counter()
             codec.decode(codes[..., :n])
             redecode.append(1000 * (time.perf_counter() - t0))
-        points.append(CodecPoint(s, ours, statistics.median(redecode)))
+        points.append(CodecPoint(s, ours, median(redecode)))
     return points
 
 
@@ -76,7 +76,7 @@ def run_encoder_bench(codec: Codec, seconds: float, pieces: list[int], rounds: i
             except StopIteration as done:
                 frames = done.value.shape[-1]
             times[n].append(1000 * (time.perf_counter() - t0) / frames)
-    return {n: statistics.median(t) for n, t in times.items()}
+    return {n: median(t) for n, t in times.items()}
 
 
 def format_encoder_bench(seconds: float, costs: dict[int, float]) -> str:

@@ -17,7 +17,6 @@ With `companions`, that many more sessions (other prompts, null outputs) share i
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,7 +214,7 @@ def format_stream_bench(r: StreamBench) -> str:
         f"  command -> audible: p50 {pct(r.command_latency_ms, 0.5)} ms, p99 {pct(r.command_latency_ms, 0.99)} ms "
         f"({len(r.command_latency_ms)} commands)",
         f"  time to first audio after play: median "
-        f"{statistics.median(r.first_audio_ms) if r.first_audio_ms else 0:.0f} ms "
+        f"{median(r.first_audio_ms) if r.first_audio_ms else 0:.0f} ms "
         f"({len(r.first_audio_ms)} stop/play cycles)",
         f"  plain steps (nothing being prepared): median {r.plain_step_ms:.1f} ms, p99 {r.plain_p99_ms:.1f} ms "
         f"= {r.plain_p99_ms / max(r.plain_step_ms, 1e-9):.2f}x, worst {r.plain_max_ms:.1f} ms "
@@ -224,7 +223,7 @@ def format_stream_bench(r: StreamBench) -> str:
     ]
     for kind, worst in r.worst_ms.items():
         ready = r.ready_ms.get(kind)
-        took = f", ready {statistics.median(ready) / 1000:.1f} s after the request (median)" if ready else ""
+        took = f", ready {median(ready) / 1000:.1f} s after the request (median)" if ready else ""
         lines.append(
             f"    {kind:13s} worst step {max(worst):6.1f} ms = {max(r.worst_ratio[kind]):.2f}x, "
             f"p90 {max(r.p90_ratio[kind]):.2f}x ({len(worst)} of them){took}"
@@ -233,7 +232,7 @@ def format_stream_bench(r: StreamBench) -> str:
         lines.append("  steps that carried a piece of a job (T5 blocks, encoder frames, melody / style features):")
     for job, steps in sorted(r.job_steps_ms.items()):
         ordered = sorted(steps)
-        mid, top = statistics.median(ordered), ordered[-1]
+        mid, top = median(ordered), ordered[-1]
         base = max(r.plain_step_ms, 1e-9)
         lines.append(
             f"    {job:13s} {len(steps)} steps: median {mid:.1f} ms = {mid / base:.2f}x, worst {top:.1f} ms = "
