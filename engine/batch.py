@@ -2,7 +2,7 @@
 
 On CPU a step costs what it reads: every weight matrix once, whatever the number of rows. Stepping
 N streams together therefore costs little more than one (BENCHMARKS.md, "Several streams"). Each
-stream stays a `Generator` with its own prompt rows, guidance, sampling settings, seed, window,
+stream stays a `StreamGenerator` with its own prompt rows, guidance, sampling settings, seed, window,
 slides and codec; only its matmuls are shared. Streams join and leave simply by being in the list
 passed to `step` or not.
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ContextError
-from .generator import Generator, StepResult
+from .generator import StepResult, StreamGenerator
 from .lm import Segment
 from .model import MusicGen
 
@@ -40,7 +40,7 @@ class Batch:
         self._tokens = torch.full((rows, K, 1), model.spec.lm.special_token, dtype=torch.long, device=model.device)
 
     @torch.no_grad()
-    def step(self, streams: list[Generator]) -> list[StepResult]:
+    def step(self, streams: list[StreamGenerator]) -> list[StepResult]:
         """One step of every stream in `streams`; results in the same order.
 
         Streams are packed into forwards of `rows` rows in order; when they need more rows than one

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UserError
-from .generator import Generator
+from .generator import StreamGenerator
 from .model import MusicGen
 from .sampling import SamplingParams
 from .stats import median
@@ -81,7 +81,7 @@ def run_step_bench(
         else:
             m.lm.forward_segments = _timed(m.lm.forward_segments, split.forward_ms)  # type: ignore[method-assign]
         m.codec.push = _timed(m.codec.push, split.codec_ms)  # type: ignore[method-assign]
-        g = Generator(m, SamplingParams(top_k=250), seed=1)
+        g = StreamGenerator(m, SamplingParams(top_k=250), seed=1)
         g.start(
             [(m.conditioner.condition("warm pads"), 1.0)],
             capacity_frames=min(window_frames, m.max_frames),

@@ -169,7 +169,7 @@ class StreamState:
     style_row: bool = False  # the batch has a style-alone row before the unconditional one (MusicGen-Style)
 
 
-class Generator:
+class StreamGenerator:
     def __init__(
         self, model: MusicGen, params: SamplingParams | None = None, seed: int = 0, decode_chunk: int = 1
     ) -> None:

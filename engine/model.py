@@ -1,6 +1,6 @@
 """A loaded MusicGen: language model, text conditioner and codec, ready to run streams.
 
-This object is shared and immutable once built; every stream's state lives in its `Generator`.
+This object is shared and immutable once built; every stream's state lives in its `StreamGenerator` (engine.generator).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .errors import ContextError
-from .generator import Generator
+from .generator import StreamGenerator
 from .kvcache import KVCache
 from .model import MusicGen
 from .sampling import SamplingParams, guide
@@ -93,7 +93,7 @@ def compare_precision(reference: MusicGen, other: MusicGen, prompt: str, frames:
     params = SamplingParams(greedy=True, cfg=cfg)
     runs = []
     for m in (reference, other):
-        g = Generator(m, params)
+        g = StreamGenerator(m, params)
         g.start(m.conditioner.condition(prompt, guided=cfg != 1.0), total_frames=frames)
         while not g.done:
             g.step()
@@ -207,7 +207,7 @@ def compare_windows(
     """
     check_windows(model, windows, frames)
     lm, pat = model.lm, model.pattern
-    g = Generator(model, SamplingParams(cfg=cfg), seed=seed)
+    g = StreamGenerator(model, SamplingParams(cfg=cfg), seed=seed)
     cond = model.conditioner.condition(prompt, guided=True)
     g.start(cond, total_frames=frames, guided=True)
     while not g.done:

@@ -16,7 +16,7 @@ import torch
 from .batch import Batch
 from .conditioning import Condition
 from .errors import CodesError, ContextError
-from .generator import Generator
+from .generator import StreamGenerator
 from .model import MusicGen
 from .sampling import SamplingParams
 
@@ -47,7 +47,7 @@ def render(
     prompt_codes = model.encode_audio(prompt_audio) if prompt_audio is not None else None
     P = 0 if prompt_codes is None else prompt_codes.shape[-1]
     total = P + frames  # the generator refuses a run longer than the model's window
-    gen = Generator(model, params, seed, decode_chunk=decode_chunk)
+    gen = StreamGenerator(model, params, seed, decode_chunk=decode_chunk)
     guided = params.cfg != 1.0 or params.cfg_beta is not None
     if condition is not None:
         cond = condition
@@ -80,7 +80,7 @@ def render_batch(
     if model.spec.lm.prefix_conditioned:
         raise ContextError("several pieces in one batch are not supported for melody or style checkpoints yet")
     guided = params.cfg != 1.0
-    gens = [Generator(model, params, seed + i, decode_chunk=decode_chunk) for i in range(len(prompts))]
+    gens = [StreamGenerator(model, params, seed + i, decode_chunk=decode_chunk) for i in range(len(prompts))]
     chunks = [
         [g.start(model.conditioner.condition(p, guided=guided), total_frames=frames).audio]
         for g, p in zip(gens, prompts)

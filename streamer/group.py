@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from musicgen_live.engine.batch import Batch
-from musicgen_live.engine.generator import Generator as StreamGenerator
-from musicgen_live.engine.generator import Phase, StepResult
+from musicgen_live.engine.generator import Phase, StepResult, StreamGenerator
 from musicgen_live.engine.model import MusicGen
 
 from . import threads

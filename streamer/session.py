@@ -39,8 +39,7 @@ from musicgen_live.engine.audiofile import prepare_audio, read_audio_file
 from musicgen_live.engine.conditioning import Condition
 from musicgen_live.engine.config import SamplingConfig
 from musicgen_live.engine.errors import ContextError, UserError
-from musicgen_live.engine.generator import Generator as StreamGenerator
-from musicgen_live.engine.generator import Phase, StepResult
+from musicgen_live.engine.generator import Phase, StepResult, StreamGenerator
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.pieces import run
 from musicgen_live.engine.sampling import SamplingParams

@@ -10,7 +10,7 @@ import pytest
 import torch
 from musicgen_live.engine.batch import Batch
 from musicgen_live.engine.errors import ContextError
-from musicgen_live.engine.generator import Generator
+from musicgen_live.engine.generator import StreamGenerator
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.sampling import SamplingParams
 
@@ -36,7 +36,7 @@ def model(request, checkpoint_dir):
 
 
 def live(model, text, params, seed=0, window=60, context=20):
-    g = Generator(model, params, seed=seed)
+    g = StreamGenerator(model, params, seed=seed)
     g.start(
         [(model.conditioner.condition(text, guided=params.cfg != 1.0), 1.0)],
         capacity_frames=window,

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 from musicgen_live.engine.batch import Batch
-from musicgen_live.engine.generator import Generator
+from musicgen_live.engine.generator import StreamGenerator
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.sampling import SamplingParams
 
@@ -46,7 +46,7 @@ def _recorded(m: MusicGen, compiled: bool) -> Iterator[tuple[list[torch.Tensor],
 
 def _stream(m: MusicGen, steps: int = 200) -> torch.Tensor:
     """A live stream through every phase; its codes."""
-    g = Generator(m, SamplingParams(top_k=50), seed=5)
+    g = StreamGenerator(m, SamplingParams(top_k=50), seed=5)
     if m.spec.lm.prefix_conditioned:
         first = second = m.melody_condition("a folk tune", None, True)
     else:
@@ -67,7 +67,7 @@ def _batch(m: MusicGen, steps: int = 120) -> torch.Tensor:
     them crossfading to another prompt; their codes."""
     batch, streams = Batch(m, rows=6), []
     for seed, text in ((1, "warm pads"), (2, "drums")):
-        g = Generator(m, SamplingParams(top_k=50), seed=seed)
+        g = StreamGenerator(m, SamplingParams(top_k=50), seed=seed)
         cond = m.conditioner.condition(text)
         g.start([(cond, 1.0)], capacity_frames=80, context_frames=20, guided=True, max_prompts=2)
         streams.append(g)

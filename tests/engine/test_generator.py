@@ -5,7 +5,7 @@ finite stream refuses to run past its end."""
 import pytest
 import torch
 from musicgen_live.engine.errors import ContextError
-from musicgen_live.engine.generator import Generator
+from musicgen_live.engine.generator import StreamGenerator
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.sampling import SamplingParams
 
@@ -16,7 +16,7 @@ def model(checkpoint_dir):
 
 
 def run(model, decode_chunk=1, prompt=None, emit_prompt_audio=True, frames=40):
-    gen = Generator(model, SamplingParams(top_k=50), seed=3, decode_chunk=decode_chunk)
+    gen = StreamGenerator(model, SamplingParams(top_k=50), seed=3, decode_chunk=decode_chunk)
     cond = model.conditioner.condition("minimal techno")
     P = 0 if prompt is None else prompt.shape[-1]
     out = [gen.start(cond, prompt, total_frames=P + frames, emit_prompt_audio=emit_prompt_audio).audio]
@@ -54,7 +54,7 @@ def test_prompt_audio_can_be_withheld_exactly(model):
 
 
 def test_a_run_longer_than_the_window_is_refused(model):
-    gen = Generator(model)
+    gen = StreamGenerator(model)
     with pytest.raises(ContextError, match="window"):
         gen.start(model.conditioner.condition(""), total_frames=model.max_frames + 1)
 

@@ -145,7 +145,7 @@ def test_bench_step_splits_each_formats_steps_into_forward_codec_and_the_rest():
 
 def test_outlier_channels_keep_the_float_model_and_make_a_few_channels_loud():
     from musicgen_live.engine.checkpoint import load_checkpoint
-    from musicgen_live.engine.generator import Generator
+    from musicgen_live.engine.generator import StreamGenerator
     from musicgen_live.engine.model import MusicGen
     from musicgen_live.engine.quality import with_outlier_channels
     from musicgen_live.engine.sampling import SamplingParams
@@ -159,7 +159,7 @@ def test_outlier_channels_keep_the_float_model_and_make_a_few_channels_loud():
     codes = []
     for c in (ckpt, loud):
         m = MusicGen(c)
-        g = Generator(m, SamplingParams(greedy=True, cfg=3.0), seed=0)
+        g = StreamGenerator(m, SamplingParams(greedy=True, cfg=3.0), seed=0)
         g.start(m.conditioner.condition("pads"), total_frames=30)
         for _ in range(30):
             g.step()

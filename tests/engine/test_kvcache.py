@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from musicgen_live.engine.errors import UserError
-from musicgen_live.engine.generator import Generator
+from musicgen_live.engine.generator import StreamGenerator
 from musicgen_live.engine.kvcache import attention_kernel, check_kv
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.quality import compare_precision
@@ -49,7 +49,7 @@ def test_a_live_stream_on_a_float16_cache_slides_crossfades_and_continues():
     stays finite; how close it stays to float32 is the next test's."""
     m = MusicGen.load("tiny", progress=None, kv="float16")
     assert m.lm.new_cache(2, 10).k.dtype == torch.float16
-    g = Generator(m, SamplingParams(), seed=3)
+    g = StreamGenerator(m, SamplingParams(), seed=3)
     a, b = m.conditioner.condition("warm pads"), m.conditioner.condition("drums")
     g.start([(a, 1.0)], capacity_frames=120, context_frames=40, guided=True, max_prompts=4, slide_chunk=8)
     phases = set()
@@ -105,7 +105,7 @@ def test_a_melody_stream_on_a_float16_cache_prefills_its_prefix_and_slides(tmp_p
     full = MusicGen.load(str(tmp_path), progress=None)
     codes = []
     for m in (half, full):
-        g = Generator(m, SamplingParams(greedy=True, cfg=3.0), seed=7)
+        g = StreamGenerator(m, SamplingParams(greedy=True, cfg=3.0), seed=7)
         g.start(condition(m), capacity_frames=WINDOW, context_frames=CONTEXT, guided=True, slide_chunk=CHUNK)
         for _ in range(200):
             assert torch.isfinite(g.step().audio).all()

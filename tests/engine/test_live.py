@@ -7,7 +7,7 @@ boundaries and keep history; restarting from codes equals starting a new stream 
 import pytest
 import torch
 from musicgen_live.engine.errors import ContextError
-from musicgen_live.engine.generator import Generator, Phase
+from musicgen_live.engine.generator import Phase, StreamGenerator
 from musicgen_live.engine.lm import Segment
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.sampling import SamplingParams
@@ -40,7 +40,7 @@ def test_chunked_prefill_equals_one_shot_prefill(model):
 
 def test_endless_stream_slides_without_gaps(each_guidance):
     model = each_guidance
-    gen = Generator(model, SamplingParams(top_k=50), seed=1)
+    gen = StreamGenerator(model, SamplingParams(top_k=50), seed=1)
     cond = model.conditioner.condition("drum and bass")
     released = gen.start(
         [(cond, 1.0)], capacity_frames=120, context_frames=40, guided=True, slide_chunk=8, max_prompts=2
@@ -60,7 +60,7 @@ def test_same_prompt_again_changes_nothing(model):
     cond = model.conditioner.condition("jazz trio")
     runs = []
     for resend in (False, True):
-        gen = Generator(model, GREEDY)
+        gen = StreamGenerator(model, GREEDY)
         gen.start([(cond, 1.0)], total_frames=None, capacity_frames=200, guided=True, max_prompts=2)
         codes = []
         for i in range(40):
@@ -73,7 +73,7 @@ def test_same_prompt_again_changes_nothing(model):
 
 def test_prompt_change_lands_at_the_next_frame_and_fades_drop_old_rows(model):
     a, b = model.conditioner.condition("harp"), model.conditioner.condition("distorted guitar")
-    gen = Generator(model, GREEDY)
+    gen = StreamGenerator(model, GREEDY)
     gen.start([(a, 1.0)], capacity_frames=300, guided=True, max_prompts=2)
     for _ in range(5):
         gen.step()
@@ -94,7 +94,7 @@ def test_new_prompt_row_continues_the_old_rows_history(model):
     unconditional row moving up), the next logits match a cache built by hand from those histories
     whose cross-attention alone changed."""
     a, b, new = (model.conditioner.condition(t) for t in ("harp", "organ", "glockenspiel"))
-    gen = Generator(model, GREEDY)
+    gen = StreamGenerator(model, GREEDY)
     gen.start([(a, 0.7), (b, 0.3)], capacity_frames=300, guided=True, max_prompts=2)  # rows [harp, organ, uncond]
     for _ in range(6):
         gen.step()
@@ -115,10 +115,10 @@ def test_new_prompt_row_continues_the_old_rows_history(model):
 def test_restart_from_codes_equals_a_new_stream_from_them(model):
     cond = model.conditioner.condition("lofi")
     prompt = torch.randint(0, 2048, (4, 20), generator=torch.Generator().manual_seed(4))
-    fresh = Generator(model, GREEDY)
+    fresh = StreamGenerator(model, GREEDY)
     fresh.start([(cond, 1.0)], prompt_codes=prompt, capacity_frames=300, guided=True, max_prompts=2)
     want = torch.cat([fresh.step().codes for _ in range(15)], dim=1)
-    live = Generator(model, GREEDY)
+    live = StreamGenerator(model, GREEDY)
     live.start([(cond, 1.0)], capacity_frames=300, guided=True, max_prompts=2, context_frames=40)
     for _ in range(30):
         live.step()
@@ -129,7 +129,7 @@ def test_restart_from_codes_equals_a_new_stream_from_them(model):
 
 
 def test_live_controls_reject_bad_values(model):
-    gen = Generator(model, GREEDY)
+    gen = StreamGenerator(model, GREEDY)
     gen.start(model.conditioner.condition("x"), capacity_frames=100, guided=True, max_prompts=2)
     with pytest.raises(ContextError, match="at most"):
         gen.set_prompts([(model.conditioner.condition(t), 1.0) for t in "abc"])
@@ -142,7 +142,7 @@ def test_live_controls_reject_bad_values(model):
 def test_a_crossfade_with_no_room_stops_the_quietest_leaving_prompts_at_once(model):
     """Four rows: [x 0.7, y 0.3] -> [a, b, c] over a fade needs five; y (the quietest leaving) stops
     at once, x fades out, and the fade ends on the three new prompts alone."""
-    gen = Generator(model, GREEDY)
+    gen = StreamGenerator(model, GREEDY)
     cond = model.conditioner.condition
     gen.start([(cond("x"), 0.7), (cond("y"), 0.3)], capacity_frames=100, guided=True, max_prompts=4)
     gen.step()
@@ -160,7 +160,7 @@ WINDOW, CONTEXT, CHUNK = 60, 20, 4  # a slide every ~40 frames, ~8 steps long
 
 
 def sliding_stream(model, continue_chunk=None):
-    gen = Generator(model, SamplingParams(top_k=50), seed=7, decode_chunk=25)  # the codec is not under test here
+    gen = StreamGenerator(model, SamplingParams(top_k=50), seed=7, decode_chunk=25)  # the codec is not under test here
     gen.start(
         [(model.conditioner.condition("harp"), 1.0)],
         capacity_frames=WINDOW,
@@ -234,7 +234,7 @@ def test_a_continuation_prefilled_a_chunk_per_step_equals_one_prefilled_at_once(
     cond = model.conditioner.condition("lofi")
 
     def stream():
-        g = Generator(model, GREEDY)
+        g = StreamGenerator(model, GREEDY)
         g.start([(cond, 1.0)], capacity_frames=200, context_frames=60, guided=True, max_prompts=2, slide_chunk=4)
         for _ in range(25):
             g.step()
@@ -289,7 +289,7 @@ def test_a_late_continuation_slides_first_rather_than_catch_up_in_dear_chunks(mo
     codes = torch.randint(0, 2048, (4, 50), generator=torch.Generator().manual_seed(5))
     trimmed = []
     for offset in range(0, 100, 4):
-        gen = Generator(model, SamplingParams(top_k=50), seed=7, decode_chunk=25)
+        gen = StreamGenerator(model, SamplingParams(top_k=50), seed=7, decode_chunk=25)
         cond = model.conditioner.condition("harp")
         gen.start([(cond, 1.0)], capacity_frames=120, context_frames=50, guided=True, slide_chunk=2, continue_chunk=1)
         for _ in range(offset):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from musicgen_live.engine.errors import ContextError
-from musicgen_live.engine.generator import Generator, Phase
+from musicgen_live.engine.generator import Phase, StreamGenerator
 from musicgen_live.engine.lm import Segment
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.presets import ENCODEC_32K, T5_TINY, Arch, save_random_checkpoint
@@ -46,8 +46,8 @@ def condition(model: MusicGen, prompt: str | None = "a folk tune", seconds: floa
     return model.melody_condition(prompt, None, True, chroma=chroma)
 
 
-def stream(model: MusicGen, cond=None, **kw) -> Generator:
-    gen = Generator(model, kw.pop("params", SamplingParams(top_k=50)), seed=7, decode_chunk=25)
+def stream(model: MusicGen, cond=None, **kw) -> StreamGenerator:
+    gen = StreamGenerator(model, kw.pop("params", SamplingParams(top_k=50)), seed=7, decode_chunk=25)
     gen.start(
         cond or condition(model),
         capacity_frames=WINDOW,
@@ -179,7 +179,7 @@ def test_what_a_melody_stream_cannot_do_is_said_in_a_sentence(model, tiny):
         gen.set_prompts([(condition(model), 1.0)])
     with pytest.raises(ContextError, match="positions this stream keeps"):
         gen.set_condition(condition(model, " ".join(["very long prompt"] * 60)))
-    text_gen = Generator(tiny, SamplingParams(cfg=3.0))
+    text_gen = StreamGenerator(tiny, SamplingParams(cfg=3.0))
     text_gen.start(tiny.conditioner.condition("x"), capacity_frames=100, guided=True)
     with pytest.raises(ContextError, match="only a melody checkpoint"):
         text_gen.set_condition(condition(model))

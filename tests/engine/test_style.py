@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 from musicgen_live.engine.errors import AudioInputError, CheckpointError, ContextError
-from musicgen_live.engine.generator import Generator
+from musicgen_live.engine.generator import StreamGenerator
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.sampling import SamplingParams
 
@@ -58,7 +58,7 @@ def greedy(
     model: MusicGen, prompt: str | None, wav: torch.Tensor | None, cfg: float, beta: float | None
 ) -> torch.Tensor:
     cond = model.style_condition(prompt, wav, guided=True, double=beta is not None)
-    gen = Generator(model, SamplingParams(greedy=True, cfg=cfg, cfg_beta=beta))
+    gen = StreamGenerator(model, SamplingParams(greedy=True, cfg=cfg, cfg_beta=beta))
     codes = [gen.start(cond, total_frames=FRAMES).codes]
     while not gen.done:
         codes.append(gen.step().codes)
@@ -106,7 +106,7 @@ def test_greedy_codes_match_audiocraft_with_a_part_missing(ac, style_model, ours
 
 def test_double_guidance_needs_the_style_alone_row(ours):
     plain = ours.style_condition(PROMPT, excerpt(3.0), guided=True, double=False)
-    gen = Generator(ours, SamplingParams(greedy=True))
+    gen = StreamGenerator(ours, SamplingParams(greedy=True))
     gen.start(plain, total_frames=FRAMES)
     with pytest.raises(ContextError, match="cfg_beta"):
         gen.set_params(SamplingParams(greedy=True, cfg_beta=2.0))
@@ -121,7 +121,7 @@ def test_a_text_model_refuses_style_in_one_sentence():
     model = MusicGen.load("tiny", progress=None)
     with pytest.raises(ContextError, match="has no style conditioning"):
         model.style_condition(PROMPT, excerpt(3.0), guided=True)
-    gen = Generator(model, SamplingParams())
+    gen = StreamGenerator(model, SamplingParams())
     gen.start(model.conditioner.condition(PROMPT), total_frames=FRAMES)
     with pytest.raises(ContextError, match="cfg_beta"):
         gen.set_params(SamplingParams(cfg_beta=3.0))
@@ -166,7 +166,7 @@ def test_other_inference_settings_match_audiocrafts_set_params(ac, style_model, 
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
         codes = sref.generate_style(ac, style_model[1], PROMPT, wav, FRAMES, 3.0, 5.0)
         cond = ours.style_condition(PROMPT, wav, guided=True, double=True, eval_q=6, excerpt_s=4.5)
-        gen = Generator(ours, SamplingParams(greedy=True, cfg=3.0, cfg_beta=5.0))
+        gen = StreamGenerator(ours, SamplingParams(greedy=True, cfg=3.0, cfg_beta=5.0))
         got_codes = [gen.start(cond, total_frames=FRAMES).codes]
         while not gen.done:
             got_codes.append(gen.step().codes)

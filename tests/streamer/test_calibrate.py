@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from musicgen_live.engine.generator import Generator
+from musicgen_live.engine.generator import StreamGenerator
 from musicgen_live.engine.sampling import SamplingParams
 from musicgen_live.streamer.calibrate import CANDIDATES, continuation_chunk
 
@@ -34,7 +34,7 @@ def test_the_continuation_chunk_follows_the_pace(costs, pace, chunk):
 def test_a_larger_continuation_chunk_is_ready_in_fewer_steps(tiny):
     steps_to_ready = []
     for columns in (1, 8):
-        g = Generator(tiny, SamplingParams(), seed=1)
+        g = StreamGenerator(tiny, SamplingParams(), seed=1)
         cond = tiny.conditioner.condition("pads", guided=True)
         g.start([(cond, 1.0)], capacity_frames=400, context_frames=100, guided=True, max_prompts=4, slide_chunk=8)
         for _ in range(20):
