@@ -31,7 +31,7 @@ walk: setup
 		.venv/bin/python -m pytest -q -s \
 		tests/streamer/test_walk.py -k long
 
-# a long set against a real serve process (bridges/soak.py): RSS every 30 s, growth after a 5-minute
+# a long set against a real serve process (bridges/bench/soak.py): RSS every 30 s, growth after a 5-minute
 # warm-up within 5 %, every request answered, no stall; MINUTES=60, MODEL=tiny, SCENARIO=rotation|random,
 # BROWSER=1 (the page plays in headless Chromium too)
 soak: setup

@@ -210,7 +210,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from musicgen_live.engine.bench import as_dict, format_result, run_bench
+    from musicgen_live.bridges.bench.generation import as_dict, format_result, run_bench
 
     check_precision(args)
     result = run_bench(
@@ -234,7 +234,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_window(args: argparse.Namespace) -> int:
-    from musicgen_live.engine.quality import compare_windows, format_window_quality
+    from musicgen_live.bridges.bench.quality import compare_windows, format_window_quality
 
     model = load_model(args)
     rate = model.spec.frame_rate
@@ -249,7 +249,7 @@ def cmd_bench_window(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_matrices(args: argparse.Namespace) -> int:
-    from musicgen_live.engine.bench_matrices import format_matrix_bench, run_matrix_bench
+    from musicgen_live.bridges.bench.matrices import format_matrix_bench, run_matrix_bench
     from musicgen_live.engine.linear import PRECISIONS
 
     bad = [f for f in args.formats if f not in PRECISIONS]
@@ -257,7 +257,7 @@ def cmd_bench_matrices(args: argparse.Namespace) -> int:
         print(f"error: unknown format {', '.join(bad)} (choose from {', '.join(PRECISIONS)})", file=sys.stderr)
         return 2
     if args.threads:
-        from musicgen_live.engine.bench_matrices import format_thread_line, run_thread_bench
+        from musicgen_live.bridges.bench.matrices import format_thread_line, run_thread_bench
 
         for n, b in run_thread_bench(args.model, tuple(args.formats), args.rows[0], tuple(args.threads)):
             print(format_thread_line(n, b), flush=True)
@@ -268,7 +268,7 @@ def cmd_bench_matrices(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_step(args: argparse.Namespace) -> int:
-    from musicgen_live.engine.bench_step import format_step_bench, run_step_bench
+    from musicgen_live.bridges.bench.step import format_step_bench, run_step_bench
     from musicgen_live.engine.errors import UserError
 
     try:
@@ -284,7 +284,7 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_codec(args: argparse.Namespace) -> int:
-    from musicgen_live.engine.codec_bench import (
+    from musicgen_live.bridges.bench.codec import (
         codec_fidelity,
         format_codec_bench,
         format_encoder_bench,
@@ -306,7 +306,7 @@ def cmd_bench_codec(args: argparse.Namespace) -> int:
 
 def cmd_bench_stream(args: argparse.Namespace) -> int:
 
-    from musicgen_live.streamer.bench_stream import format_stream_bench, run_stream_bench
+    from musicgen_live.bridges.bench.stream import format_stream_bench, run_stream_bench
     from musicgen_live.streamer.outputs import make_output_or_null
 
     stream = args.sections["stream"]
@@ -333,7 +333,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_quantize(args: argparse.Namespace) -> int:
-    from musicgen_live.streamer.bench_quantize import format_quantize_bench, run_quantize_bench
+    from musicgen_live.bridges.bench.quantize import format_quantize_bench, run_quantize_bench
 
     model = load_model(args, streaming=True)
     print(format_quantize_bench(run_quantize_bench(model, args.bars, args.tempo, args.quantum)))
@@ -341,7 +341,7 @@ def cmd_bench_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_midi(args: argparse.Namespace) -> int:
-    from musicgen_live.bridges.bench_midi import format_midi_bench, run_midi_bench
+    from musicgen_live.bridges.bench.midi import format_midi_bench, run_midi_bench
 
     model = load_model(args, streaming=True)
     print(format_midi_bench(run_midi_bench(model, args.changes)))
@@ -350,7 +350,7 @@ def cmd_bench_midi(args: argparse.Namespace) -> int:
 
 def cmd_bench_bridges(args: argparse.Namespace) -> int:
 
-    from musicgen_live.bridges.bench_bridges import format_bridge_bench, run_bridge_bench
+    from musicgen_live.bridges.bench.bridge_latency import format_bridge_bench, run_bridge_bench
 
     stream = args.sections["stream"]
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -361,7 +361,7 @@ def cmd_bench_bridges(args: argparse.Namespace) -> int:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from musicgen_live.bridges.soak import format_soak, run_soak
+    from musicgen_live.bridges.bench.soak import format_soak, run_soak
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     extra = [a for a in args.serve_args if a != "--"]
@@ -373,7 +373,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_page(args: argparse.Namespace) -> int:
-    from musicgen_live.bridges.bench_page import format_page_bench, run_page_bench
+    from musicgen_live.bridges.bench.page import format_page_bench, run_page_bench
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     print(format_page_bench(run_page_bench(args.model, args.seconds, say, args.serve_from)))
@@ -382,7 +382,7 @@ def cmd_bench_page(args: argparse.Namespace) -> int:
 
 def cmd_bench_hostile(args: argparse.Namespace) -> int:
 
-    from musicgen_live.bridges.bench_hostile import format_hostile_bench, run_hostile_bench
+    from musicgen_live.bridges.bench.hostile import format_hostile_bench, run_hostile_bench
 
     stream = args.sections["stream"]
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -392,7 +392,7 @@ def cmd_bench_hostile(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_cluster(args: argparse.Namespace) -> int:
-    from musicgen_live.bridges.cluster.bench import format_cluster_bench, run_cluster_bench
+    from musicgen_live.bridges.bench.cluster import format_cluster_bench, run_cluster_bench
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     spec = cluster_spec(args)

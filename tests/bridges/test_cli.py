@@ -94,7 +94,7 @@ def test_bench_reports_both_sides_and_the_decode_share(capsys):
 def test_bench_figures_say_how_many_times_faster_ours_is_and_what_decoding_caps():
     """The report's arithmetic on known timings: 12 frames in a median 2 s (ours) against 6 s
     (transformers) is 3x, and a peer whose 500 ms a frame include 125 ms of decode caps it at 4x."""
-    from musicgen_live.engine.bench import BenchResult, _side, format_result
+    from musicgen_live.bridges.bench.generation import BenchResult, _side, format_result
 
     ours, peer = _side(12, [1.5, 2.0, 9.0], 50.0, [0.1] * 12), _side(12, [6.0], 50.0, [0.5] * 12)
     assert (ours.frames_per_s, ours.real_time_factor) == (6.0, 0.12)  # the median run, not the slow one

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 ray = pytest.importorskip("ray")
+from musicgen_live.bridges.bench.cluster import replica_pids  # noqa: E402
 from musicgen_live.bridges.cluster.app import Cluster, start_cluster  # noqa: E402
-from musicgen_live.bridges.cluster.bench import replica_pids  # noqa: E402
 from musicgen_live.bridges.cluster.spec import NAMESPACE, ClusterSpec  # noqa: E402
 from musicgen_live.bridges.config import BridgesConfig, ClusterConfig, WebSocketConfig  # noqa: E402
 from musicgen_live.engine.config import SamplingConfig  # noqa: E402

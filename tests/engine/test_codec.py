@@ -218,7 +218,7 @@ def test_bad_codes_get_a_clear_error(codec32k, bad, message):
 def test_an_int8_codec_streams_close_to_the_exact_one_and_releases_the_same_samples(codec32k):
     """`[model] codec = "int8"`: a quarter of the decoder's bytes; the same samples released at the
     same pushes, the audio close to the exact decode (SNR measured on the 32 kHz-sized codec)."""
-    from musicgen_live.engine.codec_bench import codec_fidelity
+    from musicgen_live.bridges.bench.codec import codec_fidelity
 
     _hf, exact = codec32k
     int8 = exact.with_precision("int8")

@@ -105,7 +105,7 @@ def test_a_machine_that_cannot_run_it_hears_one_sentence(monkeypatch):
 
 
 def test_bench_matrices_times_every_shape_of_a_decoder_at_each_format():
-    from musicgen_live.engine.bench_matrices import format_matrix_bench, run_matrix_bench, small_shapes
+    from musicgen_live.bridges.bench.matrices import format_matrix_bench, run_matrix_bench, small_shapes
 
     b = run_matrix_bench("tiny", ("float32", "int4"), (2, 3))
     assert [(p.name, p.rows) for p in b.points] == [(name, r) for name, _, _ in small_shapes("tiny") for r in (2, 3)]
@@ -116,7 +116,7 @@ def test_bench_matrices_times_every_shape_of_a_decoder_at_each_format():
 
 
 def test_bench_matrices_times_a_step_at_each_thread_count_and_puts_the_pool_back():
-    from musicgen_live.engine.bench_matrices import format_thread_line, run_thread_bench
+    from musicgen_live.bridges.bench.matrices import format_thread_line, run_thread_bench
 
     before = torch.get_num_threads()
     runs = run_thread_bench("tiny", ("float32", "int4"), 2, (1, 2), rounds=1)
@@ -126,7 +126,7 @@ def test_bench_matrices_times_a_step_at_each_thread_count_and_puts_the_pool_back
 
 
 def test_bench_step_splits_each_formats_steps_into_forward_codec_and_the_rest():
-    from musicgen_live.engine.bench_step import format_step_bench, run_step_bench
+    from musicgen_live.bridges.bench.step import format_step_bench, run_step_bench
 
     said: list[str] = []
     formats = ["int8", "int4", "int8/float16/python"]  # the last: the codec's Python decoder, not the kernel
@@ -144,10 +144,10 @@ def test_bench_step_splits_each_formats_steps_into_forward_codec_and_the_rest():
 
 
 def test_outlier_channels_keep_the_float_model_and_make_a_few_channels_loud():
+    from musicgen_live.bridges.bench.quality import with_outlier_channels
     from musicgen_live.engine.checkpoint import load_checkpoint
     from musicgen_live.engine.generator import StreamGenerator
     from musicgen_live.engine.model import MusicGen
-    from musicgen_live.engine.quality import with_outlier_channels
     from musicgen_live.engine.sampling import SamplingParams
 
     ckpt = load_checkpoint("tiny", None)

@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from musicgen_live.bridges.bench.quality import compare_precision
 from musicgen_live.engine.errors import UserError
 from musicgen_live.engine.generator import StreamGenerator
 from musicgen_live.engine.kvcache import attention_kernel, check_kv
 from musicgen_live.engine.model import MusicGen
-from musicgen_live.engine.quality import compare_precision
 from musicgen_live.engine.sampling import SamplingParams
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from musicgen_live.bridges.bench.quality import compare_windows
 from musicgen_live.engine.errors import ContextError
 from musicgen_live.engine.model import MusicGen
-from musicgen_live.engine.quality import compare_windows
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
-
-from .checkpoint import Checkpoint
-from .errors import ContextError
-from .generator import StreamGenerator
-from .kvcache import KVCache
-from .model import MusicGen
-from .sampling import SamplingParams, guide
-from .stats import percentile
+from musicgen_live.engine.checkpoint import Checkpoint
+from musicgen_live.engine.errors import ContextError
+from musicgen_live.engine.generator import StreamGenerator
+from musicgen_live.engine.kvcache import KVCache
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.sampling import SamplingParams, guide
+from musicgen_live.engine.stats import percentile
 
 _DECODER = "decoder.model.decoder."
 # each layer norm of a decoder layer, and the matrices that read its output (their input columns)

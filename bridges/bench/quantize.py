@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.stats import percentile
-
-from . import commands as c
-from .config import StreamConfig
-from .outputs import FileOutput, make_output
-from .quantize import SteadyClock
-from .session import Session
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.outputs import FileOutput, make_output
+from musicgen_live.streamer.quantize import SteadyClock
+from musicgen_live.streamer.session import Session
 
 
 @dataclass

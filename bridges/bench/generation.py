@@ -7,7 +7,7 @@ these machines are shared and one pair of timings is not to be trusted.
 
 With `streams` > 1 both sides generate that many pieces (different prompts) together: ours as
 streams of one `Batch`, transformers as one batched `generate`; frames/s is the aggregate. With
-`quality`, the reduced precision's predictions are compared against float32 (`engine.quality`).
+`quality`, the reduced precision's predictions are compared against float32 (`bench.quality`).
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-
-from .checkpoint import BUILTIN_SEED, from_hf_model, load_checkpoint
-from .codec_bench import CodecFidelity, codec_fidelity, format_fidelity
-from .kvcache import cache_kernels
-from .model import MusicGen
-from .presets import BUILT_IN_MODELS, arch_for, random_hf_model, random_tokenizer
-from .quality import Quality, compare_precision, format_quality, with_outlier_channels
-from .render import decode_streamed, render, render_batch
-from .sampling import SamplingParams
-from .stats import median, percentile
+from musicgen_live.bridges.bench.codec import CodecFidelity, codec_fidelity, format_fidelity
+from musicgen_live.bridges.bench.quality import Quality, compare_precision, format_quality, with_outlier_channels
+from musicgen_live.engine.checkpoint import BUILTIN_SEED, from_hf_model, load_checkpoint
+from musicgen_live.engine.kvcache import cache_kernels
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.presets import BUILT_IN_MODELS, arch_for, random_hf_model, random_tokenizer
+from musicgen_live.engine.render import decode_streamed, render, render_batch
+from musicgen_live.engine.sampling import SamplingParams
+from musicgen_live.engine.stats import median, percentile
 
 PROMPTS = [
     "lo-fi hip hop beat with warm keys and vinyl crackle",
@@ -108,7 +107,7 @@ def run_bench(
     say: Callable[[str], None] = print,
 ) -> list[BenchResult]:
     """One result per stream count in `streams` (the checkpoint is built or loaded once).
-    `outliers`: the decoder given outlier channels first (`engine.quality.with_outlier_channels`)."""
+    `outliers`: the decoder given outlier channels first (`bench.quality.with_outlier_channels`)."""
     hf = None
     if source in BUILT_IN_MODELS:
         say(f"building a random '{source}'-sized checkpoint in memory")

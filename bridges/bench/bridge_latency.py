@@ -15,16 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from musicgen_live.bridges.config import OscConfig, WebSocketConfig
+from musicgen_live.bridges.osc import encode
+from musicgen_live.bridges.server import serve_in_thread
 from musicgen_live.engine.model import MusicGen, model_summary
 from musicgen_live.engine.stats import median, percentile
 from musicgen_live.streamer import commands as c
 from musicgen_live.streamer.config import StreamConfig
 from musicgen_live.streamer.outputs import make_output_or_null
 from musicgen_live.streamer.session import Session
-
-from .config import OscConfig, WebSocketConfig
-from .osc import encode
-from .server import serve_in_thread
 
 
 @dataclass

@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-
-from .codec import Codec
-from .stats import median
+from musicgen_live.engine.codec import Codec
+from musicgen_live.engine.stats import median
 
 
 @dataclass

@@ -22,15 +22,14 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 
 import numpy as np
+from musicgen_live.bridges.config import OscConfig, WebSocketConfig
+from musicgen_live.bridges.osc import encode
+from musicgen_live.bridges.server import serve_in_thread
 from musicgen_live.engine.model import MusicGen, model_summary
 from musicgen_live.streamer import commands as c
 from musicgen_live.streamer.config import StreamConfig
 from musicgen_live.streamer.outputs import make_output
 from musicgen_live.streamer.session import Session
-
-from .config import OscConfig, WebSocketConfig
-from .osc import encode
-from .server import serve_in_thread
 
 FLOODS = ["quiet", "osc malformed", "osc subscribe", "osc nested ctrl", "ws bad messages", "ws uploads"]
 

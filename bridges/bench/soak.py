@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .osc import encode
-from .ws import HEADER
+from musicgen_live.bridges.osc import encode
+from musicgen_live.bridges.ws import HEADER
 
 PROMPTS = [
     "dub techno, deep chords",

@@ -21,9 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from musicgen_live.bridges.cluster.spec import ClusterSpec
 from musicgen_live.engine.stats import median, percentile
-
-from .spec import ClusterSpec
 
 
 @dataclass
@@ -177,9 +176,8 @@ def run_cluster_bench(
     spec: ClusterSpec, changes: int, most_clients: int, stage_s: float, kills: int, say: Callable[[str], None]
 ) -> ClusterBench:
     import ray
-
-    from .app import start_cluster
-    from .spec import NAMESPACE
+    from musicgen_live.bridges.cluster.app import start_cluster
+    from musicgen_live.bridges.cluster.spec import NAMESPACE
 
     serve_lat = _serve_latencies(spec, changes, say)
     ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
@@ -214,12 +212,11 @@ def run_cluster_bench(
 
 def _serve_latencies(spec: ClusterSpec, changes: int, say: Callable[[str], None]) -> Latencies:
     """The same changes through plain `serve`'s WebSocket, in this process."""
+    from musicgen_live.bridges.config import OscConfig
+    from musicgen_live.bridges.server import serve_in_thread
     from musicgen_live.engine.model import MusicGen, model_summary
     from musicgen_live.streamer.outputs import make_output
     from musicgen_live.streamer.session import Session
-
-    from .config import OscConfig
-    from .server import serve_in_thread
 
     model = MusicGen.load(spec.model, device=spec.device, **spec.kernels)
     ws_cfg = replace(spec.websocket, port=_port())

@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-
-from .linear import Linear, make_linear
-from .presets import arch_for
+from musicgen_live.engine.linear import Linear, make_linear
+from musicgen_live.engine.presets import arch_for
 
 ROUNDS = 5
 CARD = 2048  # codes per codebook (every MusicGen)

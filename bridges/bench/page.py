@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .osc import encode
-from .soak import Serve, _browser, make_audio_dir
+from musicgen_live.bridges.bench.soak import Serve, _browser, make_audio_dir
+from musicgen_live.bridges.osc import encode
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -12,6 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from musicgen_live.bridges.config import MidiCC, MidiConfig
+from musicgen_live.bridges.midi import MidiBridge
+from musicgen_live.bridges.protocol import Vocabulary
 from musicgen_live.engine.errors import SetupError
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.stats import percentile
@@ -19,10 +22,6 @@ from musicgen_live.streamer import commands as c
 from musicgen_live.streamer.config import StreamConfig
 from musicgen_live.streamer.outputs import make_output
 from musicgen_live.streamer.session import Session
-
-from .config import MidiCC, MidiConfig
-from .midi import MidiBridge
-from .protocol import Vocabulary
 
 
 @dataclass

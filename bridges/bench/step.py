@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UserError
-from .generator import StreamGenerator
-from .model import MusicGen
-from .sampling import SamplingParams
-from .stats import median
+from musicgen_live.engine.errors import UserError
+from musicgen_live.engine.generator import StreamGenerator
+from musicgen_live.engine.model import MusicGen
+from musicgen_live.engine.sampling import SamplingParams
+from musicgen_live.engine.stats import median
 
 # a format's third field: how the codec runs ("": as a live session runs it)
 CODEC_DECODERS: dict[str, bool | None] = {"": None, "python": False, "compiled": True}

@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from musicgen_live.engine.config import SamplingConfig
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.stats import median, percentile
-
-from . import commands as c
-from .config import StreamConfig
-from .group import SessionGroup
-from .outputs import RingOutput, make_output
-from .session import Session
+from musicgen_live.streamer import commands as c
+from musicgen_live.streamer.config import StreamConfig
+from musicgen_live.streamer.group import SessionGroup
+from musicgen_live.streamer.outputs import RingOutput, make_output
+from musicgen_live.streamer.session import Session
 
 LOCAL_S = 5.0  # plain steps this long before a request are its baseline
 FADE_S = 2.0  # the crossfade of every other never-heard prompt
