@@ -14,6 +14,11 @@ Every applied change, whoever sent it, is published as one "changed" event holdi
 values, so every bridge can push it to every client; `Query` answers the state in command order
 (a get after a set answers the value that will sound).
 
+The session is one class in parts (`session_parts` says what they share): this module keeps its
+lifecycle, the loop's callbacks, the command table and the output's supervision; the handlers of
+controls, prompts and transport are `handlers`, the requests that read audio (continuations,
+melodies, styles) `audio_requests`, quantized changes `beat_holding`.
+
 Listeners receive (kind, data) from the generation thread: "applied" / "refused" {ticket},
 "changed" {changes, source}, "audible" {ticket}, "error" / "warning" / "output" {message}. They
 must be quick and must not raise (an exception is swallowed and counted).
@@ -22,23 +27,18 @@ must be quick and must not raise (an exception is swallowed and counted).
 from __future__ import annotations
 
 import collections
-import enum
 import math
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from musicgen_live.engine.audiofile import prepare_audio, read_audio_file
-from musicgen_live.engine.conditioning import Condition
 from musicgen_live.engine.config import SamplingConfig
-from musicgen_live.engine.errors import ContextError, UserError
+from musicgen_live.engine.errors import UserError
 from musicgen_live.engine.generator import Phase, StepResult, StreamGenerator
 from musicgen_live.engine.model import MusicGen
 from musicgen_live.engine.pieces import run
@@ -46,39 +46,32 @@ from musicgen_live.engine.sampling import SamplingParams
 from musicgen_live.engine.stats import median, percentile
 
 from . import commands as c
+from .audio_requests import AudioRequests
+from .beat_holding import BeatHolding
 from .calibrate import LIMIT as STEP_LIMIT
 from .calibrate import continuation_chunk, pace_line, prefill_chunk, step_costs
 from .config import MAX_DECODE_FRAMES, StreamConfig
 from .controls import (
     CONTROLS,
-    MAX_CONTINUE_S,
-    MAX_MELODY_S,
-    MAX_PROMPT_CHARS,
     MAX_PROMPTS,
-    MAX_STYLE_S,
-    QUANTIZED_CONTROLS,
-    SAMPLING,
 )
 from .group import SessionGroup
+from .handlers import CommandHandlers
 from .jobs import Job
 from .outputs import DeviceOutput, InputCapture, RingOutput
 from .preparations import (
-    Clip,
     PendingCondition,
     PendingContinuation,
     PendingPrompt,
-    conditions,
-    continuation_codes,
-    given,
     prefix_condition,
 )
 from .probes import LatencyProbes
-from .quantize import BeatClock, next_boundary, ring_position
-from .reads import Read, Reader
+from .quantize import BeatClock
+from .reads import Reader
+from .session_parts import DEFERRED, PLAYING, STOPPED, Answer, Heard, Listener
 from .sink import AudioSink
-from .slots import Board, as_board, empty_board, fit, sounding
+from .slots import Board, empty_board
 
-PLAYING, PAUSED, STOPPED = "playing", "paused", "stopped"
 SWITCH_INTERVAL_S = 0.0005
 JOB_SHARE = 0.35  # a job's piece may add this share of a median plain step to a step ...
 # ... as long as the step stays within calibrate.LIMIT x a plain one (a step carrying a slide's chunk
@@ -96,33 +89,6 @@ REOPEN_GRACE_S = 0.25
 STEP_LOG = 20_000  # steps remembered for benchmarks (~7 minutes at 50 frames/s)
 PACE_STEPS = 10  # steps timed at start to say how fast this machine plays the model
 MAX_FAILED_STEPS = 3  # consecutive failed steps before the stream is reset to recover
-Listener = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class Heard:
-    """Where a change becomes audible: from a model frame, or from an output ring position."""
-
-    frame: int | None = None
-    device_frame: int | None = None
-
-
-NO_CLOCK = "quantize needs a shared beat clock: start serve with --link"
-NEEDS = {  # the checkpoints a melody or style command needs
-    "melody": "MusicGen-Melody checkpoint (--model tiny-melody, facebook/musicgen-melody)",
-    "style": "MusicGen-Style checkpoint (--model tiny-style, or facebook/musicgen-style in audiocraft's format)",
-}
-
-
-class Deferred(enum.Enum):
-    """A handler's answer when the command is answered later: by its job, or once the window
-    prefilled under it plays (the one member, `DEFERRED`)."""
-
-    DEFERRED = "deferred"
-
-
-DEFERRED = Deferred.DEFERRED
-Answer = Heard | None | Deferred  # where the change is heard from (None: the next frame), or later
 
 
 class StepRecord(NamedTuple):
@@ -134,7 +100,7 @@ class StepRecord(NamedTuple):
     job: str  # the label of the job whose piece rode in it ("" for none)
 
 
-class Session:
+class Session(CommandHandlers, AudioRequests, BeatHolding):
     """One performer's stream: its generator, output, controls and pending preparations.
 
     Phases: `state` is STOPPED, PLAYING or PAUSED (the transport); while playing, `gen.phase` says
@@ -591,71 +557,6 @@ class Session:
         if answer is not DEFERRED:
             self._applied(ticket, answer, before)
 
-    # -- quantized changes: held until the step whose audio starts nearest their beat ------------
-    def _hold(self, ticket: c.Ticket) -> bool:
-        """Hold a musical change for the next `quantize` boundary (True: held, or refused), or let
-        it apply now."""
-        cmd = ticket.command
-        musical = isinstance(cmd, (c.SetPrompt, c.SetWeightedPrompts)) or (
-            isinstance(cmd, c.Set) and cmd.name in QUANTIZED_CONTROLS
-        )
-        own = getattr(cmd, "quantize", None)  # this change's own quantize, over the session's
-        q = float(self.controls["quantize"] if own is None else own)
-        if musical and own and self.clock is None:
-            self._refuse(ticket, NO_CLOCK)
-            return True
-        if not (musical and q > 0 and self.clock is not None and self.state == PLAYING and self.gen.started):
-            return False
-        t_read, read = self.output.sample_clock
-        landing = self._landing(ticket)
-        half_frame_s = 0.5 * self.hop / self.rate
-        ticket.beat = next_boundary(self.clock, t_read + (landing - read) / self.output.rate - half_frame_s, q)
-        if isinstance(cmd, c.Set):
-            self._held.append(ticket)
-            return True
-        return False  # a prompt prepares now (`_on_prompt`) and lands on its beat (`_finish_prompt`)
-
-    def _landing(self, ticket: c.Ticket) -> int:
-        """The output ring position where `ticket` would first be heard if applied now."""
-        cmd = ticket.command
-        if isinstance(cmd, c.Set) and cmd.name == "gain":
-            return self._unbuffered()
-        return self._frame_position(self.gen.next_frame)
-
-    def _frame_position(self, frame: int) -> int:
-        """The output ring position of frame `frame`'s first sample (since the codec stream began)."""
-        f0, s0 = self.codec_origin
-        return self.sink.device_position(s0 + max(0, frame - f0) * self.hop)
-
-    def _unbuffered(self) -> int:
-        """The first output ring position not yet written: where a gain change is first heard."""
-        return self.output.ring.written + 1
-
-    def _due(self, ticket: c.Ticket) -> bool:
-        """Whether `ticket`'s beat is within half a frame of where it would land now (or passed)."""
-        if ticket.beat is None or self.clock is None or self.state != PLAYING:
-            return True  # nothing to be on the beat with: at once
-        target = ring_position(self.clock, ticket.beat, self.output.sample_clock, self.output.rate)
-        landing = self._landing(ticket)
-        half_frame = 0.5 * self.sink.device_position(self.hop)
-        if landing < target - half_frame:
-            return False
-        late_ms = 1000 * (landing - target) / self.output.rate
-        if late_ms > 1000 * self.hop / self.rate:
-            ticket.note = f"late for beat {ticket.beat:g} by {late_ms:.0f} ms"
-        return True
-
-    def _release_held(self) -> None:
-        """Apply every held change whose beat has come, in the order they were sent (a change
-        with a sooner beat of its own does not wait behind one held for a later bar)."""
-        if not self._held:
-            return
-        due = [t for t in self._held if self._due(t)]
-        if due:
-            self._held = [t for t in self._held if t not in due]
-            for ticket in due:
-                self._apply(ticket)
-
     def _applied(self, ticket: c.Ticket, heard: Answer, before: dict[str, Any]) -> None:
         ticket.applied = time.perf_counter()
         if self.gen.started and ticket.frame is None:
@@ -680,445 +581,12 @@ class Session:
         self._event("refused", {"ticket": ticket})
         ticket.done.set()
 
-    def _on_set(self, ticket: c.Ticket) -> Answer:
-        cmd = ticket.command
-        assert isinstance(cmd, c.Set)
-        control = CONTROLS.get(cmd.name)
-        if control is None:
-            raise ValueError(f"there is no control '{cmd.name}' (controls: {', '.join(CONTROLS)})")
-        value = control.check(cmd.value)
-        answer: Answer = Heard()
-        if cmd.name in SAMPLING:
-            change: dict[str, Any] = {cmd.name: (value or None) if cmd.name == "cfg_beta" else value}
-            params = replace(self.params, **change).validated()
-            self.gen.set_params(params)
-            self.params = params
-        elif cmd.name == "seed":
-            self.gen.reseed(int(value))
-        elif cmd.name == "gain":
-            self.sink.gain = float(value)
-            answer = Heard(device_frame=self._unbuffered())  # applies to audio not yet buffered
-        elif cmd.name == "quantize":
-            if value > 0 and self.clock is None:
-                raise ValueError(NO_CLOCK)
-            answer = None
-        elif cmd.name == "context":
-            frames = self.gen.set_context(self.model.spec.seconds_to_frames(value))
-            kept = frames / self.model.spec.frame_rate
-            if abs(kept - value) > 0.5 / self.model.spec.frame_rate:
-                ticket.note = f"context {kept:.2f} s: the most this {self.cfg.window_s:.0f} s window keeps"
-            value = kept
-            answer = None  # heard at the next slide
-        else:  # fade: the default for later prompt changes
-            answer = None
-        self.controls[cmd.name] = value
-        return answer
-
-    def _on_prompt(self, ticket: c.Ticket) -> Answer:
-        cmd = ticket.command
-        assert isinstance(cmd, (c.SetPrompt, c.SetWeightedPrompts))
-        pairs = [(cmd.text, 1.0)] if isinstance(cmd, c.SetPrompt) else [(t, float(w)) for t, w in cmd.prompts]
-        if not pairs:
-            raise ValueError("at least one prompt is needed")
-        if len(pairs) > MAX_PROMPTS:
-            raise ValueError(f"at most {MAX_PROMPTS} prompts can sound at once, got {len(pairs)}")
-        for text, weight in pairs:
-            if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
-                raise ValueError(f"a prompt is text of at most {MAX_PROMPT_CHARS} characters")
-            if not weight >= 0:
-                raise ValueError(f"prompt weights must be >= 0, got {weight}")
-        board = as_board(tuple(pairs)) if isinstance(cmd, c.SetWeightedPrompts) and cmd.slots else None
-        prompts = sounding(board) if board is not None else [(t, w) for t, w in pairs if w > 0]
-        if board is not None and not prompts:  # every slot at 0: the board changes, the blend sounds on
-            self.board = board
-            ticket.note = "every slot is at 0: the blend sounding before plays on"
-            return None
-        if not prompts:
-            raise ValueError("at least one prompt weight must be above 0")
-        fade = float(self.controls["fade"] if cmd.fade_s is None else CONTROLS["fade"].check(cmd.fade_s))
-        board = board if board is not None else fit(self.board, pairs)
-        if self.model.spec.lm.prefix_conditioned:
-            return self._prefix_prompt(ticket, prompts, fade, board)
-        if self._prompt is not None:  # the latest prompt wins
-            self._prompt.job.close()
-            self._supersede(self._prompt.ticket, ticket, "superseded by a newer prompt before it was ready")
-            self._prompt = None
-        known = [k for t, _ in prompts if (k := self.model.conditioner.lookup(t)) is not None]
-        if len(known) == len(prompts) and ticket.beat is None:
-            self._set_prompts(ticket, prompts, fade, known, board)
-            return Heard()
-        job: Job[list[Condition]] = Job(conditions(self.model, [t for t, _ in prompts]), "prompt")
-        self._prompt = PendingPrompt(ticket, prompts, fade, job, board)
-        return DEFERRED
-
-    def _set_prompts(
-        self, ticket: c.Ticket, prompts: list[tuple[str, float]], fade_s: float, conds: list[Condition], board: Board
-    ) -> None:
-        fade = self.model.spec.seconds_to_frames(fade_s)
-        cut = self.gen.set_prompts(list(zip(conds, (w for _, w in prompts))), fade)
-        if cut:
-            ticket.note = (
-                f"{cut} prompt{'s' if cut > 1 else ''} stopped at once: a crossfade sounds at most "
-                f"{MAX_PROMPTS} prompts, old and new together"
-            )
-        self.prompts = prompts
-        self.board = board
-
-    def _supersede(self, old: c.Ticket, new: c.Ticket, reason: str) -> None:
-        """Refuse `old` because `new` replaced it: for the sender of both, that is no error."""
-        old.superseded = old.source == new.source
-        self._refuse(old, reason)
-
-    def _finish_prompt(self) -> None:
-        """Apply the pending prompt once its conditions are ready."""
-        p = self._prompt
-        if p is None or not p.job.done or (p.job.error is None and not self._due(p.ticket)):
-            return
-        self._prompt = None
-        before = self.view()
-        try:
-            if p.job.error is not None:
-                raise p.job.error
-            self._set_prompts(p.ticket, p.prompts, p.fade_s, p.job.result or [], p.board or fit(self.board, p.prompts))
-        except (UserError, ValueError) as e:
-            self._refuse(p.ticket, str(e))
-            return
-        except Exception as e:
-            self._refuse(p.ticket, f"internal error: {type(e).__name__}: {e}")
-            self.report_error(e)
-            return
-        self._applied(p.ticket, Heard(), before)
-
-    def _on_transport(self, ticket: c.Ticket) -> Answer:
-        cmd = ticket.command
-        if isinstance(cmd, c.Play):
-            if self.state == PLAYING:
-                return None
-            resumed = self.state == PAUSED
-            self.state = PLAYING
-            self.output.set_playing(True)
-            if resumed and self.output.ring.fill:
-                return Heard(device_frame=self.output.ring.read + 1)  # the buffered audio resumes
-            return Heard(frame=self.codec_origin[0])  # from a stop: the first frame of the new start
-        if isinstance(cmd, c.Pause):
-            if self.state == PLAYING:
-                self.state = PAUSED
-                self.output.set_playing(False)
-            return None
-        if isinstance(cmd, c.Stop):
-            self._cancel_continuation("superseded by stop")
-            self.state = STOPPED
-            self.output.set_playing(False)
-            self.output.ring.request_flush()
-            self._restart(keep_audio=False)
-            return None
-        self._cancel_continuation("superseded by reset")  # Reset
-        return Heard(frame=self._restart(keep_audio=True))
-
-    def _on_query(self, ticket: c.Ticket) -> Answer:
-        ticket.result = self.snapshot()
-        return None
-
-    def _restart(self, keep_audio: bool) -> int:
-        """Drop the context now; returns the first new frame."""
-        start = self.gen.frames_done
-        result = self.gen.restart(keep_audio=keep_audio)
-        if not keep_audio:
-            self.codec_origin = (start, self.sink.samples)
-        self.sink.push(result.audio)
-        return start
-
-    # -- continuation: encode a piece per step, prefill a chunk per step, then take over -----------
-    def _on_continue(self, ticket: c.Ticket) -> Answer:
-        cmd = ticket.command
-        assert isinstance(cmd, c.AUDIO_CONTINUATIONS)
-        if not cmd.seconds > 0:
-            raise ContextError(f"continuation length must be positive, got {cmd.seconds}")
-        context_s = self.gen.context_frames / self.model.spec.frame_rate
-        seconds = min(float(cmd.seconds), MAX_CONTINUE_S, context_s)
-        if seconds < float(cmd.seconds):
-            ticket.note = f"continuing from the last {seconds:.1f} s (the context keeps {context_s:.1f} s)"
-        source = self._clip_source(cmd, seconds)  # refuses at once what cannot work, starts reading the rest
-        _drop_upload(ticket)
-        job = Job(continuation_codes(self.model, source, seconds, ticket), "continue")
-        self._begin_continuation(PendingContinuation(ticket, job, read=source))
-        return DEFERRED
-
-    def _on_continue_codes(self, ticket: c.Ticket) -> Answer:
-        cmd = ticket.command
-        assert isinstance(cmd, c.ContinueCodes)
-        codes = np.asarray(cmd.codes)
-        k, card = self.model.spec.lm.num_codebooks, self.model.spec.lm.card
-        if codes.ndim != 2 or codes.shape[0] != k or codes.shape[1] < 1 or codes.dtype.kind not in "iu":
-            raise ContextError(f"codes to continue from must be ({k}, frames) integers")
-        if codes.min() < 0 or codes.max() >= card:
-            raise ContextError(f"codes to continue from must lie in 0..{card - 1}")
-        self._begin_continuation(
-            PendingContinuation(ticket, Job(given(torch.from_numpy(codes.astype(np.int64))), "continue"))
-        )
-        return DEFERRED
-
-    def _begin_continuation(self, pending: PendingContinuation, staged: bool = False) -> None:
-        """The latest continuation wins - once its audio, if any, has been read. `staged`: one
-        whose read has just succeeded (`_promote`), not a new request."""
-        if pending.read is not None and not pending.read.settled:
-            self._staged_continuations.append(pending)
-            return
-        if pending.read is not None and (problem := pending.read.problem()) is not None:  # failed at once
-            pending.job.close()
-            self._refuse(pending.ticket, _why(problem, "could not continue"))
-            return
-        if not staged:  # a new request with nothing to read: it is newer than every staged one
-            self._staged_continuations = self._drop_staged(self._staged_continuations, pending.ticket)
-        self._cancel_continuation("superseded by a newer continuation", by=pending.ticket)
-        self._continuation = pending
-
-    def _on_recent_codes(self, ticket: c.Ticket) -> Answer:
-        if not self.gen.started:
-            raise ContextError("the stream has not started")
-        codes = self.gen.codes()[:, -self.gen.context_frames :]
-        ticket.result = {"codes": codes.to(torch.int16).numpy()}
-        return None
-
-    def _clip_source(self, cmd: c.Clip, seconds: float) -> Read[Clip]:
-        """What a job will read: checked now, and read from now on a thread of its own (`reads`: a
-        file, the input's or an upload's resampling), so the generation thread never waits on it.
-        A continuation takes the last `seconds`; a melody or style file or upload its first (a riff),
-        the session's history or input its last (what was just played)."""
-        rate, channels = self.rate, self.model.audio_channels
-        if isinstance(cmd, c.HISTORY_CLIPS):
-            if self.sink.history.seconds < 1 / self.model.spec.frame_rate:
-                raise ContextError("there is no output history yet")
-            clip = torch.from_numpy(np.ascontiguousarray(self.sink.history.last(seconds).T))
-            return Read.ready((clip, channels))
-        if isinstance(cmd, c.FILE_CLIPS):
-            path, folders, max_bytes = cmd.path, cmd.folders, int(self.cfg.max_file_mb * 1e6)
-            tail = isinstance(cmd, c.ContinueFile)
-
-            def read_file() -> Clip:
-                part = {"last_s": seconds} if tail else {"first_s": seconds}
-                audio, have = read_audio_file(path, rate, channels, inside=folders, max_bytes=max_bytes, **part)
-                return (audio if tail else audio[:, : int(seconds * rate)]), have
-
-            return self.reader.start(read_file, f"reading '{Path(path).name}'")
-        if isinstance(cmd, c.INPUT_CLIPS):
-            if self.capture is None:
-                raise ContextError("no input device is open (start serve with --input DEVICE)")
-            data, data_rate = self.capture.last(seconds)
-            if len(data) == 0:
-                raise ContextError("nothing has been captured from the input yet")
-            what = "resampling the input"
-        else:
-            data = np.asarray(cmd.audio, dtype=np.float32)
-            if data.ndim == 1:
-                data = data[:, None]
-            if data.ndim != 2 or len(data) == 0:
-                raise ContextError("uploaded audio must be a non-empty (samples, channels) array")
-            data_rate = int(cmd.rate)
-            if isinstance(cmd, c.FromUpload):
-                data = data[: int(seconds * data_rate)]
-            what = "resampling the upload"
-        have = int(data.shape[1])
-        return self.reader.start(lambda: (prepare_audio(data, data_rate, rate, channels), have), what)
-
-    def _finish_continuation(self) -> None:
-        p = self._continuation
-        if p is None or not p.job.done:
-            return
-        if p.handle is None:
-            if p.job.error is not None:
-                self._continuation = None
-                e = p.job.error
-                self._refuse(
-                    p.ticket,
-                    str(e)
-                    if isinstance(e, (UserError, ValueError))
-                    else f"could not continue ({type(e).__name__}: {e})",
-                )
-                return
-            try:
-                codes = p.job.result
-                assert codes is not None  # a job that ended without an error has its result
-                p.handle = self.gen.continue_from(codes)
-            except (UserError, ValueError) as e:
-                self._continuation = None
-                self._refuse(p.ticket, str(e))
-                return
-        if p.handle.frame is None and self.state != PLAYING:
-            self.gen.prepare()  # no steps to ride along with: a chunk a turn
-        if p.handle.frame is not None:
-            self._continuation = None
-            if p.handle.trimmed is not None:
-                rate = self.model.spec.frame_rate
-                trim = (
-                    f"continued from the last {p.handle.frames / rate:.1f} s of the {p.handle.trimmed / rate:.1f} s "
-                    "asked for: the window had room to prepare no more in time"
-                )
-                p.ticket.note = f"{p.ticket.note}; {trim}" if p.ticket.note else trim
-            before = self.view()
-            self.log(
-                f"continuing from {p.handle.frames / self.model.spec.frame_rate:.1f} s ({p.ticket.name}, "
-                f"ready in {1000 * (time.perf_counter() - p.ticket.accepted):.0f} ms)"
-            )
-            self._applied(p.ticket, Heard(frame=p.handle.frame), before)
-        elif p.handle.superseded:
-            self._continuation = None
-            self._refuse(p.ticket, "superseded before it took effect")
-
-    def _cancel_continuation(self, reason: str, by: c.Ticket | None = None) -> None:
-        """Drop the pending continuation (`by`: the newer one that replaces it); with no `by`, a
-        staged one too (a stop, a reset)."""
-        if by is None:
-            for staged in self._staged_continuations:
-                staged.job.close()
-                self._refuse(staged.ticket, reason)
-            self._staged_continuations = []
-        p = self._continuation
-        if p is None:
-            return
-        self._continuation = None
-        p.job.close()
-        if p.handle is not None:
-            self.gen.cancel(p.handle)
-        if by is not None:
-            self._supersede(p.ticket, by, reason)
-        else:
-            self._refuse(p.ticket, reason)
-
     def _next_job(self) -> Job[Any] | None:
         """The job to give a piece of time to: a prompt first (it is quick and most often asked)."""
         for p in (self._prompt, self._condition, self._continuation):
             if p is not None and p.job.ready:
                 return p.job
         return None
-
-    # -- melody and style checkpoints: a new prompt, melody or style re-prefills the window --------
-    def _prefix_prompt(self, ticket: c.Ticket, prompts: list[tuple[str, float]], fade: float, board: Board) -> Answer:
-        kind = self._prefix_kind()
-        if len(prompts) > 1:
-            raise ValueError(f"a {kind} checkpoint plays one prompt at a time (blends need a text-only checkpoint)")
-        if fade > 0:
-            ticket.note = f"a {kind} checkpoint changes prompt at a re-prefill of its window, without a crossfade"
-        text = prompts[0][0]
-        job: Job[tuple[Condition, torch.Tensor | None]] = Job(
-            prefix_condition(self.model, text, self._features, None), "prompt"
-        )
-        self._begin_condition(PendingCondition(ticket, job, [(text, 1.0)], self._follows(), board=board))
-        return DEFERRED
-
-    def _on_follow(self, ticket: c.Ticket) -> Answer:
-        """melody/... and style/...: what a melody or style checkpoint's prefix follows."""
-        cmd = ticket.command
-        assert isinstance(cmd, c.Follow)
-        want, src = cmd.kind, cmd.source
-        if self._prefix_kind() != want:
-            raise ValueError(f"'{self.model.source}' has no {want} conditioning: {want} commands need a {NEEDS[want]}")
-        text = self.prompts[0][0]
-        if src is None:
-            job = Job(prefix_condition(self.model, text, None, None), want)
-            self._begin_condition(PendingCondition(ticket, job, self.prompts, "off"))
-            return DEFERRED
-        if not src.seconds > 0:
-            raise ContextError(f"a {want} clip must be longer than 0 s, got {src.seconds}")
-        seconds = min(float(src.seconds), MAX_MELODY_S if want == "melody" else MAX_STYLE_S)
-        source = self._clip_source(src, seconds)  # refuses at once what cannot work
-        _drop_upload(ticket)
-        name = f" {Path(src.path).name}" if isinstance(src, c.FromFile) else ""
-        label = f"{c.source_name(src)}{name} {seconds:g} s"
-        job = Job(prefix_condition(self.model, text, None, source), want)
-        self._begin_condition(PendingCondition(ticket, job, self.prompts, label, read=source))
-        return DEFERRED
-
-    def _prefix_kind(self) -> str | None:
-        """What this checkpoint's prefix is built from besides text: "melody", "style" or None."""
-        return "style" if self.model.style is not None else "melody" if self.model.melody else None
-
-    def _follows(self) -> str:
-        return self.style if self.model.style is not None else self.melody
-
-    def _begin_condition(self, pending: PendingCondition, staged: bool = False) -> None:
-        """The latest prompt, melody or style wins - once its audio, if any, has been read.
-        `staged`: one whose read has just succeeded (`_promote`), not a new request."""
-        if pending.read is not None and not pending.read.settled:
-            self._staged_conditions.append(pending)
-            return
-        if pending.read is not None and (problem := pending.read.problem()) is not None:  # failed at once
-            pending.job.close()
-            self._refuse(pending.ticket, _why(problem, f"could not read the {self._prefix_kind()}"))
-            return
-        if not staged:  # a new request with nothing to read: it is newer than every staged one
-            self._staged_conditions = self._drop_staged(self._staged_conditions, pending.ticket)
-        old = self._condition
-        if old is not None:
-            old.job.close()
-            self._supersede(
-                old.ticket, pending.ticket, f"superseded by a newer prompt or {self._prefix_kind()} before it was heard"
-            )
-        self._condition = pending
-
-    def _promote_staged(self) -> None:
-        """Staged continuations and conditions whose reads have settled, oldest first: one whose
-        read failed is refused (nothing else changes); one whose read succeeded takes over, and the
-        staged ones older than it are superseded."""
-        self._staged_continuations = self._promote(self._staged_continuations, self._begin_continuation, "continue")
-        kind = self._prefix_kind() or "condition"
-        self._staged_conditions = self._promote(self._staged_conditions, self._begin_condition, f"read the {kind}")
-
-    def _promote(self, staged: list[Any], begin: Callable[..., None], doing: str) -> list[Any]:
-        """`staged` after promotion (see `_promote_staged`): the ones still waiting for their reads."""
-        waiting: list[Any] = []
-        for pending in staged:
-            if not pending.read.settled:
-                waiting.append(pending)
-                continue
-            if (problem := pending.read.problem()) is not None:
-                pending.job.close()
-                self._refuse(pending.ticket, _why(problem, f"could not {doing}"))
-                continue
-            waiting = self._drop_staged(waiting, pending.ticket)
-            begin(pending, staged=True)
-        return waiting
-
-    def _drop_staged(self, older: list[Any], newer: c.Ticket) -> list[Any]:
-        """Supersede the staged requests `older` (waiting for reads) by `newer`; returns []."""
-        for pending in older:
-            pending.job.close()
-            self._supersede(pending.ticket, newer, "superseded by a newer request")
-        return []
-
-    def _finish_condition(self) -> None:
-        """Prefill the window under the new condition once it is built; answer once it plays."""
-        p = self._condition
-        if p is None or not p.job.done:
-            return
-        if p.handle is None:
-            try:
-                if p.job.error is not None:
-                    raise p.job.error
-                assert p.job.result is not None  # a job that ended without an error has its result
-                cond, p.features = p.job.result
-                p.handle = self.gen.set_condition(cond)
-            except Exception as e:
-                self._condition = None
-                known = isinstance(e, (UserError, ValueError))
-                why = str(e) if known else f"could not build the {self._prefix_kind()} ({type(e).__name__}: {e})"
-                self._refuse(p.ticket, why)
-                return
-            if self.state == STOPPED:  # nothing steps: prefill it now (no codes, only the prefix)
-                self._restart(keep_audio=False)
-        if self.gen.condition_live(p.handle):
-            self._condition = None
-            before = self.view()
-            self.prompts, self._features = p.prompts, p.features
-            self.board = p.board or fit(self.board, p.prompts)
-            if self.model.style is not None:
-                self.style = p.follows
-            else:
-                self.melody = p.follows
-            kept = self.gen.context_frames / self.model.spec.frame_rate  # less if a longer prefix needs it
-            if kept < self.controls["context"]:
-                self.controls["context"] = kept
-            self._applied(p.ticket, Heard(frame=self.gen.next_frame), before)
 
     # -- output supervision --------------------------------------------------------------------
     def _watch_output(self) -> None:
@@ -1167,21 +635,3 @@ HANDLERS: dict[type, Callable[[Session, c.Ticket], Answer]] = {
     c.Query: Session._on_query,
     c.RecentCodes: Session._on_recent_codes,
 }
-
-
-NO_AUDIO = np.zeros((0, 1), dtype=np.float32)
-
-
-def _drop_upload(ticket: c.Ticket) -> None:
-    """An upload's samples are the read's now: the ticket (kept until its change is heard, up to
-    probes.MAX_PROBES of them while the output is paused) keeps the command without them."""
-    cmd = ticket.command
-    if isinstance(cmd, c.ContinueAudio):
-        ticket.command = replace(cmd, audio=NO_AUDIO)
-    elif isinstance(cmd, c.Follow) and isinstance(cmd.source, c.FromUpload):
-        ticket.command = replace(cmd, source=replace(cmd.source, audio=NO_AUDIO))
-
-
-def _why(e: BaseException, doing: str) -> str:
-    """A failed preparation's sentence: a user error's own, else what failed."""
-    return str(e) if isinstance(e, (UserError, ValueError)) else f"{doing} ({type(e).__name__}: {e})"
