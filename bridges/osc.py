@@ -13,6 +13,8 @@ framing (OSC 1.1), replies and subscriptions going back over the connection. Sub
 browser, stdin): `/cfg 4.5`, `/prompt "..."`, `/transport playing` ...; and the notifications
 `/status`, `/position`, `/underrun`, `/done`, `/fail`, `/error`, `/warning`, and with `serve --link`
 `/link tempo beat phase quantum peers` beside each `/status`.
+
+One idea at ~510 lines: OSC, end to end (UDP and SLIP over TCP, timetags, replies, subscribers).
 """
 
 from __future__ import annotations

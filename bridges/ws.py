@@ -19,6 +19,9 @@ source} to every client whenever anything changed, whoever changed it; warning; 
 audio frames: a 24-byte little-endian header (magic b"MGLA", version 1, codec 0=f32 1=s16,
 channels, 0, sample rate u32, first sample index u64, samples per channel u32) then interleaved PCM.
 
+One idea at ~580 lines: this protocol, end to end (the gate that admits a client, its messages,
+its upload, its audio fan-out); the vocabulary it shares with the other bridges is `protocol`.
+
 Every client has a bounded queue; a slow client loses its oldest audio and gets a warning, and
 never slows the engine. Browsers: the Origin must be this server's own (or configured); beyond
 loopback a token is required. The same port answers plain HTTP GETs with the browser client.

@@ -17,7 +17,8 @@ from .codec_step import cache_codec_kernels
 from .conditioning import Condition, TextConditioner
 from .errors import CheckpointError, ContextError
 from .kvcache import cache_kernels, check_kv
-from .lm import LanguageModel, lm_weights_from_state_dict
+from .lm import LanguageModel
+from .lm_weights import lm_weights_from_state_dict
 from .melody import ChromaExtractor, ChromaSettings, prefix_states_steps
 from .pattern import DelayPattern
 from .pieces import run

@@ -17,7 +17,9 @@ values, so every bridge can push it to every client; `Query` answers the state i
 The session is one class in parts (`session_parts` says what they share): this module keeps its
 lifecycle, the loop's callbacks, the command table and the output's supervision; the handlers of
 controls, prompts and transport are `handlers`, the requests that read audio (continuations,
-melodies, styles) `audio_requests`, quantized changes `beat_holding`.
+melodies, styles) `audio_requests`, quantized changes `beat_holding`. What stays here (~640 lines)
+is one idea: a step's turn from the loop's side - commands applied, a job's piece sized to the
+step, the audio delivered, the stats kept, the output watched.
 
 Listeners receive (kind, data) from the generation thread: "applied" / "refused" {ticket},
 "changed" {changes, source}, "audible" {ticket}, "error" / "warning" / "output" {message}. They

@@ -15,7 +15,8 @@ with `--browser` the browser page plays in headless Chromium too. Every 30 s the
 resident memory is printed; after the warm-up (every path used once) its growth must stay within
 `--bound` percent, every request must be answered (WebSocket requests by their event id, OSC
 queries and continuations by their replies) and the stream must never stall; otherwise the command
-exits 1.
+exits 1. One idea at ~570 lines: the one long set, its two scenarios sharing the clients, the
+memory watch and the verdict.
 """
 
 from __future__ import annotations
