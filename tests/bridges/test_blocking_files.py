@@ -184,7 +184,7 @@ def test_a_file_a_client_names_never_blocks_the_music(tiny, tmp_path, kind, brid
 
 def test_a_read_past_its_deadline_is_given_up_and_the_music_goes_on(tiny, tmp_path, monkeypatch):
     """A file on a stalled share: the read blocks longer than [stream] read_timeout_s."""
-    import musicgen_live.streamer.session as session_module
+    import musicgen_live.streamer.audio_requests as session_module  # where a session reads its files
 
     release = threading.Event()
 

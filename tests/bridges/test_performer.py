@@ -92,7 +92,7 @@ def test_the_pure_data_example_prints_the_servers_replies(stack, tmp_path):
 def test_a_refused_request_leaves_pending_work_and_state_untouched(tiny, tmp_path, monkeypatch, bridge):
     """A good continuation from a file, still being read (held here), then bad requests of every
     kind: the bad ones are refused, the good one still waits and then plays, the state unchanged."""
-    import musicgen_live.streamer.session as session_module
+    import musicgen_live.streamer.audio_requests as session_module  # where a session reads its files
 
     release, real = threading.Event(), session_module.read_audio_file
 
@@ -204,7 +204,7 @@ def test_a_websocket_continuation_is_answered_by_its_name(stack):
 def test_a_newer_request_wins_over_an_older_one_still_being_read(tiny, tmp_path, monkeypatch):
     """continue/file (its read held) then continue from history: the history one plays, and the
     file's read finishing later changes nothing."""
-    import musicgen_live.streamer.session as session_module
+    import musicgen_live.streamer.audio_requests as session_module  # where a session reads its files
 
     release, real = threading.Event(), session_module.read_audio_file
 
