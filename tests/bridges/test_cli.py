@@ -279,9 +279,10 @@ def test_a_full_disk_stops_the_recording_not_the_music(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("no longer recorded") == 1 and "Traceback" not in proc.stderr
     seconds = float(proc.stderr.split("stopped after ")[1].split(" s")[0])
-    # the disk filled ~0.5 s in (200 KB of 48 kHz stereo float); the music went on long after it (the 6 s
-    # count from serve's start: a loaded machine spends seconds of them measuring and prefilling)
-    assert seconds > 2.0
+    # the disk filled ~0.5 s in (200 KB of 48 kHz stereo float); the music went on well after it (the 6 s
+    # count from serve's start: a loaded machine spends seconds of them measuring and prefilling - 1.9 s
+    # were left beside a busy `make serve`: the bound is twice the fill point, not a guess of the pace)
+    assert seconds > 1.0
 
 
 def test_render_follows_a_melody_on_a_melody_checkpoint(tmp_path, capsys):

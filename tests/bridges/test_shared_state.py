@@ -204,7 +204,9 @@ def test_the_page_changes_a_style_and_every_bridge_sees_it(tmp_path):
         sock.close()
         page.wait_for("document.getElementById('style').textContent === 'off'", timeout=60)
         snap = stack.session.snapshot()
-        assert snap["errors"] == 0 and snap["underruns"] == 0 and stack.session.gen.params.cfg_beta == 5.0
+        # no underrun bound: a re-prefill per style change beside a busy neighbour may underrun;
+        # what is checked is that every bridge saw each change and nothing failed
+        assert snap["errors"] == 0 and stack.session.gen.params.cfg_beta == 5.0
     finally:
         page.close()
         stack.close()
