@@ -7,14 +7,13 @@ fed as a stream (`EncoderFeed`). The residual vector quantizer (`quantize`) ends
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .codec_layers import StreamLSTM, conv_whole, pad_edges
+from .codec_layers import StreamLSTM, conv_whole, pad_edges, whole_pads
 from .spec import CodecSpec
 
 
@@ -69,9 +68,9 @@ class Encoder:
         whole clip's only where float rounding moves a latent across a codeword boundary."""
         x = audio.float()
         amount = yield
-        if amount is None or not EncoderFeed.streams(self, x.shape[-1]):
+        feed = EncoderFeed(self, x.shape[-1])  # layers' geometry only: no tensor work
+        if amount is None or not feed.streams:
             return self.encode(x)
-        feed = EncoderFeed(self, x.shape[-1])
         codes, fed, n = [], 0, x.shape[-1]
         while True:
             end = n if amount is None else min(n, fed + max(1, amount) * self.spec.hop)
@@ -108,16 +107,6 @@ class Encoder:
                 raise ValueError(f"cannot run encoder step {kind} piecewise")
         return x
 
-    def _encoded_frames(self, samples: int) -> int:
-        """Frames the encoder makes of `samples` samples (each strided conv rounds up)."""
-        n = samples
-        for kind, arg in self.layers:
-            if kind == "conv":
-                key, stride, dilation = arg
-                k_eff = (self._t[key + ".conv.weight"].shape[-1] - 1) * dilation + 1
-                n = math.ceil((n - k_eff + (k_eff - stride)) / stride + 1)
-        return n
-
     def quantize(self, latents: torch.Tensor) -> torch.Tensor:
         """Residual VQ: nearest codeword per quantizer on the running residual (reference distance)."""
         residual = latents
@@ -144,28 +133,19 @@ class ConvFeed:
     ) -> None:
         self.w, self.b, self.stride, self.dilation, self.mode = w, b, stride, dilation, spec.pad_mode
         self.k_eff = (w.shape[-1] - 1) * dilation + 1
-        total = self.k_eff - stride
-        frames = math.ceil((length - self.k_eff + total) / stride + 1) - 1
-        extra = frames * stride + self.k_eff - total - length
-        if spec.causal:
-            self.left, self.right = total, extra
-        else:
-            self.right = total // 2
-            self.left = total - self.right
-            self.right += extra
-        self.outputs = frames + 1  # what the whole signal gives
+        self.left, self.right = whole_pads(self.k_eff, stride, length, spec)
+        self.outputs = (length + self.left + self.right - self.k_eff) // stride + 1  # what the whole signal gives
         self.length = length
         self._buf: torch.Tensor | None = None  # padded inputs not yet consumed
         self._tail: torch.Tensor | None = None  # the last right + 1 inputs
         self._seen = 0
         self._started = False
 
-    @staticmethod
-    def fits(length: int, w: torch.Tensor, stride: int, dilation: int, spec: CodecSpec) -> bool:
-        """Whether a signal of `length` samples is longer than the layer's padding (else the
-        reference zero-extends it first, which only the whole-clip path does)."""
-        probe = ConvFeed(w, w.new_zeros(0), stride, dilation, length, spec)
-        return length > max(probe.left, probe.right)
+    @property
+    def fits(self) -> bool:
+        """Whether the signal is longer than the layer's padding (else the reference zero-extends
+        it first, which only the whole-clip path does)."""
+        return self.length > max(self.left, self.right)
 
     def push(self, x: torch.Tensor, final: bool) -> torch.Tensor:
         """The outputs (B, C_out, n) that the inputs so far complete (all the rest if `final`)."""
@@ -226,12 +206,14 @@ class EncoderFeed:
     def __init__(self, encoder: Encoder, samples: int) -> None:
         t, spec = encoder._t, encoder.spec
         self._steps: list[tuple[str, Any]] = []
+        self._convs: list[ConvFeed] = []  # every convolution, in order
         n = samples
         for kind, arg in encoder.layers:
             if kind == "conv":
                 key, stride, dilation = arg
                 feed = ConvFeed(t[key + ".conv.weight"], t[key + ".conv.bias"], stride, dilation, n, spec)
                 self._steps.append(("feed", feed))
+                self._convs.append(feed)
                 n = feed.outputs
             elif kind == "res":
                 key, dilation = arg
@@ -243,28 +225,17 @@ class EncoderFeed:
                 if spec.use_conv_shortcut:
                     shortcut = ConvFeed(t[f"{key}.shortcut.conv.weight"], t[f"{key}.shortcut.conv.bias"], 1, 1, n, spec)
                 self._steps.append(("feed", ResFeed(convs, shortcut)))
+                self._convs += [*convs, *([shortcut] if shortcut is not None else [])]
             elif kind == "lstm":
                 self._steps.append(("lstm", (arg, arg.init())))
             else:
                 self._steps.append((kind, arg))
 
-    @staticmethod
-    def streams(encoder: Encoder, samples: int) -> bool:
-        """Whether a clip of `samples` is long enough for every layer to stream it (a clip of a
-        few frames is encoded whole: the reference zero-extends signals shorter than a pad)."""
-        t, n = encoder._t, samples
-        for kind, arg in encoder.layers:
-            if kind == "conv":
-                key, stride, dilation = arg
-                w = t[key + ".conv.weight"]
-                if not ConvFeed.fits(n, w, stride, dilation, encoder.spec):
-                    return False
-                n = ConvFeed(w, w.new_zeros(0), stride, dilation, n, encoder.spec).outputs
-            elif kind == "res":
-                key, dilation = arg
-                if not ConvFeed.fits(n, t[f"{key}.block.1.conv.weight"], 1, dilation, encoder.spec):
-                    return False
-        return True
+    @property
+    def streams(self) -> bool:
+        """Whether the clip is long enough for every layer to stream it (a clip of a few frames is
+        encoded whole: the reference zero-extends signals shorter than a pad)."""
+        return all(conv.fits for conv in self._convs)
 
     def push(self, x: torch.Tensor, final: bool) -> torch.Tensor:
         for kind, arg in self._steps:

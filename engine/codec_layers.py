@@ -317,18 +317,20 @@ def conv_whole(
 ) -> torch.Tensor:
     """One EnCodec Conv1d over a whole signal, padded exactly as the reference pads it."""
     k_eff = (w.shape[-1] - 1) * dilation + 1
+    x = pad_whole(x, whole_pads(k_eff, stride, x.shape[-1], spec), spec.pad_mode)
+    return F.conv1d(x, w, b, stride=stride, dilation=dilation)
+
+
+def whole_pads(k_eff: int, stride: int, length: int, spec: CodecSpec) -> tuple[int, int]:
+    """(left, right): the samples the reference pads a signal of `length` samples with for a conv
+    of effective kernel `k_eff`, the right side rounded up so the last frame is whole."""
     total = k_eff - stride
-    length = x.shape[-1]
     n_frames = math.ceil((length - k_eff + total) / stride + 1) - 1
     extra = n_frames * stride + k_eff - total - length
     if spec.causal:
-        left, right = total, extra
-    else:
-        right = total // 2
-        left = total - right
-        right += extra
-    x = pad_whole(x, (left, right), spec.pad_mode)
-    return F.conv1d(x, w, b, stride=stride, dilation=dilation)
+        return total, extra
+    right = total // 2
+    return total - right, right + extra
 
 
 def pad_whole(x: torch.Tensor, pads: tuple[int, int], mode: str) -> torch.Tensor:

@@ -49,7 +49,7 @@ def test_a_layer_fed_in_pieces_gives_the_whole_signals_outputs(codec32k, causal,
     b = torch.randn(5, generator=gen)
     for length in (40, 41, 57, 203):
         x = torch.randn(2, 3, length, generator=gen)
-        if not ConvFeed.fits(length, w, stride, dilation, spec):
+        if not ConvFeed(w, b, stride, dilation, length, spec).fits:
             continue
         want = conv_whole(x, w, b, stride, dilation, spec)
         for sizes in ([1], [3, 1, 7], [length]):
@@ -78,7 +78,7 @@ def test_the_encoder_fed_in_pieces_gives_the_whole_clips_latents(codec32k, sampl
         lstm = enc.layers[lstm_at][1].lstm
         want = enc._run_encoder_steps(enc.layers[lstm_at + 1 :], (lstm(pre)[0] + pre).permute(1, 2, 0))
         for sizes in ([640], [1, 640 * 3, 17], [samples]):
-            assert EncoderFeed.streams(enc, samples)
+            assert EncoderFeed(enc, samples).streams
             got = feed_in_pieces(EncoderFeed(enc, samples), audio, sizes)
             assert got.shape == want.shape
             assert (got - want).abs().max() < 1e-4 * want.abs().max()
@@ -89,7 +89,7 @@ def test_clips_too_short_to_stream_are_encoded_whole(codec32k, samples):
     """The reference zero-extends a signal shorter than a layer's padding: such clips (a frame or
     two) take the whole-clip path even when asked for pieces, and give its codes."""
     audio = 0.3 * torch.randn(1, 1, samples, generator=torch.Generator().manual_seed(1))
-    assert not EncoderFeed.streams(codec32k.encoder, samples)
+    assert not EncoderFeed(codec32k.encoder, samples).streams
     steps = codec32k.encode_steps(audio)
     next(steps)
     with pytest.raises(StopIteration) as done:
