@@ -15,6 +15,7 @@ import time
 from musicgen_live.streamer import commands as c
 from musicgen_live.streamer.controls import CONTROLS
 
+from ..polling import until
 from .browser import Browser
 from .conftest import Stack
 
@@ -26,13 +27,6 @@ WAV_FILE = """const wav = (rate, seconds) => { const n = Math.round(rate * secon
   v.setUint16(34, 16, true); s(36, 'data'); v.setUint32(40, 2 * n, true);
   for (let i = 0; i < n; i++) v.setInt16(44 + 2 * i, 8000 * Math.sin(2 * Math.PI * 220 * i / rate), true);
   return b; }"""
-
-
-def until(predicate, seconds: float = 20.0) -> None:
-    deadline = time.time() + seconds
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_the_instrument_follows_the_server_and_plays_it(tiny, tmp_path):
@@ -58,14 +52,14 @@ def test_the_instrument_follows_the_server_and_plays_it(tiny, tmp_path):
             "e.dispatchEvent(new Event('change')); })()"
         )
         page.wait_for("document.getElementById('top_kV').textContent === 'off'")
-        until(lambda: stack.session.controls["top_k"] == 0)
+        assert until(lambda: stack.session.controls["top_k"] == 0, 20), "timed out"
 
         # a drag: input events while it moves reach the server before the release
         page.eval(
             "(() => { const e = document.getElementById('cfg'); for (const v of [4, 5, 6]) "
             "{ e.value = v; e.dispatchEvent(new Event('input')); } })()"
         )
-        until(lambda: stack.session.controls["cfg"] == 6.0)
+        assert until(lambda: stack.session.controls["cfg"] == 6.0, 20), "timed out"
         page.eval("document.getElementById('cfg').dispatchEvent(new Event('change'))")
 
         # the blend: two slots, two weights
@@ -74,14 +68,14 @@ def test_the_instrument_follows_the_server_and_plays_it(tiny, tmp_path):
             "e.dispatchEvent(new Event(ev)); }; set('slot0', 'deep house', 'input'); set('slot1', 'tabla', 'input'); "
             "set('w0', 0.75, 'input'); set('w1', 0.25, 'change'); })()"
         )
-        until(lambda: stack.session.prompts == [("deep house", 0.75), ("tabla", 0.25)])
+        assert until(lambda: stack.session.prompts == [("deep house", 0.75), ("tabla", 0.25)], 20), "timed out"
 
         # MIDI learn: click, a knob moves (CC 21 on channel 1), then the knob drives gain
         page.eval("document.querySelector('[data-learn=gain]').click()")
         page.eval("window.musicgenMidi(0xb0, 21, 5)")
         assert page.eval("document.querySelector('[data-learn=gain]').textContent") == "CC21"
         page.eval("window.musicgenMidi(0xb0, 21, 127)")
-        until(lambda: stack.session.controls["gain"] == CONTROLS["gain"].hi)
+        assert until(lambda: stack.session.controls["gain"] == CONTROLS["gain"].hi, 20), "timed out"
 
         # a change made elsewhere shows on the page
         stack.session.submit(c.Set("top_p", 0.9)).wait(10)
@@ -102,7 +96,7 @@ def test_the_instrument_follows_the_server_and_plays_it(tiny, tmp_path):
         stack.session.listeners.append(lambda kind, data: kind == "applied" and applied.append(data["ticket"].name))
         page.eval(WAV_FILE + "; window.musicgenUpload(new File([wav(44100, 2.5)], 'loop.wav', {type: 'audio/wav'}))")
         page.wait_for("document.getElementById('log').textContent.startsWith('continuing from the last 2.5 s')")
-        until(lambda: "continue/upload" in applied, 60)
+        assert until(lambda: "continue/upload" in applied, 60), "timed out"
 
         png = page.screenshot(str(tmp_path / "instrument.png"))
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000

@@ -22,6 +22,7 @@ from musicgen_live.streamer.config import StreamConfig
 from musicgen_live.streamer.outputs import make_output
 from musicgen_live.streamer.session import Session
 
+from tests.polling import until
 from tests.streamer.conftest import jack  # noqa: F401  (the JACK dummy server fixture)
 
 
@@ -100,24 +101,11 @@ def test_a_knob_turned_fast_sends_one_value_a_frame_and_ends_on_the_last(tiny):
         last = mido.Message("control_change", control=7, value=99)
         b.on_message(last)
         elapsed = time.monotonic() - t0
-        assert wait_for(lambda: rec.commands and rec.commands[-1] == c.Set("gain", 0.99), 2)
+        assert until(lambda: rec.commands and rec.commands[-1] == c.Set("gain", 0.99), 2)
     finally:
         b.close()
     assert len(rec.commands) <= elapsed / 0.02 + 3, len(rec.commands)  # about one a frame, not 301
     assert all(isinstance(cmd, c.Set) and cmd.name == "gain" for cmd in rec.commands)
-
-
-def wait_for(predicate, seconds: float = 10.0, every=None) -> bool:
-    """Poll `predicate`; `every()` is called each round (a knob being turned sends again and again:
-    a message sent while JACK is still connecting a new port is lost, as with any MIDI cable)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if every is not None:
-            every()
-        time.sleep(0.05)
-    return False
 
 
 def test_a_knob_on_a_jack_midi_port_changes_the_music_and_a_lost_port_is_found_again(tiny, jack):  # noqa: F811
@@ -130,19 +118,21 @@ def test_a_knob_on_a_jack_midi_port_changes_the_music_and_a_lost_port_is_found_a
     session.start()
     controller = None
     try:
-        assert wait_for(lambda: any("no jack input port matches 'test-knobs'" in s for s in said))
+        assert until(lambda: any("no jack input port matches 'test-knobs'" in s for s in said))
         controller = backend.open_output("test-knobs", virtual=True)  # plugged in
-        assert wait_for(lambda: b.port is not None, 5), said
+        assert until(lambda: b.port is not None, 5), said
         turn_up = mido.Message("control_change", control=74, value=127)
-        assert wait_for(lambda: session.controls["cfg"] == 8.0, every=lambda: controller.send(turn_up)), said
+        assert until(lambda: session.controls["cfg"] == 8.0, every=0.05, between=lambda: controller.send(turn_up)), said
         read = session.output.ring.read
         controller.close()  # unplugged
         controller = None
-        assert wait_for(lambda: any("vanished" in s for s in said), 5), said
+        assert until(lambda: any("vanished" in s for s in said), 5), said
         controller = backend.open_output("test-knobs", virtual=True)  # and back
-        assert wait_for(lambda: b.port is not None and said[-1].startswith("midi: listening"), 5), said
+        assert until(lambda: b.port is not None and said[-1].startswith("midi: listening"), 5), said
         turn_down = mido.Message("control_change", control=74, value=0)
-        assert wait_for(lambda: session.controls["cfg"] == 1.0, every=lambda: controller.send(turn_down)), said
+        assert until(lambda: session.controls["cfg"] == 1.0, every=0.05, between=lambda: controller.send(turn_down)), (
+            said
+        )
         assert session.output.ring.read > read and session.output.underruns == 0  # the music went on
     finally:
         b.close()
