@@ -57,6 +57,16 @@ class RingOutput:
         if not self.scheduled:  # a device's callback: the best reading there is
             self.sample_clock = self.clock
 
+    def heard_at(self, position: int) -> float:
+        """When ring sample `position` plays (perf_counter seconds): on the output's own schedule
+        where it keeps one - a host that wakes the output thread late (tens of ms on a loaded
+        2-core host) then delays only when we notice, not the answer - else when the device last
+        took a block."""
+        if self.scheduled:
+            t, at = self.sample_clock
+            return t + (position - at) / self.rate
+        return self.clock[0]
+
     def set_playing(self, playing: bool) -> None:
         if playing and self.paused:
             self.primed = False

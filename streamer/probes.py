@@ -10,6 +10,7 @@ its sound, so one bad stretch never spoils timing for the rest of the night.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from musicgen_live.engine.stats import median
@@ -36,15 +37,15 @@ class LatencyProbes:
         self._probes.append(Probe(ticket, device_frame, trouble))
         del self._probes[:-MAX_PROBES]
 
-    def resolve(self, clock: tuple[float, int], trouble: int) -> list[Ticket]:
-        """Tickets whose first sample the output has read by `clock` (perf_counter, ring.read)."""
+    def resolve(self, read: int, heard_at: Callable[[int], float], trouble: int) -> list[Ticket]:
+        """Tickets whose first sample the output has read (`read`, a ring position); each is
+        heard at `heard_at(its first sample)` (perf_counter seconds, the output's clock)."""
         if not self._probes:
             return []
-        t, read = clock
         heard, waiting = [], []
         for p in self._probes:
             if read >= p.device_frame:
-                p.ticket.audible = t
+                p.ticket.audible = heard_at(p.device_frame)
                 if p.trouble == trouble and p.ticket.latency_ms is not None:
                     self.recent_ms.append(p.ticket.latency_ms)
                 heard.append(p.ticket)

@@ -472,7 +472,8 @@ class Session(CommandHandlers, AudioRequests, BeatHolding):
         return min(0.02, max(0.001, ahead + 0.25 * self.hop / self.rate))
 
     def resolve_probes(self) -> None:
-        for ticket in self.probes.resolve(self.output.clock, self.errors + self.output.underruns):
+        out = self.output
+        for ticket in self.probes.resolve(out.clock[1], out.heard_at, self.errors + out.underruns):
             if isinstance(ticket.command, c.CONTINUATIONS):
                 self.log(f"continuation heard {ticket.latency_ms:.0f} ms after it was asked for")
             self._event("audible", {"ticket": ticket})

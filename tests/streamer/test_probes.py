@@ -11,8 +11,12 @@ def heard_after(probes: LatencyProbes, ms: float, trouble_then: int, trouble_now
     t = c.Ticket(c.Set("cfg", 3.0))
     t.accepted = 100.0
     probes.add(t, device_frame=10, trouble=trouble_then)
-    assert probes.resolve((100.0 + ms / 1000, 9), trouble_now) == []  # not read yet
-    assert probes.resolve((100.0 + ms / 1000, 10), trouble_now) == [t]
+
+    def heard_at(position: int) -> float:
+        return 100.0 + ms / 1000 + (position - 10) / 1000  # an output clock: 1000 samples a second
+
+    assert probes.resolve(9, heard_at, trouble_now) == []  # not read yet
+    assert probes.resolve(12, heard_at, trouble_now) == [t]  # read past it, noticed late: heard at its own sample
     assert abs(t.latency_ms - ms) < 1e-6
 
 

@@ -2,7 +2,7 @@
 
 Protects: with a beat clock attached, a gain change quantized to a bar is heard - in the file the
 output wrote - within one frame (20 ms) of the bar's sample; a cfg change and a prompt change are
-heard (by the output's read clock) within a frame of their beat; held changes show as pending and
+heard (on the output's sample clock) within a frame of their beat; held changes show as pending and
 a later one queues behind them for the same bar; without a clock `quantize` is refused in one
 sentence and the music goes on; a real Ableton Link peer on this machine leads the tempo and the
 beat that changes land on.
@@ -82,7 +82,7 @@ def test_a_change_is_heard_within_a_frame_of_its_beat(tiny, kind):
     loaded host): then it is said ("late for beat") and heard after the beat, and the next never-
     heard prompt is tried; one of three must land within a frame of its beat."""
     s, clock = _session(tiny, "null", quantize=1.0, tempo=97.0)
-    block_s = s.output.blocksize / s.output.rate  # the read clock ticks once a block
+    block_s = s.output.blocksize / s.output.rate  # the clock is read once a block
     misses = []
     try:
         _wait_playing(s)
