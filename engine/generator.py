@@ -31,15 +31,14 @@ double guidance (`SamplingParams.cfg_beta`).
 Units: *frames* are absolute codec frames since the stream began (prompt included); *columns*
 are positions in the current window (column 0 = BOS).
 
-The state it moves is typed in `engine.stream_state`. One idea at ~900 lines: one state machine,
-whose transitions (steps, slides, continuations, prompt rows, fades, conditions) must each leave a
-state the next step can run from; they read and write the same state, so they stay together.
+The state it moves is typed in `engine.stream_state`; the prompt rows, their crossfade and the
+guidance that mixes them are `engine.prompt_rows` (this machine applies the cache-row orders they
+return). One idea at ~820 lines: one state machine, whose transitions (steps, slides,
+continuations, prompt changes, conditions) must each leave a state the next step can run from;
+they read and write the same windows and caches, so they stay together.
 """
 
 from __future__ import annotations
-
-import functools
-import operator
 
 import torch
 
@@ -49,13 +48,12 @@ from .errors import ContextError
 from .kvcache import CrossKV, KVCache, PrefixKV
 from .lm import Segment
 from .model import MusicGen
-from .sampling import SamplingParams, guide, guide_double, sample
+from .prompt_rows import PromptRow, PromptRows
+from .sampling import SamplingParams, sample
 from .stream_state import (
     MIN_CHUNK,
     Continuation,
-    Fade,
     Phase,
-    PromptRow,
     Slide,
     StepResult,
     StreamState,
@@ -128,7 +126,8 @@ class StreamGenerator:
         style_row = prefix is not None and prefix.states.shape[0] == 3
         if self.params.cfg_beta is not None and not style_row:
             raise ContextError(DOUBLE_NEEDS)
-        batch = max(max_prompts, len(rows)) + (1 if guided else 0) + (1 if style_row else 0)
+        prompt_rows = PromptRows(rows, guided, style_row, capacity=max(max_prompts, len(rows)))
+        batch = prompt_rows.capacity + prompt_rows.tail
         lead = 0 if prefix is None else prefix.length
         chunk = max(MIN_CHUNK, slide_chunk)
         if total_frames is None:
@@ -149,13 +148,11 @@ class StreamGenerator:
         slots = columns + prefix_slots
         self.state = st = StreamState(
             window=Window(cache=m.lm.new_cache(batch, slots), origin=0, column=0, columns=columns, prefix=prefix),
-            rows=rows,
+            prompts=prompt_rows,
             frames=torch.full((K, buffer), m.spec.lm.special_token, dtype=torch.long),
             base=0,
             protected=P,
             total_frames=total_frames,
-            guided=guided,
-            style_row=style_row,
             generator=torch.Generator().manual_seed(self.seed),
             decoder=m.codec.new_stream(batch=m.audio_channels),
             context_frames=context,
@@ -211,7 +208,7 @@ class StreamGenerator:
         if self.frames_done - st.decoded >= self.decode_chunk:
             self._queue_codec(self.frames_done)
         self._advance_preparation()
-        self._advance_fade()
+        self._rearrange(st.prompts.advance_fade())
         audio = self._empty_audio() if defer_decode else self._decode_queue()
         return StepResult(codes=codes, audio=audio)
 
@@ -228,9 +225,9 @@ class StreamGenerator:
     def set_params(self, params: SamplingParams) -> None:
         st = self._require()
         params = params.validated()
-        if not st.guided and params.cfg != 1.0:
+        if not st.prompts.guided and params.cfg != 1.0:
             raise ContextError("this stream was started without guidance; cfg must stay 1")
-        if params.cfg_beta is not None and not st.style_row:
+        if params.cfg_beta is not None and not st.prompts.style_row:
             raise ContextError(DOUBLE_NEEDS)
         self.params = params
 
@@ -265,44 +262,9 @@ class StreamGenerator:
             raise ContextError(
                 "a melody stream changes its prompt and melody together (set_condition), without a crossfade"
             )
-        if not prompts:
-            raise ContextError("at least one prompt is needed")
-        total = sum(w for _, w in prompts)
-        if total <= 0 or any(w < 0 for _, w in prompts):
-            raise ContextError("prompt weights must be >= 0 and not all zero")
-        target: dict[str, tuple[Condition, float]] = {}
-        for cond, w in prompts:
-            prev = target.get(cond.text)
-            target[cond.text] = (cond, (prev[1] if prev else 0.0) + w / total)
-        old = {r.condition.text: i for i, r in enumerate(st.rows)}
-        kept = [i for i, r in enumerate(st.rows) if r.condition.text in target or fade_frames > 0]
-        new = [t for t in target if t not in old]
-        excess = len(kept) + len(new) - self._max_rows()
-        leaving = sorted((i for i in kept if st.rows[i].condition.text not in target), key=lambda i: st.rows[i].weight)
-        cut = set(leaving[: max(0, excess)])  # no room to fade these out: they stop at once
-        kept = [i for i in kept if i not in cut]
-        n_cond = len(kept) + len(new)
-        if n_cond > self._max_rows():
-            raise ContextError(
-                f"at most {self._max_rows()} prompts can sound at once (a fade needs old and new together)"
-            )
-        source = max(range(len(st.rows)), key=lambda i: st.rows[i].weight)
-        order = kept + [source] * len(new) + self._tail_rows()
+        order, cut = st.prompts.blend_to(prompts, fade_frames)
         self._rearrange(order)
-        rows = [st.rows[i] for i in kept] + [PromptRow(target[t][0], 0.0) for t in new]
-        end = [target[r.condition.text][1] if r.condition.text in target else 0.0 for r in rows]
-        for r in rows:  # refresh conditions (same text, maybe recomputed by the conditioner)
-            if r.condition.text in target:
-                r.condition = target[r.condition.text][0]
-        st.rows = rows
-        if fade_frames > 0:
-            st.fade = Fade(start=[r.weight for r in rows], end=end, frames=fade_frames)
-        else:
-            for r, w in zip(rows, end):
-                r.weight = w
-            st.fade = None
-            self._drop_silent_rows()
-        return len(cut)
+        return cut
 
     @torch.no_grad()
     def set_condition(self, condition: Condition) -> PrefixKV:
@@ -314,12 +276,14 @@ class StreamGenerator:
         st = self._require()
         if st.prefix is None:
             raise ContextError("only a melody checkpoint's stream takes a melody condition")
-        prefix = self._checked_prefix(condition, st.window.columns, st.guided, st.style_row, st.window.cache.capacity)
+        rows = st.prompts
+        prefix = self._checked_prefix(
+            condition, st.window.columns, rows.guided, rows.style_row, st.window.cache.capacity
+        )
         st.prefix = prefix
         # a longer prefix (more text) takes longer to prefill: keep only the context that still slides
         st.context_frames = min(st.context_frames, self._fit_context(st.window.columns, st.chunk, prefix.length))
-        st.rows = [PromptRow(condition, 1.0)]
-        st.fade = None
+        rows.replace(condition)
         prep = st.prep
         if isinstance(prep, Continuation):
             st.prep = None
@@ -438,7 +402,7 @@ class StreamGenerator:
 
     @property
     def fading(self) -> bool:
-        return self._require().fade is not None
+        return self._require().prompts.fade is not None
 
     @property
     def continuation(self) -> Continuation | None:
@@ -471,7 +435,7 @@ class StreamGenerator:
 
     @property
     def rows(self) -> list[PromptRow]:
-        return self._require().rows
+        return self._require().prompts.rows
 
     @property
     def context_frames(self) -> int:
@@ -514,26 +478,10 @@ class StreamGenerator:
             raise RuntimeError("call start() first")
         return self.state
 
-    def _max_rows(self) -> int:
-        return self._require().window.cache.batch - self._tail()
-
-    def _n_rows(self) -> int:
-        return len(self._require().rows) + self._tail()
-
-    def _tail(self) -> int:
-        """Rows after the prompts': the style-alone one (MusicGen-Style), the unconditional one."""
-        st = self._require()
-        return int(st.style_row) + int(st.guided)
-
-    def _tail_rows(self) -> list[int]:
-        """The indices of those rows, right after the prompts' rows."""
-        n = len(self._require().rows)
-        return list(range(n, n + self._tail()))
-
     def _crosses(self) -> list[CrossKV]:
         """The rows' cross-attention K/V (none for a melody stream: its prefix conditions it)."""
         st = self._require()
-        return [] if st.prefix is not None else [r.condition.kv for r in st.rows]
+        return [] if st.prefix is not None else [r.condition.kv for r in st.prompts.rows]
 
     def _prefix_for(self, rows: list[PromptRow], columns: int, guided: bool) -> PrefixKV | None:
         """A melody checkpoint's stream: its prefix, checked against the window's `columns` (None
@@ -595,7 +543,7 @@ class StreamGenerator:
         return self._expand(self.model.pattern.columns(st.frames, st.base, win.origin, first, count, st.total_frames))
 
     def _expand(self, columns: torch.Tensor) -> torch.Tensor:
-        return columns.unsqueeze(0).expand(self._n_rows(), -1, -1).to(self.model.device)
+        return columns.unsqueeze(0).expand(self._require().prompts.count, -1, -1).to(self.model.device)
 
     def _prefill(self, prompt_frames: int) -> StepResult:
         """Start the live window at frame 0: feed BOS + the prompt frames at once, sample the next."""
@@ -791,8 +739,11 @@ class StreamGenerator:
             st.frames[:, lo - first : hi - first] = old[:, lo - old_base : hi - old_base]
         st.base = first
 
-    def _rearrange(self, order: list[int]) -> None:
-        """Cache row r <- old row order[r], in the live window and in a window being prepared."""
+    def _rearrange(self, order: list[int] | None) -> None:
+        """Cache row r <- old row order[r], in the live window and in a window being prepared
+        (None: the rows stay as they are)."""
+        if order is None:
+            return
         st = self._require()
         st.window.cache.rearrange_rows(order, st.window.column + 1)
         if isinstance(st.prep, Slide):
@@ -800,54 +751,13 @@ class StreamGenerator:
         elif isinstance(st.prep, Continuation) and st.prep.cache is not None:
             st.prep.cache.rearrange_rows(order, st.prep.fed)
 
-    def _advance_fade(self) -> None:
-        st = self._require()
-        fade = st.fade
-        if fade is None:
-            return
-        fade.done += 1
-        a = min(1.0, fade.done / fade.frames)
-        for r, s, e in zip(st.rows, fade.start, fade.end):
-            r.weight = s + (e - s) * a
-        if fade.done >= fade.frames:
-            st.fade = None
-            self._drop_silent_rows()
-
-    def _drop_silent_rows(self) -> None:
-        st = self._require()
-        keep = [i for i, r in enumerate(st.rows) if r.weight > 0]
-        if len(keep) == len(st.rows):
-            return
-        self._rearrange(keep + self._tail_rows())
-        st.rows = [st.rows[i] for i in keep]
-
     # -- internals: sampling and decoding ------------------------------------------------------
-    def _mix(self, logits: torch.Tensor) -> torch.Tensor:
-        """Rows' logits (rows, K, V) -> guided scores (K, V), in the reference's op order for one row."""
-        st = self._require()
-        n = len(st.rows)
-        if not st.guided:
-            if n == 1 and st.rows[0].weight == 1.0:
-                return logits[0]
-            return functools.reduce(operator.add, (r.weight * logits[i] for i, r in enumerate(st.rows)))
-        u = logits[n + self._tail() - 1]
-        if st.style_row:  # MusicGen-Style (one prompt row): double guidance, or plain without cfg_beta
-            beta = self.params.cfg_beta
-            if beta is None:
-                return guide(logits[0], u, self.params.cfg)
-            return guide_double(logits[0], logits[n], u, self.params.cfg, beta)
-        if n == 1:
-            d = logits[0] - u if st.rows[0].weight == 1.0 else (logits[0] - u) * st.rows[0].weight
-        else:
-            d = functools.reduce(operator.add, (r.weight * (logits[i] - u) for i, r in enumerate(st.rows)))
-        return u + d * self.params.cfg
-
     def _record(self, logits: torch.Tensor, column: int) -> torch.Tensor:
         """Sample window column `column` from logits (rows, K, V) and record it; returns the codes
         (K, 0 or 1) of the frame it completed."""
         st = self._require()
         pat = self.model.pattern
-        tokens = sample(self._mix(logits), self.params, st.generator).tolist()
+        tokens = sample(st.prompts.mix(logits, self.params), self.params, st.generator).tolist()
         win = st.window
         held = st.frames.numpy()  # a view: element writes through numpy cost ~0.1 us, through torch ~5
         for k, d in enumerate(pat.delays):

@@ -1,6 +1,6 @@
 """One stream's state, as typed objects whose phases can be read: the live window and the one
-being prepared beside it (a slide or a continuation), the prompt rows and their crossfade, and
-`StreamState`, which holds them all. `engine.generator` is the machine that moves them; the model
+being prepared beside it (a slide or a continuation), and `StreamState`, which holds them all
+with the prompt rows (`engine.prompt_rows`). `engine.generator` is the machine that moves them; the model
 holds none of it.
 
 Units: *frames* are absolute codec frames since the stream began (prompt included); *columns*
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from .codec import DecoderState
-from .conditioning import Condition
 from .kvcache import KVCache, PrefixKV
+from .prompt_rows import PromptRows
 
 MIN_CHUNK = 2  # columns a preparation feeds per step at least (a slide must gain on the live window)
 
@@ -31,12 +31,6 @@ class Phase(enum.Enum):
 class StepResult:
     codes: torch.Tensor  # (K, n) frames completed by this call (n is 0 or 1 per step)
     audio: torch.Tensor  # (channels, samples) that became final
-
-
-@dataclass
-class PromptRow:
-    condition: Condition
-    weight: float
 
 
 @dataclass
@@ -56,14 +50,6 @@ class Window:
     def offset(self) -> int:
         """Cache slots (and positions) before column 0: its prefix's."""
         return 0 if self.prefix is None else self.prefix.length
-
-
-@dataclass
-class Fade:
-    start: list[float]
-    end: list[float]
-    frames: int
-    done: int = 0
 
 
 @dataclass
@@ -111,12 +97,11 @@ class StreamState:
     """Everything that belongs to one stream; the model holds none of it."""
 
     window: Window
-    rows: list[PromptRow]
+    prompts: PromptRows  # the batch's rows, their weights and crossfade, and how guidance mixes them
     frames: torch.Tensor  # (K, capacity) codes from absolute frame `base` on; special token = unknown
     base: int
     protected: int  # frames below this are given (prompt), never overwritten by sampling
     total_frames: int | None  # finite run length (prompt included); None = endless
-    guided: bool  # the batch carries an unconditional row
     generator: torch.Generator
     decoder: DecoderState
     context_frames: int  # frames kept when the window slides
@@ -125,11 +110,9 @@ class StreamState:
     prep: Slide | Continuation | None = None  # what the spare cache is being filled with
     queued: Continuation | None = None  # a continuation waiting for a slide to finish first
     spare: KVCache | None = None  # the cache the next preparation fills (swapped with the live one)
-    fade: Fade | None = None
     decoded: int = 0  # frames handed to the codec
     codec_queue: torch.Tensor | None = None  # (K, n) frames handed over but not yet decoded
     skip_samples: int = 0  # decoded samples still to drop (prompt audio the listener already has)
     slides: int = 0
     prefix: PrefixKV | None = None  # a melody stream's conditioning: what the next window is prefilled with
     prefix_slots: int = 0  # cache slots before column 0 that a prefix may take
-    style_row: bool = False  # the batch has a style-alone row before the unconditional one (MusicGen-Style)

@@ -147,10 +147,10 @@ def test_a_crossfade_with_no_room_stops_the_quietest_leaving_prompts_at_once(mod
     gen.start([(cond("x"), 0.7), (cond("y"), 0.3)], capacity_frames=100, guided=True, max_prompts=4)
     gen.step()
     assert gen.set_prompts([(cond(t), 1.0) for t in "abc"], fade_frames=5) == 1
-    assert [r.condition.text for r in gen.state.rows] == ["x", "a", "b", "c"]
+    assert [r.condition.text for r in gen.rows] == ["x", "a", "b", "c"]
     for _ in range(8):
         gen.step()
-    assert sorted(r.condition.text for r in gen.state.rows) == ["a", "b", "c"]
+    assert sorted(r.condition.text for r in gen.rows) == ["a", "b", "c"]
     assert gen.set_prompts([(cond("a"), 1.0)], fade_frames=5) == 0  # room enough: nothing cut
 
 
