@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .codebook_patterns import PatternError, PatternSpec
 from .errors import CheckpointError
 from .style import MERT_DIR, MERT_HUB_ID, StyleParts, StyleSettings, load_features
 from .weightfiles import read_weights
@@ -109,6 +110,7 @@ class AudiocraftCheckpoint:
     tensors: Tensors  # transformers keys, weight norm not yet baked
     tokenizer: Any
     two_step_cfg: bool  # trained to run guidance as two forwards
+    pattern: PatternSpec  # its codebook pattern
     style: StyleParts | None  # MusicGen-Style: its style conditioner
 
 
@@ -144,7 +146,12 @@ def load_audiocraft_directory(path: Path, source: str, say: Progress) -> Audiocr
         audio_encoder=codec_config.to_dict(),
         decoder=_decoder_config(cfg).to_dict(),
     )
-    return AudiocraftCheckpoint(config, tensors, tokenizer, bool(lm.get("two_step_cfg", False)), style)
+    pattern = _pattern(cfg, source)
+    if style is not None and pattern.plain_delays is None:
+        raise CheckpointError(
+            f"'{source}': a style checkpoint plays the delay pattern only, not '{pattern.describe()}'"
+        )
+    return AudiocraftCheckpoint(config, tensors, tokenizer, bool(lm.get("two_step_cfg", False)), pattern, style)
 
 
 # -- packages and configs ----------------------------------------------------------------------
@@ -220,21 +227,16 @@ def _check_lm_config(cfg: dict[str, Any], source: str) -> None:
             raise CheckpointError(
                 f"'{source}': transformer_lm.{key} = {lm[key]!r} is not supported (MusicGen's is {want!r})"
             )
-    pattern = _need(cfg, "codebooks_pattern", source)
-    if pattern.get("modeling") != "delay":
-        raise CheckpointError(
-            f"'{source}': the '{pattern.get('modeling')}' codebook pattern is not supported (only delay)"
-        )
-    delay = pattern.get("delay", {})
-    if delay.get("flatten_first", 0) or delay.get("empty_initial", 0):
-        raise CheckpointError(f"'{source}': a delay pattern with flatten_first / empty_initial is not supported")
-    channels = _channels(cfg)
-    n_q = int(lm["n_q"])
-    want_delays = [k // channels for k in range(n_q)]
-    if list(delay.get("delays", [])) != want_delays:
-        raise CheckpointError(
-            f"'{source}': delays {delay.get('delays')} are not MusicGen's {want_delays} for {n_q} codebooks"
-        )
+    _pattern(cfg, source)
+
+
+def _pattern(cfg: dict[str, Any], source: str) -> PatternSpec:
+    """The codebook pattern it was trained with (`codebooks_pattern`, else `q_modeling`)."""
+    lm = cfg["transformer_lm"]
+    try:
+        return PatternSpec.from_config(cfg.get("codebooks_pattern"), int(lm["n_q"]), lm.get("q_modeling"))
+    except PatternError as e:
+        raise CheckpointError(f"'{source}': {e}") from None
 
 
 def _channels(cfg: dict[str, Any]) -> int:

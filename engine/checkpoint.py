@@ -108,7 +108,10 @@ def _load_directory(path: Path, source: str, say: Progress) -> Checkpoint:
         ac = load_audiocraft_directory(path, source, say)
         spec = spec_from_hf_config(ac.config)
         # audiocraft always projects the text (transformers drops the projection when widths match)
-        spec = replace(spec, lm=replace(spec.lm, has_enc_to_dec_proj=True, style_frames=style_frames(ac.style)))
+        # the pattern is kept only where it is not MusicGen's own (None says "MusicGen's delay pattern")
+        pattern = None if ac.pattern.plain_delays == spec.lm.musicgen_delays else ac.pattern
+        lm = replace(spec.lm, has_enc_to_dec_proj=True, style_frames=style_frames(ac.style), pattern=pattern)
+        spec = replace(spec, lm=lm)
         tensors = bake_weight_norm(ac.tensors)
         _check_tensors(tensors, spec, source)
         return Checkpoint(source, spec, ac.config, tensors, ac.tokenizer, two_step_cfg=ac.two_step_cfg, style=ac.style)

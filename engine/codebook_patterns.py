@@ -121,9 +121,26 @@ class PatternSpec:
                 parts.append(f"{name} {list(value) if isinstance(value, tuple) else value}")
         return " ".join(parts)
 
+    def steps_per_frame(self, frames: int = 1500) -> float:
+        """LM steps a frame costs over a run of `frames` (30 s at 50 Hz): ~1 for delay (plus its
+        warm-up), K for full flattening."""
+        return self.layout(frames).length / frames
+
     def layout(self, frames: int) -> Layout:
         """The pattern for a run of `frames` frames (audiocraft's `get_pattern(frames)`)."""
         return Layout(tuple(tuple(step) for step in _BUILDERS[self.modeling](self, frames)), frames, self.n_q)
+
+
+def max_frames_for(pattern: PatternSpec, positions: int) -> int:
+    """The most frames a run of `pattern` holds in `positions` LM positions."""
+    lo, hi = 0, positions
+    while lo < hi:  # layouts grow with their frames: the longest that fits
+        mid = (lo + hi + 1) // 2
+        if pattern.layout(mid).length <= positions:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 _ARGUMENTS = {

@@ -105,6 +105,11 @@ class StreamGenerator:
         as a continuation need not gain on the live window).
         """
         m, pat = self.model, self.model.pattern
+        if not m.streams:
+            raise ContextError(
+                f"this checkpoint's '{m.codebook_pattern.describe()}' codebook pattern renders (render) but does "
+                "not stream yet: the live engine steps delay patterns"
+            )
         rows = [PromptRow(prompts, 1.0)] if isinstance(prompts, Condition) else [PromptRow(c, w) for c, w in prompts]
         if not 1 <= len(rows) <= max(max_prompts, 1):
             raise ContextError(f"between 1 and {max_prompts} prompts can play at once, got {len(rows)}")

@@ -12,6 +12,7 @@ from typing import Any, TypedDict
 import torch
 
 from .checkpoint import Checkpoint, Progress, load_checkpoint, stderr_progress
+from .codebook_patterns import PatternSpec, max_frames_for
 from .codec import Codec, check_codec_precision
 from .codec_step import cache_codec_kernels
 from .conditioning import Condition, TextConditioner
@@ -204,8 +205,21 @@ class MusicGen:
         return self.spec.lm.max_positions
 
     @property
+    def codebook_pattern(self) -> PatternSpec:
+        """The codebook pattern the checkpoint was trained with (`engine.codebook_patterns`)."""
+        return self.spec.lm.codebook_pattern
+
+    @property
+    def streams(self) -> bool:
+        """Whether the streaming engine plays this checkpoint's pattern (the delay pattern);
+        other patterns render (`engine.pattern_run`)."""
+        return self.codebook_pattern.plain_delays is not None
+
+    @property
     def max_frames(self) -> int:
-        """The most frames one non-sliding run can hold (BOS and the delay tail included)."""
+        """The most frames one non-sliding run can hold (BOS and the pattern's tail included)."""
+        if not self.streams:
+            return max_frames_for(self.codebook_pattern, self.max_columns)
         return self.max_columns - 1 - self.pattern.max_delay
 
     # -- codec helpers that know the LM's codebook layout (stereo interleaves L/R codebooks) ----
@@ -260,6 +274,7 @@ def model_summary(model: MusicGen) -> dict[str, Any]:
         "sample_rate": s.codec.sample_rate,
         "frame_rate": s.codec.frame_rate,
         "max_frames": model.max_frames,
+        "pattern": model.codebook_pattern.describe(),
         "melody": model.melody,
         "style": model.style is not None,
         "precision": "float32 (exact)" if model.lm.exact else model.lm.precision,

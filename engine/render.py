@@ -18,6 +18,7 @@ from .conditioning import Condition
 from .errors import CodesError, ContextError
 from .generator import StreamGenerator
 from .model import MusicGen
+from .pattern_run import generate_with_pattern
 from .sampling import SamplingParams
 
 
@@ -47,8 +48,14 @@ def render(
     prompt_codes = model.encode_audio(prompt_audio) if prompt_audio is not None else None
     P = 0 if prompt_codes is None else prompt_codes.shape[-1]
     total = P + frames  # the generator refuses a run longer than the model's window
-    gen = StreamGenerator(model, params, seed, decode_chunk=decode_chunk)
     guided = params.cfg != 1.0 or params.cfg_beta is not None
+    if not model.streams:  # another codebook pattern than delay: one window, stepped as audiocraft steps it
+        cond = condition or model.conditioner.condition(prompt, guided=guided)
+        codes, times = generate_with_pattern(
+            model, model.codebook_pattern, cond, total, params, prompt_codes, seed, progress
+        )
+        return Rendered(codes=codes, audio=decode_streamed(model, codes, decode_chunk), step_seconds=times)
+    gen = StreamGenerator(model, params, seed, decode_chunk=decode_chunk)
     if condition is not None:
         cond = condition
     elif model.melody:  # text alone, as a melody checkpoint takes it
@@ -79,6 +86,10 @@ def render_batch(
         raise ContextError(f"the number of frames must be positive, got {frames}")
     if model.spec.lm.prefix_conditioned:
         raise ContextError("several pieces in one batch are not supported for melody or style checkpoints yet")
+    if not model.streams:
+        raise ContextError(
+            f"several pieces in one batch play the delay pattern, not '{model.codebook_pattern.describe()}'"
+        )
     guided = params.cfg != 1.0
     gens = [StreamGenerator(model, params, seed + i, decode_chunk=decode_chunk) for i in range(len(prompts))]
     chunks = [

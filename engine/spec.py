@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .codebook_patterns import PatternSpec
 from .errors import CheckpointError
 
 
@@ -35,6 +36,8 @@ class LMSpec:
     has_audio_proj: bool = False  # `audio_enc_to_dec_proj` (num_chroma -> hidden)
     # MusicGen-Style: style frames (`engine.style`), then projected text, are the prefix instead
     style_frames: int = 0
+    # the codebook pattern an audiocraft checkpoint records; None: MusicGen's delay pattern
+    pattern: PatternSpec | None = None
 
     @property
     def prefix_conditioned(self) -> bool:
@@ -56,9 +59,21 @@ class LMSpec:
         return self.num_codebooks // self.audio_channels
 
     @property
-    def delays(self) -> tuple[int, ...]:
-        """Delay in columns of each codebook; stereo interleaves L/R codebooks with equal delays."""
+    def codebook_pattern(self) -> PatternSpec:
+        """The pattern this checkpoint was trained with (`engine.codebook_patterns`)."""
+        return self.pattern or PatternSpec.delay(self.musicgen_delays)
+
+    @property
+    def musicgen_delays(self) -> tuple[int, ...]:
+        """MusicGen's delays: codebook k one column after k - 1; stereo's L/R pairs share one."""
         return tuple(k // self.audio_channels for k in range(self.num_codebooks))
+
+    @property
+    def delays(self) -> tuple[int, ...]:
+        """Delay in columns of each codebook, as the streaming engine steps them: the checkpoint's
+        own for a plain delay pattern, else MusicGen's (such a checkpoint renders with its own
+        pattern, `engine.pattern_run`, and does not stream)."""
+        return self.codebook_pattern.plain_delays or self.musicgen_delays
 
 
 @dataclass(frozen=True)
