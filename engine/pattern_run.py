@@ -69,6 +69,7 @@ def generate_with_pattern(
     cache = model.lm.new_cache(rows, layout.length)
     generator = torch.Generator().manual_seed(seed)
     cross = [condition.kv]
+    complete_at = layout.completed_by()  # (frames,) the step that completes each frame
     times, prev = [], 0
     for step in range(first, layout.length):
         t0 = time.perf_counter()
@@ -81,8 +82,8 @@ def generate_with_pattern(
         sequence[:, step] = torch.where(column == UNKNOWN, drawn, column)
         prev = step
         times.append(time.perf_counter() - t0)
-        if progress:
-            progress(step - first + 1, layout.length - first)
+        if progress:  # new frames complete, of those asked for
+            progress(int(((complete_at >= 0) & (complete_at <= step)).sum()) - P, frames - P)
     out = layout.revert(sequence, UNKNOWN)
     if bool((out == UNKNOWN).any()):
         raise RuntimeError(f"the '{pattern.describe()}' pattern left positions ungenerated")  # a bug, never input

@@ -90,6 +90,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     frames = args.frames if args.frames else model.spec.seconds_to_frames(args.seconds)
     if frames <= 0:
         raise ContextError(f"{args.seconds} s is shorter than one frame")
+    print(f"codebook pattern: {model.codebook_pattern.describe()}", file=sys.stderr)
     audio = None
     if args.prompt_audio:
         audio = read_audio(args.prompt_audio, model.sample_rate, model.audio_channels)

@@ -152,6 +152,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bridges = dataclasses.replace(bridges, audio_dirs=list(bridges.audio_dirs) + args.audio_dir)
     say = LineWriter(sys.stderr)  # the generation thread logs too: a stderr nobody reads must not stop it
     model = load_model(args, streaming=True)
+    if not model.streams:
+        from musicgen_live.engine.errors import ContextError
+
+        raise ContextError(
+            f"{args.model} was trained with the '{model.codebook_pattern.describe()}' codebook pattern, which "
+            "renders (render) but does not stream yet: serve plays delay patterns"
+        )
+    say(f"codebook pattern: {model.codebook_pattern.describe()}")
     channels = max(2, model.audio_channels)
     sampling = args.sections["sampling"]
     sessions = []
