@@ -97,6 +97,24 @@ class PatternSpec:
             **ints,
         )
 
+    @classmethod
+    def parse(cls, text: str, n_q: int) -> PatternSpec:
+        """'NAME[:KEY=VALUE[,VALUE...]]...' -> a pattern for `n_q` codebooks, e.g. 'unroll',
+        'unroll:flattening=0,1,1,1', 'delay:flatten_first=2:empty_initial=1' (the command line's
+        and config.toml's spelling of a config section)."""
+        name, *settings = text.strip().split(":")
+        args: dict[str, Any] = {}
+        for item in settings:
+            key, sep, value = item.partition("=")
+            if not sep or not value:
+                raise PatternError(f"'{item}' in pattern '{text}' is not KEY=VALUE (e.g. flattening=0,1,1,1)")
+            try:
+                values = [int(v) for v in value.split(",")]
+            except ValueError:
+                raise PatternError(f"'{item}' in pattern '{text}': values are whole numbers") from None
+            args[key] = values if key in ("delays", "flattening") else values[0]
+        return cls.from_config({"modeling": name, name: args}, n_q)
+
     @property
     def plain_delays(self) -> tuple[int, ...] | None:
         """The delays, when this is a plain delay pattern (parallel included): one step a frame,

@@ -40,6 +40,7 @@ class ModelConfig:
     guidance: Literal["auto", "batched", "two-step"] = "auto"  # CFG rows in one forward or two (auto: as trained)
     kv: Literal["float32", "float16", "int8"] = "float32"  # self-attention cache (float16 / int8: CPU kernels)
     codec: Literal["float32", "int8"] = "float32"  # streaming decoder's large matrices (int8: CPU)
+    pattern: str = ""  # built-in models: another codebook pattern (NAME[:KEY=VALUES]...); "" = the model's own
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,29 @@ class MusicGen:
         """The codebook pattern the checkpoint was trained with (`engine.codebook_patterns`)."""
         return self.spec.lm.codebook_pattern
 
+    def play_pattern(self, pattern: PatternSpec) -> None:
+        """Play a built-in (random) model with another codebook pattern, for tests and benchmarks.
+        A real checkpoint plays the pattern it was trained with, and only that."""
+        from dataclasses import replace
+
+        from .presets import BUILT_IN_MODELS
+
+        if self.source not in BUILT_IN_MODELS:
+            if pattern == self.codebook_pattern:
+                return
+            raise CheckpointError(
+                f"'{self.source}' plays the codebook pattern it was trained with "
+                f"('{self.codebook_pattern.describe()}'); another pattern is for built-in models"
+            )
+        if pattern.n_q != self.spec.lm.num_codebooks:
+            raise CheckpointError(
+                f"the pattern has {pattern.n_q} codebooks, '{self.source}' {self.spec.lm.num_codebooks}"
+            )
+        if self.spec.lm.prefix_conditioned and pattern.plain_delays is None:
+            raise CheckpointError("melody and style models play delay patterns only")
+        self.spec = replace(self.spec, lm=replace(self.spec.lm, pattern=pattern))
+        self.pattern = DelayPattern(self.spec.lm.delays, self.spec.lm.special_token)
+
     @property
     def streams(self) -> bool:
         """Whether the streaming engine plays this checkpoint's pattern (the delay pattern);

@@ -102,3 +102,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         choices=["float32", "int8"],
         help="the streaming decoder's large matrices ([model] codec, float32 = exact); int8 is CPU only",
     )
+    p.add_argument(
+        "--pattern",
+        help="built-in models: play another codebook pattern, NAME[:KEY=VALUES]... - delay, parallel, "
+        "unroll, unroll:flattening=0,1,1,1, delay:flatten_first=2, coarse_first, musiclm:group_by=2 "
+        "([model] pattern; a checkpoint plays its own)",
+    )

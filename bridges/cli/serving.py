@@ -156,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from musicgen_live.engine.errors import ContextError
 
         raise ContextError(
-            f"{args.model} was trained with the '{model.codebook_pattern.describe()}' codebook pattern, which "
+            f"{args.model} plays the '{model.codebook_pattern.describe()}' codebook pattern, which "
             "renders (render) but does not stream yet: serve plays delay patterns"
         )
     say(f"codebook pattern: {model.codebook_pattern.describe()}")

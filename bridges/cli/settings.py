@@ -20,6 +20,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "guidance": ("model", "guidance"),
     "kv": ("model", "kv"),
     "codec": ("model", "codec"),
+    "pattern": ("model", "pattern"),
     "cfg": ("sampling", "cfg"),
     "cfg_beta": ("sampling", "cfg_beta"),
     "temperature": ("sampling", "temperature"),
@@ -107,13 +108,31 @@ def load_model(args: argparse.Namespace, streaming: bool = False):  # -> MusicGe
     if args.exact and args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    load = lambda: MusicGen.load(args.model, device=args.device, **kernels(args))  # noqa: E731
+
+    def load() -> MusicGen:
+        model = MusicGen.load(args.model, device=args.device, **kernels(args))
+        pattern = getattr(args, "pattern", "")  # commands without model options play the model's own
+        if pattern:
+            model.play_pattern(parse_pattern(pattern, model.spec.lm.num_codebooks))
+        return model
+
     if not streaming:
         return load()
     from musicgen_live.streamer import threads
 
     threads.confine()
     return threads.on_pool_thread(load)
+
+
+def parse_pattern(text: str, n_q: int):  # -> PatternSpec
+    """--pattern / [model] pattern, refused in one sentence (before a model is loaded where it can)."""
+    from musicgen_live.engine.codebook_patterns import PatternError, PatternSpec
+    from musicgen_live.engine.errors import CheckpointError
+
+    try:
+        return PatternSpec.parse(text, n_q)
+    except PatternError as e:
+        raise CheckpointError(f"--pattern: {e}") from None
 
 
 def kernels(args: argparse.Namespace) -> Kernels:

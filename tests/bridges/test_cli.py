@@ -38,6 +38,20 @@ def test_render_writes_audio_and_codes_and_decode_reproduces_it(tmp_path, capsys
     assert np.abs(np.load(again)[0] - audio).max() < 1e-5
 
 
+def test_a_built_in_model_renders_another_codebook_pattern_and_says_which(tmp_path, capsys):
+    """`--pattern` on the built-in model: the same frames, the pattern named, the codes decodable;
+    a pattern that cannot stream is refused by serve, a malformed one by every command, in one sentence."""
+    wav, npy = tmp_path / "a.wav", tmp_path / "a.npy"
+    args = ["--prompt", "acid", "--frames", "20", "--greedy", "--out", str(wav), "--codes-out", str(npy)]
+    code, err = run(capsys, "render", "--pattern", "unroll:flattening=0,1,1,1", *args)
+    assert code == 0, err
+    assert "codebook pattern: unroll flattening [0, 1, 1, 1]" in err and np.load(npy).shape == (4, 20)
+    code, err = run(capsys, "serve", "--pattern", "musiclm", "--output", "null", "--seconds", "1")
+    assert code != 0 and "'musiclm' codebook pattern, which renders (render) but does not stream yet" in err
+    code, err = run(capsys, "render", "--pattern", "unroll:flattening=0,1", *args)
+    assert code != 0 and "--pattern: flattening [0, 1] give 2 values for 4 codebooks" in err
+
+
 def test_render_with_prompt_audio_of_another_rate_and_channel_count(tmp_path, capsys):
     clip = tmp_path / "clip.flac"
     sf.write(str(clip), 0.1 * np.random.default_rng(0).standard_normal((44100 // 2, 2)), 44100)

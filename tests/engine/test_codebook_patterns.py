@@ -104,3 +104,17 @@ def test_a_config_reads_as_audiocrafts_builder_reads_it():
 def test_a_pattern_audiocraft_would_refuse_is_refused_in_one_sentence(cfg, n_q, message):
     with pytest.raises(PatternError, match=message):
         PatternSpec.from_config(cfg, n_q)
+
+
+def test_the_command_line_spelling_reads_as_the_config_section():
+    assert PatternSpec.parse("unroll:flattening=0,1,1,1", 4) == PatternSpec("unroll", 4, flattening=(0, 1, 1, 1))
+    both = PatternSpec.parse("delay:flatten_first=2:empty_initial=-1", 4)
+    assert (both.flatten_first, both.empty_initial, both.describe()) == (
+        2,
+        -1,
+        "delay flatten_first 2 empty_initial -1",
+    )
+    assert PatternSpec.parse(" musiclm:group_by=1", 4).group_by == 1
+    for bad, message in (("delay:flatten_first", "not KEY=VALUE"), ("unroll:flattening=a,b", "whole numbers")):
+        with pytest.raises(PatternError, match=message):
+            PatternSpec.parse(bad, 4)
