@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .arguments import add_model_options, nonneg_float, nonneg_int, positive_float, positive_int, window_spec
 from .serving import cluster_spec
-from .settings import check_precision, kernels, load_model
+from .settings import check_precision, kernels, load_model, parse_pattern
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,6 +48,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "same function in exact arithmetic): what breaks naive quantization; ours only (not --peer)",
     )
 
+    bp = sub.add_parser("bench-patterns", help="what each codebook pattern costs: steps/s and frames/s side by side")
+    add_model_options(bp)
+    bp.add_argument(
+        "--patterns",
+        nargs="+",
+        default=["delay", "unroll:flattening=0,1,1,1", "unroll"],
+        help="patterns to compare, as --pattern spells them (default: delay, partial flattening, flattening)",
+    )
+    bp.add_argument("--frames", type=positive_int, default=250, help="frames a run (default 250 = 5 s)")
+    bp.add_argument("--rounds", type=positive_int, default=3, help="interleaved rounds (default 3)")
     bw = sub.add_parser(
         "bench-window",
         help="what a shorter live window (and the context it keeps) does to the predictions, against one long window",
@@ -233,6 +243,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_patterns(args: argparse.Namespace) -> int:
+    from musicgen_live.bridges.bench.patterns import format_pattern_bench, run_pattern_bench
+
+    model = load_model(args)
+    n_q = model.spec.lm.num_codebooks
+    patterns = [parse_pattern(p, n_q) for p in args.patterns]
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    timings = run_pattern_bench(model, patterns, args.frames, args.rounds, cfg=3.0, say=say)
+    print(
+        f"codebook patterns on {args.model} ({model.lm.precision}, kv {model.lm.kv}), {args.frames} frames, "
+        f"cfg 3, greedy, median of {args.rounds} interleaved rounds:"
+    )
+    print(format_pattern_bench(timings, model.spec.frame_rate))
+    return 0
+
+
 def cmd_bench_window(args: argparse.Namespace) -> int:
     from musicgen_live.bridges.bench.quality import compare_windows, format_window_quality
 
@@ -403,6 +429,7 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
 COMMANDS = {
     "bench": cmd_bench,
     "bench-window": cmd_bench_window,
+    "bench-patterns": cmd_bench_patterns,
     "bench-matrices": cmd_bench_matrices,
     "bench-step": cmd_bench_step,
     "bench-codec": cmd_bench_codec,

@@ -52,6 +52,18 @@ def test_a_built_in_model_renders_another_codebook_pattern_and_says_which(tmp_pa
     assert code != 0 and "--pattern: flattening [0, 1] give 2 values for 4 codebooks" in err
 
 
+def test_bench_patterns_puts_each_pattern_s_steps_and_frames_side_by_side(capsys):
+    code = main(["bench-patterns", "--frames", "12", "--rounds", "1", "--patterns", "delay", "unroll"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = {
+        line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ") and "steps" not in line
+    }
+    assert rows["delay"][:2] == ["15", "1.25"]  # BOS fed, 12 frames + 3 delayed steps sampled
+    assert rows["unroll"][:2] == ["48", "4.00"]  # one step a codebook a frame
+    assert all(float(v) > 0 for r in rows.values() for v in r[2:])
+
+
 def test_render_with_prompt_audio_of_another_rate_and_channel_count(tmp_path, capsys):
     clip = tmp_path / "clip.flac"
     sf.write(str(clip), 0.1 * np.random.default_rng(0).standard_normal((44100 // 2, 2)), 44100)
