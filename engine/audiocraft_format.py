@@ -124,7 +124,7 @@ def load_audiocraft_directory(path: Path, source: str, say: Progress) -> Audiocr
     say(f"loading {source}: audiocraft format ({LM_FILE}, {CODEC_FILE})")
     lm_pkg = _read_package(path / LM_FILE, source)
     cfg = _config(lm_pkg, path / LM_FILE)
-    _check_lm_config(cfg, source)
+    pattern = _check_lm_config(cfg, source)
     lm = cfg["transformer_lm"]
     dim = int(lm["dim"])
     state = dict(lm_pkg["best_state"])
@@ -146,7 +146,6 @@ def load_audiocraft_directory(path: Path, source: str, say: Progress) -> Audiocr
         audio_encoder=codec_config.to_dict(),
         decoder=_decoder_config(cfg).to_dict(),
     )
-    pattern = _pattern(cfg, source)
     if style is not None and pattern.plain_delays is None:
         raise CheckpointError(
             f"'{source}': a style checkpoint plays the delay pattern only, not '{pattern.describe()}'"
@@ -196,8 +195,8 @@ def _need(cfg: dict[str, Any], dotted: str, source: str) -> Any:
     return node
 
 
-def _check_lm_config(cfg: dict[str, Any], source: str) -> None:
-    """Refuse, by name, every audiocraft LM setting our decoder does not run."""
+def _check_lm_config(cfg: dict[str, Any], source: str) -> PatternSpec:
+    """Refuse, by name, every audiocraft LM setting our decoder does not run; its codebook pattern."""
     if _need(cfg, "lm_model", source) != "transformer_lm":
         raise CheckpointError(f"'{source}' is a '{cfg['lm_model']}' model; only MusicGen's transformer_lm runs here")
     conditioners = _need(cfg, "conditioners", source) or {}
@@ -227,7 +226,7 @@ def _check_lm_config(cfg: dict[str, Any], source: str) -> None:
             raise CheckpointError(
                 f"'{source}': transformer_lm.{key} = {lm[key]!r} is not supported (MusicGen's is {want!r})"
             )
-    _pattern(cfg, source)
+    return _pattern(cfg, source)
 
 
 def _pattern(cfg: dict[str, Any], source: str) -> PatternSpec:

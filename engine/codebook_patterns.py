@@ -139,11 +139,6 @@ class PatternSpec:
                 parts.append(f"{name} {list(value) if isinstance(value, tuple) else value}")
         return " ".join(parts)
 
-    def steps_per_frame(self, frames: int = 1500) -> float:
-        """LM steps a frame costs over a run of `frames` (30 s at 50 Hz): ~1 for delay (plus its
-        warm-up), K for full flattening."""
-        return self.layout(frames).length / frames
-
     def layout(self, frames: int) -> Layout:
         """The pattern for a run of `frames` frames (audiocraft's `get_pattern(frames)`)."""
         return Layout(tuple(tuple(step) for step in _BUILDERS[self.modeling](self, frames)), frames, self.n_q)
@@ -268,12 +263,11 @@ class Layout:
     def completed_by(self) -> np.ndarray:
         """(frames,) the step at which each frame's last codebook is held (-1: never)."""
         done = np.full(self.frames, -1, dtype=np.int64)
+        counts = np.zeros(self.frames, dtype=np.int64)  # codebooks held of each frame
         for q in range(self.n_q):
-            held = self.at[q] >= 0
-            np.maximum.at(done, self.at[q][held], np.flatnonzero(held))
-        counts = np.zeros(self.frames, dtype=np.int64)
-        for q in range(self.n_q):
-            np.add.at(counts, self.at[q][self.at[q] >= 0], 1)
+            steps = np.flatnonzero(self.at[q] >= 0)
+            np.maximum.at(done, self.at[q][steps], steps)
+            np.add.at(counts, self.at[q][steps], 1)
         return np.where(counts == self.n_q, done, -1)
 
     def build(self, codes: torch.Tensor, special: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ Units: *frames* are codec frames (prompt included); *steps* are the pattern's LM
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -39,8 +40,6 @@ def generate_with_pattern(
 ) -> tuple[torch.Tensor, list[float]]:
     """Codes (K, frames) of a run of `frames` frames (prompt included) under `pattern`, and each
     step's time in seconds. Greedy codes are audiocraft's token for token."""
-    import time
-
     spec = model.spec.lm
     if spec.prefix_conditioned:
         raise ContextError("melody and style checkpoints play the delay pattern only")

@@ -26,8 +26,8 @@ PROMPT = "lo-fi hip hop beat with warm keys and vinyl crackle"
 @dataclass
 class PatternTiming:
     pattern: PatternSpec
-    steps: int  # decoder forwards a run takes (one per step sampled; the pattern's tail included)
     frames: int
+    steps: int = 0  # decoder forwards a run takes (one per step sampled; the pattern's tail included)
     seconds: list[float] = field(default_factory=list)  # one per round
 
     @property
@@ -50,10 +50,7 @@ def run_pattern_bench(
     """Each pattern's run of `frames` frames, `rounds` times, interleaved; the model ends on the
     pattern it started with."""
     own = model.codebook_pattern
-    timings = []
-    for p in patterns:
-        lay = p.layout(frames)
-        timings.append(PatternTiming(p, lay.length - (lay.first_step_with(0) or 0), frames))
+    timings = [PatternTiming(p, frames) for p in patterns]
     params = SamplingParams(greedy=True, cfg=cfg)
     cond = model.conditioner.condition(PROMPT, guided=cfg != 1.0)
     try:
@@ -61,8 +58,9 @@ def run_pattern_bench(
             for t in timings:
                 model.play_pattern(t.pattern)
                 t0 = time.perf_counter()
-                generate_with_pattern(model, t.pattern, cond, frames, params)
+                _, steps = generate_with_pattern(model, t.pattern, cond, frames, params)
                 t.seconds.append(time.perf_counter() - t0)
+                t.steps = len(steps)
             say(f"round {r + 1}/{rounds}: " + ", ".join(f"{t.seconds[-1]:.2f} s" for t in timings))
     finally:
         model.play_pattern(own)
